@@ -1,0 +1,493 @@
+// Package pool owns every upstream connection of one upstream: it dials
+// them, hands them out for one request at a time, takes them back, and
+// closes an idle one the moment its peer half-closes it.
+//
+// The life of a connection: dial (Acquire) → serve one request (the caller)
+// → Release → idle, watched by the epoll watcher → Acquire again, or closed
+// by a FIN/RST/unsolicited byte, idle_timeout, max_lifetime, max_requests,
+// max_idle or Close. Every close applies the upstream's linger.
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/unstuck-proxy/unstuck/sockopt"
+)
+
+var (
+	// ErrExhausted means every endpoint had max_conns connections busy
+	// for the whole acquire_timeout. Answer 503; raise pool.max_conns or
+	// find out why the upstream is slow.
+	ErrExhausted = errors.New("pool: no free upstream connection within acquire_timeout")
+	// ErrClosed means the pool was closed (shutdown or reload); the
+	// request should be answered with an error, not retried here.
+	ErrClosed = errors.New("pool: closed")
+)
+
+// DialError is a failure to connect to an endpoint. Nothing was sent, so
+// any request may be retried elsewhere.
+type DialError struct {
+	Addr string
+	Err  error
+}
+
+func (e *DialError) Error() string { return fmt.Sprintf("dial %s: %v", e.Addr, e.Err) }
+func (e *DialError) Unwrap() error { return e.Err }
+
+// Config is what a pool needs. A zero value means the documented default.
+type Config struct {
+	Name      string   // the upstream's name, for logs and metrics
+	Endpoints []string // host:port each; at least one
+	Linger    sockopt.Linger
+
+	MaxConns       int           // per endpoint, open or dialing; default 512
+	MaxIdle        int           // per endpoint; default 128
+	IdleTimeout    time.Duration // close connections idle this long; 0: never
+	MaxLifetime    time.Duration // close connections this old once idle; 0: never
+	MaxRequests    int           // close after this many requests; 0: unlimited
+	AcquireTimeout time.Duration // wait for a free slot at MaxConns; default 1s
+	DialTimeout    time.Duration // default 2s
+
+	Logger *zap.Logger // default: no logging
+}
+
+func (c *Config) applyDefaults() {
+	if c.MaxConns <= 0 {
+		c.MaxConns = 512
+	}
+	if c.MaxIdle <= 0 {
+		c.MaxIdle = 128
+	}
+	if c.AcquireTimeout <= 0 {
+		c.AcquireTimeout = time.Second
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+// Pool is the set of connections to one upstream's endpoints.
+type Pool struct {
+	cfg    Config
+	log    *zap.Logger
+	dialer net.Dialer
+	eps    []*endpoint
+	rr     atomic.Uint32 // round-robin start for the next Acquire
+	watch  *watcher
+	done   chan struct{} // closed by Close; stops the cleaner
+	runWG  sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	nextID   uint64
+	idleByID map[uint64]*Conn // every idle connection, by watcher id
+	cleaning bool             // the cleaner goroutine runs
+}
+
+// endpoint is one host:port. All fields but addr are guarded by Pool.mu.
+type endpoint struct {
+	addr    string
+	conns   int       // open or being dialed; at most MaxConns
+	idle    connList  // most recently released at the front
+	waiters []*waiter // FIFO of Acquire calls waiting for a slot
+}
+
+// waiter is an Acquire blocked at MaxConns. It receives either a released
+// connection or, with c == nil, a slot to dial into.
+type waiter struct {
+	ch     chan grant // buffered 1: sends never block
+	served bool       // guarded by Pool.mu
+}
+
+type grant struct {
+	c   *Conn
+	err error
+}
+
+// New creates a pool and starts its watcher. Close releases both.
+func New(cfg Config) (*Pool, error) {
+	cfg.applyDefaults()
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("pool: no endpoints")
+	}
+	w, err := newWatcher()
+	if err != nil {
+		return nil, err
+	}
+	p := &Pool{
+		cfg:      cfg,
+		log:      cfg.Logger.Named("pool").With(zap.String("upstream", cfg.Name)),
+		dialer:   net.Dialer{Timeout: cfg.DialTimeout},
+		watch:    w,
+		done:     make(chan struct{}),
+		idleByID: make(map[uint64]*Conn),
+	}
+	for _, addr := range cfg.Endpoints {
+		p.eps = append(p.eps, &endpoint{addr: addr})
+	}
+	p.runWG.Add(1)
+	go func() {
+		defer p.runWG.Done()
+		w.run(p.onReadable)
+	}()
+	return p, nil
+}
+
+// Acquire returns a connection for one request: an idle one if any endpoint
+// has one, else a new one where an endpoint is below MaxConns, else the
+// first one released or slot freed within AcquireTimeout.
+//
+// The caller owns the connection until it passes it to Release or Discard,
+// and never touches it after that.
+func (p *Pool) Acquire() (*Conn, error) {
+	start := int(p.rr.Add(1))
+	n := len(p.eps)
+
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	for i := 0; i < n; i++ {
+		ep := p.eps[(start+i)%n]
+		for c := ep.idle.front; c != nil; c = ep.idle.front {
+			p.unwatchLocked(c)
+			// Peek before reuse: a FIN may have landed after the
+			// watcher's last look and before it could act.
+			if r := sockopt.Peek(c.fd); r != sockopt.Open {
+				p.forgetLocked(c.ep)
+				p.mu.Unlock()
+				p.closeConn(c, causeOfPeek(r))
+				p.mu.Lock()
+				continue
+			}
+			p.mu.Unlock()
+			c.attachBuffers()
+			return c, nil
+		}
+	}
+	for i := 0; i < n; i++ {
+		ep := p.eps[(start+i)%n]
+		if ep.conns < p.cfg.MaxConns {
+			ep.conns++
+			p.mu.Unlock()
+			return p.dial(ep)
+		}
+	}
+	ep := p.eps[start%n]
+	w := &waiter{ch: make(chan grant, 1)}
+	ep.waiters = append(ep.waiters, w)
+	p.mu.Unlock()
+	return p.wait(ep, w)
+}
+
+// wait blocks an Acquire at MaxConns until a grant or AcquireTimeout.
+func (p *Pool) wait(ep *endpoint, w *waiter) (*Conn, error) {
+	t := time.NewTimer(p.cfg.AcquireTimeout)
+	defer t.Stop()
+	var g grant
+	select {
+	case g = <-w.ch:
+	case <-t.C:
+		p.mu.Lock()
+		if !w.served {
+			for i, x := range ep.waiters {
+				if x == w {
+					ep.waiters = append(ep.waiters[:i], ep.waiters[i+1:]...)
+					break
+				}
+			}
+			p.mu.Unlock()
+			return nil, ErrExhausted
+		}
+		p.mu.Unlock()
+		g = <-w.ch // served just as the timer fired
+	}
+	switch {
+	case g.err != nil:
+		return nil, g.err
+	case g.c != nil:
+		g.c.attachBuffers()
+		return g.c, nil
+	default:
+		return p.dial(ep) // a slot was freed for us
+	}
+}
+
+// dial opens a connection on a slot already counted in ep.conns.
+func (p *Pool) dial(ep *endpoint) (*Conn, error) {
+	nc, err := p.dialer.Dial("tcp", ep.addr)
+	if err != nil {
+		p.mu.Lock()
+		p.forgetLocked(ep)
+		p.mu.Unlock()
+		if ce := p.log.Check(zapcore.DebugLevel, "upstream dial failed"); ce != nil {
+			ce.Write(zap.String("endpoint", ep.addr), zap.Error(err))
+		}
+		return nil, &DialError{Addr: ep.addr, Err: err}
+	}
+	fd, err := sockopt.FD(nc)
+	if err != nil {
+		nc.Close()
+		p.mu.Lock()
+		p.forgetLocked(ep)
+		p.mu.Unlock()
+		return nil, &DialError{Addr: ep.addr, Err: err}
+	}
+	p.mu.Lock()
+	p.nextID++
+	id := p.nextID
+	p.mu.Unlock()
+	c := &Conn{id: id, ep: ep, nc: nc, fd: fd, created: time.Now()}
+	c.io.nc = nc
+	c.attachBuffers()
+	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection opened"); ce != nil {
+		ce.Write(zap.String("endpoint", ep.addr), zap.Stringer("local", nc.LocalAddr()))
+	}
+	return c, nil
+}
+
+// Release takes back a connection whose request and response completed
+// cleanly and which the server did not ask to close. It goes to a waiting
+// Acquire, or idles under watch. After Release the caller must not touch c.
+func (p *Pool) Release(c *Conn) {
+	c.requests++
+	switch {
+	case p.cfg.MaxRequests > 0 && c.requests >= p.cfg.MaxRequests:
+		p.Discard(c, CauseMaxRequests)
+		return
+	case p.cfg.MaxLifetime > 0 && time.Since(c.created) >= p.cfg.MaxLifetime:
+		p.Discard(c, CauseMaxLifetime)
+		return
+	case c.br != nil && c.br.Buffered() > 0:
+		p.Discard(c, CauseUnsolicited) // bytes beyond the response
+		return
+	}
+
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		p.Discard(c, CauseShutdown)
+		return
+	}
+	ep := c.ep
+	if w := ep.popWaiterLocked(); w != nil {
+		p.mu.Unlock()
+		w.ch <- grant{c: c} // the waiter inherits the buffers too
+		return
+	}
+	if ep.idle.len >= p.cfg.MaxIdle {
+		p.mu.Unlock()
+		p.Discard(c, CauseMaxIdle)
+		return
+	}
+	c.detachBuffers()
+	if err := p.watch.add(c.fd, c.id); err != nil {
+		// Without a watch the connection could go stale unnoticed.
+		p.forgetLocked(ep)
+		p.mu.Unlock()
+		p.log.Warn("cannot watch idle upstream connection", zap.Error(err))
+		p.closeConn(c, CauseError)
+		return
+	}
+	c.idleSince = time.Now()
+	ep.idle.pushFront(c)
+	p.idleByID[c.id] = c
+	if !p.cleaning && (p.cfg.IdleTimeout > 0 || p.cfg.MaxLifetime > 0) {
+		p.cleaning = true
+		p.runWG.Add(1)
+		go p.cleaner()
+	}
+	p.mu.Unlock()
+}
+
+// Discard closes a connection that must not be reused, for the given
+// cause, and frees its slot. After Discard the caller must not touch c.
+func (p *Pool) Discard(c *Conn, cause Cause) {
+	c.detachBuffers()
+	p.mu.Lock()
+	p.forgetLocked(c.ep)
+	p.mu.Unlock()
+	p.closeConn(c, cause)
+}
+
+// closeConn closes a connection nobody holds any more.
+func (p *Pool) closeConn(c *Conn, cause Cause) {
+	c.closeSocket(p.cfg.Linger)
+	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection closed"); ce != nil {
+		ce.Write(zap.String("endpoint", c.ep.addr), zap.String("cause", string(cause)),
+			zap.Int("requests", c.requests), zap.Duration("age", time.Since(c.created)))
+	}
+}
+
+// onReadable runs on the watcher goroutine when an idle socket became
+// readable: on an idle HTTP/1.1 connection that is always the end of it.
+func (p *Pool) onReadable(id uint64) {
+	p.mu.Lock()
+	c := p.idleByID[id]
+	if c == nil {
+		p.mu.Unlock() // handed out meanwhile; its own peek decides
+		return
+	}
+	r := sockopt.Peek(c.fd)
+	if r == sockopt.Open {
+		p.mu.Unlock() // spurious wake-up
+		return
+	}
+	p.unwatchLocked(c)
+	p.forgetLocked(c.ep)
+	p.mu.Unlock()
+	if ce := p.log.Check(zapcore.DebugLevel, "upstream half-close detected"); ce != nil {
+		ce.Write(zap.String("endpoint", c.ep.addr), zap.String("cause", string(causeOfPeek(r))),
+			zap.Duration("idle", time.Since(c.idleSince)))
+	}
+	p.closeConn(c, causeOfPeek(r))
+}
+
+// unwatchLocked takes an idle connection out of the idle list and the
+// watcher. p.mu must be held.
+func (p *Pool) unwatchLocked(c *Conn) {
+	c.ep.idle.remove(c)
+	delete(p.idleByID, c.id)
+	// Cannot fail for a registered, open fd; if it did, the close that
+	// follows or the next Release's add would surface it.
+	_ = p.watch.remove(c.fd)
+}
+
+// forgetLocked frees one of ep's connection slots: it goes to the first
+// waiting Acquire, which dials into it, or back to the endpoint.
+// p.mu must be held.
+func (p *Pool) forgetLocked(ep *endpoint) {
+	if w := ep.popWaiterLocked(); w != nil {
+		w.ch <- grant{}
+		return
+	}
+	ep.conns--
+}
+
+func (ep *endpoint) popWaiterLocked() *waiter {
+	if len(ep.waiters) == 0 {
+		return nil
+	}
+	w := ep.waiters[0]
+	ep.waiters[0] = nil
+	ep.waiters = ep.waiters[1:]
+	w.served = true
+	return w
+}
+
+// cleaner closes idle connections past idle_timeout or max_lifetime. It
+// runs while there are idle connections and sleeps until the earliest
+// deadline among them.
+func (p *Pool) cleaner() {
+	defer p.runWG.Done()
+	const granularity = 10 * time.Millisecond // batches nearby deadlines
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	type victim struct {
+		c     *Conn
+		cause Cause
+	}
+	var victims []victim
+	for {
+		now := time.Now()
+		var next time.Time
+		victims = victims[:0]
+		p.mu.Lock()
+		if p.closed || len(p.idleByID) == 0 {
+			p.cleaning = false
+			p.mu.Unlock()
+			return
+		}
+		for _, ep := range p.eps {
+			for c := ep.idle.back; c != nil; {
+				prev := c.prev
+				deadline, cause := p.deadline(c)
+				if !deadline.After(now) {
+					p.unwatchLocked(c)
+					p.forgetLocked(ep)
+					victims = append(victims, victim{c, cause})
+				} else if next.IsZero() || deadline.Before(next) {
+					next = deadline
+				}
+				c = prev
+			}
+		}
+		p.mu.Unlock()
+		for _, v := range victims {
+			p.closeConn(v.c, v.cause)
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(next.Sub(now), granularity)
+		}
+		timer.Reset(wait)
+		select {
+		case <-timer.C:
+		case <-p.done:
+			p.mu.Lock()
+			p.cleaning = false
+			p.mu.Unlock()
+			return
+		}
+	}
+}
+
+// deadline returns when an idle connection expires and why.
+func (p *Pool) deadline(c *Conn) (time.Time, Cause) {
+	var d time.Time
+	var cause Cause
+	if p.cfg.IdleTimeout > 0 {
+		d, cause = c.idleSince.Add(p.cfg.IdleTimeout), CauseIdleTimeout
+	}
+	if p.cfg.MaxLifetime > 0 {
+		if l := c.created.Add(p.cfg.MaxLifetime); d.IsZero() || l.Before(d) {
+			d, cause = l, CauseMaxLifetime
+		}
+	}
+	return d, cause
+}
+
+// Close closes every idle connection, fails waiting Acquires with
+// ErrClosed, and stops the watcher and cleaner. Connections in use are
+// closed when they are released. Close waits for the pool's goroutines.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	var idle []*Conn
+	for _, ep := range p.eps {
+		for c := ep.idle.front; c != nil; c = ep.idle.front {
+			p.unwatchLocked(c)
+			ep.conns--
+			idle = append(idle, c)
+		}
+		for _, w := range ep.waiters {
+			w.served = true
+			w.ch <- grant{err: ErrClosed}
+		}
+		ep.waiters = nil
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		p.closeConn(c, CauseShutdown)
+	}
+	close(p.done)
+	err := p.watch.close()
+	p.runWG.Wait()
+	return err
+}

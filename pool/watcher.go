@@ -1,0 +1,84 @@
+package pool
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// watcher watches every idle connection of a pool for a peer's FIN, RST or
+// unsolicited bytes. It is one epoll set holding the idle sockets; the epoll
+// descriptor itself is registered with Go's netpoller, so the goroutine that
+// drains it parks like any network read and wakes the moment a watched
+// socket becomes readable. No timer, no thread blocked in epoll_wait, and
+// taking a socket out of the set is a single epoll_ctl.
+//
+// A socket is added when its connection becomes idle and removed when it is
+// handed out or closed, always under Pool.mu, so the set holds exactly the
+// idle connections.
+type watcher struct {
+	epfd   int      // for epoll_ctl and epoll_wait
+	file   *os.File // owns epfd; closing it stops run
+	raw    syscall.RawConn
+	events [128]unix.EpollEvent // used only by run
+}
+
+func newWatcher() (*watcher, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("pool: epoll_create1: %w", err)
+	}
+	// Non-blocking, so os.NewFile registers it with the netpoller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("pool: epoll fd non-blocking: %w", err)
+	}
+	file := os.NewFile(uintptr(epfd), "unstuck-idle-watch")
+	raw, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("pool: epoll fd: %w", err)
+	}
+	return &watcher{epfd: epfd, file: file, raw: raw}, nil
+}
+
+// watchEvents are level-triggered: a FIN that is already queued when the
+// socket is added is reported at once.
+const watchEvents = unix.EPOLLIN | unix.EPOLLRDHUP
+
+func (w *watcher) add(fd int, id uint64) error {
+	ev := unix.EpollEvent{Events: watchEvents, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	return unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+}
+
+func (w *watcher) remove(fd int) error {
+	return unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+}
+
+// run drains readiness events and calls onReadable with the id of each
+// socket that became readable, until close is called. The ids may be stale
+// (the connection was handed out after the event fired): onReadable checks.
+func (w *watcher) run(onReadable func(id uint64)) {
+	// The netpoller watches epfd edge-triggered, so drain it until
+	// epoll_wait finds nothing before parking again.
+	_ = w.raw.Read(func(fd uintptr) bool {
+		for {
+			n, err := unix.EpollWait(int(fd), w.events[:], 0)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || n == 0 {
+				return false // park until epfd is readable again
+			}
+			for i := range w.events[:n] {
+				ev := &w.events[i]
+				onReadable(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32)
+			}
+		}
+	})
+}
+
+// close stops run. Call it once, after the pool stopped adding sockets.
+func (w *watcher) close() error { return w.file.Close() }

@@ -1,0 +1,65 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/unstuck-proxy/unstuck/pool"
+)
+
+const maxInterimResponses = 8
+
+var errTooManyInterim = errors.New("too many interim 1xx responses")
+
+// upstreamError is a failed exchange with one endpoint.
+type upstreamError struct {
+	op       string // write, read, read body
+	endpoint string
+	err      error
+	partial  bool // the response header already reached us
+}
+
+func (e *upstreamError) Error() string {
+	return fmt.Sprintf("%s %s: %v", e.op, e.endpoint, e.err)
+}
+
+func (e *upstreamError) Unwrap() error { return e.err }
+
+// statusFor maps an upstream failure to the status the app receives: 503
+// when the pool had no free connection, 504 on any timeout, 502 otherwise
+// (refused, reset, closed, malformed).
+func statusFor(err error) int {
+	if errors.Is(err, pool.ErrExhausted) || errors.Is(err, pool.ErrClosed) {
+		return fasthttp.StatusServiceUnavailable
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fasthttp.StatusGatewayTimeout
+	}
+	return fasthttp.StatusBadGateway
+}
+
+// fail answers the app with the status for err and a short plain-text body.
+func (s *Server) fail(ctx *fasthttp.RequestCtx, err error) {
+	code := statusFor(err)
+	ctx.Response.Reset()
+	ctx.Response.SetStatusCode(code)
+	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
+	ctx.Response.SetBodyString(fasthttp.StatusMessage(code) + "\n")
+	s.log.Warn("upstream request failed",
+		zap.String("upstream", s.up.Name), zap.Int("status", code),
+		zap.ByteString("method", ctx.Method()), zap.ByteString("uri", ctx.RequestURI()),
+		zap.Error(err))
+}
+
+// isExpectedNetClose reports errors that are a peer's normal way of
+// leaving, not worth a warning.
+func isExpectedNetClose(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE)
+}

@@ -1,0 +1,95 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+
+	"github.com/valyala/fasthttp"
+)
+
+// hopHeaders are the hop-by-hop headers of RFC 9110 §7.6.1 plus the
+// pre-standard ones proxies have always dropped. They describe one
+// connection, so they never cross the proxy in either direction.
+// Transfer-Encoding is framing: fasthttp parses it away on read and writes
+// its own on the other side.
+var hopHeaders = [...]string{
+	fasthttp.HeaderConnection,
+	fasthttp.HeaderKeepAlive,
+	fasthttp.HeaderProxyConnection,
+	fasthttp.HeaderTE,
+	fasthttp.HeaderTrailer,
+	fasthttp.HeaderTransferEncoding,
+	fasthttp.HeaderUpgrade,
+}
+
+// headerList is the subset of fasthttp's header types the stripping needs.
+type headerList interface {
+	Peek(key string) []byte
+	Del(key string)
+}
+
+// stripHopHeaders removes the hop-by-hop headers and every header the
+// Connection header names. It reads the Connection header before deleting
+// anything, and copies its tokens because Del may reuse that memory.
+func stripHopHeaders(h headerList, scratch []byte) []byte {
+	if conn := h.Peek(fasthttp.HeaderConnection); len(conn) > 0 {
+		scratch = append(scratch[:0], conn...)
+		for tok := range bytes.SplitSeq(scratch, []byte{','}) {
+			tok = bytes.TrimSpace(tok)
+			if len(tok) == 0 || bytes.EqualFold(tok, []byte("close")) || bytes.EqualFold(tok, []byte("keep-alive")) {
+				continue
+			}
+			h.Del(string(tok))
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	return scratch
+}
+
+// appendForwardedFor appends the client's address to X-Forwarded-For,
+// keeping what earlier proxies wrote.
+func appendForwardedFor(req *fasthttp.Request, remote net.Addr, scratch []byte) []byte {
+	ip, ok := remoteIP(remote)
+	if !ok {
+		return scratch
+	}
+	scratch = scratch[:0]
+	if prior := req.Header.Peek(fasthttp.HeaderXForwardedFor); len(prior) > 0 {
+		scratch = append(append(scratch, prior...), ", "...)
+	}
+	scratch = ip.AppendTo(scratch)
+	req.Header.SetBytesV(fasthttp.HeaderXForwardedFor, scratch)
+	return scratch
+}
+
+func remoteIP(a net.Addr) (netip.Addr, bool) {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip, ok := netip.AddrFromSlice(a.IP)
+		return ip.Unmap(), ok
+	default:
+		return netip.Addr{}, false // unix socket peers have no IP
+	}
+}
+
+// prepareRequest turns the app's request into the upstream's, in place:
+// hop-by-hop headers out, X-Forwarded-For/-Proto in, always HTTP/1.1 with
+// keep-alive towards the upstream. fasthttp has already noted whether the
+// app asked to close its own connection, so dropping Connection here does
+// not change what happens to the app's connection.
+func prepareRequest(req *fasthttp.Request, remote net.Addr, hostHeader string) {
+	var buf [128]byte
+	scratch := stripHopHeaders(&req.Header, buf[:0])
+	// unstuck answered any Expect: 100-continue itself before reading the
+	// body; the upstream gets the whole request at once.
+	req.Header.Del(fasthttp.HeaderExpect)
+	req.Header.SetProtocol("HTTP/1.1")
+	appendForwardedFor(req, remote, scratch)
+	req.Header.Set(fasthttp.HeaderXForwardedProto, "http")
+	if hostHeader != "" {
+		req.Header.SetHost(hostHeader)
+	}
+}

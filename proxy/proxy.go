@@ -1,0 +1,312 @@
+// Package proxy is the app's side of unstuck: a fasthttp server on the
+// listener that forwards each request over a pooled upstream connection.
+//
+// The path of one request: Server.handle prepares the request (hop-by-hop
+// headers out, X-Forwarded-* in), then roundTrip acquires a connection from
+// the pool, writes the request, reads the response header, and either reads
+// a small body and releases the connection at once, or hands the body to
+// fasthttp as a stream whose Close releases it.
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/unstuck-proxy/unstuck/pool"
+	"github.com/unstuck-proxy/unstuck/sockopt"
+)
+
+// Bodies up to this size are buffered whole, which makes them replayable
+// for a retry; larger or chunked ones stream through in both directions.
+const maxBufferedBody = 64 << 10
+
+// Upstream is where a listener sends its requests.
+type Upstream struct {
+	Name                  string
+	Pool                  *pool.Pool
+	Retries               int           // extra attempts, see retryable
+	ResponseHeaderTimeout time.Duration // 0: none
+	HostHeader            string        // "": keep the client's Host
+}
+
+// Config describes one listener. Zero values are the documented defaults.
+type Config struct {
+	Name        string
+	IdleTimeout time.Duration  // close app connections idle this long; 0: never
+	Linger      sockopt.Linger // how unstuck closes app connections
+	Upstream    Upstream
+	Logger      *zap.Logger
+}
+
+// Server serves one listener.
+type Server struct {
+	cfg Config
+	up  Upstream
+	log *zap.Logger
+	srv *fasthttp.Server
+}
+
+// New returns a server for cfg; Serve starts it.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	s := &Server{
+		cfg: cfg,
+		up:  cfg.Upstream,
+		log: cfg.Logger.Named("proxy").With(zap.String("listener", cfg.Name)),
+	}
+	s.srv = &fasthttp.Server{
+		Handler:     s.handle,
+		Name:        "unstuck",
+		IdleTimeout: cfg.IdleTimeout,
+		// Large bodies stream; small ones are read whole (see
+		// maxBufferedBody).
+		StreamRequestBody:            true,
+		MaxRequestBodySize:           maxBufferedBody,
+		DisablePreParseMultipartForm: true,
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		NoDefaultDate:                true,
+		Logger:                       zapPrintf{s.log},
+	}
+	return s
+}
+
+// Serve accepts app connections on ln until Shutdown. Each accepted
+// connection is closed with the listener's linger.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.srv.Serve(&lingerListener{Listener: ln, linger: s.cfg.Linger})
+}
+
+// Shutdown stops accepting, waits for in-flight requests and closes idle
+// app connections, or gives up when ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return s.srv.ShutdownWithContext(ctx)
+}
+
+// handle forwards one request. fasthttp owns ctx; the upstream connection
+// belongs to roundTrip or, for a streamed body, to the body stream.
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	req := &ctx.Request
+	prepareRequest(req, ctx.RemoteAddr(), s.up.HostHeader)
+
+	// A small body is read whole now so a retry can send it again.
+	streamed := false
+	if cl := req.Header.ContentLength(); cl > maxBufferedBody || cl == -1 {
+		streamed = true
+	} else if req.IsBodyStream() {
+		req.Body()
+	}
+	noHost := len(req.Header.Host()) == 0
+
+	for attempt := 0; ; attempt++ {
+		c, err := s.up.Pool.Acquire()
+		if err != nil {
+			var de *pool.DialError
+			if errors.As(err, &de) && attempt < s.up.Retries {
+				s.logRetry(ctx, attempt, "dial", err)
+				continue // nothing was sent
+			}
+			s.fail(ctx, err)
+			return
+		}
+		if noHost {
+			req.Header.SetHost(c.Endpoint())
+		}
+		err = s.roundTrip(c, req, &ctx.Response)
+		if err == nil {
+			return
+		}
+		if attempt < s.up.Retries && retryable(req, c, streamed) {
+			s.logRetry(ctx, attempt, "stale connection", err)
+			continue
+		}
+		s.fail(ctx, err)
+		return
+	}
+}
+
+// roundTrip sends req on c and reads the response into resp. It always
+// passes c on: to the pool, or to resp's body stream, which releases it
+// once fasthttp has written the body to the app.
+func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.Response) error {
+	nc := c.NetConn()
+	if t := s.up.ResponseHeaderTimeout; t > 0 {
+		nc.SetDeadline(time.Now().Add(t))
+	} else {
+		nc.SetDeadline(time.Time{})
+	}
+	if req.IsBodyStream() {
+		// Uploads may take longer than the header timeout.
+		nc.SetWriteDeadline(time.Time{})
+	}
+	bw := c.Writer()
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		s.up.Pool.Discard(c, pool.CauseError)
+		return &upstreamError{op: "write", endpoint: c.Endpoint(), err: err}
+	}
+
+	br := c.Reader()
+	if err := readResponseHeader(resp, br); err != nil {
+		s.up.Pool.Discard(c, pool.CauseError)
+		return &upstreamError{op: "read", endpoint: c.Endpoint(), err: err}
+	}
+	serverClose := resp.Header.ConnectionClose()
+	stripHopHeaders(&resp.Header, nil)
+
+	code := resp.Header.StatusCode()
+	if req.Header.IsHead() || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified {
+		resp.SkipBody = true
+		s.finish(c, serverClose)
+		return nil
+	}
+	cl := resp.Header.ContentLength()
+	if cl >= 0 && cl <= maxBufferedBody {
+		resp.StreamBody = false
+		if err := resp.ReadBody(br, 0); err != nil {
+			s.up.Pool.Discard(c, pool.CauseError)
+			return &upstreamError{op: "read body", endpoint: c.Endpoint(), err: err, partial: true}
+		}
+		s.finish(c, serverClose)
+		return nil
+	}
+
+	// Large, chunked, or delimited by close: stream it. The response
+	// header is in; the body may take as long as it takes.
+	nc.SetReadDeadline(time.Time{})
+	resp.StreamBody = true
+	if err := resp.ReadBody(br, 0); err != nil {
+		s.up.Pool.Discard(c, pool.CauseError)
+		return &upstreamError{op: "read body", endpoint: c.Endpoint(), err: err, partial: true}
+	}
+	body := &upstreamBody{
+		r:        resp.BodyStream(),
+		c:        c,
+		pool:     s.up.Pool,
+		reusable: !serverClose && cl != -2, // -2: body ends at close
+	}
+	size := cl
+	if size < 0 {
+		size = -1 // chunked towards the app
+	}
+	resp.SetBodyStream(body, size)
+	return nil
+}
+
+// finish hands c back after a complete response.
+func (s *Server) finish(c *pool.Conn, serverClose bool) {
+	if serverClose {
+		s.up.Pool.Discard(c, pool.CauseServerClose)
+		return
+	}
+	s.up.Pool.Release(c)
+}
+
+// readResponseHeader reads the final response header, skipping interim 1xx
+// responses (103 Early Hints) the way fasthttp's own client does.
+func readResponseHeader(resp *fasthttp.Response, br *bufio.Reader) error {
+	resp.Reset()
+	for interim := 0; ; interim++ {
+		if err := resp.Header.Read(br); err != nil {
+			return err
+		}
+		code := resp.Header.StatusCode()
+		if code < 100 || code >= 200 || code == fasthttp.StatusSwitchingProtocols {
+			return nil
+		}
+		if interim == maxInterimResponses {
+			return errTooManyInterim
+		}
+	}
+}
+
+// upstreamBody streams a response body from an upstream connection to the
+// app. It owns the connection until fasthttp closes it after writing the
+// body (or failing to): a body read to its end releases the connection,
+// anything else discards it.
+type upstreamBody struct {
+	r        io.Reader // fasthttp's framing reader over the connection
+	c        *pool.Conn
+	pool     *pool.Pool
+	reusable bool
+	eof      bool
+	closed   bool
+}
+
+func (b *upstreamBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+// Close runs once fasthttp is done with the body, on the handler's
+// goroutine; it is the end of the connection's turn.
+func (b *upstreamBody) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	switch {
+	case b.eof && b.reusable:
+		b.pool.Release(b.c)
+	case b.eof:
+		b.pool.Discard(b.c, pool.CauseServerClose)
+	default:
+		b.pool.Discard(b.c, pool.CauseError)
+	}
+	return nil
+}
+
+// retryable reports whether a request that failed on c may be sent again
+// on another connection. An idempotent request may, if c was a reused
+// connection (so it may have gone stale) and not one byte of the response
+// arrived. Any request may if not one byte of it was written. A streamed
+// body cannot be sent twice once its first byte was read.
+func retryable(req *fasthttp.Request, c *pool.Conn, streamed bool) bool {
+	if streamed {
+		return false
+	}
+	if c.BytesWritten() == 0 {
+		return true
+	}
+	return idempotent(req) && c.Reused() && c.BytesRead() == 0
+}
+
+func idempotent(req *fasthttp.Request) bool {
+	switch string(req.Header.Method()) {
+	case fasthttp.MethodGet, fasthttp.MethodHead, fasthttp.MethodOptions, fasthttp.MethodTrace,
+		fasthttp.MethodPut, fasthttp.MethodDelete:
+		return true
+	}
+	return len(req.Header.Peek("Idempotency-Key")) > 0
+}
+
+func (s *Server) logRetry(ctx *fasthttp.RequestCtx, attempt int, reason string, err error) {
+	if ce := s.log.Check(zapcore.DebugLevel, "retrying request"); ce != nil {
+		ce.Write(zap.Int("attempt", attempt+1), zap.String("reason", reason),
+			zap.ByteString("method", ctx.Method()), zap.Error(err))
+	}
+}
+
+// zapPrintf adapts zap to fasthttp's Logger. fasthttp logs connection
+// errors that are the app's business (a reset, a bad request) here.
+type zapPrintf struct{ log *zap.Logger }
+
+func (z zapPrintf) Printf(format string, args ...any) {
+	z.log.Sugar().Debugf(format, args...)
+}

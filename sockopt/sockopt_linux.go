@@ -1,0 +1,103 @@
+package sockopt
+
+import (
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// FD returns the file descriptor of a TCP or Unix connection. The number is
+// valid only while conn is open; the caller must own conn and must not use
+// the number after conn is closed.
+func FD(conn net.Conn) (int, error) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("sockopt: %T has no file descriptor", conn)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}
+
+// ApplyLinger sets SO_LINGER on fd as l asks. Graceful clears it, so a plain
+// close sends FIN and the kernel flushes in the background.
+func ApplyLinger(fd int, l Linger) error {
+	lg := unix.Linger{}
+	switch l.Mode {
+	case Reset:
+		lg = unix.Linger{Onoff: 1, Linger: 0}
+	case Bounded:
+		lg = unix.Linger{Onoff: 1, Linger: int32(l.Timeout / time.Second)}
+	}
+	return unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &lg)
+}
+
+// PeekResult is what a non-blocking one-byte MSG_PEEK finds on a socket.
+type PeekResult uint8
+
+const (
+	// Open: nothing to read, the peer has not closed. The connection is
+	// safe to reuse.
+	Open PeekResult = iota
+	// PeerFIN: the peer half-closed (read would return EOF).
+	PeerFIN
+	// PeerRST: the peer reset the connection.
+	PeerRST
+	// Unsolicited: bytes arrived that nobody asked for. On an idle HTTP/1.1
+	// connection this is a protocol error (or a late 408 from the server).
+	Unsolicited
+	// PeekError: any other error; the connection is unusable.
+	PeekError
+)
+
+func (r PeekResult) String() string {
+	switch r {
+	case Open:
+		return "open"
+	case PeerFIN:
+		return "fin"
+	case PeerRST:
+		return "rst"
+	case Unsolicited:
+		return "unsolicited"
+	default:
+		return "error"
+	}
+}
+
+// Peek looks at fd without consuming anything and without blocking: one
+// recvfrom(MSG_PEEK|MSG_DONTWAIT) syscall, no allocation.
+func Peek(fd int) PeekResult {
+	var b [1]byte
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	switch {
+	case errno == unix.EAGAIN:
+		return Open
+	case errno == unix.ECONNRESET:
+		return PeerRST
+	case errno != 0:
+		return PeekError
+	case n == 0:
+		return PeerFIN
+	default:
+		return Unsolicited
+	}
+}
+
+// UnsentBytes returns the bytes in fd's send queue that the peer has not yet
+// acknowledged (SIOCOUTQ). Zero means everything written reached the peer's
+// kernel.
+func UnsentBytes(fd int) (int, error) {
+	return unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+}
