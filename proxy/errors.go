@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"syscall"
+	"time"
 
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
@@ -21,7 +23,15 @@ type upstreamError struct {
 	op       string // write, read, read body
 	endpoint string
 	err      error
-	partial  bool // the response header already reached us
+	timeout  bool // the exchange ran past its deadline
+}
+
+// newUpstreamError records a failure on c. fasthttp's parsers do not
+// always wrap the socket's timeout error, so a deadline that has passed
+// counts as a timeout too.
+func newUpstreamError(op string, c *pool.Conn, err error, deadline time.Time) *upstreamError {
+	timeout := errors.Is(err, os.ErrDeadlineExceeded) || (!deadline.IsZero() && !time.Now().Before(deadline))
+	return &upstreamError{op: op, endpoint: c.Endpoint(), err: err, timeout: timeout}
 }
 
 func (e *upstreamError) Error() string {
@@ -36,6 +46,10 @@ func (e *upstreamError) Unwrap() error { return e.err }
 func statusFor(err error) int {
 	if errors.Is(err, pool.ErrExhausted) || errors.Is(err, pool.ErrClosed) {
 		return fasthttp.StatusServiceUnavailable
+	}
+	var ue *upstreamError
+	if errors.As(err, &ue) && ue.timeout {
+		return fasthttp.StatusGatewayTimeout
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {

@@ -87,6 +87,11 @@ func prepareRequest(req *fasthttp.Request, remote net.Addr, hostHeader string) {
 	// body; the upstream gets the whole request at once.
 	req.Header.Del(fasthttp.HeaderExpect)
 	req.Header.SetProtocol("HTTP/1.1")
+	// fasthttp's server has parsed the URI; without these, Write would
+	// rebuild the request line from it (normalising the path) and replace
+	// Host with the URI's host. A proxy forwards both as they came.
+	req.UseHostHeader = true
+	req.URI().DisablePathNormalizing = true
 	appendForwardedFor(req, remote, scratch)
 	req.Header.Set(fasthttp.HeaderXForwardedProto, "http")
 	if hostHeader != "" {

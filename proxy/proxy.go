@@ -140,11 +140,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 // once fasthttp has written the body to the app.
 func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.Response) error {
 	nc := c.NetConn()
+	var deadline time.Time // zero: none
 	if t := s.up.ResponseHeaderTimeout; t > 0 {
-		nc.SetDeadline(time.Now().Add(t))
-	} else {
-		nc.SetDeadline(time.Time{})
+		deadline = time.Now().Add(t)
 	}
+	nc.SetDeadline(deadline)
 	if req.IsBodyStream() {
 		// Uploads may take longer than the header timeout.
 		nc.SetWriteDeadline(time.Time{})
@@ -156,13 +156,13 @@ func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.R
 	}
 	if err != nil {
 		s.up.Pool.Discard(c, pool.CauseError)
-		return &upstreamError{op: "write", endpoint: c.Endpoint(), err: err}
+		return newUpstreamError("write", c, err, deadline)
 	}
 
 	br := c.Reader()
 	if err := readResponseHeader(resp, br); err != nil {
 		s.up.Pool.Discard(c, pool.CauseError)
-		return &upstreamError{op: "read", endpoint: c.Endpoint(), err: err}
+		return newUpstreamError("read", c, err, deadline)
 	}
 	serverClose := resp.Header.ConnectionClose()
 	stripHopHeaders(&resp.Header, nil)
@@ -178,7 +178,7 @@ func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.R
 		resp.StreamBody = false
 		if err := resp.ReadBody(br, 0); err != nil {
 			s.up.Pool.Discard(c, pool.CauseError)
-			return &upstreamError{op: "read body", endpoint: c.Endpoint(), err: err, partial: true}
+			return newUpstreamError("read body", c, err, deadline)
 		}
 		s.finish(c, serverClose)
 		return nil
@@ -187,16 +187,21 @@ func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.R
 	// Large, chunked, or delimited by close: stream it. The response
 	// header is in; the body may take as long as it takes.
 	nc.SetReadDeadline(time.Time{})
-	resp.StreamBody = true
-	if err := resp.ReadBody(br, 0); err != nil {
+	// The framing reader lives in a response of its own: resp's body is
+	// about to become our stream, and replacing a body closes the old one.
+	framing := fasthttp.AcquireResponse()
+	framing.StreamBody = true
+	framing.Header.SetContentLength(cl)
+	if err := framing.ReadBody(br, 0); err != nil {
+		fasthttp.ReleaseResponse(framing)
 		s.up.Pool.Discard(c, pool.CauseError)
-		return &upstreamError{op: "read body", endpoint: c.Endpoint(), err: err, partial: true}
+		return newUpstreamError("read body", c, err, deadline)
 	}
 	body := &upstreamBody{
-		r:        resp.BodyStream(),
+		framing:  framing,
 		c:        c,
 		pool:     s.up.Pool,
-		reusable: !serverClose && cl != -2, // -2: body ends at close
+		reusable: !serverClose && cl != -2, // -2: the body ends at close
 	}
 	size := cl
 	if size < 0 {
@@ -238,7 +243,7 @@ func readResponseHeader(resp *fasthttp.Response, br *bufio.Reader) error {
 // body (or failing to): a body read to its end releases the connection,
 // anything else discards it.
 type upstreamBody struct {
-	r        io.Reader // fasthttp's framing reader over the connection
+	framing  *fasthttp.Response // its BodyStream reads the body off c
 	c        *pool.Conn
 	pool     *pool.Pool
 	reusable bool
@@ -247,7 +252,7 @@ type upstreamBody struct {
 }
 
 func (b *upstreamBody) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
+	n, err := b.framing.BodyStream().Read(p)
 	if err == io.EOF {
 		b.eof = true
 	}
@@ -261,6 +266,7 @@ func (b *upstreamBody) Close() error {
 		return nil
 	}
 	b.closed = true
+	fasthttp.ReleaseResponse(b.framing)
 	switch {
 	case b.eof && b.reusable:
 		b.pool.Release(b.c)
