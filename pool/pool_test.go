@@ -135,3 +135,279 @@ func TestIdleConnectionClosedOnPeerFIN(t *testing.T) {
 		})
 	}
 }
+
+// acquireN acquires n fresh connections and waits until the server has
+// accepted each.
+func acquireN(t *testing.T, p *Pool, srv *finServer, n int) []*Conn {
+	t.Helper()
+	var cs []*Conn
+	for range n {
+		c, err := p.Acquire()
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-srv.ready
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+func (p *Pool) counts() (open, idle int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ep := range p.eps {
+		open += ep.conns
+		idle += ep.idle.len
+	}
+	return open, idle
+}
+
+// waitCounts polls until the pool holds want open and idle connections.
+func waitCounts(t *testing.T, p *Pool, open, idle int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		o, i := p.counts()
+		if o == open && i == idle {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool holds %d open, %d idle; want %d, %d", o, i, open, idle)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestReuseIsLIFOAndPeeked(t *testing.T) {
+	srv := newFinServer(t)
+	p := newTestPool(t, Config{Endpoints: []string{srv.addr()}})
+	cs := acquireN(t, p, srv, 2)
+	p.Release(cs[0])
+	p.Release(cs[1])
+	c, err := p.Acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != cs[1] || !c.Reused() {
+		t.Fatalf("want the most recently released connection back, reused")
+	}
+	p.Release(c)
+	waitCounts(t, p, 2, 2, time.Second)
+}
+
+func TestMaxConnsWaitsThenHandsOver(t *testing.T) {
+	srv := newFinServer(t)
+	p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, MaxConns: 1, AcquireTimeout: 20 * time.Millisecond})
+	c := acquireN(t, p, srv, 1)[0]
+
+	if _, err := p.Acquire(); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("at max_conns: got %v, want ErrExhausted", err)
+	}
+
+	p2 := newTestPool(t, Config{Endpoints: []string{srv.addr()}, MaxConns: 1, AcquireTimeout: 10 * time.Second})
+	held := acquireN(t, p2, srv, 1)[0]
+	got := make(chan *Conn)
+	go func() {
+		c, err := p2.Acquire()
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	// The waiter is queued once it shows up on the endpoint.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		p2.mu.Lock()
+		n := len(p2.eps[0].waiters)
+		p2.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("waiter never queued")
+		}
+	}
+	p2.Release(held)
+	if w := <-got; w != held {
+		t.Fatalf("waiter did not get the released connection")
+	} else {
+		p2.Release(w)
+	}
+	p.Release(c)
+}
+
+func TestDiscardFreesSlotForWaiter(t *testing.T) {
+	srv := newFinServer(t)
+	p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, MaxConns: 1, AcquireTimeout: 10 * time.Second})
+	held := acquireN(t, p, srv, 1)[0]
+	got := make(chan *Conn)
+	go func() {
+		c, err := p.Acquire()
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		p.mu.Lock()
+		n := len(p.eps[0].waiters)
+		p.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("waiter never queued")
+		}
+	}
+	p.Discard(held, CauseError)
+	c := <-got
+	<-srv.ready // the waiter dialed a new connection into the freed slot
+	if c == held || c.Reused() {
+		t.Fatal("waiter should have dialed a new connection")
+	}
+	p.Release(c)
+	waitCounts(t, p, 1, 1, time.Second)
+}
+
+func TestLimitsCloseConnections(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  Config
+		// after one request and release: open connections left
+		check func(t *testing.T, p *Pool)
+	}{
+		{"max_requests", Config{MaxRequests: 2}, func(t *testing.T, p *Pool) {
+			c, _ := p.Acquire()
+			p.Release(c) // second request on it: closed
+			waitCounts(t, p, 0, 0, time.Second)
+		}},
+		{"idle_timeout", Config{IdleTimeout: 30 * time.Millisecond}, func(t *testing.T, p *Pool) {
+			waitCounts(t, p, 0, 0, 5*time.Second)
+		}},
+		{"max_lifetime", Config{MaxLifetime: 30 * time.Millisecond}, func(t *testing.T, p *Pool) {
+			waitCounts(t, p, 0, 0, 5*time.Second)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newFinServer(t)
+			tc.cfg.Endpoints = []string{srv.addr()}
+			p := newTestPool(t, tc.cfg)
+			c := acquireN(t, p, srv, 1)[0]
+			p.Release(c)
+			tc.check(t, p)
+		})
+	}
+	t.Run("max_idle", func(t *testing.T) {
+		srv := newFinServer(t)
+		p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, MaxIdle: 2})
+		for _, c := range acquireN(t, p, srv, 4) {
+			p.Release(c)
+		}
+		waitCounts(t, p, 2, 2, time.Second)
+	})
+}
+
+func TestCloseFailsWaitersAndClosesIdle(t *testing.T) {
+	srv := newFinServer(t)
+	p, err := New(Config{Endpoints: []string{srv.addr()}, MaxConns: 1, AcquireTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := acquireN(t, p, srv, 1)[0]
+	errc := make(chan error)
+	go func() {
+		_, err := p.Acquire()
+		errc <- err
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		p.mu.Lock()
+		n := len(p.eps[0].waiters)
+		p.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("waiter never queued")
+		}
+	}
+	p.Close()
+	if err := <-errc; !errors.Is(err, ErrClosed) {
+		t.Fatalf("waiter got %v, want ErrClosed", err)
+	}
+	p.Release(held) // after Close: closed, not pooled
+	if o, i := p.counts(); o != 0 || i != 0 {
+		t.Fatalf("after Close: %d open, %d idle", o, i)
+	}
+	if _, err := p.Acquire(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Acquire after Close: %v", err)
+	}
+}
+
+func TestDialErrorIsTyped(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	p := newTestPool(t, Config{Endpoints: []string{addr}})
+	_, err := p.Acquire()
+	var de *DialError
+	if !errors.As(err, &de) || de.Addr != addr {
+		t.Fatalf("got %v, want a DialError for %s", err, addr)
+	}
+	if o, _ := p.counts(); o != 0 {
+		t.Fatalf("failed dial kept its slot: %d open", o)
+	}
+}
+
+// Handing a pooled connection out and back: one epoll_ctl and one peek out,
+// one epoll_ctl back, no allocation.
+func BenchmarkAcquireRelease(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	p, err := New(Config{Endpoints: []string{ln.Addr().String()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	c, err := p.Acquire()
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.Release(c)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		c, err := p.Acquire()
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.Release(c)
+	}
+}
+
+func TestAcquireReleaseDoesNotAllocate(t *testing.T) {
+	srv := newFinServer(t)
+	p := newTestPool(t, Config{Endpoints: []string{srv.addr()}})
+	p.Release(acquireN(t, p, srv, 1)[0])
+	allocs := testing.AllocsPerRun(1000, func() {
+		c, err := p.Acquire()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Release(c)
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per Acquire/Release; want 0", allocs)
+	}
+}

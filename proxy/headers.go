@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/valyala/fasthttp"
 )
@@ -30,39 +31,43 @@ type headerList interface {
 }
 
 // stripHopHeaders removes the hop-by-hop headers and every header the
-// Connection header names. It reads the Connection header before deleting
-// anything, and copies its tokens because Del may reuse that memory.
-func stripHopHeaders(h headerList, scratch []byte) []byte {
-	if conn := h.Peek(fasthttp.HeaderConnection); len(conn) > 0 {
-		scratch = append(scratch[:0], conn...)
-		for tok := range bytes.SplitSeq(scratch, []byte{','}) {
-			tok = bytes.TrimSpace(tok)
-			if len(tok) == 0 || bytes.EqualFold(tok, []byte("close")) || bytes.EqualFold(tok, []byte("keep-alive")) {
-				continue
+// Connection header names. It copies the Connection value first because
+// Del may reuse that memory; that copy is the only allocation, and only for
+// messages that carry a Connection header naming other headers.
+func stripHopHeaders(h headerList) {
+	if conn := h.Peek(fasthttp.HeaderConnection); len(conn) > 0 && !onlyCloseOrKeepAlive(conn) {
+		for tok := range strings.SplitSeq(string(conn), ",") {
+			tok = strings.TrimSpace(tok)
+			if tok != "" && !strings.EqualFold(tok, "close") && !strings.EqualFold(tok, "keep-alive") {
+				h.Del(tok)
 			}
-			h.Del(string(tok))
 		}
 	}
 	for _, k := range hopHeaders {
 		h.Del(k)
 	}
-	return scratch
+}
+
+// onlyCloseOrKeepAlive reports the common Connection values that name no
+// other header.
+func onlyCloseOrKeepAlive(v []byte) bool {
+	return bytes.EqualFold(v, []byte("close")) || bytes.EqualFold(v, []byte("keep-alive"))
 }
 
 // appendForwardedFor appends the client's address to X-Forwarded-For,
 // keeping what earlier proxies wrote.
-func appendForwardedFor(req *fasthttp.Request, remote net.Addr, scratch []byte) []byte {
+func appendForwardedFor(req *fasthttp.Request, remote net.Addr) {
 	ip, ok := remoteIP(remote)
 	if !ok {
-		return scratch
+		return
 	}
-	scratch = scratch[:0]
+	var buf [128]byte
+	scratch := buf[:0]
 	if prior := req.Header.Peek(fasthttp.HeaderXForwardedFor); len(prior) > 0 {
 		scratch = append(append(scratch, prior...), ", "...)
 	}
 	scratch = ip.AppendTo(scratch)
 	req.Header.SetBytesV(fasthttp.HeaderXForwardedFor, scratch)
-	return scratch
 }
 
 func remoteIP(a net.Addr) (netip.Addr, bool) {
@@ -81,8 +86,7 @@ func remoteIP(a net.Addr) (netip.Addr, bool) {
 // app asked to close its own connection, so dropping Connection here does
 // not change what happens to the app's connection.
 func prepareRequest(req *fasthttp.Request, remote net.Addr, hostHeader string) {
-	var buf [128]byte
-	scratch := stripHopHeaders(&req.Header, buf[:0])
+	stripHopHeaders(&req.Header)
 	// unstuck answered any Expect: 100-continue itself before reading the
 	// body; the upstream gets the whole request at once.
 	req.Header.Del(fasthttp.HeaderExpect)
@@ -92,7 +96,7 @@ func prepareRequest(req *fasthttp.Request, remote net.Addr, hostHeader string) {
 	// Host with the URI's host. A proxy forwards both as they came.
 	req.UseHostHeader = true
 	req.URI().DisablePathNormalizing = true
-	appendForwardedFor(req, remote, scratch)
+	appendForwardedFor(req, remote)
 	req.Header.Set(fasthttp.HeaderXForwardedProto, "http")
 	if hostHeader != "" {
 		req.Header.SetHost(hostHeader)

@@ -165,7 +165,7 @@ func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.R
 		return newUpstreamError("read", c, err, deadline)
 	}
 	serverClose := resp.Header.ConnectionClose()
-	stripHopHeaders(&resp.Header, nil)
+	stripHopHeaders(&resp.Header)
 
 	code := resp.Header.StatusCode()
 	if req.Header.IsHead() || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 
@@ -31,6 +32,9 @@ func TestMain(m *testing.M) {
 		// which sleeps out its period after Shutdown.
 		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
 		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
+		// The benchmark's fasthttp client.
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*TCPDialer).tcpAddrsClean"),
 	)
 }
 
@@ -54,7 +58,9 @@ func startProxy(t testing.TB, o proxyOpts, endpoints ...string) string {
 		o.upstream.Name = "backend"
 	}
 	o.listener.Upstream = o.upstream
-	if o.listener.Logger == nil {
+	if o.listener.Logger == nopLogger {
+		o.listener.Logger = nil
+	} else if o.listener.Logger == nil {
 		o.listener.Logger = zaptest.NewLogger(t, zaptest.Level(zapcore.DebugLevel))
 	}
 	s := New(o.listener)
@@ -518,3 +524,6 @@ func TestUpstreamFailureStatuses(t *testing.T) {
 		}
 	})
 }
+
+// nopLogger in proxyOpts asks startProxy for no test logging (benchmarks).
+var nopLogger = zap.NewNop()
