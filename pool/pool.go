@@ -53,8 +53,8 @@ type Config struct {
 	IdleTimeout    time.Duration // close connections idle this long; 0: never
 	MaxLifetime    time.Duration // close connections this old once idle; 0: never
 	MaxRequests    int           // close after this many requests; 0: unlimited
-	AcquireTimeout time.Duration // wait for a free slot at MaxConns; default 1s
-	DialTimeout    time.Duration // default 2s
+	AcquireTimeout time.Duration // wait for a free slot at MaxConns; 0: no limit
+	DialTimeout    time.Duration // 0: the kernel's own connect timeout
 
 	Logger *zap.Logger // default: no logging
 }
@@ -65,12 +65,6 @@ func (c *Config) applyDefaults() {
 	}
 	if c.MaxIdle <= 0 {
 		c.MaxIdle = 128
-	}
-	if c.AcquireTimeout <= 0 {
-		c.AcquireTimeout = time.Second
-	}
-	if c.DialTimeout <= 0 {
-		c.DialTimeout = 2 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
@@ -194,12 +188,16 @@ func (p *Pool) Acquire() (*Conn, error) {
 
 // wait blocks an Acquire at MaxConns until a grant or AcquireTimeout.
 func (p *Pool) wait(ep *endpoint, w *waiter) (*Conn, error) {
-	t := time.NewTimer(p.cfg.AcquireTimeout)
-	defer t.Stop()
+	var timeout <-chan time.Time // nil: wait as long as it takes
+	if p.cfg.AcquireTimeout > 0 {
+		t := time.NewTimer(p.cfg.AcquireTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
 	var g grant
 	select {
 	case g = <-w.ch:
-	case <-t.C:
+	case <-timeout:
 		p.mu.Lock()
 		if !w.served {
 			for i, x := range ep.waiters {

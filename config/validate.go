@@ -1,0 +1,299 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Problem is one thing wrong with a configuration.
+type Problem struct {
+	Key    string // full key, such as upstreams.backend.pool.max_conns; a file name for file-level problems
+	Msg    string // what is wrong, quoting the bad value
+	Source string // where the value came from, such as config.yaml:12, env UNSTUCK_LOG_LEVEL or flag --log-level; may be empty
+}
+
+func (p Problem) String() string {
+	s := p.Msg
+	if p.Key != "" {
+		s = p.Key + ": " + s
+	}
+	if p.Source != "" {
+		s += " (" + p.Source + ")"
+	}
+	return s
+}
+
+// Problems is every problem found in a configuration, sorted by key. It is
+// the error Load and Config.Validate return.
+type Problems []Problem
+
+// Error returns one problem per line.
+func (ps Problems) Error() string {
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (ps *Problems) add(key, format string, args ...any) {
+	*ps = append(*ps, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (ps Problems) sort() {
+	slices.SortStableFunc(ps, func(a, b Problem) int {
+		if c := strings.Compare(a.Key, b.Key); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Msg, b.Msg)
+	})
+}
+
+// err returns ps sorted as an error, or nil if there are none.
+func (ps Problems) err() error {
+	if len(ps) == 0 {
+		return nil
+	}
+	ps.sort()
+	return ps
+}
+
+// AsProblems returns the problems in err: all of them if err is a Problems,
+// else one Problem holding err's text.
+func AsProblems(err error) Problems {
+	var ps Problems
+	if errors.As(err, &ps) {
+		return ps
+	}
+	return Problems{{Msg: err.Error()}}
+}
+
+// Validate checks the values of c, which Load has already done. It is for
+// configurations built in code. The error, if any, is a Problems.
+func (c *Config) Validate() error {
+	return c.problems(func(string) bool { return false }).err()
+}
+
+var (
+	logLevels  = []string{"debug", "info", "warn", "error"}
+	logFormats = []string{"console", "json"}
+)
+
+// problems checks every value in c and the references between them. A
+// check that compares a key with another skips it if reported(other).
+func (c *Config) problems(reported func(key string) bool) Problems {
+	var ps Problems
+	if !slices.Contains(logLevels, c.Log.Level) {
+		ps.add("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	if !slices.Contains(logFormats, c.Log.Format) {
+		ps.add("log.format", "%q: want console or json", c.Log.Format)
+	}
+
+	upstreams := sortedKeys(c.Upstreams)
+	if len(c.Listeners) == 0 {
+		ps.add("listeners", "none defined; want at least one listener")
+	}
+	if len(upstreams) == 0 {
+		ps.add("upstreams", "none defined; want at least one upstream")
+	}
+
+	type bound struct {
+		name string
+		addr listenAddr
+	}
+	var seen []bound
+	for _, name := range sortedKeys(c.Listeners) {
+		l := c.Listeners[name]
+		p := "listeners." + name + "."
+		if l.Listen == "" {
+			ps.add(p+"listen", "missing; want host:port or unix:/path")
+		} else if addr, msg := parseListen(l.Listen); msg != "" {
+			ps.add(p+"listen", "%q: %s", l.Listen, msg)
+		} else {
+			for _, b := range seen {
+				if addr.overlaps(b.addr) {
+					ps.add(p+"listen", "%q: conflicts with listeners.%s.listen (%q)", l.Listen, b.name, b.addr.text)
+					break
+				}
+			}
+			seen = append(seen, bound{name, addr})
+		}
+		if l.Protocol != "http" {
+			ps.add(p+"protocol", "%q: want http", l.Protocol)
+		}
+		switch _, ok := c.Upstreams[l.Upstream]; {
+		case l.Upstream == "" && len(upstreams) > 0:
+			ps.add(p+"upstream", "missing; want one of: %s", strings.Join(upstreams, ", "))
+		case l.Upstream == "":
+			ps.add(p+"upstream", "missing; want the name of an upstream")
+		case !ok:
+			have := strings.Join(upstreams, ", ")
+			if have == "" {
+				have = "none"
+			}
+			ps.add(p+"upstream", "%q names no upstream (have: %s)", l.Upstream, have)
+		}
+		nonNegative(&ps, p+"idle_timeout", l.IdleTimeout)
+	}
+
+	for _, name := range upstreams {
+		u := c.Upstreams[name]
+		p := "upstreams." + name + "."
+		if len(u.Endpoints) == 0 {
+			ps.add(p+"endpoints", "empty; want at least one host:port")
+		}
+		for i, e := range u.Endpoints {
+			key := fmt.Sprintf("%sendpoints[%d]", p, i)
+			if msg := checkEndpoint(e); msg != "" {
+				ps.add(key, "%q: %s", e, msg)
+			} else if j := slices.Index(u.Endpoints[:i], e); j >= 0 {
+				ps.add(key, "%q: same as endpoints[%d]", e, j)
+			}
+		}
+		if u.Retries < 0 {
+			ps.add(p+"retries", "%q: must not be negative", strconv.Itoa(u.Retries))
+		}
+		if strings.ContainsFunc(u.HostHeader, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '/' }) {
+			ps.add(p+"host_header", "%q: not a host; want a name such as example.com or example.com:8080", u.HostHeader)
+		}
+		pl := u.Pool
+		if pl.MaxConns < 1 {
+			ps.add(p+"pool.max_conns", "%q: want at least 1", strconv.Itoa(pl.MaxConns))
+		}
+		switch {
+		case pl.MaxIdle < 0:
+			ps.add(p+"pool.max_idle", "%q: must not be negative", strconv.Itoa(pl.MaxIdle))
+		case pl.MaxIdle > pl.MaxConns && pl.MaxConns >= 1 && !reported(p+"pool.max_conns"):
+			ps.add(p+"pool.max_idle", "%q: more than pool.max_conns (%d)", strconv.Itoa(pl.MaxIdle), pl.MaxConns)
+		}
+		if pl.MaxRequests < 0 {
+			ps.add(p+"pool.max_requests", "%q: must not be negative", strconv.Itoa(pl.MaxRequests))
+		}
+		nonNegative(&ps, p+"pool.idle_timeout", pl.IdleTimeout)
+		nonNegative(&ps, p+"pool.max_lifetime", pl.MaxLifetime)
+		nonNegative(&ps, p+"pool.acquire_timeout", pl.AcquireTimeout)
+		nonNegative(&ps, p+"dial.timeout", u.Dial.Timeout)
+		nonNegative(&ps, p+"timeouts.response_header", u.Timeouts.ResponseHeader)
+	}
+	return ps
+}
+
+func nonNegative[D ~int64](ps *Problems, key string, d D) {
+	if d < 0 {
+		ps.add(key, "%q: must not be negative", fmt.Sprint(d))
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// listenAddr is a parsed listener address.
+type listenAddr struct {
+	text string // as configured
+	unix string // cleaned socket path, for unix:/path
+	host string // lower case, without brackets
+	port int
+}
+
+// overlaps reports whether a and b cannot both be bound at once.
+func (a listenAddr) overlaps(b listenAddr) bool {
+	if a.unix != "" || b.unix != "" {
+		return a.unix == b.unix
+	}
+	if a.port != b.port || a.port == 0 {
+		return false // port 0 picks a free port each time
+	}
+	return a.host == b.host || covers(a.host, b.host) || covers(b.host, a.host)
+}
+
+// covers reports whether binding the wildcard w takes host h's port too.
+func covers(w, h string) bool {
+	switch w {
+	case "", "::":
+		return true
+	case "0.0.0.0":
+		ip := net.ParseIP(h)
+		return ip != nil && ip.To4() != nil
+	}
+	return false
+}
+
+// parseListen parses a listener address, "host:port" or "unix:/path". The
+// message is empty when s is good.
+func parseListen(s string) (listenAddr, string) {
+	if path, ok := strings.CutPrefix(s, "unix:"); ok {
+		if path == "" {
+			return listenAddr{}, "empty unix socket path"
+		}
+		return listenAddr{text: s, unix: filepath.Clean(path)}, ""
+	}
+	host, port, msg := splitHostPort(s)
+	if msg != "" {
+		return listenAddr{}, msg
+	}
+	return listenAddr{text: s, host: strings.ToLower(host), port: port}, ""
+}
+
+// checkEndpoint checks an upstream "host:port". The message is empty when
+// s is good.
+func checkEndpoint(s string) string {
+	if strings.HasPrefix(s, "unix:") {
+		return "unix sockets are not supported for upstreams; want host:port"
+	}
+	host, port, msg := splitHostPort(s)
+	switch {
+	case msg != "":
+		return msg
+	case host == "":
+		return "missing host"
+	case port == 0:
+		return "port out of range (want 1-65535)"
+	}
+	return ""
+}
+
+// splitHostPort splits "host:port" and checks both halves, with a short
+// message for each way it can be wrong.
+func splitHostPort(s string) (host string, port int, msg string) {
+	host, ps, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			msg = strings.TrimSuffix(ae.Err, " in address")
+			if msg == "too many colons" {
+				msg += "; write an IPv6 address in brackets, as [::1]:8080"
+			}
+			return "", 0, msg
+		}
+		return "", 0, err.Error()
+	}
+	if strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '/' }) {
+		return "", 0, fmt.Sprintf("bad host %q", host)
+	}
+	if ps == "" {
+		return "", 0, "missing port"
+	}
+	n, err := strconv.Atoi(ps)
+	if err != nil {
+		if strings.Trim(ps, "0123456789") == "" {
+			return "", 0, "port out of range"
+		}
+		return "", 0, fmt.Sprintf("port %q is not a number", ps)
+	}
+	if n < 0 || n > 65535 {
+		return "", 0, "port out of range"
+	}
+	return host, n, ""
+}
