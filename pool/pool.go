@@ -138,52 +138,103 @@ func New(cfg Config) (*Pool, error) {
 	return p, nil
 }
 
+// SettleTime is how long a released connection must have been idle before
+// a careful Acquire prefers it. A server that closes right after a
+// response (without saying Connection: close) has sent its FIN within
+// microseconds; after a millisecond the watcher has seen and acted on it.
+const SettleTime = time.Millisecond
+
 // Acquire returns a connection for one request: an idle one if any endpoint
 // has one, else a new one where an endpoint is below MaxConns, else the
 // first one released or slot freed within AcquireTimeout.
 //
+// Idle connections are reused most recently released first. A careful
+// Acquire, for a request that cannot be retried once written (a POST),
+// takes only a settled connection, idle for at least SettleTime, and
+// dials a new one rather than take one released a moment ago; only when
+// every endpoint is at MaxConns does it take an unsettled one.
+//
 // The caller owns the connection until it passes it to Release or Discard,
 // and never touches it after that.
-func (p *Pool) Acquire() (*Conn, error) {
+func (p *Pool) Acquire(careful bool) (*Conn, error) {
 	start := int(p.rr.Add(1))
-	n := len(p.eps)
+	var now time.Time
+	if careful {
+		now = time.Now()
+	}
 
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
-	for i := 0; i < n; i++ {
-		ep := p.eps[(start+i)%n]
-		for c := ep.idle.front; c != nil; c = ep.idle.front {
-			p.unwatchLocked(c)
-			// Peek before reuse: a FIN may have landed after the
-			// watcher's last look and before it could act.
-			if r := sockopt.Peek(c.fd); r != sockopt.Open {
-				p.forgetLocked(c.ep)
-				p.mu.Unlock()
-				p.closeConn(c, causeOfPeek(r))
-				p.mu.Lock()
-				continue
-			}
-			p.mu.Unlock()
-			c.attachBuffers()
-			return c, nil
-		}
+	if c := p.takeIdleLocked(start, careful, now); c != nil {
+		p.mu.Unlock()
+		c.attachBuffers()
+		return c, nil
 	}
-	for i := 0; i < n; i++ {
-		ep := p.eps[(start+i)%n]
+	if p.closed { // while takeIdleLocked closed a dead connection
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	for i := range p.eps {
+		ep := p.eps[(start+i)%len(p.eps)]
 		if ep.conns < p.cfg.MaxConns {
 			ep.conns++
 			p.mu.Unlock()
 			return p.dial(ep)
 		}
 	}
-	ep := p.eps[start%n]
+	if careful {
+		// No room to dial: an unsettled connection beats waiting.
+		if c := p.takeIdleLocked(start, false, now); c != nil {
+			p.mu.Unlock()
+			c.attachBuffers()
+			return c, nil
+		}
+	}
+	ep := p.eps[start%len(p.eps)]
 	w := &waiter{ch: make(chan grant, 1)}
 	ep.waiters = append(ep.waiters, w)
 	p.mu.Unlock()
 	return p.wait(ep, w)
+}
+
+// takeIdleLocked takes an idle connection that passes the peek before
+// reuse, trying endpoints in round-robin order from start; settled asks
+// for one idle since at least SettleTime before now. It closes the dead
+// ones it finds on the way. p.mu must be held; it is released and retaken
+// around those closes.
+func (p *Pool) takeIdleLocked(start int, settled bool, now time.Time) *Conn {
+	for i := range p.eps {
+		ep := p.eps[(start+i)%len(p.eps)]
+		for {
+			c := ep.idle.front
+			if c == nil {
+				break
+			}
+			if settled && now.Sub(c.idleSince) < SettleTime {
+				if c = ep.idle.back; now.Sub(c.idleSince) < SettleTime {
+					break // nothing settled here
+				}
+			}
+			p.unwatchLocked(c)
+			// Peek before reuse: a FIN may have landed after the
+			// watcher's last look and before it could act.
+			r := sockopt.Peek(c.fd)
+			if r == sockopt.Open {
+				return c
+			}
+			p.forgetLocked(ep)
+			p.mu.Unlock()
+			p.closeConn(c, causeOfPeek(r))
+			p.mu.Lock()
+			if p.closed {
+				return nil
+			}
+		}
+	}
+	return nil
 }
 
 // wait blocks an Acquire at MaxConns until a grant or AcquireTimeout.

@@ -109,7 +109,7 @@ func TestIdleConnectionClosedOnPeerFIN(t *testing.T) {
 			const n = 200
 			var conns []*Conn
 			for range n {
-				c, err := p.Acquire()
+				c, err := p.Acquire(false)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -142,7 +142,7 @@ func acquireN(t *testing.T, p *Pool, srv *finServer, n int) []*Conn {
 	t.Helper()
 	var cs []*Conn
 	for range n {
-		c, err := p.Acquire()
+		c, err := p.Acquire(false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -184,7 +184,7 @@ func TestReuseIsLIFOAndPeeked(t *testing.T) {
 	cs := acquireN(t, p, srv, 2)
 	p.Release(cs[0])
 	p.Release(cs[1])
-	c, err := p.Acquire()
+	c, err := p.Acquire(false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func TestMaxConnsWaitsThenHandsOver(t *testing.T) {
 	p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, MaxConns: 1, AcquireTimeout: 20 * time.Millisecond})
 	c := acquireN(t, p, srv, 1)[0]
 
-	if _, err := p.Acquire(); !errors.Is(err, ErrExhausted) {
+	if _, err := p.Acquire(false); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("at max_conns: got %v, want ErrExhausted", err)
 	}
 
@@ -208,7 +208,7 @@ func TestMaxConnsWaitsThenHandsOver(t *testing.T) {
 	held := acquireN(t, p2, srv, 1)[0]
 	got := make(chan *Conn)
 	go func() {
-		c, err := p2.Acquire()
+		c, err := p2.Acquire(false)
 		if err != nil {
 			t.Error(err)
 		}
@@ -241,7 +241,7 @@ func TestDiscardFreesSlotForWaiter(t *testing.T) {
 	held := acquireN(t, p, srv, 1)[0]
 	got := make(chan *Conn)
 	go func() {
-		c, err := p.Acquire()
+		c, err := p.Acquire(false)
 		if err != nil {
 			t.Error(err)
 		}
@@ -276,7 +276,7 @@ func TestLimitsCloseConnections(t *testing.T) {
 		check func(t *testing.T, p *Pool)
 	}{
 		{"max_requests", Config{MaxRequests: 2}, func(t *testing.T, p *Pool) {
-			c, _ := p.Acquire()
+			c, _ := p.Acquire(false)
 			p.Release(c) // second request on it: closed
 			waitCounts(t, p, 0, 0, time.Second)
 		}},
@@ -316,7 +316,7 @@ func TestCloseFailsWaitersAndClosesIdle(t *testing.T) {
 	held := acquireN(t, p, srv, 1)[0]
 	errc := make(chan error)
 	go func() {
-		_, err := p.Acquire()
+		_, err := p.Acquire(false)
 		errc <- err
 	}()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
@@ -338,7 +338,7 @@ func TestCloseFailsWaitersAndClosesIdle(t *testing.T) {
 	if o, i := p.counts(); o != 0 || i != 0 {
 		t.Fatalf("after Close: %d open, %d idle", o, i)
 	}
-	if _, err := p.Acquire(); !errors.Is(err, ErrClosed) {
+	if _, err := p.Acquire(false); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Acquire after Close: %v", err)
 	}
 }
@@ -348,7 +348,7 @@ func TestDialErrorIsTyped(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	p := newTestPool(t, Config{Endpoints: []string{addr}})
-	_, err := p.Acquire()
+	_, err := p.Acquire(false)
 	var de *DialError
 	if !errors.As(err, &de) || de.Addr != addr {
 		t.Fatalf("got %v, want a DialError for %s", err, addr)
@@ -380,7 +380,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer p.Close()
-	c, err := p.Acquire()
+	c, err := p.Acquire(false)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -388,7 +388,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		c, err := p.Acquire()
+		c, err := p.Acquire(false)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -404,7 +404,7 @@ func TestAcquireReleaseDoesNotAllocate(t *testing.T) {
 	p := newTestPool(t, Config{Endpoints: []string{srv.addr()}})
 	p.Release(acquireN(t, p, srv, 1)[0])
 	allocs := testing.AllocsPerRun(1000, func() {
-		c, err := p.Acquire()
+		c, err := p.Acquire(false)
 		if err != nil {
 			t.Fatal(err)
 		}

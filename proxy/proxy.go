@@ -107,9 +107,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		req.Body()
 	}
 	noHost := len(req.Header.Host()) == 0
+	careful := !idempotent(req)
 
 	for attempt := 0; ; attempt++ {
-		c, err := s.up.Pool.Acquire()
+		c, err := s.up.Pool.Acquire(careful)
 		if err != nil {
 			var de *pool.DialError
 			if errors.As(err, &de) && attempt < s.up.Retries {

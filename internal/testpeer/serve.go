@@ -54,11 +54,15 @@ func (s *Server) serveConn(cn *conn) {
 			}
 			return
 		}
+		// Decided before answering, so nothing (not even the lock in
+		// closeNow) runs between the last response byte and the FIN.
+		raceClose := s.race != nil && s.race.closeNow()
 		if !s.serveRequest(cn, seq, req, br, tp, bw, buf) || req.close {
 			return
 		}
-		if s.race != nil && s.race.closeNow() {
-			return // FIN right behind the last response byte, no Connection: close
+		if raceClose {
+			cn.close() // FIN right behind the last response byte, no Connection: close
+			return
 		}
 	}
 }
