@@ -364,6 +364,9 @@ func (p *Pool) Release(c *Conn) {
 // Discard closes a connection that must not be reused, for the given
 // cause, and frees its slot. After Discard the caller must not touch c.
 func (p *Pool) Discard(c *Conn, cause Cause) {
+	if cause == CauseServerClose {
+		c.requests++ // the exchange completed; the server ended the connection with it
+	}
 	c.detachBuffers()
 	p.mu.Lock()
 	p.forgetLocked(c.ep)

@@ -57,7 +57,7 @@ func run(args []string, stdout, stderr io.Writer, environ []string) int {
 func newRootCmd(stdout, stderr io.Writer, environ []string) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "unstuck",
-		Short: "HTTP reverse-proxy sidecar with bounded, self-healing upstream pools",
+		Short: "HTTP sidecar that keeps legacy apps free of sockets stuck in CLOSE_WAIT",
 		Long: `unstuck accepts HTTP connections from the app on its listeners and forwards
 requests to upstream servers over pooled connections.
 
