@@ -39,7 +39,13 @@ type DialError struct {
 	Err  error
 }
 
-func (e *DialError) Error() string { return fmt.Sprintf("dial %s: %v", e.Addr, e.Err) }
+func (e *DialError) Error() string {
+	var op *net.OpError
+	if errors.As(e.Err, &op) {
+		return e.Err.Error() // already "dial tcp <addr>: ..."
+	}
+	return fmt.Sprintf("dial %s: %v", e.Addr, e.Err)
+}
 func (e *DialError) Unwrap() error { return e.Err }
 
 // Config is what a pool needs. A zero value means the documented default.
