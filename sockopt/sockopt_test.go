@@ -1,0 +1,164 @@
+package sockopt
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestParseLinger(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Linger
+		err  bool
+	}{
+		{"graceful", Linger{Mode: Graceful}, false},
+		{"", Linger{Mode: Graceful}, false},
+		{"reset", Linger{Mode: Reset}, false},
+		{"RESET", Linger{Mode: Reset}, false},
+		{"2s", Linger{Mode: Bounded, Timeout: 2 * time.Second}, false},
+		{"500ms", Linger{Mode: Bounded, Timeout: time.Second}, false}, // rounded up to whole seconds
+		{"0s", Linger{}, true},
+		{"-1s", Linger{}, true},
+		{"sometimes", Linger{}, true},
+	} {
+		got, err := ParseLinger(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("ParseLinger(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// pair returns both ends of a loopback TCP connection.
+func pair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func fd(t *testing.T, c net.Conn) int {
+	t.Helper()
+	n, err := FD(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Each linger value reads back from the kernel as set.
+func TestApplyLingerReadsBack(t *testing.T) {
+	a, _ := pair(t)
+	for _, tc := range []struct {
+		l    Linger
+		want unix.Linger
+	}{
+		{Linger{Mode: Reset}, unix.Linger{Onoff: 1, Linger: 0}},
+		{Linger{Mode: Bounded, Timeout: 3 * time.Second}, unix.Linger{Onoff: 1, Linger: 3}},
+		{Linger{Mode: Graceful}, unix.Linger{Onoff: 0, Linger: 0}},
+	} {
+		if err := ApplyLinger(fd(t, a), tc.l); err != nil {
+			t.Fatal(err)
+		}
+		got, err := unix.GetsockoptLinger(fd(t, a), unix.SOL_SOCKET, unix.SO_LINGER)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// With l_onoff 0 the kernel keeps the old l_linger; only
+		// l_onoff matters then.
+		if got.Onoff != tc.want.Onoff || (got.Onoff == 1 && got.Linger != tc.want.Linger) {
+			t.Errorf("%v: SO_LINGER reads back %+v; want %+v", tc.l, *got, tc.want)
+		}
+	}
+}
+
+// waitPeek polls Peek until it reports want (the peer's segment may still
+// be in flight on loopback) or a bound passes.
+func waitPeek(t *testing.T, c net.Conn, want PeekResult) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		got := Peek(fd(t, c))
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Peek = %v; want %v", got, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestPeek(t *testing.T) {
+	t.Run("open", func(t *testing.T) {
+		a, _ := pair(t)
+		if got := Peek(fd(t, a)); got != Open {
+			t.Fatalf("idle connection: %v", got)
+		}
+	})
+	t.Run("fin", func(t *testing.T) {
+		a, b := pair(t)
+		b.(*net.TCPConn).CloseWrite()
+		waitPeek(t, a, PeerFIN)
+	})
+	t.Run("rst", func(t *testing.T) {
+		a, b := pair(t)
+		b.(*net.TCPConn).SetLinger(0)
+		b.Close()
+		waitPeek(t, a, PeerRST)
+	})
+	t.Run("unsolicited, and nothing consumed", func(t *testing.T) {
+		a, b := pair(t)
+		b.Write([]byte("x"))
+		waitPeek(t, a, Unsolicited)
+		buf := make([]byte, 1)
+		if n, err := a.Read(buf); n != 1 || err != nil || buf[0] != 'x' {
+			t.Fatalf("peek consumed the byte: read %d %q %v", n, buf, err)
+		}
+	})
+}
+
+func TestPeekDoesNotAllocate(t *testing.T) {
+	a, _ := pair(t)
+	f := fd(t, a)
+	if n := testing.AllocsPerRun(100, func() { Peek(f) }); n != 0 {
+		t.Fatalf("%v allocations per Peek", n)
+	}
+}
+
+func TestUnsentBytes(t *testing.T) {
+	a, b := pair(t)
+	a.Write([]byte("hello"))
+	buf := make([]byte, 5)
+	if _, err := b.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		n, err := UnsentBytes(fd(t, a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes still unacknowledged after the peer read them", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
