@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/sockopt"
@@ -66,7 +67,7 @@ type Conn struct {
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	io       countingIO
-	requests int // requests completed on this connection
+	requests atomic.Int32 // requests completed on this connection; atomic for Snapshot
 
 	// Guarded by Pool.mu.
 	idleSince  time.Time
@@ -107,7 +108,7 @@ func (c *Conn) Endpoint() string { return c.ep.addr }
 
 // Reused reports whether the connection served a request before this one.
 // Only a reused connection can be stale, so only it earns a retry.
-func (c *Conn) Reused() bool { return c.requests > 0 }
+func (c *Conn) Reused() bool { return c.requests.Load() > 0 }
 
 // BytesWritten returns the bytes written to the socket since Acquire.
 func (c *Conn) BytesWritten() int64 { return c.io.writes }

@@ -62,7 +62,8 @@ type Config struct {
 	AcquireTimeout time.Duration // wait for a free slot at MaxConns; 0: no limit
 	DialTimeout    time.Duration // 0: the kernel's own connect timeout
 
-	Logger *zap.Logger // default: no logging
+	Logger   *zap.Logger // default: no logging
+	Observer Observer    // default: none
 }
 
 func (c *Config) applyDefaults() {
@@ -74,6 +75,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 }
 
@@ -91,6 +95,7 @@ type Pool struct {
 	mu       sync.Mutex
 	closed   bool
 	nextID   uint64
+	all      map[uint64]*Conn // every open connection, for Snapshot
 	idleByID map[uint64]*Conn // every idle connection, by watcher id
 	cleaning bool             // the cleaner goroutine runs
 }
@@ -131,6 +136,7 @@ func New(cfg Config) (*Pool, error) {
 		dialer:   net.Dialer{Timeout: cfg.DialTimeout},
 		watch:    w,
 		done:     make(chan struct{}),
+		all:      make(map[uint64]*Conn),
 		idleByID: make(map[uint64]*Conn),
 	}
 	for _, addr := range cfg.Endpoints {
@@ -244,7 +250,9 @@ func (p *Pool) takeIdleLocked(start int, settled bool, now time.Time) *Conn {
 }
 
 // wait blocks an Acquire at MaxConns until a grant or AcquireTimeout.
-func (p *Pool) wait(ep *endpoint, w *waiter) (*Conn, error) {
+func (p *Pool) wait(ep *endpoint, w *waiter) (c *Conn, err error) {
+	start := time.Now()
+	defer func() { p.cfg.Observer.Waited(time.Since(start), errors.Is(err, ErrExhausted)) }()
 	var timeout <-chan time.Time // nil: wait as long as it takes
 	if p.cfg.AcquireTimeout > 0 {
 		t := time.NewTimer(p.cfg.AcquireTimeout)
@@ -283,6 +291,7 @@ func (p *Pool) wait(ep *endpoint, w *waiter) (*Conn, error) {
 // dial opens a connection on a slot already counted in ep.conns.
 func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 	nc, err := p.dialer.Dial("tcp", ep.addr)
+	p.cfg.Observer.Dialed(ep.addr, err)
 	if err != nil {
 		p.mu.Lock()
 		p.forgetLocked(ep)
@@ -300,12 +309,13 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		p.mu.Unlock()
 		return nil, &DialError{Addr: ep.addr, Err: err}
 	}
+	c := &Conn{ep: ep, nc: nc, fd: fd, created: time.Now()}
+	c.io.nc = nc
 	p.mu.Lock()
 	p.nextID++
-	id := p.nextID
+	c.id = p.nextID
+	p.all[c.id] = c
 	p.mu.Unlock()
-	c := &Conn{id: id, ep: ep, nc: nc, fd: fd, created: time.Now()}
-	c.io.nc = nc
 	c.attachBuffers()
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection opened"); ce != nil {
 		ce.Write(zap.String("endpoint", ep.addr), zap.Stringer("local", nc.LocalAddr()))
@@ -317,9 +327,9 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 // cleanly and which the server did not ask to close. It goes to a waiting
 // Acquire, or idles under watch. After Release the caller must not touch c.
 func (p *Pool) Release(c *Conn) {
-	c.requests++
+	c.requests.Add(1)
 	switch {
-	case p.cfg.MaxRequests > 0 && c.requests >= p.cfg.MaxRequests:
+	case p.cfg.MaxRequests > 0 && int(c.requests.Load()) >= p.cfg.MaxRequests:
 		p.Discard(c, CauseMaxRequests)
 		return
 	case p.cfg.MaxLifetime > 0 && time.Since(c.created) >= p.cfg.MaxLifetime:
@@ -371,7 +381,7 @@ func (p *Pool) Release(c *Conn) {
 // cause, and frees its slot. After Discard the caller must not touch c.
 func (p *Pool) Discard(c *Conn, cause Cause) {
 	if cause == CauseServerClose {
-		c.requests++ // the exchange completed; the server ended the connection with it
+		c.requests.Add(1) // the exchange completed; the server ended the connection with it
 	}
 	c.detachBuffers()
 	p.mu.Lock()
@@ -382,16 +392,20 @@ func (p *Pool) Discard(c *Conn, cause Cause) {
 
 // closeConn closes a connection nobody holds any more.
 func (p *Pool) closeConn(c *Conn, cause Cause) {
+	p.mu.Lock()
+	delete(p.all, c.id)
+	p.mu.Unlock()
 	c.closeSocket(p.cfg.Linger)
+	p.cfg.Observer.Closed(c.ep.addr, cause)
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection closed"); ce != nil {
 		ce.Write(zap.String("endpoint", c.ep.addr), zap.String("cause", string(cause)),
-			zap.Int("requests", c.requests), zap.Duration("age", time.Since(c.created)))
+			zap.Int32("requests", c.requests.Load()), zap.Duration("age", time.Since(c.created)))
 	}
 }
 
 // onReadable runs on the watcher goroutine when an idle socket became
 // readable: on an idle HTTP/1.1 connection that is always the end of it.
-func (p *Pool) onReadable(id uint64) {
+func (p *Pool) onReadable(id uint64, woke time.Time) {
 	p.mu.Lock()
 	c := p.idleByID[id]
 	if c == nil {
@@ -411,6 +425,7 @@ func (p *Pool) onReadable(id uint64) {
 			zap.Duration("idle", time.Since(c.idleSince)))
 	}
 	p.closeConn(c, causeOfPeek(r))
+	p.cfg.Observer.HalfClosed(causeOfPeek(r), time.Since(woke))
 }
 
 // unwatchLocked takes an idle connection out of the idle list and the
@@ -548,4 +563,26 @@ func (p *Pool) Close() error {
 	err := p.watch.close()
 	p.runWG.Wait()
 	return err
+}
+
+// Snapshot describes every open connection, for /debug/pool.
+func (p *Pool) Snapshot() []ConnInfo {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]ConnInfo, 0, len(p.all))
+	for _, c := range p.all {
+		ci := ConnInfo{
+			Endpoint: c.ep.addr,
+			Local:    c.nc.LocalAddr().String(),
+			State:    "active",
+			Age:      now.Sub(c.created),
+			Requests: int(c.requests.Load()),
+		}
+		if _, idle := p.idleByID[c.id]; idle {
+			ci.State, ci.Idle = "idle", now.Sub(c.idleSince)
+		}
+		out = append(out, ci)
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -60,7 +61,7 @@ func (w *watcher) remove(fd int) error {
 // run drains readiness events and calls onReadable with the id of each
 // socket that became readable, until close is called. The ids may be stale
 // (the connection was handed out after the event fired): onReadable checks.
-func (w *watcher) run(onReadable func(id uint64)) {
+func (w *watcher) run(onReadable func(id uint64, woke time.Time)) {
 	// The netpoller watches epfd edge-triggered, so drain it until
 	// epoll_wait finds nothing before parking again.
 	_ = w.raw.Read(func(fd uintptr) bool {
@@ -72,9 +73,10 @@ func (w *watcher) run(onReadable func(id uint64)) {
 			if err != nil || n == 0 {
 				return false // park until epfd is readable again
 			}
+			woke := time.Now()
 			for i := range w.events[:n] {
 				ev := &w.events[i]
-				onReadable(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32)
+				onReadable(uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32, woke)
 			}
 		}
 	})

@@ -20,14 +20,20 @@ func Listen(addr string) (net.Listener, error) {
 type lingerListener struct {
 	net.Listener
 	linger sockopt.Linger
+	obs    Observer
 }
 
 func (l *lingerListener) Accept() (net.Conn, error) {
 	nc, err := l.Listener.Accept()
-	if err != nil || l.linger.Mode == sockopt.Graceful {
-		return nc, err
+	if err != nil {
+		return nil, err
 	}
-	return &appConn{Conn: nc, linger: l.linger}, nil
+	obs := l.obs
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	obs.AppConnOpened()
+	return &appConn{Conn: nc, linger: l.linger, obs: obs}, nil
 }
 
 // appConn is an app connection whose Close applies the listener's linger.
@@ -35,6 +41,7 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 type appConn struct {
 	net.Conn
 	linger sockopt.Linger
+	obs    Observer
 }
 
 // Close resets the connection when the linger says so, but never at the
@@ -44,6 +51,10 @@ type appConn struct {
 // gone, and leaves its socket out of CLOSE_WAIT.
 func (c *appConn) Close() error {
 	l := c.linger
+	if l.Mode == sockopt.Graceful {
+		c.obs.AppConnClosed(l.Kind())
+		return c.Conn.Close()
+	}
 	if fd, err := sockopt.FD(c.Conn); err == nil {
 		if l.Mode == sockopt.Reset {
 			if n, err := sockopt.UnsentBytes(fd); err != nil || n > 0 {
@@ -54,6 +65,7 @@ func (c *appConn) Close() error {
 			_ = sockopt.ApplyLinger(fd, l)
 		}
 	}
+	c.obs.AppConnClosed(l.Kind())
 	if l.Blocks() {
 		go c.Conn.Close() // close(2) blocks while the kernel flushes
 		return nil

@@ -44,6 +44,7 @@ type Config struct {
 	Linger      sockopt.Linger // how unstuck closes app connections
 	Upstream    Upstream
 	Logger      *zap.Logger
+	Observer    Observer // default: none
 }
 
 // Server serves one listener.
@@ -58,6 +59,9 @@ type Server struct {
 func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
 	}
 	s := &Server{
 		cfg: cfg,
@@ -84,7 +88,7 @@ func New(cfg Config) *Server {
 // Serve accepts app connections on ln until Shutdown. Each accepted
 // connection is closed with the listener's linger.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.srv.Serve(&lingerListener{Listener: ln, linger: s.cfg.Linger})
+	return s.srv.Serve(&lingerListener{Listener: ln, linger: s.cfg.Linger, obs: s.cfg.Observer})
 }
 
 // Shutdown stops accepting, waits for in-flight requests and closes idle
@@ -109,12 +113,17 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	noHost := len(req.Header.Host()) == 0
 	careful := !idempotent(req)
 
-	for attempt := 0; ; attempt++ {
+	start := time.Now()
+	attempt := 0
+	defer func() {
+		s.cfg.Observer.Request(ctx.Response.StatusCode(), time.Since(start), attempt)
+	}()
+	for ; ; attempt++ {
 		c, err := s.up.Pool.Acquire(careful)
 		if err != nil {
 			var de *pool.DialError
 			if errors.As(err, &de) && attempt < s.up.Retries {
-				s.logRetry(ctx, attempt, "dial", err)
+				s.retry(ctx, attempt, "dial", err)
 				continue // nothing was sent
 			}
 			s.fail(ctx, err)
@@ -128,7 +137,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		if attempt < s.up.Retries && retryable(req, c, streamed) {
-			s.logRetry(ctx, attempt, "stale connection", err)
+			s.retry(ctx, attempt, "stale", err)
 			continue
 		}
 		s.fail(ctx, err)
@@ -303,7 +312,8 @@ func idempotent(req *fasthttp.Request) bool {
 	return len(req.Header.Peek("Idempotency-Key")) > 0
 }
 
-func (s *Server) logRetry(ctx *fasthttp.RequestCtx, attempt int, reason string, err error) {
+func (s *Server) retry(ctx *fasthttp.RequestCtx, attempt int, reason string, err error) {
+	s.cfg.Observer.Retry(reason)
 	if ce := s.log.Check(zapcore.DebugLevel, "retrying request"); ce != nil {
 		ce.Write(zap.Int("attempt", attempt+1), zap.String("reason", reason),
 			zap.ByteString("method", ctx.Method()), zap.Error(err))

@@ -65,3 +65,16 @@ func (l Linger) String() string {
 
 // Blocks reports whether close(2) may block while the kernel flushes.
 func (l Linger) Blocks() bool { return l.Mode == Bounded }
+
+// Kind names the close l makes: "graceful", "reset" or "bounded" (a metric
+// label value).
+func (l Linger) Kind() string {
+	switch l.Mode {
+	case Reset:
+		return "reset"
+	case Bounded:
+		return "bounded"
+	default:
+		return "graceful"
+	}
+}

@@ -1,0 +1,57 @@
+package pool
+
+import "time"
+
+// Observer is told about the pool's connection-level events, for metrics.
+// Calls come from request goroutines and the watcher, concurrently; each
+// must be cheap and must not call back into the pool. A Config without an
+// Observer uses one that does nothing.
+type Observer interface {
+	// Dialed reports a dial to endpoint; err is nil on success.
+	Dialed(endpoint string, err error)
+	// Waited reports an Acquire that had to wait at MaxConns, for how long,
+	// and whether it gave up (ErrExhausted).
+	Waited(d time.Duration, exhausted bool)
+	// Closed reports every connection the pool closes, with why.
+	Closed(endpoint string, cause Cause)
+	// HalfClosed reports an idle connection the watcher closed (cause fin,
+	// rst or unsolicited) and the time from the watcher's wake-up to the
+	// close returning.
+	HalfClosed(cause Cause, reaction time.Duration)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Dialed(string, error)            {}
+func (nopObserver) Waited(time.Duration, bool)      {}
+func (nopObserver) Closed(string, Cause)            {}
+func (nopObserver) HalfClosed(Cause, time.Duration) {}
+
+// ConnInfo describes one connection, for /debug/pool.
+type ConnInfo struct {
+	Endpoint string        `json:"endpoint"`
+	Local    string        `json:"local"`
+	State    string        `json:"state"` // "idle" or "active"
+	Age      time.Duration `json:"age_ns"`
+	Idle     time.Duration `json:"idle_ns,omitempty"` // idle connections only
+	Requests int           `json:"requests"`          // completed before the current one
+}
+
+// EndpointStats counts one endpoint's connections.
+type EndpointStats struct {
+	Endpoint string `json:"endpoint"`
+	Open     int    `json:"open"` // busy, idle or dialing
+	Idle     int    `json:"idle"`
+	Waiters  int    `json:"waiters"`
+}
+
+// Stats returns per-endpoint counts: cheap, for metrics at scrape time.
+func (p *Pool) Stats() []EndpointStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]EndpointStats, len(p.eps))
+	for i, ep := range p.eps {
+		out[i] = EndpointStats{Endpoint: ep.addr, Open: ep.conns, Idle: ep.idle.len, Waiters: len(ep.waiters)}
+	}
+	return out
+}
