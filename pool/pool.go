@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +63,12 @@ type Config struct {
 	AcquireTimeout time.Duration // wait for a free slot at MaxConns; 0: no limit
 	DialTimeout    time.Duration // 0: the kernel's own connect timeout
 
+	// Outbound sockets.
+	Source      netip.Addr        // bind this local IP (IP_BIND_ADDRESS_NO_PORT); zero: the kernel's choice
+	SourcePorts PortRange         // with Source: the ephemeral ports to use; zero: the system range
+	Keepalive   sockopt.Keepalive // TCP keepalive; zero Idle: off
+	UserTimeout time.Duration     // TCP_USER_TIMEOUT; 0: the kernel's default
+
 	Logger   *zap.Logger // default: no logging
 	Observer Observer    // default: none
 }
@@ -80,6 +87,9 @@ func (c *Config) applyDefaults() {
 		c.Observer = nopObserver{}
 	}
 }
+
+// PortRange is an inclusive range of local ports; zero means unset.
+type PortRange struct{ Lo, Hi uint16 }
 
 // Pool is the set of connections to one upstream's endpoints.
 type Pool struct {
@@ -133,7 +143,7 @@ func New(cfg Config) (*Pool, error) {
 	p := &Pool{
 		cfg:      cfg,
 		log:      cfg.Logger.Named("pool").With(zap.String("upstream", cfg.Name)),
-		dialer:   net.Dialer{Timeout: cfg.DialTimeout},
+		dialer:   newDialer(cfg),
 		watch:    w,
 		done:     make(chan struct{}),
 		all:      make(map[uint64]*Conn),
@@ -155,6 +165,42 @@ func New(cfg Config) (*Pool, error) {
 // response (without saying Connection: close) has sent its FIN within
 // microseconds; after a millisecond the watcher has seen and acted on it.
 const SettleTime = time.Millisecond
+
+// newDialer returns the dialer for cfg. Every option is set on the socket
+// before it binds or connects (see sockopt). Go's own keepalive default is
+// off so that only cfg.Keepalive applies.
+func newDialer(cfg Config) net.Dialer {
+	d := net.Dialer{
+		Timeout:   cfg.DialTimeout,
+		KeepAlive: -1,
+		Control: sockopt.Control(func(fd int) error {
+			if err := sockopt.SetReuseAddr(fd); err != nil {
+				return err
+			}
+			if cfg.Source.IsValid() {
+				if err := sockopt.SetBindAddressNoPort(fd); err != nil {
+					return err
+				}
+				if cfg.SourcePorts.Lo != 0 {
+					if err := sockopt.SetLocalPortRange(fd, cfg.SourcePorts.Lo, cfg.SourcePorts.Hi); err != nil {
+						return err
+					}
+				}
+			}
+			if err := sockopt.SetKeepalive(fd, cfg.Keepalive); err != nil {
+				return err
+			}
+			if cfg.UserTimeout > 0 {
+				return sockopt.SetUserTimeout(fd, cfg.UserTimeout)
+			}
+			return nil
+		}),
+	}
+	if cfg.Source.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: cfg.Source.AsSlice()}
+	}
+	return d
+}
 
 // Acquire returns a connection for one request: an idle one if any endpoint
 // has one, else a new one where an endpoint is below MaxConns, else the

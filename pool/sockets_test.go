@@ -1,0 +1,227 @@
+package pool
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/sockopt"
+)
+
+// eofServer accepts connections and closes each once its peer has closed:
+// the client side closes first, so the client keeps the TIME_WAIT.
+func eofServer(t *testing.T, addr string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+func getInt(t *testing.T, fd, level, opt int) int {
+	t.Helper()
+	v, err := unix.GetsockoptInt(fd, level, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// Every outbound socket option reads back from the kernel as configured.
+func TestDialSocketOptionsReadBack(t *testing.T) {
+	addr := eofServer(t, "127.0.0.1:0")
+	p := newTestPool(t, Config{
+		Endpoints:   []string{addr},
+		Source:      netip.MustParseAddr("127.0.0.1"),
+		SourcePorts: PortRange{Lo: 40000, Hi: 40999},
+		Keepalive:   sockopt.Keepalive{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 4},
+		UserTimeout: 1500 * time.Millisecond,
+	})
+	c, err := p.Acquire(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Discard(c, CauseError)
+	fd := c.fd
+	for _, o := range []struct {
+		name             string
+		level, opt, want int
+	}{
+		{"SO_REUSEADDR", unix.SOL_SOCKET, unix.SO_REUSEADDR, 1},
+		{"IP_BIND_ADDRESS_NO_PORT", unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1},
+		{"IP_LOCAL_PORT_RANGE", unix.IPPROTO_IP, unix.IP_LOCAL_PORT_RANGE, 40999<<16 | 40000},
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 7},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 3},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 4},
+		{"TCP_USER_TIMEOUT", unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 1500},
+	} {
+		if got := int(uint32(getInt(t, fd, o.level, o.opt))); got != o.want {
+			t.Errorf("%s = %d; want %d", o.name, got, o.want)
+		}
+	}
+	local := c.NetConn().LocalAddr().(*net.TCPAddr)
+	if local.Port < 40000 || local.Port > 40999 || !local.IP.Equal(net.IPv4(127, 0, 0, 1)) {
+		t.Errorf("local address %v; want 127.0.0.1 with a port in 40000-40999", local)
+	}
+
+	t.Run("keepalive off", func(t *testing.T) {
+		p := newTestPool(t, Config{Endpoints: []string{addr}})
+		c, err := p.Acquire(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Discard(c, CauseError)
+		if got := getInt(t, c.fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE); got != 0 {
+			t.Errorf("SO_KEEPALIVE = %d with keepalive idle 0; want 0", got)
+		}
+	})
+}
+
+// 20,000 short-lived upstream connections in a row from one source
+// address, each closed by unstuck first (so each leaves a TIME_WAIT on
+// unstuck's side): the kernel picks the port at connect time
+// (IP_BIND_ADDRESS_NO_PORT), so none fails with EADDRINUSE or
+// EADDRNOTAVAIL.
+func TestSourceAddressSurvivesConnectionChurn(t *testing.T) {
+	const n = 20000
+	addr := eofServer(t, "127.0.0.1:0")
+	p := newTestPool(t, Config{Endpoints: []string{addr}, Source: netip.MustParseAddr("127.0.0.2")})
+	deadline := time.Now().Add(90 * time.Second)
+	for i := range n {
+		c, err := p.Acquire(false)
+		if err != nil {
+			if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) {
+				t.Fatalf("connection %d: port exhaustion: %v", i, err)
+			}
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		p.Discard(c, CauseMaxRequests)
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d connections within the time bound", i)
+		}
+	}
+	tw, err := sockstate.Count(sockstate.RemotePort(portOf(t, addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d connections from 127.0.0.2; %d now in TIME_WAIT on unstuck's side", n, tw[sockstate.TimeWait])
+}
+
+func portOf(t *testing.T, addr string) uint16 {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap.Port()
+}
+
+// When unstuck closes upstream connections first (here: idle_timeout),
+// graceful leaves them in TIME_WAIT on unstuck's side and reset leaves
+// nothing.
+func TestLingerDecidesWhoKeepsTimeWait(t *testing.T) {
+	const n = 50
+	for _, tc := range []struct {
+		linger string
+		want   int
+	}{{"graceful", n}, {"reset", 0}} {
+		t.Run(tc.linger, func(t *testing.T) {
+			addr := eofServer(t, "127.0.0.1:0")
+			l, _ := sockopt.ParseLinger(tc.linger)
+			p := newTestPool(t, Config{Endpoints: []string{addr}, Linger: l, IdleTimeout: 20 * time.Millisecond})
+			var cs []*Conn
+			for range n {
+				c, err := p.Acquire(false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cs = append(cs, c)
+			}
+			for _, c := range cs {
+				p.Release(c)
+			}
+			waitCounts(t, p, 0, 0, 5*time.Second)
+			mine := sockstate.RemotePort(portOf(t, addr))
+			states, err := sockstate.WaitFor(t.Context(), mine, func(m map[sockstate.State]int) bool {
+				return m[sockstate.Established]+m[sockstate.FinWait1]+m[sockstate.FinWait2] == 0
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("linger %s: %d of %d connections unstuck closed first are in TIME_WAIT on its side", tc.linger, states[sockstate.TimeWait], n)
+			if states[sockstate.TimeWait] != tc.want {
+				t.Fatalf("TIME_WAIT = %d; want %d (states %v)", states[sockstate.TimeWait], tc.want, states)
+			}
+		})
+	}
+}
+
+// IP_BIND_ADDRESS_NO_PORT makes only the four-tuple unique: 3 upstream
+// endpoints × 100 open connections fit in a 100-port source range, every
+// local port used once per endpoint. A bind-time port choice would run out
+// after 100 (EADDRINUSE).
+func TestSourcePortsSharedAcrossEndpoints(t *testing.T) {
+	const perEndpoint = 100
+	var endpoints []string
+	for range 3 {
+		endpoints = append(endpoints, eofServer(t, "127.0.0.1:0"))
+	}
+	p := newTestPool(t, Config{
+		Endpoints:   endpoints,
+		Source:      netip.MustParseAddr("127.0.0.3"),
+		SourcePorts: PortRange{Lo: 41000, Hi: 41000 + perEndpoint - 1},
+		Linger:      sockopt.Linger{Mode: sockopt.Reset}, // leave no TIME_WAIT behind
+	})
+	var cs []*Conn
+	defer func() {
+		for _, c := range cs {
+			p.Discard(c, CauseShutdown)
+		}
+	}()
+	ports := map[string]map[int]bool{}
+	for i := range perEndpoint * len(endpoints) {
+		c, err := p.Acquire(false)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		cs = append(cs, c)
+		if ports[c.Endpoint()] == nil {
+			ports[c.Endpoint()] = map[int]bool{}
+		}
+		ports[c.Endpoint()][c.NetConn().LocalAddr().(*net.TCPAddr).Port] = true
+	}
+	for ep, ps := range ports {
+		if len(ps) != perEndpoint {
+			t.Errorf("endpoint %s: %d distinct local ports; want %d", ep, len(ps), perEndpoint)
+		}
+	}
+}
