@@ -2,11 +2,14 @@
 // into typed values. It is the only package besides cmd/unstuck that knows
 // about viper; everything else takes a *Config or one of its parts.
 //
-// A zero duration in a Listener or Upstream means "no limit" (see each
-// field); Load never produces a negative one.
+// A zero duration in a Listener or Upstream means "no limit" or "off" (see
+// each field); Load never produces a negative one.
 package config
 
 import (
+	"fmt"
+	"net/netip"
+	"os"
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/sockopt"
@@ -14,16 +17,23 @@ import (
 
 // Config is the validated configuration of one unstuck process.
 type Config struct {
-	Log       Log
-	Listeners map[string]Listener // by name; Listener.Name is the key
-	Upstreams map[string]Upstream // by name; Upstream.Name is the key
+	Log             Log
+	Admin           Admin
+	ShutdownTimeout time.Duration       // on SIGTERM, let in-flight requests finish for this long; more than 0
+	Listeners       map[string]Listener // by name; Listener.Name is the key
+	Upstreams       map[string]Upstream // by name; Upstream.Name is the key
 }
 
 // Log configures the process logger.
 type Log struct {
 	Level  string // debug, info, warn or error
 	Format string // console or json
-	Access bool   // reserved for an access log; no effect yet
+	Access bool   // one line per request (method, path, status, bytes, duration, endpoint, reused, retries)
+}
+
+// Admin configures the admin listener.
+type Admin struct {
+	Listen string // "host:port"; empty: no admin listener
 }
 
 // Listener is where unstuck accepts connections from the app.
@@ -34,6 +44,34 @@ type Listener struct {
 	Upstream    string         // the name of an entry in Config.Upstreams
 	IdleTimeout time.Duration  // close an idle app connection after this; 0: never
 	Linger      sockopt.Linger // how unstuck closes app connections
+
+	// AppFinTimeout is how long unstuck waits for the app's FIN after
+	// half-closing an app connection, before resetting it; more than 0.
+	AppFinTimeout time.Duration
+	ReusePort     bool          // set SO_REUSEPORT, so that another process can bind the same address
+	SocketMode    os.FileMode   // permission bits (0 to 0777) of a unix: listener's socket file; unused for host:port
+	Keepalive     Keepalive     // TCP keepalive on app connections
+	UserTimeout   time.Duration // TCP_USER_TIMEOUT on app connections, whole milliseconds; 0: the kernel's default
+}
+
+// Keepalive configures TCP keepalive on a connection.
+type Keepalive struct {
+	Idle     time.Duration // TCP_KEEPIDLE, whole seconds; 0: keepalive off (SO_KEEPALIVE unset)
+	Interval time.Duration // TCP_KEEPINTVL, whole seconds; more than 0 when Idle is
+	Count    int           // TCP_KEEPCNT, 1 to 127 when Idle is more than 0
+}
+
+// PortRange is an inclusive range of ports. The zero PortRange means not
+// set; any other has 1 <= Lo <= Hi.
+type PortRange struct{ Lo, Hi uint16 }
+
+// String returns r as written in the configuration, such as "20000-29999",
+// or "" for the zero PortRange.
+func (r PortRange) String() string {
+	if r == (PortRange{}) {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
 }
 
 // Upstream is a set of backend servers and how unstuck talks to them.
@@ -60,7 +98,11 @@ type PoolLimits struct {
 
 // Dial configures new upstream connections.
 type Dial struct {
-	Timeout time.Duration // give up connecting after this long; 0: no limit
+	Timeout     time.Duration // give up connecting after this long; 0: no limit
+	Source      netip.Addr    // local IP to bind (with IP_BIND_ADDRESS_NO_PORT); the zero Addr: the kernel picks
+	SourcePorts PortRange     // local ports to use, with Source only; zero: the kernel picks
+	Keepalive   Keepalive     // TCP keepalive on upstream connections
+	UserTimeout time.Duration // TCP_USER_TIMEOUT on upstream connections, whole milliseconds; 0: the kernel's default
 }
 
 // Timeouts bounds the phases of an upstream exchange.
@@ -78,6 +120,9 @@ const (
 	kDuration
 	kLinger
 	kList
+	kMode
+	kIP
+	kPorts
 )
 
 // want describes what a value of kind k looks like, for messages.
@@ -93,26 +138,38 @@ func (k kind) want() string {
 		return "graceful, reset or a duration such as 2s"
 	case kList:
 		return `a list such as ["127.0.0.1:9000"]`
+	case kMode:
+		return `an octal file mode such as "0660"`
+	case kIP:
+		return "an IP address such as 10.0.0.5"
+	case kPorts:
+		return "a port range such as 20000-29999"
 	default:
 		return "a string"
 	}
 }
 
-// field is one key of the log section, a listener or an upstream.
+// field is one key of the top level (outside listeners and upstreams), a
+// listener or an upstream.
 type field struct {
-	key   string // relative to the section or entry; "." separates levels
+	key   string // relative to the top level or entry; "." separates levels
 	kind  kind
 	def   string // the default, written as in the file
 	noDef bool   // the key has no default: Load or Validate fills or demands it
+	// emptyEnv: an empty environment variable sets the key to "" instead
+	// of being ignored, for keys where "" means off and is not the default.
+	emptyEnv bool
 }
 
 // The schema. Its defaults are the values in the repository's config.yaml;
 // TestEmbeddedDefaultMatchesSchema keeps the two in step.
 var (
-	logFields = []field{
-		{key: "level", kind: kString, def: "info"},
-		{key: "format", kind: kString, def: "console"},
-		{key: "access", kind: kBool, def: "false"},
+	topFields = []field{
+		{key: "log.level", kind: kString, def: "info"},
+		{key: "log.format", kind: kString, def: "console"},
+		{key: "log.access", kind: kBool, def: "false"},
+		{key: "admin.listen", kind: kString, def: "127.0.0.1:9901", emptyEnv: true},
+		{key: "shutdown_timeout", kind: kDuration, def: "10s"},
 	}
 	listenerFields = []field{
 		{key: "listen", kind: kString, noDef: true},
@@ -120,6 +177,13 @@ var (
 		{key: "upstream", kind: kString, noDef: true}, // the only upstream, if there is one
 		{key: "idle_timeout", kind: kDuration, def: "0s"},
 		{key: "linger", kind: kLinger, def: "reset"},
+		{key: "app_fin_timeout", kind: kDuration, def: "5s"},
+		{key: "reuse_port", kind: kBool, def: "false"},
+		{key: "socket_mode", kind: kMode, def: "0660"},
+		{key: "keepalive.idle", kind: kDuration, def: "30s"},
+		{key: "keepalive.interval", kind: kDuration, def: "10s"},
+		{key: "keepalive.count", kind: kInt, def: "3"},
+		{key: "user_timeout", kind: kDuration, def: "0s"},
 	}
 	upstreamFields = []field{
 		{key: "endpoints", kind: kList, noDef: true},
@@ -133,6 +197,12 @@ var (
 		{key: "pool.max_requests", kind: kInt, def: "0"},
 		{key: "pool.acquire_timeout", kind: kDuration, def: "1s"},
 		{key: "dial.timeout", kind: kDuration, def: "2s"},
+		{key: "dial.source", kind: kIP, def: ""},
+		{key: "dial.source_ports", kind: kPorts, def: ""},
+		{key: "dial.keepalive.idle", kind: kDuration, def: "30s"},
+		{key: "dial.keepalive.interval", kind: kDuration, def: "10s"},
+		{key: "dial.keepalive.count", kind: kInt, def: "3"},
+		{key: "dial.user_timeout", kind: kDuration, def: "0s"},
 		{key: "timeouts.response_header", kind: kDuration, def: "30s"},
 	}
 )

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -71,11 +73,12 @@ type LoadOptions struct {
 //  3. the environment: each key has a variable named UNSTUCK_ and the key in
 //     upper case with "." and "-" written as "_", such as UNSTUCK_LOG_LEVEL
 //     or UNSTUCK_UPSTREAMS_BACKEND_POOL_MAX_CONNS. Lists are written
-//     comma-separated. Empty variables are ignored. The environment can set
-//     every key of every listener and upstream that the YAML source names,
-//     including keys the source leaves out, but it cannot create a listener
-//     or upstream: variables for names the source does not have, like any
-//     other UNSTUCK_ variable that names no key, are ignored;
+//     comma-separated. Empty variables are ignored, except that
+//     UNSTUCK_ADMIN_LISTEN= turns the admin listener off. The environment
+//     can set every key of every listener and upstream that the YAML source
+//     names, including keys the source leaves out, but it cannot create a
+//     listener or upstream: variables for names the source does not have,
+//     like any other UNSTUCK_ variable that names no key, are ignored;
 //  4. the --log-level flag.
 //
 // Names of listeners and upstreams are lower case letters, digits, "-" and
@@ -113,7 +116,7 @@ func Load(opts LoadOptions) (*Config, error) {
 			}
 		}
 	}
-	register("log.", logFields)
+	register("", topFields)
 	for _, name := range t.listeners {
 		register("listeners."+name+".", listenerFields)
 	}
@@ -278,19 +281,28 @@ func (t *tree) parse(data []byte) bool {
 	}
 	for _, kv := range t.pairs(root, "") {
 		switch k := kv.key.Value; k {
-		case "log":
-			sub := map[string]any{}
-			t.values[k] = sub
-			t.section(kv.val, k, "", logFields, sub)
 		case "listeners":
 			t.listeners = t.entries(kv.val, k, "listener", listenerFields)
 		case "upstreams":
 			t.upstreams = t.entries(kv.val, k, "upstream", upstreamFields)
 		default:
-			t.problem(k, kv.key, "unknown key%s", suggest(k, []string{"log", "listeners", "upstreams"}))
+			if !t.known(kv, "", "", topFields, t.values) {
+				t.problem(k, kv.key, "unknown key%s", suggest(k, topKeys))
+			}
 		}
 	}
 	return true
+}
+
+// topKeys are the keys allowed at the top level.
+var topKeys = []string{"log", "admin", "shutdown_timeout", "listeners", "upstreams"}
+
+// join joins two parts of a key with ".", skipping an empty one.
+func join(a, b string) string {
+	if a == "" || b == "" {
+		return a + b
+	}
+	return a + "." + b
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
@@ -340,33 +352,34 @@ func (t *tree) section(n *yaml.Node, base, rel string, fields []field, dst map[s
 	if isNull(n) {
 		return
 	}
-	here := base
-	if rel != "" {
-		here += "." + rel
-	}
+	here := join(base, rel)
 	if n.Kind != yaml.MappingNode {
 		t.problem(here, n, "want a mapping, got %s", describe(n))
 		return
 	}
 	for _, kv := range t.pairs(n, here) {
-		k := kv.key.Value
-		relk := k
-		if rel != "" {
-			relk = rel + "." + k
+		if k := kv.key.Value; !t.known(kv, base, rel, fields, dst) {
+			t.problem(join(here, k), kv.key, "unknown key%s", suggestField(k, base, rel, fields))
 		}
-		full := base + "." + relk
-		if i := slices.IndexFunc(fields, func(f field) bool { return f.key == relk }); i >= 0 {
-			t.leaf(kv, full, fields[i], dst)
-			continue
-		}
-		if slices.ContainsFunc(fields, func(f field) bool { return strings.HasPrefix(f.key, relk+".") }) {
-			sub := map[string]any{}
-			dst[k] = sub
-			t.section(kv.val, base, relk, fields, sub)
-			continue
-		}
-		t.problem(full, kv.key, "unknown key%s", suggestField(k, base, rel, fields))
 	}
+}
+
+// known copies the pair kv, which is under rel, into dst if its key is one
+// of fields or leads to some, and reports whether it is.
+func (t *tree) known(kv pair, base, rel string, fields []field, dst map[string]any) bool {
+	k := kv.key.Value
+	relk := join(rel, k)
+	if i := slices.IndexFunc(fields, func(f field) bool { return f.key == relk }); i >= 0 {
+		t.leaf(kv, join(base, relk), fields[i], dst)
+		return true
+	}
+	if slices.ContainsFunc(fields, func(f field) bool { return strings.HasPrefix(f.key, relk+".") }) {
+		sub := map[string]any{}
+		dst[k] = sub
+		t.section(kv.val, base, relk, fields, sub)
+		return true
+	}
+	return false
 }
 
 // leaf copies the value of one known key into dst, as a string or, for
@@ -454,8 +467,8 @@ func (t *tree) envLayer(env []string, keys map[string]field) map[string]any {
 	layer := map[string]any{}
 	for key, f := range keys {
 		name := EnvName(key)
-		val := vars[name]
-		if val == "" {
+		val, ok := vars[name]
+		if !ok || val == "" && !f.emptyEnv {
 			continue
 		}
 		var v any = val
@@ -591,7 +604,7 @@ func suggestField(k, base, rel string, fields []field) string {
 	}
 	for _, f := range fields {
 		if f.key == k || strings.HasSuffix(f.key, "."+k) {
-			return " (did you mean " + base + "." + f.key + "?)"
+			return " (did you mean " + join(base, f.key) + "?)"
 		}
 	}
 	return ""
@@ -651,8 +664,10 @@ func (d *decoder) config(listeners, upstreams []string) *Config {
 			Format: strings.ToLower(d.str("log.format")),
 			Access: decode(d, "log.access", parseBool),
 		},
-		Listeners: make(map[string]Listener, len(listeners)),
-		Upstreams: make(map[string]Upstream, len(upstreams)),
+		Admin:           Admin{Listen: d.str("admin.listen")},
+		ShutdownTimeout: decode(d, "shutdown_timeout", durationThat(positive)),
+		Listeners:       make(map[string]Listener, len(listeners)),
+		Upstreams:       make(map[string]Upstream, len(upstreams)),
 	}
 	for _, name := range upstreams {
 		c.Upstreams[name] = d.upstream(name)
@@ -676,6 +691,20 @@ func (d *decoder) listener(name string) Listener {
 		Upstream:    d.str(p + "upstream"),
 		IdleTimeout: decode(d, p+"idle_timeout", parseDuration),
 		Linger:      decode(d, p+"linger", parseLinger),
+
+		AppFinTimeout: decode(d, p+"app_fin_timeout", durationThat(positive)),
+		ReusePort:     decode(d, p+"reuse_port", parseBool),
+		SocketMode:    decode(d, p+"socket_mode", parseMode),
+		Keepalive:     d.keepalive(p + "keepalive."),
+		UserTimeout:   decode(d, p+"user_timeout", durationThat(userTimeout)),
+	}
+}
+
+func (d *decoder) keepalive(p string) Keepalive {
+	return Keepalive{
+		Idle:     decode(d, p+"idle", durationThat(keepaliveTime)),
+		Interval: decode(d, p+"interval", durationThat(keepaliveTime)),
+		Count:    decode(d, p+"count", parseInt),
 	}
 }
 
@@ -696,7 +725,13 @@ func (d *decoder) upstream(name string) Upstream {
 			MaxRequests:    decode(d, p+"pool.max_requests", parseInt),
 			AcquireTimeout: decode(d, p+"pool.acquire_timeout", parseDuration),
 		},
-		Dial:     Dial{Timeout: decode(d, p+"dial.timeout", parseDuration)},
+		Dial: Dial{
+			Timeout:     decode(d, p+"dial.timeout", parseDuration),
+			Source:      decode(d, p+"dial.source", parseIP),
+			SourcePorts: decode(d, p+"dial.source_ports", parsePortRange),
+			Keepalive:   d.keepalive(p + "dial.keepalive."),
+			UserTimeout: decode(d, p+"dial.user_timeout", durationThat(userTimeout)),
+		},
 		Timeouts: Timeouts{ResponseHeader: decode(d, p+"timeouts.response_header", parseDuration)},
 	}
 }
@@ -801,6 +836,20 @@ func parseDuration(s string) (time.Duration, string) {
 	return d, ""
 }
 
+// durationThat returns a parser of durations that msg, which says what is
+// wrong with one, also accepts. Its messages quote the text as written.
+func durationThat(msg func(time.Duration) string) func(string) (time.Duration, string) {
+	return func(s string) (time.Duration, string) {
+		d, m := parseDuration(s)
+		if m == "" {
+			if m = msg(d); m != "" {
+				return 0, fmt.Sprintf("%q: %s", s, m)
+			}
+		}
+		return d, m
+	}
+}
+
 func parseLinger(s string) (sockopt.Linger, string) {
 	l, err := sockopt.ParseLinger(s)
 	if err != nil {
@@ -808,4 +857,69 @@ func parseLinger(s string) (sockopt.Linger, string) {
 		return sockopt.Linger{}, fmt.Sprintf("%q: %s", s, msg)
 	}
 	return l, ""
+}
+
+// parseMode parses a file mode written in octal, as for chmod: "0660" or
+// "660".
+func parseMode(s string) (os.FileMode, string) {
+	if s == "" || strings.Trim(s, "01234567") != "" {
+		return 0, fmt.Sprintf("%q is not an octal file mode; want one such as 0660", s)
+	}
+	n, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || n > uint64(os.ModePerm) {
+		return 0, fmt.Sprintf("%q: want 0 to 0777", s)
+	}
+	return os.FileMode(n), ""
+}
+
+// parseIP parses an IP address; "" is the zero Addr.
+func parseIP(s string) (netip.Addr, string) {
+	if s == "" {
+		return netip.Addr{}, ""
+	}
+	a, err := netip.ParseAddr(s)
+	if err == nil {
+		return a, ""
+	}
+	if host, _, err := net.SplitHostPort(s); err == nil {
+		if _, err := netip.ParseAddr(host); err == nil {
+			return netip.Addr{}, fmt.Sprintf("%q: want an IP address without a port (set ports with dial.source_ports)", s)
+		}
+	}
+	return netip.Addr{}, fmt.Sprintf("%q is not an IP address; want one such as 10.0.0.5 or 2001:db8::5", s)
+}
+
+// parsePortRange parses "lo-hi"; "" is the zero PortRange.
+func parsePortRange(s string) (PortRange, string) {
+	if s == "" {
+		return PortRange{}, ""
+	}
+	los, his, ok := strings.Cut(s, "-")
+	lo, okLo := parsePort(los)
+	hi, okHi := parsePort(his)
+	switch {
+	case !ok || okLo < 0 || okHi < 0:
+		return PortRange{}, fmt.Sprintf("%q: want a port range such as 20000-29999", s)
+	case okLo == 0 || okHi == 0:
+		return PortRange{}, fmt.Sprintf("%q: port out of range (want 1-65535)", s)
+	}
+	r := PortRange{Lo: lo, Hi: hi}
+	if msg := r.check(); msg != "" {
+		return PortRange{}, fmt.Sprintf("%q: %s", s, msg)
+	}
+	return r, ""
+}
+
+// parsePort parses one port of a range. ok is -1 if s is not a number, 0
+// if it is one out of range, 1 if it is good.
+func parsePort(s string) (port uint16, ok int) {
+	s = strings.TrimSpace(s)
+	if s == "" || strings.Trim(s, "0123456789") != "" {
+		return 0, -1
+	}
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil {
+		return 0, 0
+	}
+	return uint16(n), 1
 }

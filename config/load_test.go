@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -75,11 +76,17 @@ func problemLines(t *testing.T, opts LoadOptions) []string {
 
 // wantDefaultConfig is what the repository's config.yaml says.
 func wantDefaultConfig() *Config {
+	keepalive := Keepalive{Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
 	return &Config{
-		Log: Log{Level: "info", Format: "console"},
+		Log:             Log{Level: "info", Format: "console"},
+		Admin:           Admin{Listen: "127.0.0.1:9901"},
+		ShutdownTimeout: 10 * time.Second,
 		Listeners: map[string]Listener{"app": {
 			Name: "app", Listen: "127.0.0.1:8080", Protocol: "http", Upstream: "backend",
-			Linger: sockopt.Linger{Mode: sockopt.Reset},
+			Linger:        sockopt.Linger{Mode: sockopt.Reset},
+			AppFinTimeout: 5 * time.Second,
+			SocketMode:    0o660,
+			Keepalive:     keepalive,
 		}},
 		Upstreams: map[string]Upstream{"backend": {
 			Name: "backend", Endpoints: []string{"127.0.0.1:9000"},
@@ -87,7 +94,7 @@ func wantDefaultConfig() *Config {
 			Retries: 2,
 			Pool: PoolLimits{MaxConns: 512, MaxIdle: 128, IdleTimeout: 90 * time.Second,
 				AcquireTimeout: time.Second},
-			Dial:     Dial{Timeout: 2 * time.Second},
+			Dial:     Dial{Timeout: 2 * time.Second, Keepalive: keepalive},
 			Timeouts: Timeouts{ResponseHeader: 30 * time.Second},
 		}},
 	}
@@ -117,7 +124,7 @@ func TestEmbeddedDefaultMatchesSchema(t *testing.T) {
 	if want := DefaultUpstream(); !reflect.DeepEqual(u, want) {
 		t.Errorf("config.yaml upstream:\n got %+v\nwant %+v (DefaultUpstream)", u, want)
 	}
-	for _, f := range slices.Concat(logFields, listenerFields, upstreamFields) {
+	for _, f := range slices.Concat(topFields, listenerFields, upstreamFields) {
 		leaf := f.key[strings.LastIndexByte(f.key, '.')+1:]
 		if !strings.Contains(string(unstuck.DefaultConfig), leaf+":") {
 			t.Errorf("config.yaml does not mention key %s", f.key)
@@ -135,19 +142,30 @@ func TestMinimalFileGetsDefaults(t *testing.T) {
 func TestFullFile(t *testing.T) {
 	got := mustLoad(t, LoadOptions{File: "testdata/full.yaml"})
 	want := &Config{
-		Log: Log{Level: "debug", Format: "json", Access: true},
+		Log:             Log{Level: "debug", Format: "json", Access: true},
+		Admin:           Admin{Listen: "[::1]:9902"},
+		ShutdownTimeout: 30 * time.Second,
 		Listeners: map[string]Listener{
 			"web": {Name: "web", Listen: "unix:/run/unstuck/web.sock", Protocol: "http", Upstream: "api",
-				IdleTimeout: 5 * time.Minute, Linger: sockopt.Linger{Mode: sockopt.Bounded, Timeout: 3 * time.Second}},
-			"admin": {Name: "admin", Listen: "[::1]:8081", Protocol: "http", Upstream: "static",
-				Linger: sockopt.Linger{Mode: sockopt.Graceful}},
+				IdleTimeout: 5 * time.Minute, Linger: sockopt.Linger{Mode: sockopt.Bounded, Timeout: 3 * time.Second},
+				AppFinTimeout: 500 * time.Millisecond, ReusePort: true, SocketMode: 0o600,
+				Keepalive:   Keepalive{Interval: 10 * time.Second, Count: 3},
+				UserTimeout: 1500 * time.Millisecond},
+			"admin": func() Listener {
+				l := DefaultListener()
+				l.Name, l.Listen, l.Upstream, l.Linger = "admin", "[::1]:8081", "static", sockopt.Linger{Mode: sockopt.Graceful}
+				return l
+			}(),
 		},
 		Upstreams: map[string]Upstream{
 			"api": {Name: "api", Endpoints: []string{"10.0.0.1:9000", "api.internal:9001"},
 				HostHeader: "api.example.com", Linger: sockopt.Linger{Mode: sockopt.Reset},
 				Pool: PoolLimits{MaxConns: 64, MaxIdle: 8, IdleTimeout: 90 * time.Second, MaxLifetime: 10 * time.Minute,
 					MaxRequests: 1000, AcquireTimeout: 250 * time.Millisecond},
-				Dial: Dial{Timeout: 500 * time.Millisecond},
+				Dial: Dial{Timeout: 500 * time.Millisecond, Source: netip.MustParseAddr("2001:db8::5"),
+					SourcePorts: PortRange{Lo: 20000, Hi: 29999},
+					Keepalive:   Keepalive{Idle: time.Minute, Interval: 5 * time.Second, Count: 5},
+					UserTimeout: 30 * time.Second},
 			},
 			"static": func() Upstream {
 				u := DefaultUpstream()
@@ -218,6 +236,52 @@ func TestLayers(t *testing.T) {
 		check: func(c *Config) any { l := c.Listeners["app"]; return []any{l.IdleTimeout, l.Linger.Mode} },
 		want:  []any{time.Minute, sockopt.Graceful},
 	}, {
+		name:  "env sets reuse_port",
+		opts:  LoadOptions{File: minimal, Environ: []string{"UNSTUCK_LISTENERS_APP_REUSE_PORT=true"}},
+		check: func(c *Config) any { return c.Listeners["app"].ReusePort },
+		want:  true,
+	}, {
+		name:  "env sets dial.source",
+		opts:  LoadOptions{File: minimal, Environ: []string{"UNSTUCK_UPSTREAMS_BACKEND_DIAL_SOURCE=127.0.0.2"}},
+		check: func(c *Config) any { return c.Upstreams["backend"].Dial.Source },
+		want:  netip.MustParseAddr("127.0.0.2"),
+	}, {
+		name: "env sets dial.source_ports and nested keepalive",
+		opts: LoadOptions{File: minimal, Environ: []string{"UNSTUCK_UPSTREAMS_BACKEND_DIAL_SOURCE=::1",
+			"UNSTUCK_UPSTREAMS_BACKEND_DIAL_SOURCE_PORTS=20000-20009", "UNSTUCK_UPSTREAMS_BACKEND_DIAL_KEEPALIVE_COUNT=9"}},
+		check: func(c *Config) any { d := c.Upstreams["backend"].Dial; return []any{d.SourcePorts, d.Keepalive.Count} },
+		want:  []any{PortRange{Lo: 20000, Hi: 20009}, 9},
+	}, {
+		name:  "empty env turns the admin listener off",
+		opts:  LoadOptions{File: minimal, Environ: []string{"UNSTUCK_ADMIN_LISTEN="}},
+		check: func(c *Config) any { return c.Admin.Listen },
+		want:  "",
+	}, {
+		name:  "empty env turns off the admin listener the file sets",
+		opts:  LoadOptions{File: "testdata/full.yaml", Environ: []string{"UNSTUCK_ADMIN_LISTEN="}},
+		check: func(c *Config) any { return c.Admin.Listen },
+		want:  "",
+	}, {
+		name:  "env sets admin.listen",
+		opts:  LoadOptions{File: minimal, Environ: []string{"UNSTUCK_ADMIN_LISTEN=127.0.0.1:9999"}},
+		check: func(c *Config) any { return c.Admin.Listen },
+		want:  "127.0.0.1:9999",
+	}, {
+		name:  "env sets shutdown_timeout",
+		opts:  LoadOptions{File: minimal, Environ: []string{"UNSTUCK_SHUTDOWN_TIMEOUT=30s"}},
+		check: func(c *Config) any { return c.ShutdownTimeout },
+		want:  30 * time.Second,
+	}, {
+		name:  "env turns listener keepalive off",
+		opts:  LoadOptions{File: minimal, Environ: []string{"UNSTUCK_LISTENERS_APP_KEEPALIVE_IDLE=0s"}},
+		check: func(c *Config) any { return c.Listeners["app"].Keepalive },
+		want:  Keepalive{Interval: 10 * time.Second, Count: 3},
+	}, {
+		name:  "env sets socket_mode and user_timeout",
+		opts:  LoadOptions{File: minimal, Environ: []string{"UNSTUCK_LISTENERS_APP_SOCKET_MODE=0600", "UNSTUCK_LISTENERS_APP_USER_TIMEOUT=20s"}},
+		check: func(c *Config) any { l := c.Listeners["app"]; return []any{l.SocketMode, l.UserTimeout} },
+		want:  []any{os.FileMode(0o600), 20 * time.Second},
+	}, {
 		name:  "env cannot create an upstream",
 		opts:  LoadOptions{File: minimal, Environ: []string{"UNSTUCK_UPSTREAMS_OTHER_ENDPOINTS=10.0.0.1:80"}},
 		check: func(c *Config) any { return len(c.Upstreams) },
@@ -237,6 +301,16 @@ func TestLayers(t *testing.T) {
 		opts:  LoadOptions{File: writeConfig(t, "listeners: {my-app: {listen: ':1'}}\nupstreams: {b: {endpoints: ['h:1']}}"), Environ: []string{"UNSTUCK_LISTENERS_MY_APP_PROTOCOL=HTTP"}},
 		check: func(c *Config) any { return c.Listeners["my-app"].Protocol },
 		want:  "http",
+	}, {
+		name:  "empty env is ignored for dial.source",
+		opts:  LoadOptions{File: "testdata/full.yaml", Environ: []string{"UNSTUCK_UPSTREAMS_API_DIAL_SOURCE="}},
+		check: func(c *Config) any { return c.Upstreams["api"].Dial.Source },
+		want:  netip.MustParseAddr("2001:db8::5"),
+	}, {
+		name:  "file turns the admin listener off",
+		opts:  LoadOptions{File: writeConfig(t, "admin: {listen: ''}\nlisteners: {a: {listen: ':1'}}\nupstreams: {b: {endpoints: ['h:1']}}")},
+		check: func(c *Config) any { return c.Admin.Listen },
+		want:  "",
 	}, {
 		name:  "flag overrides env",
 		opts:  LoadOptions{File: minimal, Flags: flags(t, "--log-level", "warn"), Environ: []string{"UNSTUCK_LOG_LEVEL=debug"}},
@@ -376,6 +450,22 @@ func TestProblems(t *testing.T) {
 			nil, []string{`upstreams.backend.pool.max_conn: unknown key (did you mean max_conns?)`}},
 		{"key at the wrong level", "listeners: {app: {listen: 127.0.0.1:8080}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000'], max_conns: 5}}",
 			nil, []string{`upstreams.backend.max_conns: unknown key (did you mean upstreams.backend.pool.max_conns?)`}},
+		{"unknown top-level key near a new one", ok + "shutdown_timout: 5s\n",
+			nil, []string{`shutdown_timout: unknown key (did you mean shutdown_timeout?)`}},
+		{"unknown admin key", ok + "admin: {listn: ':9901'}\n",
+			nil, []string{`admin.listn: unknown key (did you mean listen?)`}},
+		{"scalar for admin", ok + "admin: off\n",
+			nil, []string{`admin: want a mapping, got "off"`}},
+		{"scalar for keepalive", "listeners: {app: {listen: 127.0.0.1:8080, keepalive: 0s}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000']}}",
+			nil, []string{`listeners.app.keepalive: want a mapping, got "0s"`}},
+		{"unknown keepalive key", "listeners: {app: {listen: 127.0.0.1:8080}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000'], dial: {keepalive: {cnt: 3}}}}",
+			nil, []string{`upstreams.backend.dial.keepalive.cnt: unknown key (did you mean count?)`}},
+		{"bad new keys from env", ok, []string{"UNSTUCK_SHUTDOWN_TIMEOUT=0s", "UNSTUCK_UPSTREAMS_BACKEND_DIAL_SOURCE=localhost", "UNSTUCK_LISTENERS_APP_SOCKET_MODE=999"},
+			[]string{
+				`listeners.app.socket_mode: "999" is not an octal file mode; want one such as 0660`,
+				`shutdown_timeout: "0s": must be more than 0`,
+				`upstreams.backend.dial.source: "localhost" is not an IP address; want one such as 10.0.0.5 or 2001:db8::5`,
+			}},
 		{"unknown key, no suggestion", ok + "log: {colour: red}\n",
 			nil, []string{`log.colour: unknown key`}},
 		{"list for a scalar", "listeners: {app: {listen: [a, b]}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000']}}",
@@ -536,5 +626,249 @@ func TestEnvName(t *testing.T) {
 		if got := EnvName(key); got != want {
 			t.Errorf("EnvName(%q) = %q, want %q", key, got, want)
 		}
+	}
+}
+
+// withKey returns a valid configuration with key, written relative to the
+// top level, set to value (as written in YAML).
+func withKey(key, value string) string {
+	nest := func(key string) string {
+		parts := strings.Split(key, ".")
+		s := parts[len(parts)-1] + ": " + value
+		for i := len(parts) - 2; i >= 0; i-- {
+			s = parts[i] + ": {" + s + "}"
+		}
+		return s
+	}
+	listener, upstream := "listen: 127.0.0.1:8080", "endpoints: ['127.0.0.1:9000']"
+	var top string
+	if rest, ok := strings.CutPrefix(key, "listeners.app."); ok {
+		listener += ", " + nest(rest)
+	} else if rest, ok := strings.CutPrefix(key, "upstreams.backend."); ok {
+		upstream += ", " + nest(rest)
+	} else {
+		top = nest(key) + "\n"
+	}
+	return top + "listeners: {app: {" + listener + "}}\nupstreams: {backend: {" + upstream + "}}\n"
+}
+
+// TestNewKeys runs good and bad values of the socket, admin and shutdown
+// keys through Load. A bad value's problem names the full key and the
+// value as written.
+func TestNewKeys(t *testing.T) {
+	get := map[string]func(*Config) any{
+		"admin.listen":                              func(c *Config) any { return c.Admin.Listen },
+		"shutdown_timeout":                          func(c *Config) any { return c.ShutdownTimeout },
+		"listeners.app.reuse_port":                  func(c *Config) any { return c.Listeners["app"].ReusePort },
+		"listeners.app.socket_mode":                 func(c *Config) any { return c.Listeners["app"].SocketMode },
+		"listeners.app.app_fin_timeout":             func(c *Config) any { return c.Listeners["app"].AppFinTimeout },
+		"listeners.app.keepalive.idle":              func(c *Config) any { return c.Listeners["app"].Keepalive },
+		"listeners.app.keepalive.interval":          func(c *Config) any { return c.Listeners["app"].Keepalive },
+		"listeners.app.keepalive.count":             func(c *Config) any { return c.Listeners["app"].Keepalive },
+		"listeners.app.user_timeout":                func(c *Config) any { return c.Listeners["app"].UserTimeout },
+		"upstreams.backend.dial.source":             func(c *Config) any { return c.Upstreams["backend"].Dial.Source },
+		"upstreams.backend.dial.keepalive.idle":     func(c *Config) any { return c.Upstreams["backend"].Dial.Keepalive },
+		"upstreams.backend.dial.keepalive.count":    func(c *Config) any { return c.Upstreams["backend"].Dial.Keepalive },
+		"upstreams.backend.dial.user_timeout":       func(c *Config) any { return c.Upstreams["backend"].Dial.UserTimeout },
+		"upstreams.backend.dial.keepalive.interval": func(c *Config) any { return c.Upstreams["backend"].Dial.Keepalive },
+	}
+	ka := func(idle, interval time.Duration, count int) Keepalive {
+		return Keepalive{Idle: idle, Interval: interval, Count: count}
+	}
+	const (
+		s  = time.Second
+		ms = time.Millisecond
+	)
+	tests := []struct {
+		key, value string
+		want       any    // the value decoded, if problem is empty
+		problem    string // the one problem, without the key
+	}{
+		{key: "admin.listen", value: "'127.0.0.1:9000'", want: "127.0.0.1:9000"},
+		{key: "admin.listen", value: "'[::1]:0'", want: "[::1]:0"},
+		{key: "admin.listen", value: "''", want: ""},
+		{key: "admin.listen", value: "localhost", problem: `"localhost": missing port`},
+		{key: "admin.listen", value: "'127.0.0.1:99999'", problem: `"127.0.0.1:99999": port out of range`},
+		{key: "admin.listen", value: "'unix:/run/admin.sock'", problem: `"unix:/run/admin.sock": unix sockets are not supported for admin.listen; want host:port`},
+		{key: "admin.listen", value: "'127.0.0.1:8080'", problem: `"127.0.0.1:8080": conflicts with listeners.app.listen ("127.0.0.1:8080")`},
+		{key: "admin.listen", value: "':8080'", problem: `":8080": conflicts with listeners.app.listen ("127.0.0.1:8080")`},
+
+		{key: "shutdown_timeout", value: "1m", want: time.Minute},
+		{key: "shutdown_timeout", value: "0", problem: `"0": must be more than 0`},
+		{key: "shutdown_timeout", value: "-1s", problem: `"-1s": must not be negative`},
+		{key: "shutdown_timeout", value: "30", problem: `"30" has no unit; write 30s or 30ms`},
+
+		{key: "listeners.app.reuse_port", value: "true", want: true},
+		{key: "listeners.app.reuse_port", value: "false", want: false},
+		{key: "listeners.app.reuse_port", value: "yes", problem: `"yes": want true or false`},
+
+		{key: "listeners.app.socket_mode", value: "'0600'", want: os.FileMode(0o600)},
+		{key: "listeners.app.socket_mode", value: "0777", want: os.FileMode(0o777)},
+		{key: "listeners.app.socket_mode", value: "660", want: os.FileMode(0o660)},
+		{key: "listeners.app.socket_mode", value: "0", want: os.FileMode(0)},
+		{key: "listeners.app.socket_mode", value: "'1777'", problem: `"1777": want 0 to 0777`},
+		{key: "listeners.app.socket_mode", value: "'0800'", problem: `"0800" is not an octal file mode; want one such as 0660`},
+		{key: "listeners.app.socket_mode", value: "0o600", problem: `"0o600" is not an octal file mode; want one such as 0660`},
+		{key: "listeners.app.socket_mode", value: "rw-rw----", problem: `"rw-rw----" is not an octal file mode; want one such as 0660`},
+		{key: "listeners.app.socket_mode", value: "''", problem: `"" is not an octal file mode; want one such as 0660`},
+
+		{key: "listeners.app.app_fin_timeout", value: "250ms", want: 250 * ms},
+		{key: "listeners.app.app_fin_timeout", value: "0s", problem: `"0s": must be more than 0`},
+		{key: "listeners.app.app_fin_timeout", value: "-5s", problem: `"-5s": must not be negative`},
+		{key: "listeners.app.app_fin_timeout", value: "soon", problem: `"soon" is not a duration; want one such as 500ms, 2s or 1m30s`},
+
+		{key: "listeners.app.keepalive.idle", value: "0s", want: ka(0, 10*s, 3)},
+		{key: "listeners.app.keepalive.idle", value: "2m", want: ka(2*time.Minute, 10*s, 3)},
+		{key: "listeners.app.keepalive.idle", value: "1500ms", problem: `"1500ms": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`},
+		{key: "listeners.app.keepalive.idle", value: "500ms", problem: `"500ms": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`},
+		{key: "listeners.app.keepalive.idle", value: "10h", problem: `"10h": want at most 9h6m7s (the kernel's limit)`},
+		{key: "listeners.app.keepalive.interval", value: "1s", want: ka(30*s, s, 3)},
+		{key: "listeners.app.keepalive.interval", value: "0s", problem: `"0s": must be more than 0 while keepalive is on (idle is not 0s)`},
+		{key: "listeners.app.keepalive.interval", value: "2.5s", problem: `"2.5s": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`},
+		{key: "listeners.app.keepalive.count", value: "1", want: ka(30*s, 10*s, 1)},
+		{key: "listeners.app.keepalive.count", value: "127", want: ka(30*s, 10*s, 127)},
+		{key: "listeners.app.keepalive.count", value: "0", problem: `"0": want at least 1 while keepalive is on (idle is not 0s)`},
+		{key: "listeners.app.keepalive.count", value: "128", problem: `"128": want at most 127 (the kernel's limit for TCP_KEEPCNT)`},
+		{key: "listeners.app.keepalive.count", value: "-1", problem: `"-1": must not be negative`},
+		{key: "listeners.app.keepalive.count", value: "three", problem: `"three" is not an integer`},
+
+		{key: "listeners.app.user_timeout", value: "0s", want: time.Duration(0)},
+		{key: "listeners.app.user_timeout", value: "1500ms", want: 1500 * ms},
+		{key: "listeners.app.user_timeout", value: "1.5ms", problem: `"1.5ms": want whole milliseconds (the kernel counts TCP_USER_TIMEOUT in milliseconds)`},
+		{key: "listeners.app.user_timeout", value: "600h", problem: `"600h": want at most 596h31m23.647s (the kernel's limit for TCP_USER_TIMEOUT)`},
+		{key: "listeners.app.user_timeout", value: "-1ms", problem: `"-1ms": must not be negative`},
+
+		{key: "upstreams.backend.dial.source", value: "127.0.0.2", want: netip.MustParseAddr("127.0.0.2")},
+		{key: "upstreams.backend.dial.source", value: "'2001:db8::5'", want: netip.MustParseAddr("2001:db8::5")},
+		{key: "upstreams.backend.dial.source", value: "''", want: netip.Addr{}},
+		{key: "upstreams.backend.dial.source", value: "'10.0.0.5:1234'", problem: `"10.0.0.5:1234": want an IP address without a port (set ports with dial.source_ports)`},
+		{key: "upstreams.backend.dial.source", value: "eth0", problem: `"eth0" is not an IP address; want one such as 10.0.0.5 or 2001:db8::5`},
+		{key: "upstreams.backend.dial.source", value: "10.0.0.256", problem: `"10.0.0.256" is not an IP address; want one such as 10.0.0.5 or 2001:db8::5`},
+
+		{key: "upstreams.backend.dial.keepalive.idle", value: "0", want: ka(0, 10*s, 3)},
+		{key: "upstreams.backend.dial.keepalive.idle", value: "0.5s", problem: `"0.5s": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`},
+		{key: "upstreams.backend.dial.keepalive.interval", value: "32767s", want: ka(30*s, 32767*s, 3)},
+		{key: "upstreams.backend.dial.keepalive.interval", value: "0s", problem: `"0s": must be more than 0 while keepalive is on (idle is not 0s)`},
+		{key: "upstreams.backend.dial.keepalive.count", value: "200", problem: `"200": want at most 127 (the kernel's limit for TCP_KEEPCNT)`},
+		{key: "upstreams.backend.dial.user_timeout", value: "45s", want: 45 * s},
+		{key: "upstreams.backend.dial.user_timeout", value: "100us", problem: `"100us": want whole milliseconds (the kernel counts TCP_USER_TIMEOUT in milliseconds)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
+			opts := LoadOptions{File: writeConfig(t, withKey(tt.key, tt.value))}
+			if tt.problem != "" {
+				lines := problemLines(t, opts)
+				if want := []string{tt.key + ": " + tt.problem}; !slices.Equal(lines, want) {
+					t.Errorf("problems:\n got %q\nwant %q", lines, want)
+				}
+				return
+			}
+			if got := get[tt.key](mustLoad(t, opts)); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestSourcePorts covers dial.source_ports, which needs dial.source.
+func TestSourcePorts(t *testing.T) {
+	const key = "upstreams.backend.dial.source_ports"
+	for _, tt := range []struct {
+		dial    string
+		want    PortRange
+		problem string // the one problem, if any
+	}{
+		{dial: "{source: 10.0.0.5, source_ports: 20000-29999}", want: PortRange{20000, 29999}},
+		{dial: "{source: 10.0.0.5, source_ports: 1-65535}", want: PortRange{1, 65535}},
+		{dial: "{source: 10.0.0.5, source_ports: ' 20000 - 20000 '}", want: PortRange{20000, 20000}},
+		{dial: "{source: 10.0.0.5, source_ports: ''}", want: PortRange{}},
+		{dial: "{source_ports: 20000-29999}", problem: key + `: "20000-29999": dial.source_ports needs dial.source`},
+		{dial: "{source: 10.0.0.5, source_ports: 20000}", problem: key + `: "20000": want a port range such as 20000-29999`},
+		{dial: "{source: 10.0.0.5, source_ports: a-b}", problem: key + `: "a-b": want a port range such as 20000-29999`},
+		{dial: "{source: 10.0.0.5, source_ports: 1-2-3}", problem: key + `: "1-2-3": want a port range such as 20000-29999`},
+		{dial: "{source: 10.0.0.5, source_ports: 0-100}", problem: key + `: "0-100": port out of range (want 1-65535)`},
+		{dial: "{source: 10.0.0.5, source_ports: 20000-70000}", problem: key + `: "20000-70000": port out of range (want 1-65535)`},
+		{dial: "{source: 10.0.0.5, source_ports: 29999-20000}", problem: key + `: "29999-20000": the first port is more than the last`},
+		// A bad source is reported once, not again as missing.
+		{dial: "{source: nowhere, source_ports: 20000-29999}", problem: `upstreams.backend.dial.source: "nowhere" is not an IP address; want one such as 10.0.0.5 or 2001:db8::5`},
+	} {
+		t.Run(tt.dial, func(t *testing.T) {
+			opts := LoadOptions{File: writeConfig(t, withKey("upstreams.backend.dial", tt.dial))}
+			if tt.problem != "" {
+				if lines := problemLines(t, opts); !slices.Equal(lines, []string{tt.problem}) {
+					t.Errorf("problems:\n got %q\nwant %q", lines, []string{tt.problem})
+				}
+				return
+			}
+			if got := mustLoad(t, opts).Upstreams["backend"].Dial.SourcePorts; got != tt.want {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestKeepaliveOff checks that with idle 0s the interval and count are not
+// held to the rules for keepalive on, but must still be in range.
+func TestKeepaliveOff(t *testing.T) {
+	cfg := mustLoad(t, LoadOptions{File: writeConfig(t, withKey("listeners.app.keepalive", "{idle: 0s, interval: 0s, count: 0}"))})
+	if got := cfg.Listeners["app"].Keepalive; got != (Keepalive{}) {
+		t.Errorf("keepalive = %+v, want all zero", got)
+	}
+	lines := problemLines(t, LoadOptions{File: writeConfig(t, withKey("listeners.app.keepalive", "{idle: 0s, interval: 1500ms, count: 500}"))})
+	want := []string{
+		`listeners.app.keepalive.count: "500": want at most 127 (the kernel's limit for TCP_KEEPCNT)`,
+		`listeners.app.keepalive.interval: "1500ms": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`,
+	}
+	if !slices.Equal(lines, want) {
+		t.Errorf("problems:\n got %q\nwant %q", lines, want)
+	}
+	// A bad idle is not taken as keepalive on.
+	lines = problemLines(t, LoadOptions{File: writeConfig(t, withKey("listeners.app.keepalive", "{idle: x, interval: 0s, count: 0}"))})
+	want = []string{`listeners.app.keepalive.idle: "x" is not a duration; want one such as 500ms, 2s or 1m30s`}
+	if !slices.Equal(lines, want) {
+		t.Errorf("problems:\n got %q\nwant %q", lines, want)
+	}
+}
+
+// TestDevModeAdminConflict checks that dev mode, which gets the default
+// admin.listen, reports a --listen on the admin port.
+func TestDevModeAdminConflict(t *testing.T) {
+	t.Chdir(t.TempDir())
+	lines := problemLines(t, LoadOptions{Flags: flags(t, "--listen", "127.0.0.1:9901", "--upstream", "127.0.0.1:7001")})
+	want := []string{`admin.listen: "127.0.0.1:9901": conflicts with listeners.app.listen ("127.0.0.1:9901")`}
+	if !slices.Equal(lines, want) {
+		t.Errorf("problems:\n got %q\nwant %q", lines, want)
+	}
+	cfg := mustLoad(t, LoadOptions{
+		Flags:   flags(t, "--listen", "127.0.0.1:9901", "--upstream", "127.0.0.1:7001"),
+		Environ: []string{"UNSTUCK_ADMIN_LISTEN="},
+	})
+	if cfg.Admin.Listen != "" {
+		t.Errorf("admin.listen = %q, want it off", cfg.Admin.Listen)
+	}
+}
+
+// TestEnvExamples loads the environment examples of the documentation
+// together.
+func TestEnvExamples(t *testing.T) {
+	cfg := mustLoad(t, LoadOptions{File: "testdata/minimal.yaml", Environ: []string{
+		"UNSTUCK_LISTENERS_APP_REUSE_PORT=true",
+		"UNSTUCK_UPSTREAMS_BACKEND_DIAL_SOURCE=127.0.0.2",
+		"UNSTUCK_ADMIN_LISTEN=",
+		"UNSTUCK_SHUTDOWN_TIMEOUT=30s",
+		"UNSTUCK_LISTENERS_APP_KEEPALIVE_IDLE=0s",
+	}})
+	want := wantDefaultConfig()
+	l := want.Listeners["app"]
+	l.ReusePort = true
+	l.Keepalive.Idle = 0
+	want.Listeners["app"] = l
+	u := want.Upstreams["backend"]
+	u.Dial.Source = netip.MustParseAddr("127.0.0.2")
+	want.Upstreams["backend"] = u
+	want.Admin.Listen = ""
+	want.ShutdownTimeout = 30 * time.Second
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("got %+v\nwant %+v", cfg, want)
 	}
 }

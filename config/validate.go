@@ -3,11 +3,14 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Problem is one thing wrong with a configuration.
@@ -140,7 +143,29 @@ func (c *Config) problems(reported func(key string) bool) Problems {
 			ps.add(p+"upstream", "%q names no upstream (have: %s)", l.Upstream, have)
 		}
 		nonNegative(&ps, p+"idle_timeout", l.IdleTimeout)
+		check(&ps, p+"app_fin_timeout", l.AppFinTimeout, positive)
+		if l.SocketMode&^os.ModePerm != 0 {
+			ps.add(p+"socket_mode", "%q: want 0 to 0777", fmt.Sprintf("0%o", uint32(l.SocketMode)))
+		}
+		checkKeepalive(&ps, p+"keepalive.", l.Keepalive, reported)
+		check(&ps, p+"user_timeout", l.UserTimeout, userTimeout)
 	}
+
+	if a := c.Admin.Listen; a != "" {
+		if strings.HasPrefix(a, "unix:") {
+			ps.add("admin.listen", "%q: unix sockets are not supported for admin.listen; want host:port", a)
+		} else if addr, msg := parseListen(a); msg != "" {
+			ps.add("admin.listen", "%q: %s", a, msg)
+		} else {
+			for _, b := range seen {
+				if addr.overlaps(b.addr) {
+					ps.add("admin.listen", "%q: conflicts with listeners.%s.listen (%q)", a, b.name, b.addr.text)
+					break
+				}
+			}
+		}
+	}
+	check(&ps, "shutdown_timeout", c.ShutdownTimeout, positive)
 
 	for _, name := range upstreams {
 		u := c.Upstreams[name]
@@ -179,6 +204,15 @@ func (c *Config) problems(reported func(key string) bool) Problems {
 		nonNegative(&ps, p+"pool.max_lifetime", pl.MaxLifetime)
 		nonNegative(&ps, p+"pool.acquire_timeout", pl.AcquireTimeout)
 		nonNegative(&ps, p+"dial.timeout", u.Dial.Timeout)
+		if r := u.Dial.SourcePorts; r != (PortRange{}) {
+			if msg := r.check(); msg != "" {
+				ps.add(p+"dial.source_ports", "%q: %s", r.String(), msg)
+			} else if !u.Dial.Source.IsValid() && !reported(p+"dial.source") {
+				ps.add(p+"dial.source_ports", "%q: dial.source_ports needs dial.source", r.String())
+			}
+		}
+		checkKeepalive(&ps, p+"dial.keepalive.", u.Dial.Keepalive, reported)
+		check(&ps, p+"dial.user_timeout", u.Dial.UserTimeout, userTimeout)
 		nonNegative(&ps, p+"timeouts.response_header", u.Timeouts.ResponseHeader)
 	}
 	return ps
@@ -188,6 +222,88 @@ func nonNegative[D ~int64](ps *Problems, key string, d D) {
 	if d < 0 {
 		ps.add(key, "%q: must not be negative", fmt.Sprint(d))
 	}
+}
+
+// check reports what msg finds wrong with the duration d of key. Load
+// runs the same msg on the text as written (see durationThat), so that
+// from Load this catches only what that let through.
+func check(ps *Problems, key string, d time.Duration, msg func(time.Duration) string) {
+	if m := msg(d); m != "" {
+		ps.add(key, "%q: %s", fmt.Sprint(d), m)
+	}
+}
+
+// positive says what is wrong with a duration that must be more than 0.
+func positive(d time.Duration) string {
+	if d <= 0 {
+		return "must be more than 0"
+	}
+	return ""
+}
+
+// Kernel limits on TCP keepalive (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL,
+// MAX_TCP_KEEPCNT) and on TCP_USER_TIMEOUT (a non-negative C int of ms).
+const (
+	maxKeepaliveTime  = 32767 * time.Second
+	maxKeepaliveCount = 127
+	maxUserTimeout    = math.MaxInt32 * time.Millisecond
+)
+
+// keepaliveTime says what is wrong with a keepalive idle time or interval.
+func keepaliveTime(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "must not be negative"
+	case d%time.Second != 0:
+		return "want whole seconds, at least 1s (the kernel counts keepalive times in seconds)"
+	case d > maxKeepaliveTime:
+		return fmt.Sprintf("want at most %s (the kernel's limit)", maxKeepaliveTime)
+	}
+	return ""
+}
+
+// userTimeout says what is wrong with a TCP_USER_TIMEOUT.
+func userTimeout(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "must not be negative"
+	case d%time.Millisecond != 0:
+		return "want whole milliseconds (the kernel counts TCP_USER_TIMEOUT in milliseconds)"
+	case d > maxUserTimeout:
+		return fmt.Sprintf("want at most %s (the kernel's limit for TCP_USER_TIMEOUT)", maxUserTimeout)
+	}
+	return ""
+}
+
+// checkKeepalive checks the keepalive settings under prefix p. With idle
+// 0s keepalive is off, and interval and count need only be in range.
+func checkKeepalive(ps *Problems, p string, k Keepalive, reported func(key string) bool) {
+	check(ps, p+"idle", k.Idle, keepaliveTime)
+	check(ps, p+"interval", k.Interval, keepaliveTime)
+	on := k.Idle > 0 && !reported(p+"idle")
+	if on && k.Interval == 0 {
+		ps.add(p+"interval", "%q: must be more than 0 while keepalive is on (idle is not 0s)", fmt.Sprint(k.Interval))
+	}
+	switch n := strconv.Itoa(k.Count); {
+	case k.Count < 0:
+		ps.add(p+"count", "%q: must not be negative", n)
+	case k.Count > maxKeepaliveCount:
+		ps.add(p+"count", "%q: want at most %d (the kernel's limit for TCP_KEEPCNT)", n, maxKeepaliveCount)
+	case on && k.Count < 1:
+		ps.add(p+"count", "%q: want at least 1 while keepalive is on (idle is not 0s)", n)
+	}
+}
+
+// check checks a range that is not the zero PortRange. The message is
+// empty when r is good.
+func (r PortRange) check() string {
+	switch {
+	case r.Lo == 0 || r.Hi == 0:
+		return "port out of range (want 1-65535)"
+	case r.Lo > r.Hi:
+		return "the first port is more than the last"
+	}
+	return ""
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"net/netip"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -15,9 +17,11 @@ func TestValidate(t *testing.T) {
 		u := DefaultUpstream()
 		u.Name, u.Endpoints = "backend", []string{"127.0.0.1:9000"}
 		return &Config{
-			Log:       Log{Level: "info", Format: "console"},
-			Listeners: map[string]Listener{"app": l},
-			Upstreams: map[string]Upstream{"backend": u},
+			Log:             Log{Level: "info", Format: "console"},
+			Admin:           Admin{Listen: "127.0.0.1:9901"},
+			ShutdownTimeout: 10 * time.Second,
+			Listeners:       map[string]Listener{"app": l},
+			Upstreams:       map[string]Upstream{"backend": u},
 		}
 	}
 	if err := good().Validate(); err != nil {
@@ -57,6 +61,48 @@ func TestValidate(t *testing.T) {
 			u.Endpoints = []string{"unix:/x.sock"}
 			c.Upstreams["backend"] = u
 		}, []string{`upstreams.backend.endpoints[0]: "unix:/x.sock": unix sockets are not supported for upstreams; want host:port`}},
+		{"zero shutdown timeout, no admin", func(c *Config) {
+			c.ShutdownTimeout = 0
+			c.Admin.Listen = ""
+		}, []string{`shutdown_timeout: "0s": must be more than 0`}},
+		{"admin on a listener's port", func(c *Config) {
+			c.Admin.Listen = "127.0.0.1:8080"
+		}, []string{`admin.listen: "127.0.0.1:8080": conflicts with listeners.app.listen ("127.0.0.1:8080")`}},
+		{"listener socket options", func(c *Config) {
+			l := c.Listeners["app"]
+			l.SocketMode = os.ModeSocket | 0o660
+			l.AppFinTimeout = 0
+			l.Keepalive = Keepalive{Idle: 1500 * time.Millisecond, Interval: 0, Count: 0}
+			l.UserTimeout = time.Microsecond
+			c.Listeners["app"] = l
+		}, []string{
+			`listeners.app.app_fin_timeout: "0s": must be more than 0`,
+			`listeners.app.keepalive.count: "0": want at least 1 while keepalive is on (idle is not 0s)`,
+			`listeners.app.keepalive.idle: "1.5s": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`,
+			`listeners.app.keepalive.interval: "0s": must be more than 0 while keepalive is on (idle is not 0s)`,
+			`listeners.app.socket_mode: "0100000660": want 0 to 0777`,
+			`listeners.app.user_timeout: "1µs": want whole milliseconds (the kernel counts TCP_USER_TIMEOUT in milliseconds)`,
+		}},
+		{"keepalive off checks only ranges", func(c *Config) {
+			l := c.Listeners["app"]
+			l.Keepalive = Keepalive{Interval: 0, Count: 128}
+			c.Listeners["app"] = l
+		}, []string{`listeners.app.keepalive.count: "128": want at most 127 (the kernel's limit for TCP_KEEPCNT)`}},
+		{"source ports without source", func(c *Config) {
+			u := c.Upstreams["backend"]
+			u.Dial.SourcePorts = PortRange{Lo: 20000, Hi: 29999}
+			c.Upstreams["backend"] = u
+		}, []string{`upstreams.backend.dial.source_ports: "20000-29999": dial.source_ports needs dial.source`}},
+		{"source ports reversed", func(c *Config) {
+			u := c.Upstreams["backend"]
+			u.Dial.Source = netip.MustParseAddr("127.0.0.2")
+			u.Dial.SourcePorts = PortRange{Lo: 3, Hi: 2}
+			u.Dial.Keepalive.Count = -1
+			c.Upstreams["backend"] = u
+		}, []string{
+			`upstreams.backend.dial.keepalive.count: "-1": must not be negative`,
+			`upstreams.backend.dial.source_ports: "3-2": the first port is more than the last`,
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

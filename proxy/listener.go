@@ -1,26 +1,112 @@
 package proxy
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net"
+	"os"
 	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
-// Listen opens a listener for "host:port" or "unix:/path/to.sock".
-func Listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		return net.Listen("unix", path)
-	}
-	return net.Listen("tcp", addr)
+// ListenOptions are a listener's own socket options.
+type ListenOptions struct {
+	// ReusePort sets SO_REUSEPORT, so a second unstuck can bind the same
+	// address and take over without refusing anyone.
+	ReusePort bool
+	// SocketMode is the file mode of a unix: listener's socket; 0 leaves
+	// what the umask gives.
+	SocketMode os.FileMode
 }
 
-// lingerListener closes every accepted app connection with the listener's
-// linger.
+// Listen opens a listener for "host:port" or "unix:/path/to.sock" with
+// default options.
+func Listen(addr string) (net.Listener, error) { return ListenWith(addr, ListenOptions{}) }
+
+// ListenWith opens a listener for "host:port" or "unix:/path/to.sock".
+// TCP listeners always set SO_REUSEADDR, so a restart binds at once even
+// with thousands of old connections in TIME_WAIT on the port.
+func ListenWith(addr string, o ListenOptions) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return listenUnix(path, o.SocketMode)
+	}
+	lc := net.ListenConfig{
+		KeepAlive: -1, // accepted connections get the listener's keepalive (see Accept)
+		Control: sockopt.Control(func(fd int) error {
+			if err := sockopt.SetReuseAddr(fd); err != nil {
+				return err
+			}
+			if o.ReusePort {
+				return sockopt.SetReusePort(fd)
+			}
+			return nil
+		}),
+	}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+// listenUnix binds a unix socket at path. A socket file left by a dead
+// process is removed; one a live process still serves is not stolen.
+func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("listen unix %s: the file exists and is not a socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("listen unix %s: a live process serves this socket", path)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("listen unix %s: cannot tell whether the socket is in use: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil { // stale: its process is gone
+			return nil, fmt.Errorf("listen unix %s: removing the stale socket: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if mode != 0 {
+		if err := os.Chmod(path, mode); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen unix %s: %w", path, err)
+		}
+	}
+	return ln, nil
+}
+
+// appSockets is how a listener treats each app connection: the options set
+// at accept and the close policy.
+type appSockets struct {
+	linger      sockopt.Linger
+	keepalive   sockopt.Keepalive
+	userTimeout time.Duration
+	finTimeout  time.Duration // how long a graceful close waits for the app's FIN
+	obs         Observer
+}
+
+// lingerListener applies appSockets to every accepted connection. It owns
+// the goroutines that wait for the app's FIN after a graceful close.
 type lingerListener struct {
 	net.Listener
-	linger sockopt.Linger
-	obs    Observer
+	appSockets
+
+	mu      sync.Mutex
+	waiting map[*appConn]struct{} // closes waiting for the app's FIN
+	done    bool                  // after drain: escalate at once
+	wg      sync.WaitGroup
+}
+
+func newLingerListener(ln net.Listener, s appSockets) *lingerListener {
+	return &lingerListener{Listener: ln, appSockets: s, waiting: make(map[*appConn]struct{})}
 }
 
 func (l *lingerListener) Accept() (net.Conn, error) {
@@ -28,47 +114,110 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	obs := l.obs
-	if obs == nil {
-		obs = nopObserver{}
-	}
-	obs.AppConnOpened()
-	return &appConn{Conn: nc, linger: l.linger, obs: obs}, nil
-}
-
-// appConn is an app connection whose Close applies the listener's linger.
-// fasthttp's connection goroutine owns it and calls Close once.
-type appConn struct {
-	net.Conn
-	linger sockopt.Linger
-	obs    Observer
-}
-
-// Close resets the connection when the linger says so, but never at the
-// cost of response bytes the app has not received: if any byte written is
-// still unacknowledged, the close is a graceful FIN after that byte. An RST
-// otherwise tells a legacy app that ignores FIN that the connection is
-// gone, and leaves its socket out of CLOSE_WAIT.
-func (c *appConn) Close() error {
-	l := c.linger
-	if l.Mode == sockopt.Graceful {
-		c.obs.AppConnClosed(l.Kind())
-		return c.Conn.Close()
-	}
-	if fd, err := sockopt.FD(c.Conn); err == nil {
-		if l.Mode == sockopt.Reset {
-			if n, err := sockopt.UnsentBytes(fd); err != nil || n > 0 {
-				l = sockopt.Linger{}
+	c := &appConn{Conn: nc, l: l, fd: -1}
+	if _, ok := nc.(*net.TCPConn); ok {
+		if fd, err := sockopt.FD(nc); err == nil {
+			c.fd = fd
+			// Best effort: a connection without keepalive still works.
+			_ = sockopt.SetKeepalive(fd, l.keepalive)
+			if l.userTimeout > 0 {
+				_ = sockopt.SetUserTimeout(fd, l.userTimeout)
 			}
 		}
-		if l.Mode != sockopt.Graceful {
-			_ = sockopt.ApplyLinger(fd, l)
-		}
 	}
-	c.obs.AppConnClosed(l.Kind())
-	if l.Blocks() {
+	l.obs.AppConnOpened()
+	return c, nil
+}
+
+// drain escalates every close still waiting for an app's FIN and waits
+// for them. Shutdown calls it once fasthttp has closed every connection.
+func (l *lingerListener) drain() {
+	l.mu.Lock()
+	l.done = true
+	for c := range l.waiting {
+		c.SetReadDeadline(time.Now()) // wakes awaitFIN, which resets
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
+// appConn is an app connection whose Close applies the listener's close
+// policy. fasthttp's connection goroutine owns it and calls Close once;
+// after a graceful close the listener owns the socket until the app's FIN
+// or finTimeout.
+type appConn struct {
+	net.Conn
+	l  *lingerListener
+	fd int // -1 for unix sockets: no TCP states to manage
+}
+
+// Close ends an app connection, making sure the app cannot be left in
+// CLOSE_WAIT and never at the cost of a response it has not received:
+//
+//   - reset, with every byte written acknowledged: RST at once.
+//   - bounded: SO_LINGER N; close(2) flushes for up to N, on its own
+//     goroutine.
+//   - graceful, or reset with bytes still unacknowledged: half-close (FIN
+//     after the last byte), keep the socket, and wait up to finTimeout for
+//     the app's FIN. An app that never answers, its socket in CLOSE_WAIT and
+//     ours in FIN_WAIT2, gets an RST: that takes its socket out of
+//     CLOSE_WAIT and frees its port although it never calls close().
+func (c *appConn) Close() error {
+	l := c.l
+	if c.fd < 0 {
+		l.obs.AppConnClosed("graceful")
+		return c.Conn.Close()
+	}
+	switch l.linger.Mode {
+	case sockopt.Reset:
+		if n, err := sockopt.UnsentBytes(c.fd); err == nil && n == 0 {
+			_ = sockopt.ApplyLinger(c.fd, l.linger)
+			l.obs.AppConnClosed("reset")
+			return c.Conn.Close()
+		}
+	case sockopt.Bounded:
+		_ = sockopt.ApplyLinger(c.fd, l.linger)
+		l.obs.AppConnClosed("bounded")
 		go c.Conn.Close() // close(2) blocks while the kernel flushes
 		return nil
 	}
-	return c.Conn.Close()
+	if err := c.Conn.(*net.TCPConn).CloseWrite(); err != nil {
+		l.obs.AppConnClosed("graceful")
+		return c.Conn.Close() // already gone
+	}
+	l.mu.Lock()
+	if l.done {
+		c.SetReadDeadline(time.Now())
+	}
+	l.waiting[c] = struct{}{}
+	l.wg.Add(1)
+	l.mu.Unlock()
+	go c.awaitFIN()
+	return nil
+}
+
+// awaitFIN runs after a half-close: it discards what the app still sends
+// until its FIN (a clean end) or finTimeout (reset).
+func (c *appConn) awaitFIN() {
+	l := c.l
+	defer l.wg.Done()
+	defer func() {
+		l.mu.Lock()
+		delete(l.waiting, c)
+		l.mu.Unlock()
+	}()
+	l.mu.Lock()
+	if !l.done {
+		c.SetReadDeadline(time.Now().Add(l.finTimeout))
+	}
+	l.mu.Unlock()
+	_, err := io.Copy(io.Discard, c.Conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		_ = sockopt.ApplyLinger(c.fd, sockopt.Linger{Mode: sockopt.Reset})
+		l.obs.AppConnClosed("escalated")
+	} else {
+		l.obs.AppConnClosed("graceful")
+	}
+	c.Conn.Close()
 }

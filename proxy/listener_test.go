@@ -34,7 +34,7 @@ func tcpPair(t *testing.T, linger sockopt.Linger) (server net.Conn, client *net.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	sc, err := (&lingerListener{Listener: ln, linger: linger}).Accept()
+	sc, err := newLingerListener(ln, appSockets{linger: linger, finTimeout: 5 * time.Second, obs: nopObserver{}}).Accept()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,12 +39,15 @@ type Upstream struct {
 
 // Config describes one listener. Zero values are the documented defaults.
 type Config struct {
-	Name        string
-	IdleTimeout time.Duration  // close app connections idle this long; 0: never
-	Linger      sockopt.Linger // how unstuck closes app connections
-	Upstream    Upstream
-	Logger      *zap.Logger
-	Observer    Observer // default: none
+	Name          string
+	IdleTimeout   time.Duration     // close app connections idle this long; 0: never
+	Linger        sockopt.Linger    // how unstuck closes app connections
+	AppFinTimeout time.Duration     // after a graceful close, wait this long for the app's FIN; default 5s
+	Keepalive     sockopt.Keepalive // TCP keepalive on app connections; zero Idle: off
+	UserTimeout   time.Duration     // TCP_USER_TIMEOUT on app connections; 0: the kernel's default
+	Upstream      Upstream
+	Logger        *zap.Logger
+	Observer      Observer // default: none
 }
 
 // Server serves one listener.
@@ -53,6 +56,7 @@ type Server struct {
 	up  Upstream
 	log *zap.Logger
 	srv *fasthttp.Server
+	ln  *lingerListener // set by Serve
 }
 
 // New returns a server for cfg; Serve starts it.
@@ -62,6 +66,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
+	}
+	if cfg.AppFinTimeout <= 0 {
+		cfg.AppFinTimeout = 5 * time.Second
 	}
 	s := &Server{
 		cfg: cfg,
@@ -88,13 +95,25 @@ func New(cfg Config) *Server {
 // Serve accepts app connections on ln until Shutdown. Each accepted
 // connection is closed with the listener's linger.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.srv.Serve(&lingerListener{Listener: ln, linger: s.cfg.Linger, obs: s.cfg.Observer})
+	s.ln = newLingerListener(ln, appSockets{
+		linger:      s.cfg.Linger,
+		keepalive:   s.cfg.Keepalive,
+		userTimeout: s.cfg.UserTimeout,
+		finTimeout:  s.cfg.AppFinTimeout,
+		obs:         s.cfg.Observer,
+	})
+	return s.srv.Serve(s.ln)
 }
 
 // Shutdown stops accepting, waits for in-flight requests and closes idle
-// app connections, or gives up when ctx ends.
+// app connections, or gives up when ctx ends. App connections still
+// waiting for their FIN after a graceful close are reset.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.srv.ShutdownWithContext(ctx)
+	err := s.srv.ShutdownWithContext(ctx)
+	if s.ln != nil {
+		s.ln.drain()
+	}
+	return err
 }
 
 // handle forwards one request. fasthttp owns ctx; the upstream connection

@@ -6,18 +6,14 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/unstuck-proxy/unstuck/config"
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/proxy"
+	"github.com/unstuck-proxy/unstuck/sockopt"
 )
-
-// shutdownTimeout bounds how long in-flight requests may finish after a
-// signal.
-const shutdownTimeout = 10 * time.Second
 
 // serve runs the sidecar described by cfg until ctx is cancelled: one pool
 // per upstream, one proxy server per listener. Every listener is bound
@@ -42,6 +38,10 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 			MaxRequests:    u.Pool.MaxRequests,
 			AcquireTimeout: u.Pool.AcquireTimeout,
 			DialTimeout:    u.Dial.Timeout,
+			Source:         u.Dial.Source,
+			SourcePorts:    pool.PortRange{Lo: u.Dial.SourcePorts.Lo, Hi: u.Dial.SourcePorts.Hi},
+			Keepalive:      keepalive(u.Dial.Keepalive),
+			UserTimeout:    u.Dial.UserTimeout,
 			Logger:         log,
 		})
 		if err != nil {
@@ -63,16 +63,19 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	}()
 	for _, name := range sortedKeys(cfg.Listeners) {
 		l := cfg.Listeners[name]
-		ln, err := proxy.Listen(l.Listen)
+		ln, err := proxy.ListenWith(l.Listen, proxy.ListenOptions{ReusePort: l.ReusePort, SocketMode: l.SocketMode})
 		if err != nil {
 			return fmt.Errorf("listener %s: %w", name, err)
 		}
 		u := cfg.Upstreams[l.Upstream]
 		srv := proxy.New(proxy.Config{
-			Name:        name,
-			IdleTimeout: l.IdleTimeout,
-			Linger:      l.Linger,
-			Logger:      log,
+			Name:          name,
+			IdleTimeout:   l.IdleTimeout,
+			Linger:        l.Linger,
+			AppFinTimeout: l.AppFinTimeout,
+			Keepalive:     keepalive(l.Keepalive),
+			UserTimeout:   l.UserTimeout,
+			Logger:        log,
 			Upstream: proxy.Upstream{
 				Name:                  l.Upstream,
 				Pool:                  pools[l.Upstream],
@@ -100,11 +103,11 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 	var failure error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", zap.Duration("timeout", shutdownTimeout))
+		log.Info("shutting down", zap.Duration("timeout", cfg.ShutdownTimeout))
 	case failure = <-errc:
 		log.Error("listener failed", zap.Error(failure))
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	for _, l := range listeners {
 		if err := l.srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
@@ -121,6 +124,10 @@ func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
 		}
 	}
 	return failure
+}
+
+func keepalive(k config.Keepalive) sockopt.Keepalive {
+	return sockopt.Keepalive{Idle: k.Idle, Interval: k.Interval, Count: k.Count}
 }
 
 func sortedKeys[V any](m map[string]V) []string {
