@@ -118,8 +118,8 @@ func TestResetCloseNeverDropsUnreadResponse(t *testing.T) {
 
 // The app side end to end: unstuck closes app connections idle longer than
 // idle_timeout. A legacy app never closes its end; with linger reset its
-// socket is not left in CLOSE_WAIT, with graceful it is (which is why reset
-// is the listener default).
+// socket is never in CLOSE_WAIT, with graceful it is until app_fin_timeout
+// (5 s here; TestAppIgnoringFINIsReset covers what happens then).
 func TestIdleAppConnectionClosedWithListenerLinger(t *testing.T) {
 	for _, tc := range []struct {
 		linger        string
