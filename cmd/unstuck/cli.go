@@ -102,7 +102,7 @@ built-in default; UNSTUCK_* environment variables override it (see
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	config.AddFlags(root.PersistentFlags())
-	root.AddCommand(newCheckCmd(stdout, stderr, environ), newVersionCmd(stdout))
+	root.AddCommand(newCheckCmd(stdout, stderr, environ), newVersionCmd(stdout), newDemoCmd(stdout, stderr))
 	return root
 }
 

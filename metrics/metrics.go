@@ -1,0 +1,159 @@
+// Package metrics is unstuck's Prometheus telemetry: counters and histograms
+// fed by the pool and proxy Observers, gauges computed at scrape time from
+// the pools' Stats, and socket-state gauges read from /proc/net/tcp{,6}.
+//
+// Everything lives in the Metrics' own registry, never the global one, so
+// two Metrics (tests, or a future second instance) do not collide.
+//
+// Wiring, done by serve: New once; Upstream(name) as each pool's Observer
+// and AddPool(name, pool) once it exists; Listener(name, upstream) as each
+// proxy's Observer; SetSockets with the listener ports and upstream
+// endpoints; ReloadOK or ReloadFailed after each reload. A hot reload calls
+// AddPool with the new pool under the same name (or RemovePool for an
+// upstream that is gone) and SetSockets again.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/unstuck-proxy/unstuck/pool"
+)
+
+// Label values that are created with a zero before anything happens, so an
+// alert on a rate of them sees a series from the start.
+var (
+	// closeCauses is every pool.Cause.
+	closeCauses = []pool.Cause{
+		pool.CauseFIN, pool.CauseRST, pool.CauseUnsolicited, pool.CauseIdleTimeout,
+		pool.CauseMaxLifetime, pool.CauseMaxRequests, pool.CauseMaxIdle,
+		pool.CauseServerClose, pool.CauseError, pool.CauseShutdown,
+	}
+	retryReasons = []string{"dial", "stale"}
+	// closeHows are the ways an app connection ends; "escalated" (the app
+	// ignored our FIN and got an RST) is reported by a later change.
+	closeHows = []string{"graceful", "reset", "bounded", "escalated"}
+)
+
+// Histogram buckets, in seconds.
+var (
+	// waitBuckets: 500µs to ~16s, doubling.
+	waitBuckets = prometheus.ExponentialBuckets(0.0005, 2, 16)
+	// reactionBuckets: 10µs to 100ms, 13 buckets (×2.15 each).
+	reactionBuckets = prometheus.ExponentialBucketsRange(10e-6, 0.1, 13)
+	// responseBuckets: 500µs to ~16s, doubling.
+	responseBuckets = prometheus.ExponentialBuckets(0.0005, 2, 16)
+)
+
+// Metrics holds every unstuck metric and the registry they are in. Its
+// methods are safe for concurrent use.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	dials       *prometheus.CounterVec   // upstream, endpoint
+	dialErrors  *prometheus.CounterVec   // upstream, endpoint
+	waits       *prometheus.CounterVec   // upstream
+	waitSeconds *prometheus.HistogramVec // upstream
+	exhausted   *prometheus.CounterVec   // upstream
+	closes      *prometheus.CounterVec   // upstream, cause
+	reaction    *prometheus.HistogramVec // upstream
+
+	retries   *prometheus.CounterVec   // listener, upstream, reason
+	requests  *prometheus.CounterVec   // listener, upstream, code
+	response  *prometheus.HistogramVec // listener, upstream
+	appOpen   *prometheus.GaugeVec     // listener
+	appClosed *prometheus.CounterVec   // listener, how
+
+	reloads      prometheus.Counter
+	reloadErrors prometheus.Counter
+
+	pools   *poolCollector
+	sockets *socketCollector
+}
+
+// New creates every metric and registers it, with the Go runtime and
+// process collectors, in a new registry.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_upstream_dials_total",
+			Help: "Connections dialed to the upstream endpoint, failed dials included.",
+		}, []string{"upstream", "endpoint"}),
+		dialErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_upstream_dial_errors_total",
+			Help: "Dials to the upstream endpoint that failed.",
+		}, []string{"upstream", "endpoint"}),
+		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_pool_waits_total",
+			Help: "Acquires that found max_conns connections busy and had to wait for a slot.",
+		}, []string{"upstream"}),
+		waitSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "unstuck_pool_wait_seconds",
+			Help:    "How long an acquire waited at max_conns, until it got a slot or gave up.",
+			Buckets: waitBuckets,
+		}, []string{"upstream"}),
+		exhausted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_pool_exhausted_total",
+			Help: "Acquires that waited the whole acquire_timeout without getting a connection.",
+		}, []string{"upstream"}),
+		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_upstream_closes_total",
+			Help: "Upstream connections the pool closed, by cause.",
+		}, []string{"upstream", "cause"}),
+		reaction: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "unstuck_half_close_reaction_seconds",
+			Help:    "Time from the watcher noticing a FIN, RST or unsolicited byte on an idle upstream connection to its close returning.",
+			Buckets: reactionBuckets,
+		}, []string{"upstream"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_retries_total",
+			Help: "Request retries, by reason: dial (connect failed, nothing sent) or stale (a reused connection failed before any response byte).",
+		}, []string{"listener", "upstream", "reason"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_requests_total",
+			Help: "Requests answered to the app, by status class of the answer.",
+		}, []string{"listener", "upstream", "code"}),
+		response: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "unstuck_upstream_response_seconds",
+			Help:    "Time from a request's first acquire to the end of the upstream's response header (or the failure), retries included.",
+			Buckets: responseBuckets,
+		}, []string{"listener", "upstream"}),
+		appOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "unstuck_app_connections_open",
+			Help: "App connections open on the listener.",
+		}, []string{"listener"}),
+		appClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_app_connections_closed_total",
+			Help: "App connections closed, by how: graceful (FIN), reset (RST), bounded (SO_LINGER timeout) or escalated (the app ignored our FIN and got an RST).",
+		}, []string{"listener", "how"}),
+		reloads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "unstuck_config_reloads_total",
+			Help: "Config reloads applied.",
+		}),
+		reloadErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "unstuck_config_reload_errors_total",
+			Help: "Config reloads rejected; the previous config stays in force.",
+		}),
+		pools:   newPoolCollector(),
+		sockets: newSocketCollector(),
+	}
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.dials, m.dialErrors, m.waits, m.waitSeconds, m.exhausted, m.closes, m.reaction,
+		m.retries, m.requests, m.response, m.appOpen, m.appClosed,
+		m.reloads, m.reloadErrors,
+		m.pools, m.sockets,
+	)
+	return m
+}
+
+// Registry returns the registry every metric is in, for promhttp.HandlerFor.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// ReloadOK counts a config reload that was applied.
+func (m *Metrics) ReloadOK() { m.reloads.Inc() }
+
+// ReloadFailed counts a config reload that was rejected.
+func (m *Metrics) ReloadFailed() { m.reloadErrors.Inc() }

@@ -1,0 +1,176 @@
+package metrics
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/unstuck-proxy/unstuck/pool"
+	"github.com/unstuck-proxy/unstuck/proxy"
+)
+
+// Upstream returns the pool.Observer for upstream name. Its label children
+// are created here (every close cause with a zero) or, for an endpoint, on
+// its first dial; after that no call allocates. Calling it again for the
+// same name (a reload) returns an observer that feeds the same series.
+func (m *Metrics) Upstream(name string) pool.Observer {
+	o := &upstreamObserver{
+		m:           m,
+		upstream:    name,
+		waits:       m.waits.WithLabelValues(name),
+		waitSeconds: m.waitSeconds.WithLabelValues(name),
+		exhausted:   m.exhausted.WithLabelValues(name),
+		reaction:    m.reaction.WithLabelValues(name),
+		closes:      make(map[pool.Cause]prometheus.Counter, len(closeCauses)),
+	}
+	for _, c := range closeCauses {
+		o.closes[c] = m.closes.WithLabelValues(name, string(c))
+	}
+	o.eps.Store(&map[string]dialCounters{})
+	return o
+}
+
+type upstreamObserver struct {
+	m        *Metrics
+	upstream string
+
+	// Set by Upstream, read-only after.
+	waits, exhausted      prometheus.Counter
+	waitSeconds, reaction prometheus.Observer
+	closes                map[pool.Cause]prometheus.Counter
+
+	// eps is copied on write under mu, so Dialed reads it without a lock.
+	mu  sync.Mutex
+	eps atomic.Pointer[map[string]dialCounters]
+}
+
+type dialCounters struct{ dials, errors prometheus.Counter }
+
+func (o *upstreamObserver) Dialed(endpoint string, err error) {
+	d, ok := (*o.eps.Load())[endpoint]
+	if !ok {
+		d = o.addEndpoint(endpoint)
+	}
+	d.dials.Inc()
+	if err != nil {
+		d.errors.Inc()
+	}
+}
+
+// addEndpoint creates endpoint's dial counters, both at zero.
+func (o *upstreamObserver) addEndpoint(endpoint string) dialCounters {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	old := *o.eps.Load()
+	if d, ok := old[endpoint]; ok {
+		return d
+	}
+	d := dialCounters{
+		dials:  o.m.dials.WithLabelValues(o.upstream, endpoint),
+		errors: o.m.dialErrors.WithLabelValues(o.upstream, endpoint),
+	}
+	eps := make(map[string]dialCounters, len(old)+1)
+	for k, v := range old {
+		eps[k] = v
+	}
+	eps[endpoint] = d
+	o.eps.Store(&eps)
+	return d
+}
+
+func (o *upstreamObserver) Waited(d time.Duration, exhausted bool) {
+	o.waits.Inc()
+	o.waitSeconds.Observe(d.Seconds())
+	if exhausted {
+		o.exhausted.Inc()
+	}
+}
+
+func (o *upstreamObserver) Closed(_ string, cause pool.Cause) {
+	if c, ok := o.closes[cause]; ok {
+		c.Inc()
+		return
+	}
+	o.m.closes.WithLabelValues(o.upstream, string(cause)).Inc() // a cause added to pool but not here
+}
+
+func (o *upstreamObserver) HalfClosed(_ pool.Cause, reaction time.Duration) {
+	o.reaction.Observe(reaction.Seconds())
+}
+
+// Listener returns the proxy.Observer for listener name, which forwards to
+// upstream. Its label children are created here, with zeros for status
+// classes 2xx to 5xx, retry reasons dial and stale, and every way an app
+// connection closes; no call allocates after. Calling it again for the same
+// names returns an observer that feeds the same series.
+func (m *Metrics) Listener(name, upstream string) proxy.Observer {
+	o := &listenerObserver{
+		m:        m,
+		listener: name,
+		upstream: upstream,
+		response: m.response.WithLabelValues(name, upstream),
+		open:     m.appOpen.WithLabelValues(name),
+		retries:  make(map[string]prometheus.Counter, len(retryReasons)),
+		closed:   make(map[string]prometheus.Counter, len(closeHows)),
+	}
+	for class := 2; class <= 5; class++ {
+		o.codes[class] = m.requests.WithLabelValues(name, upstream, codeClasses[class])
+	}
+	for _, r := range retryReasons {
+		o.retries[r] = m.retries.WithLabelValues(name, upstream, r)
+	}
+	for _, h := range closeHows {
+		o.closed[h] = m.appClosed.WithLabelValues(name, h)
+	}
+	return o
+}
+
+// codeClasses is the code label of each status/100; 0 and anything past 5
+// is "other".
+var codeClasses = [...]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// listenerObserver's fields are set by Listener and read-only after.
+type listenerObserver struct {
+	m                  *Metrics
+	listener, upstream string
+
+	codes    [len(codeClasses)]prometheus.Counter // by status/100; nil: create on use
+	response prometheus.Observer
+	retries  map[string]prometheus.Counter
+	open     prometheus.Gauge
+	closed   map[string]prometheus.Counter
+}
+
+func (o *listenerObserver) Request(status int, upstream time.Duration, _ int) {
+	class := status / 100
+	if class < 0 || class >= len(codeClasses) {
+		class = 0
+	}
+	if c := o.codes[class]; c != nil {
+		c.Inc()
+	} else { // 1xx or a non-HTTP status: rare, so not created up front
+		o.m.requests.WithLabelValues(o.listener, o.upstream, codeClasses[class]).Inc()
+	}
+	o.response.Observe(upstream.Seconds())
+}
+
+func (o *listenerObserver) Retry(reason string) {
+	if c, ok := o.retries[reason]; ok {
+		c.Inc()
+		return
+	}
+	o.m.retries.WithLabelValues(o.listener, o.upstream, reason).Inc()
+}
+
+func (o *listenerObserver) AppConnOpened() { o.open.Inc() }
+
+func (o *listenerObserver) AppConnClosed(how string) {
+	o.open.Dec()
+	if c, ok := o.closed[how]; ok {
+		c.Inc()
+		return
+	}
+	o.m.appClosed.WithLabelValues(o.listener, how).Inc()
+}

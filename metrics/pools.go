@@ -1,0 +1,90 @@
+package metrics
+
+import (
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/unstuck-proxy/unstuck/pool"
+)
+
+// StatsSource is what AddPool reads at scrape time; *pool.Pool is one.
+type StatsSource interface {
+	Stats() []pool.EndpointStats
+}
+
+// AddPool makes upstream name's connections appear in
+// unstuck_upstream_connections, read from p.Stats at each scrape. A pool
+// already added under name is replaced (a reload swapped it).
+func (m *Metrics) AddPool(name string, p StatsSource) {
+	m.pools.mu.Lock()
+	defer m.pools.mu.Unlock()
+	m.pools.pools[name] = p
+}
+
+// RemovePool stops reporting upstream name's connections; its series
+// disappear from the next scrape. Unknown names are ignored.
+func (m *Metrics) RemovePool(name string) {
+	m.pools.mu.Lock()
+	defer m.pools.mu.Unlock()
+	delete(m.pools.pools, name)
+}
+
+// poolCollector reports each added pool's connections by endpoint and state.
+type poolCollector struct {
+	conns *prometheus.Desc
+
+	mu    sync.Mutex
+	pools map[string]StatsSource // guarded by mu
+}
+
+func newPoolCollector() *poolCollector {
+	return &poolCollector{
+		conns: prometheus.NewDesc("unstuck_upstream_connections",
+			"Open upstream connections at scrape time, by state: idle (pooled, watched for a FIN) or active (serving a request, or dialing).",
+			[]string{"upstream", "endpoint", "state"}, nil),
+		pools: make(map[string]StatsSource),
+	}
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.conns }
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	type named struct {
+		name string
+		p    StatsSource
+	}
+	c.mu.Lock()
+	pools := make([]named, 0, len(c.pools))
+	for name, p := range c.pools {
+		pools = append(pools, named{name, p})
+	}
+	c.mu.Unlock()
+	slices.SortFunc(pools, func(a, b named) int { return strings.Compare(a.name, b.name) })
+
+	for _, np := range pools {
+		// Stats takes the pool's lock; ours is not held. An endpoint listed
+		// twice is summed: one series each.
+		stats := np.p.Stats()
+		merged := make([]pool.EndpointStats, 0, len(stats))
+	next:
+		for _, s := range stats {
+			for i := range merged {
+				if merged[i].Endpoint == s.Endpoint {
+					merged[i].Open += s.Open
+					merged[i].Idle += s.Idle
+					continue next
+				}
+			}
+			merged = append(merged, s)
+		}
+		for _, s := range merged {
+			ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue,
+				float64(s.Idle), np.name, s.Endpoint, "idle")
+			ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue,
+				float64(s.Open-s.Idle), np.name, s.Endpoint, "active")
+		}
+	}
+}

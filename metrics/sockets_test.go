@@ -1,0 +1,181 @@
+package metrics
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestSocketCollectorFixture checks the matching against fixed tables (see
+// testdata/proc): listener port 15001 (0x3A99), upstream app at
+// 10.0.0.5:9000, upstream static at 127.0.0.1:8080.
+func TestSocketCollectorFixture(t *testing.T) {
+	m := New()
+	m.sockets.dir = "testdata/proc"
+	reg := m.Registry()
+	err := m.SetSockets(t.Context(),
+		map[string]uint16{"in": 15001, "unix": 0},
+		map[string][]string{
+			"app":    {"10.0.0.5:9000", "10.0.0.5:9000"}, // listed twice: one series
+			"static": {"127.0.0.1:8080", "no-port"},
+		})
+	if err == nil {
+		t.Error("SetSockets: no error for endpoint \"no-port\"")
+	}
+
+	sock := func(state, side string) l { return l{"state": state, "side": side} }
+	for _, tc := range []struct {
+		state, side string
+		n           float64
+	}{
+		{"LISTEN", "listener", 2}, // tcp and tcp6
+		{"ESTABLISHED", "listener", 1},
+		{"CLOSE_WAIT", "listener", 1},
+		{"TIME_WAIT", "listener", 0},
+		{"FIN_WAIT2", "listener", 0},
+		{"ESTABLISHED", "upstream", 3}, // one over tcp6, IPv4-mapped
+		{"TIME_WAIT", "upstream", 1},
+		{"CLOSE_WAIT", "upstream", 1},
+		{"LISTEN", "upstream", 0},
+		{"FIN_WAIT2", "upstream", 0},
+		{"SYN_SENT", "upstream", 0},
+	} {
+		want(t, reg, "unstuck_tcp_sockets", sock(tc.state, tc.side), tc.n)
+	}
+	want(t, reg, "unstuck_host_close_wait_sockets", l{}, 3)
+	want(t, reg, "unstuck_upstream_local_ports", l{"upstream": "app", "endpoint": "10.0.0.5:9000"}, 4)
+	want(t, reg, "unstuck_upstream_local_ports", l{"upstream": "static", "endpoint": "127.0.0.1:8080"}, 1)
+	want(t, reg, "unstuck_upstream_local_ports", l{"upstream": "static", "endpoint": "no-port"}, 0)
+
+	// Replace-all: what is not in the new call is no longer watched.
+	if err := m.SetSockets(t.Context(), nil, map[string][]string{"static": {"127.0.0.1:8080"}}); err != nil {
+		t.Fatal(err)
+	}
+	want(t, reg, "unstuck_tcp_sockets", sock("LISTEN", "listener"), 0)
+	want(t, reg, "unstuck_tcp_sockets", sock("ESTABLISHED", "upstream"), 1)
+	if _, ok := value(t, reg, "unstuck_upstream_local_ports", l{"upstream": "app", "endpoint": "10.0.0.5:9000"}); ok {
+		t.Error("unwatched endpoint still reported")
+	}
+}
+
+func TestSocketCollectorReadError(t *testing.T) {
+	m := New()
+	m.sockets.dir = t.TempDir() // no tcp file
+	if _, err := m.Registry().Gather(); err == nil {
+		t.Fatal("Gather: no error for a missing socket table")
+	}
+}
+
+func TestResolve(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	for _, tc := range []struct {
+		endpoint string
+		want     []netip.AddrPort
+	}{
+		{"10.0.0.5:9000", []netip.AddrPort{ap("10.0.0.5:9000")}},
+		{"[::ffff:10.0.0.5]:9000", []netip.AddrPort{ap("10.0.0.5:9000")}},
+		{"[fe80::1%eth0]:80", []netip.AddrPort{ap("[fe80::1]:80")}},
+		{":8080", []netip.AddrPort{ap("127.0.0.1:8080"), ap("[::1]:8080")}},
+		{"0.0.0.0:8080", []netip.AddrPort{ap("127.0.0.1:8080"), ap("[::1]:8080")}},
+		{"localhost:8080", nil}, // from /etc/hosts: contains 127.0.0.1:8080
+	} {
+		got, err := resolve(t.Context(), tc.endpoint)
+		if err != nil {
+			t.Errorf("resolve(%q): %v", tc.endpoint, err)
+			continue
+		}
+		if tc.want == nil {
+			if !slices.Contains(got, ap("127.0.0.1:8080")) {
+				t.Errorf("resolve(%q) = %v, want 127.0.0.1:8080 among them", tc.endpoint, got)
+			}
+			continue
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("resolve(%q) = %v, want %v", tc.endpoint, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"no-port", "10.0.0.5:notaport99999", "10.0.0.5:99999"} {
+		if got, err := resolve(t.Context(), bad); err == nil {
+			t.Errorf("resolve(%q) = %v, want an error", bad, got)
+		}
+	}
+}
+
+// waitFor scrapes until cond holds for the series name{labels}, or fails
+// the test after a deadline.
+func waitFor(t *testing.T, m *Metrics, what, name string, labels l, cond func(float64) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, ok := value(t, m.Registry(), name, labels)
+		if ok && cond(v) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s%v = %v (exists: %v) after 10s", what, name, labels, v, ok)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval, not synchronisation
+	}
+}
+
+// TestSocketCollectorCloseWait puts a real loopback socket in CLOSE_WAIT:
+// the server side closes, the client does not.
+func TestSocketCollectorCloseWait(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	acc := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		acc <- accepted{c, err}
+	}()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	client, err := d.DialContext(t.Context(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	var a accepted
+	select {
+	case a = <-acc:
+	case <-time.After(5 * time.Second):
+		t.Fatal("accept timed out")
+	}
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	a.c.Close() // FIN to the client, which does not close: CLOSE_WAIT
+
+	// The client's port plays a listener port (an app connection the app
+	// closed), the server's address an upstream endpoint (a connection the
+	// upstream closed).
+	m := New()
+	clientPort := uint16(client.LocalAddr().(*net.TCPAddr).Port)
+	server := ln.Addr().String()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := m.SetSockets(ctx, map[string]uint16{"in": clientPort}, map[string][]string{"up": {server}}); err != nil {
+		t.Fatal(err)
+	}
+
+	atLeast1 := func(v float64) bool { return v >= 1 }
+	is := func(n float64) func(float64) bool { return func(v float64) bool { return v == n } }
+	waitFor(t, m, "server closed", "unstuck_host_close_wait_sockets", l{}, atLeast1)
+	waitFor(t, m, "server closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "listener"}, atLeast1)
+	waitFor(t, m, "server closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "upstream"}, is(1))
+	waitFor(t, m, "server closed", "unstuck_upstream_local_ports", l{"upstream": "up", "endpoint": server}, is(1))
+
+	client.Close()
+	waitFor(t, m, "client closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "listener"}, is(0))
+	waitFor(t, m, "client closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "upstream"}, is(0))
+	waitFor(t, m, "client closed", "unstuck_upstream_local_ports", l{"upstream": "up", "endpoint": server}, is(0))
+}
