@@ -59,14 +59,14 @@ func statusFor(err error) int {
 }
 
 // fail answers the app with the status for err and a short plain-text body.
-func (s *Server) fail(ctx *fasthttp.RequestCtx, err error) {
+func (s *Server) fail(ctx *fasthttp.RequestCtx, up *Upstream, err error) {
 	code := statusFor(err)
 	ctx.Response.Reset()
 	ctx.Response.SetStatusCode(code)
 	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
 	ctx.Response.SetBodyString(fasthttp.StatusMessage(code) + "\n")
 	s.log.Warn("upstream request failed",
-		zap.String("upstream", s.up.Name), zap.Int("status", code),
+		zap.String("upstream", up.Name), zap.Int("status", code),
 		zap.ByteString("method", ctx.Method()), zap.ByteString("uri", ctx.RequestURI()),
 		zap.Error(err))
 }

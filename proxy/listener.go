@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -84,20 +85,20 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 }
 
 // appSockets is how a listener treats each app connection: the options set
-// at accept and the close policy.
+// at accept and the close policy. A reload swaps it whole.
 type appSockets struct {
 	linger      sockopt.Linger
 	keepalive   sockopt.Keepalive
 	userTimeout time.Duration
 	finTimeout  time.Duration // how long a graceful close waits for the app's FIN
-	obs         Observer
 }
 
 // lingerListener applies appSockets to every accepted connection. It owns
 // the goroutines that wait for the app's FIN after a graceful close.
 type lingerListener struct {
 	net.Listener
-	appSockets
+	sockets *atomic.Pointer[appSockets] // the Server's; read at accept and close
+	obs     Observer
 
 	mu      sync.Mutex
 	waiting map[*appConn]struct{} // closes waiting for the app's FIN
@@ -105,8 +106,8 @@ type lingerListener struct {
 	wg      sync.WaitGroup
 }
 
-func newLingerListener(ln net.Listener, s appSockets) *lingerListener {
-	return &lingerListener{Listener: ln, appSockets: s, waiting: make(map[*appConn]struct{})}
+func newLingerListener(ln net.Listener, sockets *atomic.Pointer[appSockets], obs Observer) *lingerListener {
+	return &lingerListener{Listener: ln, sockets: sockets, obs: obs, waiting: make(map[*appConn]struct{})}
 }
 
 func (l *lingerListener) Accept() (net.Conn, error) {
@@ -118,10 +119,11 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 	if _, ok := nc.(*net.TCPConn); ok {
 		if fd, err := sockopt.FD(nc); err == nil {
 			c.fd = fd
+			set := l.sockets.Load()
 			// Best effort: a connection without keepalive still works.
-			_ = sockopt.SetKeepalive(fd, l.keepalive)
-			if l.userTimeout > 0 {
-				_ = sockopt.SetUserTimeout(fd, l.userTimeout)
+			_ = sockopt.SetKeepalive(fd, set.keepalive)
+			if set.userTimeout > 0 {
+				_ = sockopt.SetUserTimeout(fd, set.userTimeout)
 			}
 		}
 	}
@@ -168,15 +170,16 @@ func (c *appConn) Close() error {
 		l.obs.AppConnClosed("graceful")
 		return c.Conn.Close()
 	}
-	switch l.linger.Mode {
+	set := l.sockets.Load()
+	switch set.linger.Mode {
 	case sockopt.Reset:
 		if n, err := sockopt.UnsentBytes(c.fd); err == nil && n == 0 {
-			_ = sockopt.ApplyLinger(c.fd, l.linger)
+			_ = sockopt.ApplyLinger(c.fd, set.linger)
 			l.obs.AppConnClosed("reset")
 			return c.Conn.Close()
 		}
 	case sockopt.Bounded:
-		_ = sockopt.ApplyLinger(c.fd, l.linger)
+		_ = sockopt.ApplyLinger(c.fd, set.linger)
 		l.obs.AppConnClosed("bounded")
 		go c.Conn.Close() // close(2) blocks while the kernel flushes
 		return nil
@@ -192,13 +195,13 @@ func (c *appConn) Close() error {
 	l.waiting[c] = struct{}{}
 	l.wg.Add(1)
 	l.mu.Unlock()
-	go c.awaitFIN()
+	go c.awaitFIN(set.finTimeout)
 	return nil
 }
 
 // awaitFIN runs after a half-close: it discards what the app still sends
 // until its FIN (a clean end) or finTimeout (reset).
-func (c *appConn) awaitFIN() {
+func (c *appConn) awaitFIN(finTimeout time.Duration) {
 	l := c.l
 	defer l.wg.Done()
 	defer func() {
@@ -208,7 +211,7 @@ func (c *appConn) awaitFIN() {
 	}()
 	l.mu.Lock()
 	if !l.done {
-		c.SetReadDeadline(time.Now().Add(l.finTimeout))
+		c.SetReadDeadline(time.Now().Add(finTimeout))
 	}
 	l.mu.Unlock()
 	_, err := io.Copy(io.Discard, c.Conn)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -34,7 +35,9 @@ func tcpPair(t *testing.T, linger sockopt.Linger) (server net.Conn, client *net.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	sc, err := newLingerListener(ln, appSockets{linger: linger, finTimeout: 5 * time.Second, obs: nopObserver{}}).Accept()
+	var set atomic.Pointer[appSockets]
+	set.Store(&appSockets{linger: linger, finTimeout: 5 * time.Second})
+	sc, err := newLingerListener(ln, &set, nopObserver{}).Accept()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -45,18 +46,26 @@ type Config struct {
 	AppFinTimeout time.Duration     // after a graceful close, wait this long for the app's FIN; default 5s
 	Keepalive     sockopt.Keepalive // TCP keepalive on app connections; zero Idle: off
 	UserTimeout   time.Duration     // TCP_USER_TIMEOUT on app connections; 0: the kernel's default
+	AccessLog     bool              // one info line per request
 	Upstream      Upstream
 	Logger        *zap.Logger
 	Observer      Observer // default: none
 }
 
-// Server serves one listener.
+// Server serves one listener. Its upstream, app-socket settings and access
+// log switch can change while it serves (see Update); the rest of Config
+// is fixed for its life.
 type Server struct {
-	cfg Config
-	up  Upstream
-	log *zap.Logger
-	srv *fasthttp.Server
-	ln  *lingerListener // set by Serve
+	name string
+	log  *zap.Logger
+	obs  Observer
+	srv  *fasthttp.Server
+
+	up        atomic.Pointer[Upstream]   // read once per request
+	sockets   atomic.Pointer[appSockets] // read at accept and close
+	accessLog atomic.Bool
+
+	ln *lingerListener // set by Serve
 }
 
 // New returns a server for cfg; Serve starts it.
@@ -67,14 +76,12 @@ func New(cfg Config) *Server {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	if cfg.AppFinTimeout <= 0 {
-		cfg.AppFinTimeout = 5 * time.Second
-	}
 	s := &Server{
-		cfg: cfg,
-		up:  cfg.Upstream,
-		log: cfg.Logger.Named("proxy").With(zap.String("listener", cfg.Name)),
+		name: cfg.Name,
+		obs:  cfg.Observer,
+		log:  cfg.Logger.Named("proxy").With(zap.String("listener", cfg.Name)),
 	}
+	s.Update(cfg)
 	s.srv = &fasthttp.Server{
 		Handler:     s.handle,
 		Name:        "unstuck",
@@ -92,16 +99,29 @@ func New(cfg Config) *Server {
 	return s
 }
 
+// Update applies the parts of cfg that may change while the server runs:
+// the upstream (requests already started finish on the old one), the app
+// sockets' linger, FIN timeout, keepalive and user timeout (for
+// connections accepted or closed from now on), and the access log.
+func (s *Server) Update(cfg Config) {
+	up := cfg.Upstream
+	s.up.Store(&up)
+	if cfg.AppFinTimeout <= 0 {
+		cfg.AppFinTimeout = 5 * time.Second
+	}
+	s.sockets.Store(&appSockets{
+		linger:      cfg.Linger,
+		keepalive:   cfg.Keepalive,
+		userTimeout: cfg.UserTimeout,
+		finTimeout:  cfg.AppFinTimeout,
+	})
+	s.accessLog.Store(cfg.AccessLog)
+}
+
 // Serve accepts app connections on ln until Shutdown. Each accepted
 // connection is closed with the listener's linger.
 func (s *Server) Serve(ln net.Listener) error {
-	s.ln = newLingerListener(ln, appSockets{
-		linger:      s.cfg.Linger,
-		keepalive:   s.cfg.Keepalive,
-		userTimeout: s.cfg.UserTimeout,
-		finTimeout:  s.cfg.AppFinTimeout,
-		obs:         s.cfg.Observer,
-	})
+	s.ln = newLingerListener(ln, &s.sockets, s.obs)
 	return s.srv.Serve(s.ln)
 }
 
@@ -116,11 +136,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// exchange is what handle learns about one request, for metrics and the
+// access log.
+type exchange struct {
+	start    time.Time
+	retries  int
+	endpoint string // of the last attempt
+	reused   bool
+}
+
 // handle forwards one request. fasthttp owns ctx; the upstream connection
 // belongs to roundTrip or, for a streamed body, to the body stream.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	up := s.up.Load()
 	req := &ctx.Request
-	prepareRequest(req, ctx.RemoteAddr(), s.up.HostHeader)
+	prepareRequest(req, ctx.RemoteAddr(), up.HostHeader)
 
 	// A small body is read whole now so a retry can send it again.
 	streamed := false
@@ -132,45 +162,71 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	noHost := len(req.Header.Host()) == 0
 	careful := !idempotent(req)
 
-	start := time.Now()
-	attempt := 0
-	defer func() {
-		s.cfg.Observer.Request(ctx.Response.StatusCode(), time.Since(start), attempt)
-	}()
-	for ; ; attempt++ {
-		c, err := s.up.Pool.Acquire(careful)
+	x := exchange{start: time.Now()}
+	defer s.done(ctx, &x)
+	for ; ; x.retries++ {
+		c, err := up.Pool.Acquire(careful)
 		if err != nil {
+			if errors.Is(err, pool.ErrClosed) {
+				// A reload replaced the pool under us: the new one
+				// takes this request, as if it had come a moment later.
+				if next := s.up.Load(); next != up {
+					up = next
+					x.retries--
+					continue
+				}
+			}
 			var de *pool.DialError
-			if errors.As(err, &de) && attempt < s.up.Retries {
-				s.retry(ctx, attempt, "dial", err)
+			if errors.As(err, &de) && x.retries < up.Retries {
+				s.retry(ctx, x.retries, "dial", err)
 				continue // nothing was sent
 			}
-			s.fail(ctx, err)
+			s.fail(ctx, up, err)
 			return
 		}
+		x.endpoint, x.reused = c.Endpoint(), c.Reused()
 		if noHost {
 			req.Header.SetHost(c.Endpoint())
 		}
-		err = s.roundTrip(c, req, &ctx.Response)
+		err = s.roundTrip(c, up, req, &ctx.Response)
 		if err == nil {
 			return
 		}
-		if attempt < s.up.Retries && retryable(req, c, streamed) {
-			s.retry(ctx, attempt, "stale", err)
+		if x.retries < up.Retries && retryable(req, c, streamed) {
+			s.retry(ctx, x.retries, "stale", err)
 			continue
 		}
-		s.fail(ctx, err)
+		s.fail(ctx, up, err)
 		return
 	}
+}
+
+// done reports a finished request to the observer and the access log.
+func (s *Server) done(ctx *fasthttp.RequestCtx, x *exchange) {
+	took := time.Since(x.start)
+	s.obs.Request(ctx.Response.StatusCode(), took, x.retries)
+	if !s.accessLog.Load() {
+		return
+	}
+	bytes := ctx.Response.Header.ContentLength() // -1: chunked, streamed
+	if !ctx.Response.IsBodyStream() {
+		bytes = len(ctx.Response.Body())
+	}
+	s.log.Info("access",
+		zap.ByteString("method", ctx.Method()), zap.ByteString("uri", ctx.RequestURI()),
+		zap.Int("status", ctx.Response.StatusCode()), zap.Int("bytes", bytes),
+		zap.Duration("duration", took), zap.String("endpoint", x.endpoint),
+		zap.Bool("reused", x.reused), zap.Int("retries", x.retries),
+		zap.Stringer("remote", ctx.RemoteAddr()))
 }
 
 // roundTrip sends req on c and reads the response into resp. It always
 // passes c on: to the pool, or to resp's body stream, which releases it
 // once fasthttp has written the body to the app.
-func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.Response) error {
+func (s *Server) roundTrip(c *pool.Conn, up *Upstream, req *fasthttp.Request, resp *fasthttp.Response) error {
 	nc := c.NetConn()
 	var deadline time.Time // zero: none
-	if t := s.up.ResponseHeaderTimeout; t > 0 {
+	if t := up.ResponseHeaderTimeout; t > 0 {
 		deadline = time.Now().Add(t)
 	}
 	nc.SetDeadline(deadline)
@@ -184,13 +240,13 @@ func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.R
 		err = bw.Flush()
 	}
 	if err != nil {
-		s.up.Pool.Discard(c, pool.CauseError)
+		up.Pool.Discard(c, pool.CauseError)
 		return newUpstreamError("write", c, err, deadline)
 	}
 
 	br := c.Reader()
 	if err := readResponseHeader(resp, br); err != nil {
-		s.up.Pool.Discard(c, pool.CauseError)
+		up.Pool.Discard(c, pool.CauseError)
 		return newUpstreamError("read", c, err, deadline)
 	}
 	serverClose := resp.Header.ConnectionClose()
@@ -199,17 +255,17 @@ func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.R
 	code := resp.Header.StatusCode()
 	if req.Header.IsHead() || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified {
 		resp.SkipBody = true
-		s.finish(c, serverClose)
+		finish(up.Pool, c, serverClose)
 		return nil
 	}
 	cl := resp.Header.ContentLength()
 	if cl >= 0 && cl <= maxBufferedBody {
 		resp.StreamBody = false
 		if err := resp.ReadBody(br, 0); err != nil {
-			s.up.Pool.Discard(c, pool.CauseError)
+			up.Pool.Discard(c, pool.CauseError)
 			return newUpstreamError("read body", c, err, deadline)
 		}
-		s.finish(c, serverClose)
+		finish(up.Pool, c, serverClose)
 		return nil
 	}
 
@@ -223,13 +279,13 @@ func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.R
 	framing.Header.SetContentLength(cl)
 	if err := framing.ReadBody(br, 0); err != nil {
 		fasthttp.ReleaseResponse(framing)
-		s.up.Pool.Discard(c, pool.CauseError)
+		up.Pool.Discard(c, pool.CauseError)
 		return newUpstreamError("read body", c, err, deadline)
 	}
 	body := &upstreamBody{
 		framing:  framing,
 		c:        c,
-		pool:     s.up.Pool,
+		pool:     up.Pool,
 		reusable: !serverClose && cl != -2, // -2: the body ends at close
 	}
 	size := cl
@@ -240,13 +296,13 @@ func (s *Server) roundTrip(c *pool.Conn, req *fasthttp.Request, resp *fasthttp.R
 	return nil
 }
 
-// finish hands c back after a complete response.
-func (s *Server) finish(c *pool.Conn, serverClose bool) {
+// finish hands c back to p after a complete response.
+func finish(p *pool.Pool, c *pool.Conn, serverClose bool) {
 	if serverClose {
-		s.up.Pool.Discard(c, pool.CauseServerClose)
+		p.Discard(c, pool.CauseServerClose)
 		return
 	}
-	s.up.Pool.Release(c)
+	p.Release(c)
 }
 
 // readResponseHeader reads the final response header, skipping interim 1xx
@@ -332,7 +388,7 @@ func idempotent(req *fasthttp.Request) bool {
 }
 
 func (s *Server) retry(ctx *fasthttp.RequestCtx, attempt int, reason string, err error) {
-	s.cfg.Observer.Retry(reason)
+	s.obs.Retry(reason)
 	if ce := s.log.Check(zapcore.DebugLevel, "retrying request"); ce != nil {
 		ce.Write(zap.Int("attempt", attempt+1), zap.String("reason", reason),
 			zap.ByteString("method", ctx.Method()), zap.Error(err))

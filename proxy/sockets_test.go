@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,12 +63,13 @@ func TestListenerSocketOptionsReadBack(t *testing.T) {
 		t.Fatal("a listener without reuse_port bound a port in use")
 	}
 
-	ll := newLingerListener(ln, appSockets{
+	var set atomic.Pointer[appSockets]
+	set.Store(&appSockets{
 		keepalive:   sockopt.Keepalive{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 5},
 		userTimeout: 2500 * time.Millisecond,
 		finTimeout:  time.Second,
-		obs:         nopObserver{},
 	})
+	ll := newLingerListener(ln, &set, nopObserver{})
 	cc, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -132,17 +134,41 @@ func TestUnixListener(t *testing.T) {
 	}
 }
 
+// closeCounter is an Observer that counts app-connection closes by how.
+type closeCounter struct {
+	nopObserver
+	mu  sync.Mutex
+	how map[string]int
+}
+
+func (c *closeCounter) AppConnClosed(how string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.how == nil {
+		c.how = map[string]int{}
+	}
+	c.how[how]++
+}
+
+func (c *closeCounter) count(how string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.how[how]
+}
+
 // An app that ignores unstuck's FIN (never reads, never closes): after
 // app_fin_timeout unstuck resets the connection, so the app's socket is no
 // longer in CLOSE_WAIT and unstuck holds no FIN_WAIT2.
 func TestAppIgnoringFINIsReset(t *testing.T) {
 	const conns = 10
-	const finTimeout = 300 * time.Millisecond
+	const idle, finTimeout = 50 * time.Millisecond, 300 * time.Millisecond
 	up := testpeer.StartServer(t, testpeer.Options{})
+	closes := &closeCounter{}
 	addr := startProxy(t, proxyOpts{listener: Config{
-		IdleTimeout:   50 * time.Millisecond,
+		IdleTimeout:   idle,
 		Linger:        sockopt.Linger{Mode: sockopt.Graceful},
 		AppFinTimeout: finTimeout,
+		Observer:      closes,
 	}}, up.Addr())
 	app := testpeer.StartLegacyClient(t, addr, testpeer.LegacyClientOptions{Conns: conns})
 	for slot := 1; slot <= conns; slot++ {
@@ -150,28 +176,25 @@ func TestAppIgnoringFINIsReset(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	proxySide := sockstate.LocalPort(portOf(t, addr))
-
-	// First the half-close: the app in CLOSE_WAIT, unstuck in FIN_WAIT2.
-	waitUntil(t, 5*time.Second, "unstuck's half-close", func() bool {
-		n, _ := sockstate.Count(proxySide)
-		return n[sockstate.FinWait2] == conns
+	lastRequest := time.Now()
+	waitUntil(t, 10*time.Second, "unstuck to reset every app connection", func() bool {
+		return closes.count("escalated") == conns
 	})
-	halfClosed := time.Now()
-	if n, _ := app.CloseWaitCount(); n != conns {
-		t.Fatalf("after unstuck's FIN: %d app sockets in CLOSE_WAIT; want %d", n, conns)
+	took := time.Since(lastRequest)
+	if took < idle+finTimeout {
+		t.Fatalf("reset %v after the last request; not before idle_timeout + app_fin_timeout (%v)", took, idle+finTimeout)
 	}
-	// Then the escalation.
-	waitUntil(t, 5*time.Second, "the app's sockets to leave CLOSE_WAIT", func() bool {
-		n, _ := app.CloseWaitCount()
-		return n == 0
-	})
-	took := time.Since(halfClosed)
-	n, _ := sockstate.Count(proxySide)
+	if n := closes.count("graceful"); n != 0 {
+		t.Fatalf("%d connections closed gracefully although the app never sent FIN", n)
+	}
+	if n, _ := app.CloseWaitCount(); n != 0 {
+		t.Fatalf("%d app sockets still in CLOSE_WAIT after the reset", n)
+	}
+	n, _ := sockstate.Count(sockstate.LocalPort(portOf(t, addr)))
 	if n[sockstate.FinWait2] != 0 || n[sockstate.TimeWait] != 0 {
 		t.Fatalf("unstuck holds %v after the reset", n)
 	}
-	t.Logf("app sockets left CLOSE_WAIT %v after unstuck's FIN (app_fin_timeout %v)", took, finTimeout)
+	t.Logf("all %d app connections reset %v after the last request (idle_timeout %v + app_fin_timeout %v)", conns, took, idle, finTimeout)
 }
 
 // An app that answers unstuck's FIN with its own gets a clean close, no
