@@ -22,6 +22,10 @@ type Config struct {
 	ShutdownTimeout time.Duration       // on SIGTERM, let in-flight requests finish for this long; more than 0
 	Listeners       map[string]Listener // by name; Listener.Name is the key
 	Upstreams       map[string]Upstream // by name; Upstream.Name is the key
+
+	// File is the YAML file this configuration was read from, for the
+	// reload watcher; empty for the built-in default and dev mode.
+	File string
 }
 
 // Log configures the process logger.

@@ -162,12 +162,16 @@ func Load(opts LoadOptions) (*Config, error) {
 	if err := ps.err(); err != nil {
 		return nil, err
 	}
+	if t.onDisk {
+		cfg.File = t.file
+	}
 	return cfg, nil
 }
 
 // tree is the YAML source checked against the schema: the values of known
 // keys only, where each came from, and the problems found on the way.
 type tree struct {
+	onDisk    bool              // t.file is a file on disk (not the built-in default)
 	file      string            // the source's name in messages
 	values    map[string]any    // nested maps of strings and []string, for viper
 	origin    map[string]string // full key → where its value came from
@@ -212,7 +216,7 @@ func (t *tree) read(opts LoadOptions) bool {
 	var data []byte
 	switch {
 	case file != "":
-		t.file = file
+		t.file, t.onDisk = file, true
 		b, err := os.ReadFile(file)
 		if err != nil {
 			t.probs = append(t.probs, Problem{Key: file, Msg: fileError(err)})
@@ -223,7 +227,7 @@ func (t *tree) read(opts LoadOptions) bool {
 		b, err := os.ReadFile(ImplicitFile)
 		switch {
 		case err == nil:
-			t.file, data = ImplicitFile, b
+			t.file, t.onDisk, data = ImplicitFile, true, b
 		case errors.Is(err, fs.ErrNotExist):
 			t.file, data = "built-in config.yaml", opts.Default
 			if data == nil {

@@ -134,6 +134,10 @@ func TestEmbeddedDefaultMatchesSchema(t *testing.T) {
 
 func TestMinimalFileGetsDefaults(t *testing.T) {
 	got := mustLoad(t, LoadOptions{File: "testdata/minimal.yaml"})
+	if got.File != "testdata/minimal.yaml" {
+		t.Errorf("File = %q; want the file read", got.File)
+	}
+	got.File = ""
 	if want := wantDefaultConfig(); !reflect.DeepEqual(got, want) {
 		t.Errorf("minimal.yaml:\n got %+v\nwant %+v", got, want)
 	}
@@ -173,6 +177,7 @@ func TestFullFile(t *testing.T) {
 				return u
 			}(),
 		},
+		File: "testdata/full.yaml",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("full.yaml:\n got %+v\nwant %+v", got, want)
@@ -868,6 +873,7 @@ func TestEnvExamples(t *testing.T) {
 	want.Upstreams["backend"] = u
 	want.Admin.Listen = ""
 	want.ShutdownTimeout = 30 * time.Second
+	want.File = cfg.File
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got %+v\nwant %+v", cfg, want)
 	}

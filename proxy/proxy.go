@@ -136,6 +136,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// OpenConnections returns the number of app connections being served.
+func (s *Server) OpenConnections() int { return int(s.srv.GetOpenConnectionsCount()) }
+
 // exchange is what handle learns about one request, for metrics and the
 // access log.
 type exchange struct {

@@ -72,7 +72,7 @@ built-in default; UNSTUCK_* environment variables override it (see
 			if err != nil {
 				return err
 			}
-			log, err := buildLogger(cfg.Log, stderr)
+			log, level, err := buildLogger(cfg.Log, stderr)
 			if err != nil {
 				fmt.Fprintf(stderr, "unstuck: %v\n", err)
 				return exitError(exitFailed)
@@ -89,7 +89,8 @@ built-in default; UNSTUCK_* environment variables override it (see
 
 			log.Info("starting", zap.String("version", version),
 				zap.Int("listeners", len(cfg.Listeners)), zap.Int("upstreams", len(cfg.Upstreams)))
-			if err := serveFunc(ctx, cfg, log); err != nil {
+			reload := func() (*config.Config, error) { return loadQuiet(cmd, environ) }
+			if err := serveFunc(ctx, serveOptions{cfg: cfg, log: log, level: level, reload: reload}); err != nil {
 				log.Error("stopped", zap.Error(err))
 				fmt.Fprintf(stderr, "unstuck: %v\n", err)
 				return exitError(exitFailed)
@@ -141,14 +142,20 @@ func newVersionCmd(stdout io.Writer) *cobra.Command {
 	}
 }
 
-// loadConfig loads the configuration cmd's flags select. On problems it
-// prints them all to stderr and returns an exitError.
-func loadConfig(cmd *cobra.Command, stderr io.Writer, environ []string) (*config.Config, error) {
-	cfg, err := config.Load(config.LoadOptions{
+// loadQuiet loads the configuration cmd's flags select; the error, if
+// any, is a config.Problems.
+func loadQuiet(cmd *cobra.Command, environ []string) (*config.Config, error) {
+	return config.Load(config.LoadOptions{
 		Flags:   cmd.Flags(),
 		Environ: environ,
 		Default: unstuck.DefaultConfig,
 	})
+}
+
+// loadConfig loads the configuration cmd's flags select. On problems it
+// prints them all to stderr and returns an exitError.
+func loadConfig(cmd *cobra.Command, stderr io.Writer, environ []string) (*config.Config, error) {
+	cfg, err := loadQuiet(cmd, environ)
 	if err != nil {
 		fmt.Fprintln(stderr, "unstuck: invalid configuration:")
 		for _, p := range config.AsProblems(err) {
@@ -161,16 +168,19 @@ func loadConfig(cmd *cobra.Command, stderr io.Writer, environ []string) (*config
 
 // newLogger builds the process logger described by l, writing to stderr.
 func newLogger(l config.Log) (*zap.Logger, error) {
-	return buildLogger(l, os.Stderr)
+	log, _, err := buildLogger(l, os.Stderr)
+	return log, err
 }
 
 // buildLogger builds a logger described by l that writes to w: the console
-// encoder for people or JSON for containers, at l.Level and above.
-func buildLogger(l config.Log, w io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(l.Level)
+// encoder for people or JSON for containers, at l.Level and above. The
+// returned level changes the logger's level while it runs.
+func buildLogger(l config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error) {
+	lv, err := zapcore.ParseLevel(l.Level)
 	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
 	}
+	level := zap.NewAtomicLevelAt(lv)
 	var enc zapcore.Encoder
 	switch l.Format {
 	case "json":
@@ -180,8 +190,8 @@ func buildLogger(l config.Log, w io.Writer) (*zap.Logger, error) {
 	case "console":
 		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
 	default:
-		return nil, fmt.Errorf("log.format %q: want console or json", l.Format)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log.format %q: want console or json", l.Format)
 	}
 	out := zapcore.Lock(zapcore.AddSync(w))
-	return zap.New(zapcore.NewCore(enc, out, level), zap.ErrorOutput(out)), nil
+	return zap.New(zapcore.NewCore(enc, out, level), zap.ErrorOutput(out)), level, nil
 }

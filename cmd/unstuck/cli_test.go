@@ -36,7 +36,8 @@ func swapServe(t *testing.T, fake func(context.Context, *config.Config, *zap.Log
 	t.Helper()
 	calls := new(int)
 	old := serveFunc
-	serveFunc = func(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
+	serveFunc = func(ctx context.Context, o serveOptions) error {
+		cfg, log := o.cfg, o.log
 		*calls++
 		return fake(ctx, cfg, log)
 	}
@@ -200,7 +201,7 @@ func TestRootSignalCancels(t *testing.T) {
 
 func TestNewLogger(t *testing.T) {
 	var buf bytes.Buffer
-	log, err := buildLogger(config.Log{Level: "warn", Format: "json"}, &buf)
+	log, _, err := buildLogger(config.Log{Level: "warn", Format: "json"}, &buf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +216,7 @@ func TestNewLogger(t *testing.T) {
 	}
 
 	buf.Reset()
-	log, err = buildLogger(config.Log{Level: "debug", Format: "console"}, &buf)
+	log, _, err = buildLogger(config.Log{Level: "debug", Format: "console"}, &buf)
 	if err != nil {
 		t.Fatal(err)
 	}

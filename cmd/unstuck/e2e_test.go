@@ -149,6 +149,8 @@ func startUnstuck(t *testing.T, o childOpts, args ...string) *child {
 		gorace = strings.TrimSpace(gorace + " atexit_sleep_ms=0")
 	}
 	env = append(env, "GORACE="+gorace)
+	// Tests run in parallel: each child's admin listener takes a free port.
+	env = append(env, "UNSTUCK_ADMIN_LISTEN=127.0.0.1:0")
 	c := &child{
 		cmd:    exec.Command(bin, args...),
 		stdout: new(syncBuffer),

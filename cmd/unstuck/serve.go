@@ -2,139 +2,104 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"net"
-	"slices"
+	"os"
+	"os/signal"
+	"syscall"
 
+	"github.com/fsnotify/fsnotify"
+	"github.com/spf13/viper"
 	"go.uber.org/zap"
 
 	"github.com/unstuck-proxy/unstuck/config"
-	"github.com/unstuck-proxy/unstuck/pool"
-	"github.com/unstuck-proxy/unstuck/proxy"
-	"github.com/unstuck-proxy/unstuck/sockopt"
+	"github.com/unstuck-proxy/unstuck/sidecar"
 )
 
-// serve runs the sidecar described by cfg until ctx is cancelled: one pool
-// per upstream, one proxy server per listener. Every listener is bound
-// before any serves, so a bad address fails the start, not half of it.
-func serve(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
-	pools := make(map[string]*pool.Pool, len(cfg.Upstreams))
-	defer func() {
-		for _, p := range pools {
-			p.Close()
-		}
-	}()
-	for _, name := range sortedKeys(cfg.Upstreams) {
-		u := cfg.Upstreams[name]
-		p, err := pool.New(pool.Config{
-			Name:           name,
-			Endpoints:      u.Endpoints,
-			Linger:         u.Linger,
-			MaxConns:       u.Pool.MaxConns,
-			MaxIdle:        u.Pool.MaxIdle,
-			IdleTimeout:    u.Pool.IdleTimeout,
-			MaxLifetime:    u.Pool.MaxLifetime,
-			MaxRequests:    u.Pool.MaxRequests,
-			AcquireTimeout: u.Pool.AcquireTimeout,
-			DialTimeout:    u.Dial.Timeout,
-			Source:         u.Dial.Source,
-			SourcePorts:    pool.PortRange{Lo: u.Dial.SourcePorts.Lo, Hi: u.Dial.SourcePorts.Hi},
-			Keepalive:      keepalive(u.Dial.Keepalive),
-			UserTimeout:    u.Dial.UserTimeout,
-			Logger:         log,
-		})
-		if err != nil {
-			return fmt.Errorf("upstream %s: %w", name, err)
-		}
-		pools[name] = p
+// serveOptions is what serve needs to run and to reload.
+type serveOptions struct {
+	cfg   *config.Config
+	log   *zap.Logger
+	level zap.AtomicLevel // the logger's level, which a reload may change
+	// reload loads the configuration again from the same file, environment
+	// and flags as at start.
+	reload func() (*config.Config, error)
+}
+
+// serve runs the sidecar until ctx is cancelled (SIGTERM, SIGINT) or a
+// listener fails. SIGHUP, and any change to the configuration file, reload
+// the configuration; an invalid one is logged and the running one kept.
+func serve(ctx context.Context, o serveOptions) error {
+	log := o.log
+	sc, err := sidecar.New(o.cfg, log, o.level)
+	if err != nil {
+		return err
+	}
+	if a := sc.AdminAddr(); a != nil {
+		log.Info("admin listening", zap.Stringer("addr", a))
 	}
 
-	type listener struct {
-		name string
-		ln   net.Listener
-		srv  *proxy.Server
-	}
-	var listeners []listener
-	defer func() {
-		for _, l := range listeners {
-			l.ln.Close() // no-op once Serve has closed it
-		}
-	}()
-	for _, name := range sortedKeys(cfg.Listeners) {
-		l := cfg.Listeners[name]
-		ln, err := proxy.ListenWith(l.Listen, proxy.ListenOptions{ReusePort: l.ReusePort, SocketMode: l.SocketMode})
-		if err != nil {
-			return fmt.Errorf("listener %s: %w", name, err)
-		}
-		u := cfg.Upstreams[l.Upstream]
-		srv := proxy.New(proxy.Config{
-			Name:          name,
-			IdleTimeout:   l.IdleTimeout,
-			Linger:        l.Linger,
-			AppFinTimeout: l.AppFinTimeout,
-			Keepalive:     keepalive(l.Keepalive),
-			UserTimeout:   l.UserTimeout,
-			Logger:        log,
-			Upstream: proxy.Upstream{
-				Name:                  l.Upstream,
-				Pool:                  pools[l.Upstream],
-				Retries:               u.Retries,
-				ResponseHeaderTimeout: u.Timeouts.ResponseHeader,
-				HostHeader:            u.HostHeader,
-			},
-		})
-		listeners = append(listeners, listener{name: name, ln: ln, srv: srv})
-	}
-
-	errc := make(chan error, len(listeners))
-	for _, l := range listeners {
-		go func() {
-			if err := l.srv.Serve(l.ln); err != nil {
-				errc <- fmt.Errorf("listener %s: %w", l.name, err)
-				return
-			}
-			errc <- nil
-		}()
-		log.Info("listening", zap.String("listener", l.name), zap.Stringer("addr", l.ln.Addr()),
-			zap.String("upstream", cfg.Listeners[l.name].Upstream))
+	reloads := make(chan string, 1)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if o.cfg.File != "" {
+		watchFile(o.cfg.File, reloads)
 	}
 
 	var failure error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", zap.Duration("timeout", cfg.ShutdownTimeout))
-	case failure = <-errc:
-		log.Error("listener failed", zap.Error(failure))
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case failure = <-sc.Errors():
+			log.Error("listener failed", zap.Error(failure))
+			break loop
+		case <-hup:
+			reload(sc, o, "SIGHUP")
+		case why := <-reloads:
+			reload(sc, o, why)
+		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	timeout := o.cfg.ShutdownTimeout
+	log.Info("shutting down", zap.Duration("timeout", timeout))
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	for _, l := range listeners {
-		if err := l.srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			log.Warn("shutdown", zap.String("listener", l.name), zap.Error(err))
-		}
-	}
-	remaining := len(listeners)
-	if failure != nil {
-		remaining--
-	}
-	for range remaining {
-		if err := <-errc; err != nil && failure == nil {
-			failure = err
-		}
+	if err := sc.Shutdown(sctx); err != nil {
+		log.Warn("shutdown", zap.Error(err))
 	}
 	return failure
 }
 
-func keepalive(k config.Keepalive) sockopt.Keepalive {
-	return sockopt.Keepalive{Idle: k.Idle, Interval: k.Interval, Count: k.Count}
+// reload loads the configuration again and applies it; on any problem the
+// running configuration stays and every problem is logged.
+func reload(sc *sidecar.Sidecar, o serveOptions, why string) {
+	o.log.Info("reloading configuration", zap.String("trigger", why))
+	cfg, err := o.reload()
+	if err == nil {
+		err = sc.Reload(cfg)
+	} else {
+		sc.ReloadRejected()
+	}
+	if err != nil {
+		for _, p := range config.AsProblems(err) {
+			o.log.Error("configuration not reloaded; the running one stays", zap.Stringer("problem", p))
+		}
+		return
+	}
+	o.log.Info("configuration reloaded")
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
+// watchFile asks for a reload whenever the configuration file changes,
+// with viper's watcher (it follows the symlink swaps of a Kubernetes
+// ConfigMap). The watcher lives as long as the process.
+func watchFile(path string, reloads chan<- string) {
+	v := viper.New()
+	v.SetConfigFile(path)
+	v.OnConfigChange(func(fsnotify.Event) {
+		select {
+		case reloads <- "file changed":
+		default: // one is already pending
+		}
+	})
+	v.WatchConfig()
 }

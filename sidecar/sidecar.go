@@ -1,0 +1,531 @@
+// Package sidecar turns a validated configuration into a running unstuck:
+// one pool per upstream, one proxy server per listener, the admin listener
+// and the metrics. It applies a new configuration while serving (Reload)
+// and stops in order (Shutdown). It takes typed config only; reading files,
+// the environment and signals is cmd/unstuck's job.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/unstuck-proxy/unstuck/admin"
+	"github.com/unstuck-proxy/unstuck/config"
+	"github.com/unstuck-proxy/unstuck/metrics"
+	"github.com/unstuck-proxy/unstuck/pool"
+	"github.com/unstuck-proxy/unstuck/proxy"
+	"github.com/unstuck-proxy/unstuck/sockopt"
+)
+
+// Sidecar is a running unstuck. Its methods may be called from any
+// goroutine; Reload and Shutdown are serialised.
+type Sidecar struct {
+	log     *zap.Logger
+	level   zap.AtomicLevel
+	metrics *metrics.Metrics
+	errc    chan error // a listener that stopped serving on its own
+
+	stopping chan struct{} // closed by Shutdown: retired servers stop draining
+
+	mu        sync.Mutex // guards everything below; held for a whole Reload
+	cfg       *config.Config
+	upstreams map[string]*upstream
+	listeners map[string]*listener
+	draining  map[*listener]string // replaced servers still serving their connections, by listener name
+	admin     *admin.Server
+	stopped   bool
+	retiring  sync.WaitGroup // listeners and pools being retired after a reload
+}
+
+type upstream struct {
+	cfg  config.Upstream
+	pool *pool.Pool
+}
+
+type listener struct {
+	cfg    config.Listener
+	socket *sharedSocket // may pass from an old listener to its replacement
+	view   *socketView   // this server's view of socket
+	srv    *proxy.Server
+	done   chan struct{} // closed when Serve has returned
+}
+
+// New builds and starts everything cfg describes. Every listener and the
+// admin listener are bound before any serves; if one cannot be, New
+// releases what it made and returns the error. level is the logger's level,
+// which Reload adjusts.
+func New(cfg *config.Config, log *zap.Logger, level zap.AtomicLevel) (*Sidecar, error) {
+	s := &Sidecar{
+		log:       log,
+		level:     level,
+		metrics:   metrics.New(),
+		errc:      make(chan error, 1),
+		stopping:  make(chan struct{}),
+		upstreams: map[string]*upstream{},
+		listeners: map[string]*listener{},
+		draining:  map[*listener]string{},
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.apply(cfg); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Errors reports a listener that stopped serving by itself (not through
+// Reload or Shutdown). The process should shut down.
+func (s *Sidecar) Errors() <-chan error { return s.errc }
+
+// AdminAddr returns the admin listener's address, or nil without one.
+func (s *Sidecar) AdminAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin.Addr()
+}
+
+// ListenerAddr returns the bound address of a listener, or nil.
+func (s *Sidecar) ListenerAddr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.listeners[name]; l != nil {
+		return l.socket.ln.Addr()
+	}
+	return nil
+}
+
+// Reload applies cfg without dropping an established app connection or an
+// in-flight request:
+//
+//   - an upstream whose settings changed gets a new pool; requests already
+//     holding a connection of the old pool finish on it, the old pool's idle
+//     connections close, and its endpoints drain;
+//   - a listener whose address changed is rebound alone: the new address
+//     binds first, then the old one stops accepting and drains;
+//   - a listener whose idle_timeout, protocol or upstream name changed gets
+//     a new server on the same socket: the old server stops accepting and
+//     drains, the socket never stops accepting;
+//   - everything else (linger, app_fin_timeout, keepalive, user_timeout,
+//     the access log, the log level) applies in place.
+//
+// If anything cannot be applied (a new address cannot be bound), nothing
+// is: the old configuration keeps running and the error says why.
+func (s *Sidecar) Reload(cfg *config.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return errors.New("sidecar: reload after shutdown")
+	}
+	if err := s.apply(cfg); err != nil {
+		s.metrics.ReloadFailed()
+		return err
+	}
+	s.metrics.ReloadOK()
+	return nil
+}
+
+// ReloadRejected counts a reload whose configuration did not load (it
+// never reached Reload).
+func (s *Sidecar) ReloadRejected() { s.metrics.ReloadFailed() }
+
+// apply moves from s.cfg (nil at start) to cfg. s.mu must be held. New
+// sockets and pools are made first; only when all exist is anything
+// switched over or retired.
+func (s *Sidecar) apply(cfg *config.Config) (err error) {
+	var (
+		newUps  = map[string]*upstream{}
+		newLns  = map[string]*listener{}
+		created []*upstream
+		bound   []*listener
+		adm     *admin.Server
+	)
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, l := range bound {
+			l.socket.close()
+		}
+		for _, u := range created {
+			u.pool.Close()
+		}
+		if adm != nil {
+			adm.Shutdown(context.Background())
+		}
+	}()
+
+	for _, name := range sortedKeys(cfg.Upstreams) {
+		uc := cfg.Upstreams[name]
+		if old := s.upstreams[name]; old != nil && reflect.DeepEqual(old.cfg, uc) {
+			newUps[name] = old
+			continue
+		}
+		p, err := pool.New(poolConfig(name, uc, s.log, s.metrics.Upstream(name)))
+		if err != nil {
+			return fmt.Errorf("upstream %s: %w", name, err)
+		}
+		u := &upstream{cfg: uc, pool: p}
+		created = append(created, u)
+		newUps[name] = u
+	}
+
+	for _, name := range sortedKeys(cfg.Listeners) {
+		lc := cfg.Listeners[name]
+		old := s.listeners[name]
+		sameAddr := old != nil && (old.cfg.Listen == lc.Listen || old.socket.ln.Addr().String() == lc.Listen)
+		switch {
+		case sameAddr && !needsNewServer(old.cfg, lc):
+			old.cfg.Listen = lc.Listen
+			newLns[name] = old
+		case sameAddr:
+			// Same address: the new server takes over the socket.
+			newLns[name] = &listener{cfg: lc, socket: old.socket, done: make(chan struct{})}
+		default:
+			ln, err := proxy.ListenWith(lc.Listen, proxy.ListenOptions{ReusePort: lc.ReusePort, SocketMode: lc.SocketMode})
+			if err != nil {
+				return fmt.Errorf("listener %s: %w", name, err)
+			}
+			l := &listener{cfg: lc, socket: newSharedSocket(ln, s.log), done: make(chan struct{})}
+			bound = append(bound, l)
+			newLns[name] = l
+		}
+	}
+
+	if cfg.Admin.Listen != "" && (s.cfg == nil || s.cfg.Admin.Listen != cfg.Admin.Listen) {
+		adm = admin.New(admin.Config{
+			Addr:    cfg.Admin.Listen,
+			Metrics: s.metrics,
+			Ready:   s.ready,
+			Pools:   s.poolViews,
+			Logger:  s.log,
+		})
+		if err := adm.Start(); err != nil {
+			adm = nil
+			return err // says "admin: ..."
+		}
+	}
+
+	// Everything exists: switch over.
+	s.level.SetLevel(levelOf(cfg.Log.Level))
+	for name, l := range newLns {
+		lc := cfg.Listeners[name]
+		pc := proxyConfig(name, lc, cfg, newUps[lc.Upstream].pool, s.log, nil)
+		if l.srv != nil {
+			l.cfg = lc
+			l.srv.Update(pc)
+			continue
+		}
+		pc.Observer = s.metrics.Listener(name, lc.Upstream)
+		l.srv = proxy.New(pc)
+		l.view = l.socket.view()
+		go s.serve(name, l)
+		s.log.Info("listening", zap.String("listener", name), zap.Stringer("addr", l.socket.ln.Addr()),
+			zap.String("upstream", lc.Upstream))
+	}
+	for name, u := range newUps {
+		s.metrics.AddPool(name, u.pool)
+	}
+
+	// Retire what was replaced or removed, without waiting for it here.
+	timeout := cfg.ShutdownTimeout
+	for name, old := range s.listeners {
+		switch l := newLns[name]; {
+		case l == nil:
+			s.retireListener(name, old, timeout) // removed
+		case l != old:
+			s.replaceListener(name, old, l.socket == old.socket)
+		}
+	}
+	// Servers replaced earlier still serve their app connections: point
+	// them at the new pools too.
+	for l, name := range s.draining {
+		if u := newUps[l.cfg.Upstream]; u != nil {
+			l.srv.Update(proxyConfig(name, l.cfg, cfg, u.pool, s.log, nil))
+		}
+	}
+	for name, old := range s.upstreams {
+		if newUps[name] != old {
+			if newUps[name] == nil {
+				s.metrics.RemovePool(name)
+			}
+			s.retiring.Add(1)
+			go func() {
+				defer s.retiring.Done()
+				old.pool.Close() // idle connections close now; busy ones when released
+			}()
+		}
+	}
+	if adm != nil || cfg.Admin.Listen == "" {
+		if s.admin != nil {
+			old := s.admin
+			go old.Shutdown(context.Background())
+		}
+		s.admin = adm
+	}
+	s.upstreams, s.listeners, s.cfg = newUps, newLns, cfg
+	s.watchSockets()
+	return nil
+}
+
+// serve runs one listener's server until it is shut down.
+func (s *Sidecar) serve(name string, l *listener) {
+	defer close(l.done)
+	if err := l.srv.Serve(l.view); err != nil {
+		select {
+		case s.errc <- fmt.Errorf("listener %s: %w", name, err):
+		default:
+		}
+	}
+}
+
+// retireListener stops a removed listener in the background: its socket
+// closes at once, and its connections drain for up to timeout.
+func (s *Sidecar) retireListener(name string, l *listener, timeout time.Duration) {
+	s.log.Info("removing listener", zap.String("listener", name), zap.Stringer("addr", l.socket.ln.Addr()))
+	l.socket.close()
+	s.retiring.Add(1)
+	go func() {
+		defer s.retiring.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		l.srv.Shutdown(ctx)
+		<-l.done
+	}()
+}
+
+// replaceListener retires a server whose replacement now accepts (on the
+// same socket, or on a new address, in which case the old socket closes).
+// The old server keeps serving the app connections it has, with its old
+// settings, until the app closes them: a reload drops no app connection.
+// s.mu must be held.
+func (s *Sidecar) replaceListener(name string, l *listener, sameSocket bool) {
+	s.log.Info("replacing listener; its app connections stay with the old settings",
+		zap.String("listener", name), zap.Int("connections", l.srv.OpenConnections()))
+	l.view.Close()
+	if !sameSocket {
+		l.socket.close()
+	}
+	s.draining[l] = name
+	s.retiring.Add(1)
+	go func() {
+		defer s.retiring.Done()
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for l.srv.OpenConnections() > 0 {
+			select {
+			case <-t.C:
+			case <-s.stopping:
+				return // Shutdown shuts it down with the others
+			}
+		}
+		l.srv.Shutdown(context.Background()) // nothing left to wait for
+		<-l.done
+		s.mu.Lock()
+		delete(s.draining, l)
+		s.mu.Unlock()
+	}()
+}
+
+// Shutdown stops accepting on every listener, lets in-flight requests
+// finish until ctx ends, closes idle app connections with their linger,
+// then closes the pools and the admin listener.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopped = true
+	close(s.stopping)
+	ls, ups, adm := s.listeners, s.upstreams, s.admin
+	var all []*listener
+	for _, l := range ls {
+		all = append(all, l)
+	}
+	for l := range s.draining {
+		all = append(all, l)
+	}
+	s.mu.Unlock()
+
+	var wg sync.WaitGroup
+	var errs []error
+	var mu sync.Mutex
+	for _, l := range ls {
+		l.socket.close() // refuse new connections at once, on every listener
+	}
+	for _, l := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l.srv.Shutdown(ctx); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("listener %s: %w", l.cfg.Name, err))
+				mu.Unlock()
+			}
+			<-l.done
+		}()
+	}
+	wg.Wait()
+	for _, u := range ups {
+		u.pool.Close()
+	}
+	s.retiring.Wait()
+	if adm != nil {
+		adm.Shutdown(ctx)
+	}
+	return errors.Join(errs...)
+}
+
+// ready is /readyz: every listener bound (true while it exists) and every
+// upstream with at least one reachable endpoint: one with an open
+// connection, or, failing that, one that accepts a TCP connection now.
+func (s *Sidecar) ready() error {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return errors.New("shutting down")
+	}
+	ups := make(map[string]*upstream, len(s.upstreams))
+	for k, v := range s.upstreams {
+		ups[k] = v
+	}
+	s.mu.Unlock()
+	for _, name := range sortedKeys(ups) {
+		if err := reachable(ups[name]); err != nil {
+			return fmt.Errorf("upstream %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func reachable(u *upstream) error {
+	for _, st := range u.pool.Stats() {
+		if st.Open > 0 {
+			return nil
+		}
+	}
+	var last error
+	for _, ep := range u.cfg.Endpoints {
+		c, err := net.DialTimeout("tcp", ep, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		last = err
+	}
+	return fmt.Errorf("no endpoint reachable: %w", last)
+}
+
+func (s *Sidecar) poolViews() map[string]admin.PoolView {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]admin.PoolView, len(s.upstreams))
+	for name, u := range s.upstreams {
+		out[name] = u.pool
+	}
+	return out
+}
+
+// watchSockets points the socket-state metrics at the current listener
+// ports and upstream endpoints. s.mu must be held.
+func (s *Sidecar) watchSockets() {
+	ports := map[string]uint16{}
+	for name, l := range s.listeners {
+		if a, ok := l.socket.ln.Addr().(*net.TCPAddr); ok {
+			ports[name] = uint16(a.Port)
+		}
+	}
+	eps := map[string][]string{}
+	for name, u := range s.upstreams {
+		eps[name] = u.cfg.Endpoints
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), metrics.ResolveTimeout)
+	defer cancel()
+	if err := s.metrics.SetSockets(ctx, ports, eps); err != nil {
+		s.log.Warn("socket metrics: cannot resolve an endpoint", zap.Error(err))
+	}
+}
+
+// needsNewServer reports listener changes, at the same address, that a
+// running server cannot take: its fasthttp settings and its metric labels.
+// reuse_port and socket_mode apply when the address changes (or at
+// restart).
+func needsNewServer(a, b config.Listener) bool {
+	return a.IdleTimeout != b.IdleTimeout || a.Protocol != b.Protocol || a.Upstream != b.Upstream
+}
+
+func poolConfig(name string, u config.Upstream, log *zap.Logger, obs pool.Observer) pool.Config {
+	return pool.Config{
+		Name:           name,
+		Endpoints:      u.Endpoints,
+		Linger:         u.Linger,
+		MaxConns:       u.Pool.MaxConns,
+		MaxIdle:        u.Pool.MaxIdle,
+		IdleTimeout:    u.Pool.IdleTimeout,
+		MaxLifetime:    u.Pool.MaxLifetime,
+		MaxRequests:    u.Pool.MaxRequests,
+		AcquireTimeout: u.Pool.AcquireTimeout,
+		DialTimeout:    u.Dial.Timeout,
+		Source:         u.Dial.Source,
+		SourcePorts:    pool.PortRange{Lo: u.Dial.SourcePorts.Lo, Hi: u.Dial.SourcePorts.Hi},
+		Keepalive:      keepalive(u.Dial.Keepalive),
+		UserTimeout:    u.Dial.UserTimeout,
+		Logger:         log,
+		Observer:       obs,
+	}
+}
+
+func proxyConfig(name string, l config.Listener, cfg *config.Config, p *pool.Pool, log *zap.Logger, obs proxy.Observer) proxy.Config {
+	u := cfg.Upstreams[l.Upstream]
+	return proxy.Config{
+		Name:          name,
+		IdleTimeout:   l.IdleTimeout,
+		Linger:        l.Linger,
+		AppFinTimeout: l.AppFinTimeout,
+		Keepalive:     keepalive(l.Keepalive),
+		UserTimeout:   l.UserTimeout,
+		AccessLog:     cfg.Log.Access,
+		Logger:        log,
+		Observer:      obs,
+		Upstream: proxy.Upstream{
+			Name:                  l.Upstream,
+			Pool:                  p,
+			Retries:               u.Retries,
+			ResponseHeaderTimeout: u.Timeouts.ResponseHeader,
+			HostHeader:            u.HostHeader,
+		},
+	}
+}
+
+func keepalive(k config.Keepalive) sockopt.Keepalive {
+	return sockopt.Keepalive{Idle: k.Idle, Interval: k.Interval, Count: k.Count}
+}
+
+func levelOf(s string) zapcore.Level {
+	l, err := zapcore.ParseLevel(s)
+	if err != nil {
+		return zapcore.InfoLevel // config validation rejects bad levels
+	}
+	return l
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
