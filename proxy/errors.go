@@ -51,8 +51,10 @@ func statusFor(err error) int {
 	if errors.As(err, &ue) && ue.timeout {
 		return fasthttp.StatusGatewayTimeout
 	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	// net.Error, syscall.ETIMEDOUT (TCP_USER_TIMEOUT, keepalive) and
+	// fasthttp's ErrTimeout all say Timeout().
+	var te interface{ Timeout() bool }
+	if errors.As(err, &te) && te.Timeout() {
 		return fasthttp.StatusGatewayTimeout
 	}
 	return fasthttp.StatusBadGateway
