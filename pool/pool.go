@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,7 +108,9 @@ type Pool struct {
 	nextID   uint64
 	all      map[uint64]*Conn // every open connection, for Snapshot
 	idleByID map[uint64]*Conn // every idle connection, by watcher id
-	cleaning bool             // the cleaner goroutine runs
+
+	victims  []victim // onReadable's buffer; the watcher goroutine owns it
+	cleaning bool     // the cleaner goroutine runs
 }
 
 // endpoint is one host:port. All fields but addr are guarded by Pool.mu.
@@ -220,18 +223,12 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 	if careful {
 		now = time.Now()
 	}
+	if c := p.acquireIdle(start, careful, now); c != nil {
+		return c, nil
+	}
 
 	p.mu.Lock()
 	if p.closed {
-		p.mu.Unlock()
-		return nil, ErrClosed
-	}
-	if c := p.takeIdleLocked(start, careful, now); c != nil {
-		p.mu.Unlock()
-		c.attachBuffers()
-		return c, nil
-	}
-	if p.closed { // while takeIdleLocked closed a dead connection
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
@@ -245,11 +242,11 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 	}
 	if careful {
 		// No room to dial: an unsettled connection beats waiting.
-		if c := p.takeIdleLocked(start, false, now); c != nil {
-			p.mu.Unlock()
-			c.attachBuffers()
+		p.mu.Unlock()
+		if c := p.acquireIdle(start, false, now); c != nil {
 			return c, nil
 		}
+		p.mu.Lock()
 	}
 	ep := p.eps[start%len(p.eps)]
 	w := &waiter{ch: make(chan grant, 1)}
@@ -258,39 +255,58 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 	return p.wait(ep, w)
 }
 
-// takeIdleLocked takes an idle connection that passes the peek before
+// acquireIdle hands out an idle connection that passes the peek before
 // reuse, trying endpoints in round-robin order from start; settled asks
 // for one idle since at least SettleTime before now. It closes the dead
-// ones it finds on the way. p.mu must be held; it is released and retaken
-// around those closes.
-func (p *Pool) takeIdleLocked(start int, settled bool, now time.Time) *Conn {
+// ones it finds on the way, and returns nil if none is left. The two
+// syscalls of a hand-out (epoll_ctl, recv) run outside p.mu.
+func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil
+		}
+		c := p.popIdleLocked(start, settled, now)
+		p.mu.Unlock()
+		if c == nil {
+			return nil
+		}
+		// Taken out of idleByID under the lock, so the watcher ignores
+		// it from now on; its registration goes now.
+		_ = p.watch.remove(c.fd)
+		// Peek before reuse: a FIN may have landed after the watcher's
+		// last look and before it could act.
+		r := sockopt.Peek(c.fd)
+		if r == sockopt.Open {
+			c.attachBuffers()
+			return c
+		}
+		p.mu.Lock()
+		p.dropLocked(c)
+		p.mu.Unlock()
+		p.closeConn(c, causeOfPeek(r))
+	}
+}
+
+// popIdleLocked takes an idle connection out of its endpoint's idle list,
+// most recently released first, or with settled the most recent one idle
+// for at least SettleTime (else the longest idle, if that is settled).
+// p.mu must be held.
+func (p *Pool) popIdleLocked(start int, settled bool, now time.Time) *Conn {
 	for i := range p.eps {
 		ep := p.eps[(start+i)%len(p.eps)]
-		for {
-			c := ep.idle.front
-			if c == nil {
-				break
-			}
-			if settled && now.Sub(c.idleSince) < SettleTime {
-				if c = ep.idle.back; now.Sub(c.idleSince) < SettleTime {
-					break // nothing settled here
-				}
-			}
-			p.unwatchLocked(c)
-			// Peek before reuse: a FIN may have landed after the
-			// watcher's last look and before it could act.
-			r := sockopt.Peek(c.fd)
-			if r == sockopt.Open {
-				return c
-			}
-			p.forgetLocked(ep)
-			p.mu.Unlock()
-			p.closeConn(c, causeOfPeek(r))
-			p.mu.Lock()
-			if p.closed {
-				return nil
+		c := ep.idle.front
+		if c == nil {
+			continue
+		}
+		if settled && now.Sub(c.idleSince) < SettleTime {
+			if c = ep.idle.back; now.Sub(c.idleSince) < SettleTime {
+				continue // nothing settled here
 			}
 		}
+		p.takeLocked(c)
+		return c
 	}
 	return nil
 }
@@ -406,7 +422,7 @@ func (p *Pool) Release(c *Conn) {
 	c.detachBuffers()
 	if err := p.watch.add(c.fd, c.id); err != nil {
 		// Without a watch the connection could go stale unnoticed.
-		p.forgetLocked(ep)
+		p.dropLocked(c)
 		p.mu.Unlock()
 		p.log.Warn("cannot watch idle upstream connection", zap.Error(err))
 		p.closeConn(c, CauseError)
@@ -431,16 +447,15 @@ func (p *Pool) Discard(c *Conn, cause Cause) {
 	}
 	c.detachBuffers()
 	p.mu.Lock()
-	p.forgetLocked(c.ep)
+	p.dropLocked(c)
 	p.mu.Unlock()
 	p.closeConn(c, cause)
 }
 
-// closeConn closes a connection nobody holds any more.
+// closeConn closes a connection nobody holds any more (dropLocked has
+// already forgotten it). Closing the socket also takes it out of the
+// watcher's epoll set.
 func (p *Pool) closeConn(c *Conn, cause Cause) {
-	p.mu.Lock()
-	delete(p.all, c.id)
-	p.mu.Unlock()
 	c.closeSocket(p.cfg.Linger)
 	p.cfg.Observer.Closed(c.ep.addr, cause)
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection closed"); ce != nil {
@@ -449,39 +464,78 @@ func (p *Pool) closeConn(c *Conn, cause Cause) {
 	}
 }
 
-// onReadable runs on the watcher goroutine when an idle socket became
-// readable: on an idle HTTP/1.1 connection that is always the end of it.
-func (p *Pool) onReadable(id uint64, woke time.Time) {
+// onReadable runs on the watcher goroutine with the ids of idle sockets
+// that became readable: on an idle HTTP/1.1 connection that is always the
+// end of it. Ids may be stale (the connection was handed out since); those
+// are skipped. Many closes at once (thousands of FINs after an upstream
+// restart) are spread over GOMAXPROCS goroutines: a close on loopback also
+// pays for the peer's side of the TCP exchange.
+func (p *Pool) onReadable(ids []uint64, woke time.Time) {
+	victims := p.victims[:0]
 	p.mu.Lock()
-	c := p.idleByID[id]
-	if c == nil {
-		p.mu.Unlock() // handed out meanwhile; its own peek decides
-		return
+	for _, id := range ids {
+		c := p.idleByID[id]
+		if c == nil {
+			continue // handed out meanwhile; its own peek decides
+		}
+		r := sockopt.Peek(c.fd)
+		if r == sockopt.Open {
+			continue // spurious
+		}
+		p.takeLocked(c)
+		p.dropLocked(c)
+		victims = append(victims, victim{c, causeOfPeek(r)})
 	}
-	r := sockopt.Peek(c.fd)
-	if r == sockopt.Open {
-		p.mu.Unlock() // spurious wake-up
-		return
-	}
-	p.unwatchLocked(c)
-	p.forgetLocked(c.ep)
 	p.mu.Unlock()
-	if ce := p.log.Check(zapcore.DebugLevel, "upstream half-close detected"); ce != nil {
-		ce.Write(zap.String("endpoint", c.ep.addr), zap.String("cause", string(causeOfPeek(r))),
-			zap.Duration("idle", time.Since(c.idleSince)))
+	p.victims = victims[:0] // the watcher goroutine owns this buffer
+
+	closeOne := func(v victim) {
+		if ce := p.log.Check(zapcore.DebugLevel, "upstream half-close detected"); ce != nil {
+			ce.Write(zap.String("endpoint", v.c.ep.addr), zap.String("cause", string(v.cause)),
+				zap.Duration("idle", time.Since(v.c.idleSince)))
+		}
+		p.closeConn(v.c, v.cause)
+		p.cfg.Observer.HalfClosed(v.cause, time.Since(woke))
 	}
-	p.closeConn(c, causeOfPeek(r))
-	p.cfg.Observer.HalfClosed(causeOfPeek(r), time.Since(woke))
+	workers := min(runtime.GOMAXPROCS(0), len(victims)/16)
+	if workers < 2 {
+		for _, v := range victims {
+			closeOne(v)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(victims); i += workers {
+				closeOne(victims[i])
+			}
+		}()
+	}
+	wg.Wait()
 }
 
-// unwatchLocked takes an idle connection out of the idle list and the
-// watcher. p.mu must be held.
-func (p *Pool) unwatchLocked(c *Conn) {
+type victim struct {
+	c     *Conn
+	cause Cause
+}
+
+// takeLocked takes an idle connection out of the idle list and idleByID,
+// so neither Acquire nor the watcher finds it. Its epoll registration is
+// left to the caller: removed before a hand-out, dropped by the close
+// otherwise. p.mu must be held.
+func (p *Pool) takeLocked(c *Conn) {
 	c.ep.idle.remove(c)
 	delete(p.idleByID, c.id)
-	// Cannot fail for a registered, open fd; if it did, the close that
-	// follows or the next Release's add would surface it.
-	_ = p.watch.remove(c.fd)
+}
+
+// dropLocked forgets a connection that is about to be closed and frees its
+// slot. p.mu must be held.
+func (p *Pool) dropLocked(c *Conn) {
+	delete(p.all, c.id)
+	p.forgetLocked(c.ep)
 }
 
 // forgetLocked frees one of ep's connection slots: it goes to the first
@@ -514,10 +568,6 @@ func (p *Pool) cleaner() {
 	const granularity = 10 * time.Millisecond // batches nearby deadlines
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	type victim struct {
-		c     *Conn
-		cause Cause
-	}
 	var victims []victim
 	for {
 		now := time.Now()
@@ -534,8 +584,8 @@ func (p *Pool) cleaner() {
 				prev := c.prev
 				deadline, cause := p.deadline(c)
 				if !deadline.After(now) {
-					p.unwatchLocked(c)
-					p.forgetLocked(ep)
+					p.takeLocked(c)
+					p.dropLocked(c)
 					victims = append(victims, victim{c, cause})
 				} else if next.IsZero() || deadline.Before(next) {
 					next = deadline
@@ -591,8 +641,8 @@ func (p *Pool) Close() error {
 	var idle []*Conn
 	for _, ep := range p.eps {
 		for c := ep.idle.front; c != nil; c = ep.idle.front {
-			p.unwatchLocked(c)
-			ep.conns--
+			p.takeLocked(c)
+			p.dropLocked(c)
 			idle = append(idle, c)
 		}
 		for _, w := range ep.waiters {

@@ -23,7 +23,8 @@ type watcher struct {
 	epfd   int      // for epoll_ctl and epoll_wait
 	file   *os.File // owns epfd; closing it stops run
 	raw    syscall.RawConn
-	events [128]unix.EpollEvent // used only by run
+	events [256]unix.EpollEvent // used only by run
+	ids    [256]uint64          // used only by run
 }
 
 func newWatcher() (*watcher, error) {
@@ -45,9 +46,11 @@ func newWatcher() (*watcher, error) {
 	return &watcher{epfd: epfd, file: file, raw: raw}, nil
 }
 
-// watchEvents are level-triggered: a FIN that is already queued when the
-// socket is added is reported at once.
-const watchEvents = unix.EPOLLIN | unix.EPOLLRDHUP
+// watchEvents are edge-triggered: each arrival (a FIN, an RST, a byte) is
+// reported once, so a socket in transit (handed out, not yet removed) never
+// makes the watcher spin. A FIN already queued when the socket is added is
+// reported at once all the same: epoll checks readiness on insert.
+const watchEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 
 func (w *watcher) add(fd int, id uint64) error {
 	ev := unix.EpollEvent{Events: watchEvents, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
@@ -61,7 +64,7 @@ func (w *watcher) remove(fd int) error {
 // run drains readiness events and calls onReadable with the id of each
 // socket that became readable, until close is called. The ids may be stale
 // (the connection was handed out after the event fired): onReadable checks.
-func (w *watcher) run(onReadable func(id uint64, woke time.Time)) {
+func (w *watcher) run(onReadable func(ids []uint64, woke time.Time)) {
 	// The netpoller watches epfd edge-triggered, so drain it until
 	// epoll_wait finds nothing before parking again.
 	_ = w.raw.Read(func(fd uintptr) bool {
@@ -76,8 +79,9 @@ func (w *watcher) run(onReadable func(id uint64, woke time.Time)) {
 			woke := time.Now()
 			for i := range w.events[:n] {
 				ev := &w.events[i]
-				onReadable(uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32, woke)
+				w.ids[i] = uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			}
+			onReadable(w.ids[:n], woke)
 		}
 	})
 }
