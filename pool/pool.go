@@ -106,8 +106,9 @@ type Pool struct {
 	mu       sync.Mutex
 	closed   bool
 	nextID   uint64
-	all      map[uint64]*Conn // every open connection, for Snapshot
-	idleByID map[uint64]*Conn // every idle connection, by watcher id
+	all      map[uint64]*Conn    // every open connection, for Snapshot
+	idleByID map[uint64]*Conn    // every idle connection, by watcher id
+	missed   map[uint64]struct{} // ids the watcher woke for while not idle
 
 	victims  []victim // onReadable's buffer; the watcher goroutine owns it
 	cleaning bool     // the cleaner goroutine runs
@@ -151,6 +152,7 @@ func New(cfg Config) (*Pool, error) {
 		done:     make(chan struct{}),
 		all:      make(map[uint64]*Conn),
 		idleByID: make(map[uint64]*Conn),
+		missed:   make(map[uint64]struct{}),
 	}
 	for _, addr := range cfg.Endpoints {
 		p.eps = append(p.eps, &endpoint{addr: addr})
@@ -402,16 +404,31 @@ func (p *Pool) Release(c *Conn) {
 		return
 	}
 
+	// Registered before it becomes visible as idle, so the epoll_ctl runs
+	// outside p.mu. A FIN that the watcher sees in between finds no idle
+	// connection; it notes the id in missed, and the check below peeks.
+	c.detachBuffers()
+	addErr := p.watch.add(c.fd, c.id)
+
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		p.Discard(c, CauseShutdown)
 		return
 	}
+	if addErr != nil {
+		// Without a watch the connection could go stale unnoticed.
+		p.dropLocked(c)
+		p.mu.Unlock()
+		p.log.Warn("cannot watch idle upstream connection", zap.Error(addErr))
+		p.closeConn(c, CauseError)
+		return
+	}
 	ep := c.ep
 	if w := ep.popWaiterLocked(); w != nil {
 		p.mu.Unlock()
-		w.ch <- grant{c: c} // the waiter inherits the buffers too
+		_ = p.watch.remove(c.fd)
+		w.ch <- grant{c: c}
 		return
 	}
 	if ep.idle.len >= p.cfg.MaxIdle {
@@ -419,24 +436,40 @@ func (p *Pool) Release(c *Conn) {
 		p.Discard(c, CauseMaxIdle)
 		return
 	}
-	c.detachBuffers()
-	if err := p.watch.add(c.fd, c.id); err != nil {
-		// Without a watch the connection could go stale unnoticed.
-		p.dropLocked(c)
-		p.mu.Unlock()
-		p.log.Warn("cannot watch idle upstream connection", zap.Error(err))
-		p.closeConn(c, CauseError)
-		return
-	}
 	c.idleSince = time.Now()
 	ep.idle.pushFront(c)
 	p.idleByID[c.id] = c
+	_, missed := p.missed[c.id]
+	if missed {
+		delete(p.missed, c.id)
+	}
 	if !p.cleaning && (p.cfg.IdleTimeout > 0 || p.cfg.MaxLifetime > 0) {
 		p.cleaning = true
 		p.runWG.Add(1)
 		go p.cleaner()
 	}
 	p.mu.Unlock()
+	if missed {
+		p.recheck(c)
+	}
+}
+
+// recheck peeks at a connection the watcher may have woken for before it
+// was idle, and closes it if its peer has gone.
+func (p *Pool) recheck(c *Conn) {
+	r := sockopt.Peek(c.fd)
+	if r == sockopt.Open {
+		return
+	}
+	p.mu.Lock()
+	if p.idleByID[c.id] != c {
+		p.mu.Unlock() // handed out meanwhile; its own peek decides
+		return
+	}
+	p.takeLocked(c)
+	p.dropLocked(c)
+	p.mu.Unlock()
+	p.closeConn(c, causeOfPeek(r))
 }
 
 // Discard closes a connection that must not be reused, for the given
@@ -476,7 +509,10 @@ func (p *Pool) onReadable(ids []uint64, woke time.Time) {
 	for _, id := range ids {
 		c := p.idleByID[id]
 		if c == nil {
-			continue // handed out meanwhile; its own peek decides
+			// Handed out meanwhile (its own peek decides), or being
+			// released (Release peeks when it sees the note).
+			p.missed[id] = struct{}{}
+			continue
 		}
 		r := sockopt.Peek(c.fd)
 		if r == sockopt.Open {
@@ -529,12 +565,14 @@ type victim struct {
 func (p *Pool) takeLocked(c *Conn) {
 	c.ep.idle.remove(c)
 	delete(p.idleByID, c.id)
+	delete(p.missed, c.id)
 }
 
 // dropLocked forgets a connection that is about to be closed and frees its
 // slot. p.mu must be held.
 func (p *Pool) dropLocked(c *Conn) {
 	delete(p.all, c.id)
+	delete(p.missed, c.id)
 	p.forgetLocked(c.ep)
 }
 

@@ -414,3 +414,38 @@ func TestAcquireReleaseDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per Acquire/Release; want 0", allocs)
 	}
 }
+
+// Handing connections out and back from every P at once: the pool lock's
+// contention shows here.
+func BenchmarkAcquireReleaseParallel(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	p, err := New(Config{Endpoints: []string{ln.Addr().String()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c, err := p.Acquire(false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			p.Release(c)
+		}
+	})
+}

@@ -186,11 +186,12 @@ func TestLingerDecidesWhoKeepsTimeWait(t *testing.T) {
 }
 
 // IP_BIND_ADDRESS_NO_PORT makes only the four-tuple unique: 3 upstream
-// endpoints × 100 open connections fit in a 100-port source range, every
-// local port used once per endpoint. A bind-time port choice would run out
-// after 100 (EADDRINUSE).
+// endpoints × 80 open connections (240) fit in a 100-port source range,
+// local ports shared across endpoints. A bind-time port choice runs out
+// after 100 (EADDRINUSE). (80, not 100: other tests running at the same
+// time may hold a few ports of the range.)
 func TestSourcePortsSharedAcrossEndpoints(t *testing.T) {
-	const perEndpoint = 100
+	const perEndpoint, rangeSize = 80, 100
 	var endpoints []string
 	for range 3 {
 		endpoints = append(endpoints, eofServer(t, "127.0.0.1:0"))
@@ -198,7 +199,7 @@ func TestSourcePortsSharedAcrossEndpoints(t *testing.T) {
 	p := newTestPool(t, Config{
 		Endpoints:   endpoints,
 		Source:      netip.MustParseAddr("127.0.0.3"),
-		SourcePorts: PortRange{Lo: 41000, Hi: 41000 + perEndpoint - 1},
+		SourcePorts: PortRange{Lo: 41000, Hi: 41000 + rangeSize - 1},
 		Linger:      sockopt.Linger{Mode: sockopt.Reset}, // leave no TIME_WAIT behind
 	})
 	var cs []*Conn
@@ -219,9 +220,17 @@ func TestSourcePortsSharedAcrossEndpoints(t *testing.T) {
 		}
 		ports[c.Endpoint()][c.NetConn().LocalAddr().(*net.TCPAddr).Port] = true
 	}
+	all := map[int]bool{}
 	for ep, ps := range ports {
 		if len(ps) != perEndpoint {
 			t.Errorf("endpoint %s: %d distinct local ports; want %d", ep, len(ps), perEndpoint)
 		}
+		for port := range ps {
+			if port < 41000 || port >= 41000+rangeSize {
+				t.Errorf("local port %d outside the source range", port)
+			}
+			all[port] = true
+		}
 	}
+	t.Logf("%d connections to %d endpoints from %d local ports", perEndpoint*len(endpoints), len(endpoints), len(all))
 }
