@@ -100,10 +100,10 @@ type lingerListener struct {
 	sockets *atomic.Pointer[appSockets] // the Server's; read at accept and close
 	obs     Observer
 
-	mu      sync.Mutex
-	waiting map[*appConn]struct{} // closes waiting for the app's FIN
-	done    bool                  // after drain: escalate at once
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	waiting  map[*appConn]struct{} // closes waiting for the app's FIN
+	stopping bool                  // Shutdown began: close at once, wait for nothing
+	wg       sync.WaitGroup
 }
 
 func newLingerListener(ln net.Listener, sockets *atomic.Pointer[appSockets], obs Observer) *lingerListener {
@@ -131,26 +131,29 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 	return c, nil
 }
 
-// drain escalates every close still waiting for an app's FIN and waits
-// for them. Shutdown calls it once fasthttp has closed every connection.
-func (l *lingerListener) drain() {
+// stop begins a shutdown: closes still waiting for an app's FIN are reset
+// at once, and from now on Close waits for nothing (see closeNow). Shutdown
+// calls it before fasthttp closes the idle connections, and wait after.
+func (l *lingerListener) stop() {
 	l.mu.Lock()
-	l.done = true
+	l.stopping = true
 	for c := range l.waiting {
 		c.SetReadDeadline(time.Now()) // wakes awaitFIN, which resets
 	}
 	l.mu.Unlock()
-	l.wg.Wait()
 }
 
+// wait waits for the closes still in progress.
+func (l *lingerListener) wait() { l.wg.Wait() }
+
 // appConn is an app connection whose Close applies the listener's close
-// policy. fasthttp's connection goroutine owns it and calls Close once;
-// after a graceful close the listener owns the socket until the app's FIN
-// or finTimeout.
+// policy. fasthttp's connection goroutine owns it; after a graceful close
+// the listener owns the socket until the app's FIN or finTimeout.
 type appConn struct {
 	net.Conn
-	l  *lingerListener
-	fd int // -1 for unix sockets: no TCP states to manage
+	l    *lingerListener
+	fd   int // -1 for unix sockets: no TCP states to manage
+	once sync.Once
 }
 
 // Close ends an app connection, making sure the app cannot be left in
@@ -164,13 +167,30 @@ type appConn struct {
 //     the app's FIN. An app that never answers, its socket in CLOSE_WAIT and
 //     ours in FIN_WAIT2, gets an RST: that takes its socket out of
 //     CLOSE_WAIT and frees its port although it never calls close().
+//
+// During a shutdown fasthttp closes idle connections from its own
+// goroutine while the connection's goroutine is still blocked reading, so
+// a half-close would leave that reader waiting: then closeNow applies the
+// linger without the wait.
 func (c *appConn) Close() error {
+	err := net.ErrClosed
+	c.once.Do(func() { err = c.close() })
+	return err
+}
+
+func (c *appConn) close() error {
 	l := c.l
 	if c.fd < 0 {
 		l.obs.AppConnClosed("graceful")
 		return c.Conn.Close()
 	}
 	set := l.sockets.Load()
+	l.mu.Lock()
+	stopping := l.stopping
+	l.mu.Unlock()
+	if stopping {
+		return c.closeNow(set.linger)
+	}
 	switch set.linger.Mode {
 	case sockopt.Reset:
 		if n, err := sockopt.UnsentBytes(c.fd); err == nil && n == 0 {
@@ -189,7 +209,7 @@ func (c *appConn) Close() error {
 		return c.Conn.Close() // already gone
 	}
 	l.mu.Lock()
-	if l.done {
+	if l.stopping {
 		c.SetReadDeadline(time.Now())
 	}
 	l.waiting[c] = struct{}{}
@@ -210,7 +230,7 @@ func (c *appConn) awaitFIN(finTimeout time.Duration) {
 		l.mu.Unlock()
 	}()
 	l.mu.Lock()
-	if !l.done {
+	if !l.stopping {
 		c.SetReadDeadline(time.Now().Add(finTimeout))
 	}
 	l.mu.Unlock()
@@ -223,4 +243,29 @@ func (c *appConn) awaitFIN(finTimeout time.Duration) {
 		l.obs.AppConnClosed("graceful")
 	}
 	c.Conn.Close()
+}
+
+// closeNow closes without waiting for the app, for a shutdown. unstuck is
+// about to exit and cannot escalate later, so graceful closes like reset:
+// a FIN alone would leave a never-closing app in CLOSE_WAIT for good. Both
+// reset unless bytes are unacknowledged (then a plain close lets the
+// kernel deliver them); bounded is SO_LINGER N.
+func (c *appConn) closeNow(linger sockopt.Linger) error {
+	how := "reset"
+	switch linger.Mode {
+	case sockopt.Reset, sockopt.Graceful:
+		if n, err := sockopt.UnsentBytes(c.fd); err != nil || n > 0 {
+			how = "graceful"
+		} else {
+			_ = sockopt.ApplyLinger(c.fd, sockopt.Linger{Mode: sockopt.Reset})
+		}
+	case sockopt.Bounded:
+		how = "bounded"
+		_ = sockopt.ApplyLinger(c.fd, linger)
+		c.l.obs.AppConnClosed(how)
+		go c.Conn.Close() // close(2) blocks while the kernel flushes
+		return nil
+	}
+	c.l.obs.AppConnClosed(how)
+	return c.Conn.Close()
 }

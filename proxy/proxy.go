@@ -126,12 +126,16 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Shutdown stops accepting, waits for in-flight requests and closes idle
-// app connections, or gives up when ctx ends. App connections still
-// waiting for their FIN after a graceful close are reset.
+// app connections with the listener's linger (without waiting for the
+// app's FIN), or gives up when ctx ends. App connections still waiting for
+// their FIN after an earlier graceful close are reset.
 func (s *Server) Shutdown(ctx context.Context) error {
+	if s.ln != nil {
+		s.ln.stop()
+	}
 	err := s.srv.ShutdownWithContext(ctx)
 	if s.ln != nil {
-		s.ln.drain()
+		s.ln.wait()
 	}
 	return err
 }

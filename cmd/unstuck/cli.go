@@ -68,6 +68,12 @@ built-in default; UNSTUCK_* environment variables override it (see
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// SIGHUP reloads; subscribe before anything else so that one
+			// arriving during startup cannot end the process.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+
 			cfg, err := loadConfig(cmd, stderr, environ)
 			if err != nil {
 				return err
@@ -90,7 +96,7 @@ built-in default; UNSTUCK_* environment variables override it (see
 			log.Info("starting", zap.String("version", version),
 				zap.Int("listeners", len(cfg.Listeners)), zap.Int("upstreams", len(cfg.Upstreams)))
 			reload := func() (*config.Config, error) { return loadQuiet(cmd, environ) }
-			if err := serveFunc(ctx, serveOptions{cfg: cfg, log: log, level: level, reload: reload}); err != nil {
+			if err := serveFunc(ctx, serveOptions{cfg: cfg, log: log, level: level, reload: reload, hup: hup}); err != nil {
 				log.Error("stopped", zap.Error(err))
 				fmt.Fprintf(stderr, "unstuck: %v\n", err)
 				return exitError(exitFailed)
@@ -104,6 +110,7 @@ built-in default; UNSTUCK_* environment variables override it (see
 	root.SetErr(stderr)
 	config.AddFlags(root.PersistentFlags())
 	root.AddCommand(newCheckCmd(stdout, stderr, environ), newVersionCmd(stdout), newDemoCmd(stdout, stderr))
+	root.AddCommand(newHealthcheckCmd(stdout, stderr, environ))
 	return root
 }
 

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/spf13/viper"
@@ -22,6 +20,10 @@ type serveOptions struct {
 	// reload loads the configuration again from the same file, environment
 	// and flags as at start.
 	reload func() (*config.Config, error)
+	// hup delivers SIGHUP. The caller subscribes before loading the
+	// configuration, so a SIGHUP during startup is a reload, not the
+	// signal's default of ending the process.
+	hup <-chan os.Signal
 }
 
 // serve runs the sidecar until ctx is cancelled (SIGTERM, SIGINT) or a
@@ -29,20 +31,15 @@ type serveOptions struct {
 // the configuration; an invalid one is logged and the running one kept.
 func serve(ctx context.Context, o serveOptions) error {
 	log := o.log
+	// Watching starts before the sidecar does: a change made while it
+	// starts is a reload once it runs.
+	reloads := make(chan string, 1)
+	if o.cfg.File != "" {
+		watchFile(o.cfg.File, reloads)
+	}
 	sc, err := sidecar.New(o.cfg, log, o.level)
 	if err != nil {
 		return err
-	}
-	if a := sc.AdminAddr(); a != nil {
-		log.Info("admin listening", zap.Stringer("addr", a))
-	}
-
-	reloads := make(chan string, 1)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	if o.cfg.File != "" {
-		watchFile(o.cfg.File, reloads)
 	}
 
 	var failure error
@@ -54,7 +51,7 @@ loop:
 		case failure = <-sc.Errors():
 			log.Error("listener failed", zap.Error(failure))
 			break loop
-		case <-hup:
+		case <-o.hup:
 			reload(sc, o, "SIGHUP")
 		case why := <-reloads:
 			reload(sc, o, why)
