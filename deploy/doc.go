@@ -1,0 +1,11 @@
+// Package deploy holds the ways unstuck is deployed, and the tests that
+// check them against the code:
+//
+//	kubernetes/  a Deployment with unstuck as a native sidecar, and its ConfigMap
+//	systemd/     unstuck.service
+//
+// The tests also build the binary exactly as the repository's Dockerfile
+// does and run it, as the image's user, in an empty root directory; they
+// check scripts/release.sh and the Makefile against the Dockerfile. The
+// package has no code of its own.
+package deploy
