@@ -94,6 +94,7 @@ func New(cfg Config) *Server {
 		NoDefaultServerHeader:        true,
 		NoDefaultContentType:         true,
 		NoDefaultDate:                true,
+		ReduceMemoryUsage:            true,
 		Logger:                       zapPrintf{s.log},
 	}
 	return s
