@@ -275,8 +275,8 @@ func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 			return nil
 		}
 		// Taken out of idleByID under the lock, so the watcher ignores
-		// it from now on; its registration goes now.
-		_ = p.watch.remove(c.fd)
+		// it from now on; disarmed now.
+		_ = p.watch.disarm(c.fd, c.id)
 		// Peek before reuse: a FIN may have landed after the watcher's
 		// last look and before it could act.
 		r := sockopt.Peek(c.fd)
@@ -378,6 +378,15 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 	p.mu.Lock()
 	p.nextID++
 	c.id = p.nextID
+	p.mu.Unlock()
+	if err := p.watch.register(fd, c.id); err != nil {
+		nc.Close()
+		p.mu.Lock()
+		p.forgetLocked(ep)
+		p.mu.Unlock()
+		return nil, &DialError{Addr: ep.addr, Err: fmt.Errorf("watch: %w", err)}
+	}
+	p.mu.Lock()
 	p.all[c.id] = c
 	p.mu.Unlock()
 	c.attachBuffers()
@@ -404,11 +413,11 @@ func (p *Pool) Release(c *Conn) {
 		return
 	}
 
-	// Registered before it becomes visible as idle, so the epoll_ctl runs
+	// Armed before it becomes visible as idle, so the epoll_ctl runs
 	// outside p.mu. A FIN that the watcher sees in between finds no idle
 	// connection; it notes the id in missed, and the check below peeks.
 	c.detachBuffers()
-	addErr := p.watch.add(c.fd, c.id)
+	addErr := p.watch.arm(c.fd, c.id)
 
 	p.mu.Lock()
 	if p.closed {
@@ -427,7 +436,7 @@ func (p *Pool) Release(c *Conn) {
 	ep := c.ep
 	if w := ep.popWaiterLocked(); w != nil {
 		p.mu.Unlock()
-		_ = p.watch.remove(c.fd)
+		_ = p.watch.disarm(c.fd, c.id)
 		w.ch <- grant{c: c}
 		return
 	}

@@ -16,9 +16,8 @@ import (
 // socket becomes readable. No timer, no thread blocked in epoll_wait, and
 // taking a socket out of the set is a single epoll_ctl.
 //
-// A socket is added when its connection becomes idle and removed when it is
-// handed out or closed, always under Pool.mu, so the set holds exactly the
-// idle connections.
+// Every open connection's socket is in the set; it is armed only while the
+// connection is idle (see arm).
 type watcher struct {
 	epfd   int      // for epoll_ctl and epoll_wait
 	file   *os.File // owns epfd; closing it stops run
@@ -46,19 +45,39 @@ func newWatcher() (*watcher, error) {
 	return &watcher{epfd: epfd, file: file, raw: raw}, nil
 }
 
-// watchEvents are edge-triggered: each arrival (a FIN, an RST, a byte) is
-// reported once, so a socket in transit (handed out, not yet removed) never
-// makes the watcher spin. A FIN already queued when the socket is added is
-// reported at once all the same: epoll checks readiness on insert.
-const watchEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+// Each connection is registered once, at dial, and then armed while idle
+// and disarmed while in use: EPOLL_CTL_MOD costs less than adding and
+// removing it every time. Armed events are edge-triggered: each arrival (a
+// FIN, an RST, a byte) is reported once, so a socket in transit (handed
+// out, not yet disarmed) never makes the watcher spin. A FIN already queued
+// when a socket is armed is reported at once all the same: epoll polls the
+// socket on MOD. Disarmed, only EPOLLERR and EPOLLHUP can be reported (the
+// kernel always reports those); the pool ignores them for a busy
+// connection, whose own read sees the error.
+const (
+	armedEvents    = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+	disarmedEvents = unix.EPOLLET
+)
 
-func (w *watcher) add(fd int, id uint64) error {
-	ev := unix.EpollEvent{Events: watchEvents, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
-	return unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+func (w *watcher) ctl(op, fd int, events uint32, id uint64) error {
+	ev := unix.EpollEvent{Events: events, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	return unix.EpollCtl(w.epfd, op, fd, &ev)
 }
 
-func (w *watcher) remove(fd int) error {
-	return unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+// register adds a new connection's socket, disarmed. Closing the socket
+// removes it.
+func (w *watcher) register(fd int, id uint64) error {
+	return w.ctl(unix.EPOLL_CTL_ADD, fd, disarmedEvents, id)
+}
+
+// arm starts watching an idle connection.
+func (w *watcher) arm(fd int, id uint64) error {
+	return w.ctl(unix.EPOLL_CTL_MOD, fd, armedEvents, id)
+}
+
+// disarm stops watching a connection about to serve a request.
+func (w *watcher) disarm(fd int, id uint64) error {
+	return w.ctl(unix.EPOLL_CTL_MOD, fd, disarmedEvents, id)
 }
 
 // run drains readiness events and calls onReadable with the id of each
