@@ -94,7 +94,6 @@ func New(cfg Config) *Server {
 		NoDefaultServerHeader:        true,
 		NoDefaultContentType:         true,
 		NoDefaultDate:                true,
-		ReduceMemoryUsage:            true,
 		Logger:                       zapPrintf{s.log},
 	}
 	return s
