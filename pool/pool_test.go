@@ -358,28 +358,45 @@ func TestDialErrorIsTyped(t *testing.T) {
 	}
 }
 
-// Handing a pooled connection out and back: one epoll_ctl and one peek out,
-// one epoll_ctl back, no allocation.
-func BenchmarkAcquireRelease(b *testing.B) {
+// benchPool is a pool in front of a loopback listener that accepts and
+// holds connections until the benchmark ends.
+func benchPool(b *testing.B) *Pool {
+	b.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer ln.Close()
+	var held []net.Conn
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			defer c.Close()
+			held = append(held, c)
 		}
 	}()
 	p, err := New(Config{Endpoints: []string{ln.Addr().String()}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer p.Close()
+	b.Cleanup(func() {
+		p.Close()
+		ln.Close()
+		<-done
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	return p
+}
+
+// Handing a pooled connection out and back: one epoll_ctl and one peek out,
+// one epoll_ctl back, no allocation.
+func BenchmarkAcquireRelease(b *testing.B) {
+	p := benchPool(b)
 	c, err := p.Acquire(false)
 	if err != nil {
 		b.Fatal(err)
@@ -418,25 +435,7 @@ func TestAcquireReleaseDoesNotAllocate(t *testing.T) {
 // Handing connections out and back from every P at once: the pool lock's
 // contention shows here.
 func BenchmarkAcquireReleaseParallel(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
-	p, err := New(Config{Endpoints: []string{ln.Addr().String()}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close()
+	p := benchPool(b)
 	b.ReportAllocs()
 	b.SetParallelism(8)
 	b.RunParallel(func(pb *testing.PB) {
