@@ -166,10 +166,11 @@ func New(cfg Config) (*Pool, error) {
 }
 
 // SettleTime is how long a released connection must have been idle before
-// a careful Acquire prefers it. A server that closes right after a
-// response (without saying Connection: close) has sent its FIN within
-// microseconds; after a millisecond the watcher has seen and acted on it.
-const SettleTime = time.Millisecond
+// a careful Acquire takes it. A server that closes right after a response
+// (without saying Connection: close) sends its FIN within microseconds on
+// an idle host; 5 ms also covers a busy one. By then the watcher has seen
+// the FIN and acted on it, or the peek before reuse finds it.
+const SettleTime = 5 * time.Millisecond
 
 // newDialer returns the dialer for cfg. Every option is set on the socket
 // before it binds or connects (see sockopt). Go's own keepalive default is
@@ -213,8 +214,8 @@ func newDialer(cfg Config) net.Dialer {
 //
 // Idle connections are reused most recently released first. A careful
 // Acquire, for a request that cannot be retried once written (a POST),
-// takes only a settled connection, idle for at least SettleTime, and
-// dials a new one rather than take one released a moment ago; only when
+// takes the longest-idle connection instead, and only if it is settled
+// (idle for at least SettleTime); otherwise it dials a new one. Only when
 // every endpoint is at MaxConns does it take an unsettled one.
 //
 // The caller owns the connection until it passes it to Release or Discard,
@@ -291,21 +292,21 @@ func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 	}
 }
 
-// popIdleLocked takes an idle connection out of its endpoint's idle list,
-// most recently released first, or with settled the most recent one idle
-// for at least SettleTime (else the longest idle, if that is settled).
-// p.mu must be held.
+// popIdleLocked takes an idle connection out of its endpoint's idle list:
+// the most recently released, or with settled the longest idle, and only
+// if it has been idle for at least SettleTime. p.mu must be held.
 func (p *Pool) popIdleLocked(start int, settled bool, now time.Time) *Conn {
 	for i := range p.eps {
 		ep := p.eps[(start+i)%len(p.eps)]
 		c := ep.idle.front
-		if c == nil {
-			continue
-		}
-		if settled && now.Sub(c.idleSince) < SettleTime {
-			if c = ep.idle.back; now.Sub(c.idleSince) < SettleTime {
+		if settled {
+			c = ep.idle.back
+			if c != nil && now.Sub(c.idleSince) < SettleTime {
 				continue // nothing settled here
 			}
+		}
+		if c == nil {
+			continue
 		}
 		p.takeLocked(c)
 		return c
