@@ -1,0 +1,231 @@
+// Command race measures the keep-alive race through each proxy.
+//
+// It is the upstream: after a random fraction (default 20%) of responses
+// it closes the connection at once, FIN right behind the last response
+// byte and no "Connection: close", so a proxy that sends its next request
+// on that connection before it sees the FIN loses the race. It is also the
+// client: a fixed number of workers, each on its own keep-alive connection
+// to the target, send GETs and POSTs in turn, every request with a unique
+// X-Request-Id, and never retry. The upstream counts each POST id it sees,
+// so a POST a proxy sent twice shows up as a duplicate.
+//
+//	race -listen 127.0.0.1:19200 -requests 50000 \
+//	    -target direct=127.0.0.1:19200 -target unstuck=127.0.0.1:19205
+package main
+
+import (
+	"bufio"
+	"cmp"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"maps"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/unstuck-proxy/unstuck/bench/internal/rig"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:19200", "the upstream's address; the proxies forward here")
+	requests := flag.Int("requests", 50000, "requests per target, half GET and half POST")
+	workers := flag.Int("concurrency", 32, "client connections (and requests in flight) per target")
+	fraction := flag.Float64("fraction", 0.2, "probability that the upstream closes right after a response")
+	var targets rig.Targets
+	flag.Var(&targets, "target", "name=host:port; repeatable")
+	flag.Parse()
+	log.SetFlags(0)
+	log.SetPrefix("race: ")
+
+	seen := newLedger()
+	up, err := rig.Listen(*listen, rig.UpstreamConfig{CloseFraction: *fraction, OnRequest: seen.record})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer up.Close()
+
+	fmt.Println("| proxy | requests | GET failed /100k | POST failed /100k | duplicate POSTs at upstream | failed POSTs the upstream did get | upstream FINs | req/s | failures seen |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+	for _, t := range targets {
+		seen.reset()
+		fins0 := up.RaceCloses()
+		start := time.Now()
+		res := drive(t, *requests, *workers)
+		elapsed := time.Since(start)
+		up.CloseAll()
+		dups := seen.duplicates()
+		executed := 0
+		for _, id := range res.failedPOSTs {
+			if seen.count(id) > 0 {
+				executed++
+			}
+		}
+		fmt.Printf("| %s | %d | %s | %s | %d | %d | %d | %.0f | %s |\n",
+			t.Name, *requests,
+			per100k(res.failed["GET"], res.sent["GET"]), per100k(res.failed["POST"], res.sent["POST"]),
+			dups, executed, up.RaceCloses()-fins0,
+			float64(*requests)/elapsed.Seconds(), res.kinds())
+	}
+}
+
+func per100k(n, of int) string {
+	if of == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", float64(n)*100000/float64(of))
+}
+
+// ledger counts the POST ids the upstream received.
+type ledger struct {
+	mu  sync.Mutex
+	ids map[string]int
+}
+
+func newLedger() *ledger { return &ledger{ids: make(map[string]int)} }
+
+func (l *ledger) record(r *http.Request) {
+	if r.Method != http.MethodPost {
+		return
+	}
+	id := r.Header.Get("X-Request-Id")
+	l.mu.Lock()
+	l.ids[id]++
+	l.mu.Unlock()
+}
+
+func (l *ledger) reset() {
+	l.mu.Lock()
+	l.ids = make(map[string]int)
+	l.mu.Unlock()
+}
+
+func (l *ledger) count(id string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ids[id]
+}
+
+// duplicates returns how many extra copies of POSTs arrived.
+func (l *ledger) duplicates() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, c := range l.ids {
+		n += c - 1
+	}
+	return n
+}
+
+type results struct {
+	mu          sync.Mutex
+	sent        map[string]int
+	failed      map[string]int
+	failedPOSTs []string
+	kindCount   map[string]int
+}
+
+// kinds names the commonest failures, most frequent first.
+func (r *results) kinds() string {
+	ks := slices.Collect(maps.Keys(r.kindCount))
+	slices.SortFunc(ks, func(a, b string) int {
+		return cmp.Or(cmp.Compare(r.kindCount[b], r.kindCount[a]), strings.Compare(a, b))
+	})
+	var parts []string
+	for _, k := range ks[:min(len(ks), 3)] {
+		parts = append(parts, fmt.Sprintf("%s ×%d", k, r.kindCount[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// drive sends n requests to t from the given number of workers. Request i
+// is a POST when i is odd. A worker whose request failed closes its
+// connection and dials a new one; it never retries.
+func drive(t rig.Target, n, workers int) *results {
+	r := &results{sent: map[string]int{}, failed: map[string]int{}, kindCount: map[string]int{}}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var cc *rig.ClientConn
+			defer func() {
+				if cc != nil {
+					cc.Close()
+				}
+			}()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				method, body := "GET", []byte(nil)
+				id := t.Name + "-" + strconv.Itoa(i)
+				if i%2 == 1 {
+					method, body = "POST", []byte("id="+id)
+				}
+				var err error
+				if cc == nil {
+					cc, err = dial(t.Addr)
+				}
+				closeConn := false
+				if err == nil {
+					closeConn, err = rig.Do(cc, cc.BR, method, "/race", id, body, 10*time.Second)
+				}
+				if (err != nil || closeConn) && cc != nil {
+					cc.Close()
+					cc = nil
+				}
+				r.mu.Lock()
+				r.sent[method]++
+				if err != nil {
+					r.failed[method]++
+					r.kindCount[method+" "+kind(err)]++
+					if method == "POST" {
+						r.failedPOSTs = append(r.failedPOSTs, id)
+					}
+				}
+				r.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return r
+}
+
+func dial(addr string) (*rig.ClientConn, error) {
+	c, err := rig.Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	return &rig.ClientConn{TCPConn: c, BR: bufio.NewReaderSize(c, 4<<10)}, nil
+}
+
+// kind names an error briefly: a status, EOF, reset, timeout.
+func kind(err error) string {
+	s := err.Error()
+	switch {
+	case strings.Contains(s, "status "):
+		return s[strings.Index(s, "status ")+len("status "):]
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset"
+	case errors.Is(err, syscall.EPIPE):
+		return "broken pipe"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
+	case strings.Contains(s, "EOF"):
+		return "EOF"
+	}
+	return s
+}

@@ -1,0 +1,279 @@
+// Package rig holds what the benchmark programs under bench/cmd share: a
+// hand-rolled HTTP/1.1 upstream whose every FIN the program controls, a
+// raw client, the -target flag and percentiles. Everything listens and
+// dials on loopback only.
+package rig
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// response is the answer to every request: small, fixed, keep-alive.
+const response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+
+// UpstreamConfig says how an Upstream treats its connections. The zero
+// value answers every request at once and never closes a connection first.
+type UpstreamConfig struct {
+	// CloseFraction is the probability, per response, that the server
+	// closes the connection right after writing it: its FIN follows the
+	// last response byte and the response has no "Connection: close".
+	CloseFraction float64
+	// IdleTimeout closes a connection that waited this long for its next
+	// request; 0: never.
+	IdleTimeout time.Duration
+	// OnRequest, if set, sees each request once its body was read, on the
+	// connection's goroutine.
+	OnRequest func(*http.Request)
+}
+
+// Upstream is an HTTP/1.1 server on loopback. Each connection has one
+// goroutine (serve) that owns reads and the final Close; the program may
+// half-close a connection (FIN) from outside and learn when the peer closed.
+type Upstream struct {
+	cfg UpstreamConfig
+	ln  net.Listener
+	wg  sync.WaitGroup // accept loop and serve goroutines
+
+	accepted   atomic.Int64
+	raceCloses atomic.Int64
+
+	mu     sync.Mutex // guards gate, live, closed
+	gate   *Gate
+	live   map[*Conn]struct{}
+	closed bool
+}
+
+// Conn is one accepted connection.
+type Conn struct {
+	nc    *net.TCPConn
+	finAt atomic.Int64  // UnixNano of our FIN; 0: none sent
+	endAt atomic.Int64  // UnixNano when our read saw the peer close
+	ended chan struct{} // closed when serve returns
+}
+
+// Listen starts an Upstream on addr, which must be a loopback address.
+// The caller owns it and must Close it.
+func Listen(addr string, cfg UpstreamConfig) (*Upstream, error) {
+	if err := checkLoopback(addr); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	u := &Upstream{cfg: cfg, ln: ln, live: make(map[*Conn]struct{})}
+	u.wg.Add(1)
+	go u.acceptLoop()
+	return u, nil
+}
+
+// Addr is the listening address.
+func (u *Upstream) Addr() string { return u.ln.Addr().String() }
+
+// Accepted returns how many connections were accepted so far.
+func (u *Upstream) Accepted() int64 { return u.accepted.Load() }
+
+// RaceCloses returns how many connections were closed right after a
+// response (CloseFraction).
+func (u *Upstream) RaceCloses() int64 { return u.raceCloses.Load() }
+
+func (u *Upstream) acceptLoop() {
+	defer u.wg.Done()
+	for {
+		u.wg.Add(1) // for serve, before the blocking Accept
+		nc, err := u.ln.Accept()
+		if err != nil {
+			u.wg.Done()
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // EMFILE: back off
+			continue
+		}
+		c := &Conn{nc: nc.(*net.TCPConn), ended: make(chan struct{})}
+		u.mu.Lock()
+		if u.closed {
+			u.mu.Unlock()
+			nc.Close()
+			u.wg.Done()
+			return
+		}
+		u.live[c] = struct{}{}
+		u.mu.Unlock()
+		u.accepted.Add(1)
+		go u.serve(c)
+	}
+}
+
+// serve answers requests on c until the peer closes, the idle timeout
+// passes, a race close is drawn, or the program closes c. It owns c.nc's
+// Close.
+func (u *Upstream) serve(c *Conn) {
+	defer u.wg.Done()
+	defer func() {
+		u.mu.Lock()
+		delete(u.live, c)
+		u.mu.Unlock()
+		c.nc.Close()
+		close(c.ended)
+	}()
+	br := bufio.NewReaderSize(c.nc, 4<<10)
+	for {
+		if u.cfg.IdleTimeout > 0 {
+			c.nc.SetReadDeadline(time.Now().Add(u.cfg.IdleTimeout))
+		}
+		if _, err := br.Peek(1); err != nil {
+			if !isTimeout(err) && !errors.Is(err, net.ErrClosed) {
+				c.endAt.Store(time.Now().UnixNano()) // EOF or RST: the peer closed
+			}
+			return
+		}
+		c.nc.SetReadDeadline(time.Time{})
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		if _, err := io.Copy(io.Discard, req.Body); err != nil {
+			return
+		}
+		if u.cfg.OnRequest != nil {
+			u.cfg.OnRequest(req)
+		}
+		if g := u.currentGate(); g != nil {
+			g.arrive()
+			<-g.open
+		}
+		if _, err := io.WriteString(c.nc, response); err != nil {
+			return
+		}
+		if u.cfg.CloseFraction > 0 && rand.Float64() < u.cfg.CloseFraction {
+			u.raceCloses.Add(1)
+			return // the deferred Close sends FIN right behind the response
+		}
+	}
+}
+
+// Live returns the connections whose peer has not closed yet.
+func (u *Upstream) Live() []*Conn {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := make([]*Conn, 0, len(u.live))
+	for c := range u.live {
+		out = append(out, c)
+	}
+	return out
+}
+
+// LiveCount returns len(Live()) without the copy.
+func (u *Upstream) LiveCount() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.live)
+}
+
+// WaitStable waits until LiveCount has not changed for quiet, or max has
+// passed, and returns the count.
+func (u *Upstream) WaitStable(quiet, max time.Duration) int {
+	deadline := time.Now().Add(max)
+	n, since := u.LiveCount(), time.Now()
+	for time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		if m := u.LiveCount(); m != n {
+			n, since = m, time.Now()
+		} else if time.Since(since) >= quiet {
+			break
+		}
+	}
+	return n
+}
+
+// CloseAll closes every live connection and waits for their goroutines.
+func (u *Upstream) CloseAll() {
+	for _, c := range u.Live() {
+		c.nc.Close()
+		<-c.ended
+	}
+}
+
+// Close stops accepting and closes every connection.
+func (u *Upstream) Close() {
+	u.mu.Lock()
+	u.closed = true
+	u.mu.Unlock()
+	u.ln.Close()
+	u.CloseAll()
+	u.wg.Wait()
+}
+
+// FIN half-closes c (shutdown SHUT_WR) and notes when.
+func (c *Conn) FIN() error {
+	c.finAt.Store(time.Now().UnixNano())
+	return c.nc.CloseWrite()
+}
+
+// Ended is closed once c's goroutine is done with it.
+func (c *Conn) Ended() <-chan struct{} { return c.ended }
+
+// CloseDelay returns the time from FIN to the peer's close, and false if
+// either did not happen or the peer closed before the FIN.
+func (c *Conn) CloseDelay() (time.Duration, bool) {
+	fin, end := c.finAt.Load(), c.endAt.Load()
+	if fin == 0 || end == 0 || end < fin {
+		return 0, false
+	}
+	return time.Duration(end - fin), true
+}
+
+// Gate holds requests until n have arrived (or Open is called), then lets
+// them all through, so a proxy in front has to open n upstream
+// connections at once.
+type Gate struct {
+	n       int64
+	arrived atomic.Int64
+	open    chan struct{}
+	once    sync.Once
+}
+
+// Hold installs a new gate for the next n requests; later requests pass
+// once it is open. Open it yourself after a timeout.
+func (u *Upstream) Hold(n int) *Gate {
+	g := &Gate{n: int64(n), open: make(chan struct{})}
+	u.mu.Lock()
+	u.gate = g
+	u.mu.Unlock()
+	return g
+}
+
+func (u *Upstream) currentGate() *Gate {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.gate
+}
+
+func (g *Gate) arrive() {
+	if g.arrived.Add(1) >= g.n {
+		g.Open()
+	}
+}
+
+// Open lets every held and later request through.
+func (g *Gate) Open() { g.once.Do(func() { close(g.open) }) }
+
+// Opened is closed once the gate is open.
+func (g *Gate) Opened() <-chan struct{} { return g.open }
+
+// Arrived returns how many requests reached the gate.
+func (g *Gate) Arrived() int { return int(g.arrived.Load()) }
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
