@@ -79,12 +79,19 @@ func TestDialSocketOptionsReadBack(t *testing.T) {
 		{"IP_BIND_ADDRESS_NO_PORT", unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1},
 		{"IP_LOCAL_PORT_RANGE", unix.IPPROTO_IP, unix.IP_LOCAL_PORT_RANGE, 40999<<16 | 40000},
 		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 7},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, -1}, // checked below: 7 spread by up to a fifth
 		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 3},
 		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 4},
 		{"TCP_USER_TIMEOUT", unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 1500},
 	} {
-		if got := int(uint32(getInt(t, fd, o.level, o.opt))); got != o.want {
+		got := int(uint32(getInt(t, fd, o.level, o.opt)))
+		if o.want == -1 {
+			if got < 7 || got > 8 {
+				t.Errorf("%s = %d; want 7 or 8", o.name, got)
+			}
+			continue
+		}
+		if got != o.want {
 			t.Errorf("%s = %d; want %d", o.name, got, o.want)
 		}
 	}
@@ -178,8 +185,11 @@ func TestLingerDecidesWhoKeepsTimeWait(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("linger %s: %d of %d connections unstuck closed first are in TIME_WAIT on its side", tc.linger, states[sockstate.TimeWait], n)
-			if states[sockstate.TimeWait] != tc.want {
-				t.Fatalf("TIME_WAIT = %d; want %d (states %v)", states[sockstate.TimeWait], tc.want, states)
+			// All of them, give or take the odd socket the kernel retires
+			// early when other tests fill its TIME_WAIT table; with reset,
+			// exactly none.
+			if tw := states[sockstate.TimeWait]; tw < tc.want*9/10 || (tc.want == 0 && tw != 0) {
+				t.Fatalf("TIME_WAIT = %d; want %d (states %v)", tw, tc.want, states)
 			}
 		})
 	}

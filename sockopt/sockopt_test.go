@@ -162,3 +162,26 @@ func TestUnsentBytes(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// Keepalive idle times are spread per socket, within a fifth above Idle,
+// so that connections idle together do not probe together.
+func TestKeepaliveIdleIsSpread(t *testing.T) {
+	seen := map[int]bool{}
+	for range 40 {
+		a, _ := pair(t)
+		if err := SetKeepalive(fd(t, a), Keepalive{Idle: 30 * time.Second, Interval: time.Second, Count: 3}); err != nil {
+			t.Fatal(err)
+		}
+		idle, err := unix.GetsockoptInt(fd(t, a), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if idle < 30 || idle > 36 {
+			t.Fatalf("TCP_KEEPIDLE = %d; want 30 to 36", idle)
+		}
+		seen[idle] = true
+	}
+	if len(seen) < 3 {
+		t.Fatalf("40 sockets got only %d distinct idle times: not spread", len(seen))
+	}
+}
