@@ -94,14 +94,16 @@ type PortRange struct{ Lo, Hi uint16 }
 
 // Pool is the set of connections to one upstream's endpoints.
 type Pool struct {
-	cfg    Config
-	log    *zap.Logger
-	dialer net.Dialer
-	eps    []*endpoint
-	rr     atomic.Uint32 // round-robin start for the next Acquire
-	watch  *watcher
-	done   chan struct{} // closed by Close; stops the cleaner
-	runWG  sync.WaitGroup
+	cfg     Config
+	log     *zap.Logger
+	dialer  net.Dialer
+	eps     []*endpoint
+	rr      atomic.Uint32 // round-robin start for the next Acquire
+	watch   *watcher
+	done    chan struct{}  // closed by Close; stops the cleaner
+	runWG   sync.WaitGroup // the watcher and the cleaner
+	closeq  chan victim    // the watcher's closes, for the closers
+	closers sync.WaitGroup
 
 	mu       sync.Mutex
 	closed   bool
@@ -156,6 +158,11 @@ func New(cfg Config) (*Pool, error) {
 	}
 	for _, addr := range cfg.Endpoints {
 		p.eps = append(p.eps, &endpoint{addr: addr})
+	}
+	p.closeq = make(chan victim, 1024)
+	for range 2 * runtime.GOMAXPROCS(0) { // close(2) on loopback also runs the peer's side
+		p.closers.Add(1)
+		go p.closer()
 	}
 	p.runWG.Add(1)
 	go func() {
@@ -507,65 +514,66 @@ func (p *Pool) closeConn(c *Conn, cause Cause) {
 	}
 }
 
-// onReadable runs on the watcher goroutine with the ids of idle sockets
-// that became readable: on an idle HTTP/1.1 connection that is always the
-// end of it. Ids may be stale (the connection was handed out since); those
-// are skipped. Many closes at once (thousands of FINs after an upstream
-// restart) are spread over GOMAXPROCS goroutines: a close on loopback also
-// pays for the peer's side of the TCP exchange.
-func (p *Pool) onReadable(ids []uint64, woke time.Time) {
-	victims := p.victims[:0]
+// onReadable runs on the watcher goroutine with the idle sockets that
+// became readable: on an idle HTTP/1.1 connection that is always the end of
+// it, and the event says which end. Events may be stale (the connection was
+// handed out since); those are skipped. The closes go to the closer
+// goroutines, so that thousands of FINs at once (an upstream restart) are
+// closed on every CPU while the watcher already collects the next batch: a
+// close on loopback also pays for the peer's side of the TCP exchange.
+func (p *Pool) onReadable(events []readable, woke time.Time) {
 	p.mu.Lock()
-	for _, id := range ids {
-		c := p.idleByID[id]
+	for _, ev := range events {
+		c := p.idleByID[ev.id]
 		if c == nil {
 			// Handed out meanwhile (its own peek decides), or being
 			// released (Release peeks when it sees the note).
-			p.missed[id] = struct{}{}
+			p.missed[ev.id] = struct{}{}
 			continue
-		}
-		r := sockopt.Peek(c.fd)
-		if r == sockopt.Open {
-			continue // spurious
 		}
 		p.takeLocked(c)
 		p.dropLocked(c)
-		victims = append(victims, victim{c, causeOfPeek(r)})
+		p.victims = append(p.victims, victim{c, ev.cause, woke})
 	}
 	p.mu.Unlock()
-	p.victims = victims[:0] // the watcher goroutine owns this buffer
+	for i, v := range p.victims {
+		if len(p.victims) <= inlineCloses {
+			p.closeHalfClosed(v)
+		} else {
+			p.closeq <- v
+		}
+		p.victims[i] = victim{}
+	}
+	p.victims = p.victims[:0] // the watcher goroutine owns this buffer
+}
 
-	closeOne := func(v victim) {
-		if ce := p.log.Check(zapcore.DebugLevel, "upstream half-close detected"); ce != nil {
-			ce.Write(zap.String("endpoint", v.c.ep.addr), zap.String("cause", string(v.cause)),
-				zap.Duration("idle", time.Since(v.c.idleSince)))
-		}
-		p.closeConn(v.c, v.cause)
-		p.cfg.Observer.HalfClosed(v.cause, time.Since(woke))
+// inlineCloses is how many closes the watcher makes itself rather than
+// hand to the closers: a handful costs less than waking them.
+const inlineCloses = 32
+
+// closeHalfClosed closes a connection the watcher found ended.
+func (p *Pool) closeHalfClosed(v victim) {
+	if ce := p.log.Check(zapcore.DebugLevel, "upstream half-close detected"); ce != nil {
+		ce.Write(zap.String("endpoint", v.c.ep.addr), zap.String("cause", string(v.cause)),
+			zap.Duration("idle", time.Since(v.c.idleSince)))
 	}
-	workers := min(runtime.GOMAXPROCS(0), len(victims)/16)
-	if workers < 2 {
-		for _, v := range victims {
-			closeOne(v)
-		}
-		return
+	p.closeConn(v.c, v.cause)
+	p.cfg.Observer.HalfClosed(v.cause, time.Since(v.woke))
+}
+
+// closer is one of 2×GOMAXPROCS goroutines that close what the watcher
+// hands them, until Close closes the queue.
+func (p *Pool) closer() {
+	defer p.closers.Done()
+	for v := range p.closeq {
+		p.closeHalfClosed(v)
 	}
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(victims); i += workers {
-				closeOne(victims[i])
-			}
-		}()
-	}
-	wg.Wait()
 }
 
 type victim struct {
 	c     *Conn
 	cause Cause
+	woke  time.Time // when the watcher saw it end; zero for other closes
 }
 
 // takeLocked takes an idle connection out of the idle list and idleByID,
@@ -634,7 +642,7 @@ func (p *Pool) cleaner() {
 				if !deadline.After(now) {
 					p.takeLocked(c)
 					p.dropLocked(c)
-					victims = append(victims, victim{c, cause})
+					victims = append(victims, victim{c: c, cause: cause})
 				} else if next.IsZero() || deadline.Before(next) {
 					next = deadline
 				}
@@ -706,6 +714,8 @@ func (p *Pool) Close() error {
 	close(p.done)
 	err := p.watch.close()
 	p.runWG.Wait()
+	close(p.closeq) // the watcher has stopped: nothing sends any more
+	p.closers.Wait()
 	return err
 }
 

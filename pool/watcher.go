@@ -23,7 +23,26 @@ type watcher struct {
 	file   *os.File // owns epfd; closing it stops run
 	raw    syscall.RawConn
 	events [256]unix.EpollEvent // used only by run
-	ids    [256]uint64          // used only by run
+	ready  [256]readable        // used only by run
+}
+
+// readable is one watched socket that became readable, and what ended it
+// as the event flags tell: an error or hang-up is an RST, a read hang-up a
+// FIN, and anything else bytes nobody asked for.
+type readable struct {
+	id    uint64
+	cause Cause
+}
+
+func causeOfEvent(events uint32) Cause {
+	switch {
+	case events&(unix.EPOLLERR|unix.EPOLLHUP) != 0:
+		return CauseRST
+	case events&unix.EPOLLRDHUP != 0:
+		return CauseFIN
+	default:
+		return CauseUnsolicited
+	}
 }
 
 func newWatcher() (*watcher, error) {
@@ -83,7 +102,7 @@ func (w *watcher) disarm(fd int, id uint64) error {
 // run drains readiness events and calls onReadable with the id of each
 // socket that became readable, until close is called. The ids may be stale
 // (the connection was handed out after the event fired): onReadable checks.
-func (w *watcher) run(onReadable func(ids []uint64, woke time.Time)) {
+func (w *watcher) run(onReadable func(events []readable, woke time.Time)) {
 	// The netpoller watches epfd edge-triggered, so drain it until
 	// epoll_wait finds nothing before parking again.
 	_ = w.raw.Read(func(fd uintptr) bool {
@@ -98,9 +117,12 @@ func (w *watcher) run(onReadable func(ids []uint64, woke time.Time)) {
 			woke := time.Now()
 			for i := range w.events[:n] {
 				ev := &w.events[i]
-				w.ids[i] = uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+				w.ready[i] = readable{
+					id:    uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32,
+					cause: causeOfEvent(ev.Events),
+				}
 			}
-			onReadable(w.ids[:n], woke)
+			onReadable(w.ready[:n], woke)
 		}
 	})
 }
