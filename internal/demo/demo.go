@@ -32,6 +32,7 @@ import (
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/proxy"
+	"github.com/unstuck-proxy/unstuck/sidecar"
 )
 
 // Defaults of Options, and of the flags of `unstuck demo`.
@@ -204,19 +205,12 @@ func (r *runner) throughUnstuck(ctx context.Context) (Phase, error) {
 	defer up.Close() // last: after the pool closed its connections
 	upAddr := r.listening(up.Addr())
 
+	// The defaults of a config file, mapped as the sidecar maps them.
 	u, l := config.DefaultUpstream(), config.DefaultListener()
-	p, err := pool.New(pool.Config{
-		Name:           "backend",
-		Endpoints:      []string{up.Addr()},
-		Linger:         u.Linger,
-		MaxConns:       u.Pool.MaxConns,
-		MaxIdle:        u.Pool.MaxIdle,
-		IdleTimeout:    u.Pool.IdleTimeout,
-		MaxLifetime:    u.Pool.MaxLifetime,
-		MaxRequests:    u.Pool.MaxRequests,
-		AcquireTimeout: u.Pool.AcquireTimeout,
-		DialTimeout:    u.Dial.Timeout,
-	})
+	u.Name, u.Endpoints = "backend", []string{up.Addr()}
+	l.Name, l.Upstream = "app", "backend"
+	cfg := &config.Config{Upstreams: map[string]config.Upstream{"backend": u}}
+	p, err := pool.New(sidecar.PoolConfig("backend", u, nil, nil))
 	if err != nil {
 		return ph, fmt.Errorf("demo: pool: %w", err)
 	}
@@ -226,18 +220,7 @@ func (r *runner) throughUnstuck(ctx context.Context) (Phase, error) {
 	if err != nil {
 		return ph, fmt.Errorf("demo: listen: %w", err)
 	}
-	srv := proxy.New(proxy.Config{
-		Name:        "app",
-		IdleTimeout: l.IdleTimeout,
-		Linger:      l.Linger,
-		Upstream: proxy.Upstream{
-			Name:                  "backend",
-			Pool:                  p,
-			Retries:               u.Retries,
-			ResponseHeaderTimeout: u.Timeouts.ResponseHeader,
-			HostHeader:            u.HostHeader,
-		},
-	})
+	srv := proxy.New(sidecar.ProxyConfig("app", l, cfg, p, nil, nil))
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	// Runs before p.Close: the app's connections are closed by then (drive
