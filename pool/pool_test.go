@@ -195,6 +195,22 @@ func TestReuseIsLIFOAndPeeked(t *testing.T) {
 	waitCounts(t, p, 2, 2, time.Second)
 }
 
+// waitForWaiter waits until an Acquire is queued at p's first endpoint.
+func waitForWaiter(t *testing.T, p *Pool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		p.mu.Lock()
+		n := len(p.eps[0].waiters)
+		p.mu.Unlock()
+		if n == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("waiter never queued")
+		}
+	}
+}
+
 func TestMaxConnsWaitsThenHandsOver(t *testing.T) {
 	srv := newFinServer(t)
 	p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, MaxConns: 1, AcquireTimeout: 20 * time.Millisecond})
@@ -214,18 +230,7 @@ func TestMaxConnsWaitsThenHandsOver(t *testing.T) {
 		}
 		got <- c
 	}()
-	// The waiter is queued once it shows up on the endpoint.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		p2.mu.Lock()
-		n := len(p2.eps[0].waiters)
-		p2.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("waiter never queued")
-		}
-	}
+	waitForWaiter(t, p2)
 	p2.Release(held)
 	if w := <-got; w != held {
 		t.Fatalf("waiter did not get the released connection")
@@ -247,17 +252,7 @@ func TestDiscardFreesSlotForWaiter(t *testing.T) {
 		}
 		got <- c
 	}()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		p.mu.Lock()
-		n := len(p.eps[0].waiters)
-		p.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("waiter never queued")
-		}
-	}
+	waitForWaiter(t, p)
 	p.Discard(held, CauseError)
 	c := <-got
 	<-srv.ready // the waiter dialed a new connection into the freed slot
@@ -319,17 +314,7 @@ func TestCloseFailsWaitersAndClosesIdle(t *testing.T) {
 		_, err := p.Acquire(false)
 		errc <- err
 	}()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		p.mu.Lock()
-		n := len(p.eps[0].waiters)
-		p.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("waiter never queued")
-		}
-	}
+	waitForWaiter(t, p)
 	p.Close()
 	if err := <-errc; !errors.Is(err, ErrClosed) {
 		t.Fatalf("waiter got %v, want ErrClosed", err)
