@@ -30,6 +30,30 @@ type headerList interface {
 	Del(key string)
 }
 
+// isHopHeader reports whether k names a hop-by-hop header.
+func isHopHeader(k []byte) bool {
+	for _, hop := range hopHeaders {
+		if len(k) == len(hop) && bytes.EqualFold(k, []byte(hop)) {
+			return true
+		}
+	}
+	return false
+}
+
+// requestHasHopHeader and responseHasHopHeader look once over the headers,
+// so that the common message without any hop-by-hop header costs no
+// deletions. (Two functions, not one on an interface, so the callback
+// stays on the stack.)
+func requestHasHopHeader(h *fasthttp.RequestHeader) (found bool) {
+	h.VisitAll(func(k, _ []byte) { found = found || isHopHeader(k) })
+	return found
+}
+
+func responseHasHopHeader(h *fasthttp.ResponseHeader) (found bool) {
+	h.VisitAll(func(k, _ []byte) { found = found || isHopHeader(k) })
+	return found
+}
+
 // stripHopHeaders removes the hop-by-hop headers and every header the
 // Connection header names. It copies the Connection value first because
 // Del may reuse that memory; that copy is the only allocation, and only for
@@ -86,7 +110,9 @@ func remoteIP(a net.Addr) (netip.Addr, bool) {
 // app asked to close its own connection, so dropping Connection here does
 // not change what happens to the app's connection.
 func prepareRequest(req *fasthttp.Request, remote net.Addr, hostHeader string) {
-	stripHopHeaders(&req.Header)
+	if requestHasHopHeader(&req.Header) {
+		stripHopHeaders(&req.Header)
+	}
 	// unstuck answered any Expect: 100-continue itself before reading the
 	// body; the upstream gets the whole request at once.
 	req.Header.Del(fasthttp.HeaderExpect)

@@ -257,7 +257,9 @@ func (s *Server) roundTrip(c *pool.Conn, up *Upstream, req *fasthttp.Request, re
 		return newUpstreamError("read", c, err, deadline)
 	}
 	serverClose := resp.Header.ConnectionClose()
-	stripHopHeaders(&resp.Header)
+	if responseHasHopHeader(&resp.Header) {
+		stripHopHeaders(&resp.Header)
+	}
 
 	code := resp.Header.StatusCode()
 	if req.Header.IsHead() || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified {
