@@ -3,9 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -71,11 +69,4 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, up *Upstream, err error) {
 		zap.String("upstream", up.Name), zap.Int("status", code),
 		zap.ByteString("method", ctx.Method()), zap.ByteString("uri", ctx.RequestURI()),
 		zap.Error(err))
-}
-
-// isExpectedNetClose reports errors that are a peer's normal way of
-// leaving, not worth a warning.
-func isExpectedNetClose(err error) bool {
-	return errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE)
 }
