@@ -42,16 +42,24 @@ func isHopHeader(k []byte) bool {
 
 // requestHasHopHeader and responseHasHopHeader look once over the headers,
 // so that the common message without any hop-by-hop header costs no
-// deletions. (Two functions, not one on an interface, so the callback
+// deletions. (Two functions, not one on an interface, so the iterator
 // stays on the stack.)
-func requestHasHopHeader(h *fasthttp.RequestHeader) (found bool) {
-	h.VisitAll(func(k, _ []byte) { found = found || isHopHeader(k) })
-	return found
+func requestHasHopHeader(h *fasthttp.RequestHeader) bool {
+	for k := range h.All() {
+		if isHopHeader(k) {
+			return true
+		}
+	}
+	return false
 }
 
-func responseHasHopHeader(h *fasthttp.ResponseHeader) (found bool) {
-	h.VisitAll(func(k, _ []byte) { found = found || isHopHeader(k) })
-	return found
+func responseHasHopHeader(h *fasthttp.ResponseHeader) bool {
+	for k := range h.All() {
+		if isHopHeader(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // stripHopHeaders removes the hop-by-hop headers and every header the

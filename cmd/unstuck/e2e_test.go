@@ -71,7 +71,8 @@ func unstuckBinary(t *testing.T) string {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), e2eBuildTimeout)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, filepath.Join(runtime.GOROOT(), "bin", "go"), append(args, ".")...)
+		// go test puts its own GOROOT/bin first in PATH.
+		cmd := exec.CommandContext(ctx, "go", append(args, ".")...)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			e2eBin.err = fmt.Errorf("%s: %v\n%s", cmd, err, out)
 			return
