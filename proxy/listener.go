@@ -170,8 +170,8 @@ type appConn struct {
 //
 // During a shutdown fasthttp closes idle connections from its own
 // goroutine while the connection's goroutine is still blocked reading, so
-// a half-close would leave that reader waiting: then closeNow applies the
-// linger without the wait.
+// a half-close would leave that reader waiting: then the close does not
+// wait for the app.
 func (c *appConn) Close() error {
 	err := net.ErrClosed
 	c.once.Do(func() { err = c.close() })
@@ -188,21 +188,17 @@ func (c *appConn) close() error {
 	l.mu.Lock()
 	stopping := l.stopping
 	l.mu.Unlock()
-	if stopping {
-		return c.closeNow(set.linger)
-	}
-	switch set.linger.Mode {
-	case sockopt.Reset:
-		if n, err := sockopt.UnsentBytes(c.fd); err == nil && n == 0 {
-			_ = sockopt.ApplyLinger(c.fd, set.linger)
-			l.obs.AppConnClosed("reset")
-			return c.Conn.Close()
-		}
-	case sockopt.Bounded:
-		_ = sockopt.ApplyLinger(c.fd, set.linger)
-		l.obs.AppConnClosed("bounded")
-		go c.Conn.Close() // close(2) blocks while the kernel flushes
-		return nil
+	switch {
+	case set.linger.Mode == sockopt.Bounded:
+		return c.closeBounded(set.linger)
+	case (stopping || set.linger.Mode == sockopt.Reset) && !unacknowledged(c.fd):
+		// At shutdown graceful closes like reset: unstuck is about to
+		// exit and cannot escalate later, and a FIN alone would leave a
+		// never-closing app in CLOSE_WAIT for good.
+		return c.reset()
+	case stopping:
+		l.obs.AppConnClosed("graceful") // the kernel delivers what is in flight
+		return c.Conn.Close()
 	}
 	if err := c.Conn.(*net.TCPConn).CloseWrite(); err != nil {
 		l.obs.AppConnClosed("graceful")
@@ -245,27 +241,25 @@ func (c *appConn) awaitFIN(finTimeout time.Duration) {
 	c.Conn.Close()
 }
 
-// closeNow closes without waiting for the app, for a shutdown. unstuck is
-// about to exit and cannot escalate later, so graceful closes like reset:
-// a FIN alone would leave a never-closing app in CLOSE_WAIT for good. Both
-// reset unless bytes are unacknowledged (then a plain close lets the
-// kernel deliver them); bounded is SO_LINGER N.
-func (c *appConn) closeNow(linger sockopt.Linger) error {
-	how := "reset"
-	switch linger.Mode {
-	case sockopt.Reset, sockopt.Graceful:
-		if n, err := sockopt.UnsentBytes(c.fd); err != nil || n > 0 {
-			how = "graceful"
-		} else {
-			_ = sockopt.ApplyLinger(c.fd, sockopt.Linger{Mode: sockopt.Reset})
-		}
-	case sockopt.Bounded:
-		how = "bounded"
-		_ = sockopt.ApplyLinger(c.fd, linger)
-		c.l.obs.AppConnClosed(how)
-		go c.Conn.Close() // close(2) blocks while the kernel flushes
-		return nil
-	}
-	c.l.obs.AppConnClosed(how)
+// unacknowledged reports bytes written to fd that the app has not
+// acknowledged yet (or that it cannot tell).
+func unacknowledged(fd int) bool {
+	n, err := sockopt.UnsentBytes(fd)
+	return err != nil || n > 0
+}
+
+// reset closes with an RST.
+func (c *appConn) reset() error {
+	_ = sockopt.ApplyLinger(c.fd, sockopt.Linger{Mode: sockopt.Reset})
+	c.l.obs.AppConnClosed("reset")
 	return c.Conn.Close()
+}
+
+// closeBounded closes with SO_LINGER N; close(2) blocks while the kernel
+// flushes, so it runs on its own goroutine, which ends within N.
+func (c *appConn) closeBounded(linger sockopt.Linger) error {
+	_ = sockopt.ApplyLinger(c.fd, linger)
+	c.l.obs.AppConnClosed("bounded")
+	go c.Conn.Close()
+	return nil
 }
