@@ -268,9 +268,12 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		}
 	}
 	if adm != nil || cfg.Admin.Listen == "" {
-		if s.admin != nil {
-			old := s.admin
-			go old.Shutdown(context.Background())
+		if old := s.admin; old != nil {
+			s.retiring.Add(1)
+			go func() {
+				defer s.retiring.Done() // Shutdown waits for it
+				old.Shutdown(context.Background())
+			}()
 		}
 		s.admin = adm
 	}
