@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"os"
@@ -98,7 +99,7 @@ func (c *Config) problems(reported func(key string) bool) Problems {
 		ps.add("log.format", "%q: want console or json", c.Log.Format)
 	}
 
-	upstreams := sortedKeys(c.Upstreams)
+	upstreams := slices.Sorted(maps.Keys(c.Upstreams))
 	if len(c.Listeners) == 0 {
 		ps.add("listeners", "none defined; want at least one listener")
 	}
@@ -111,7 +112,7 @@ func (c *Config) problems(reported func(key string) bool) Problems {
 		addr listenAddr
 	}
 	var seen []bound
-	for _, name := range sortedKeys(c.Listeners) {
+	for _, name := range slices.Sorted(maps.Keys(c.Listeners)) {
 		l := c.Listeners[name]
 		p := "listeners." + name + "."
 		if l.Listen == "" {
@@ -304,15 +305,6 @@ func (r PortRange) check() string {
 		return "the first port is more than the last"
 	}
 	return ""
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // listenAddr is a parsed listener address.

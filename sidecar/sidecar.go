@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"reflect"
 	"slices"
@@ -166,7 +167,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		}
 	}()
 
-	for _, name := range sortedKeys(cfg.Upstreams) {
+	for _, name := range slices.Sorted(maps.Keys(cfg.Upstreams)) {
 		uc := cfg.Upstreams[name]
 		if old := s.upstreams[name]; old != nil && reflect.DeepEqual(old.cfg, uc) {
 			newUps[name] = old
@@ -181,7 +182,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		newUps[name] = u
 	}
 
-	for _, name := range sortedKeys(cfg.Listeners) {
+	for _, name := range slices.Sorted(maps.Keys(cfg.Listeners)) {
 		lc := cfg.Listeners[name]
 		old := s.listeners[name]
 		sameAddr := old != nil && (old.cfg.Listen == lc.Listen || old.socket.ln.Addr().String() == lc.Listen)
@@ -405,7 +406,7 @@ func (s *Sidecar) ready() error {
 		ups[k] = v
 	}
 	s.mu.Unlock()
-	for _, name := range sortedKeys(ups) {
+	for _, name := range slices.Sorted(maps.Keys(ups)) {
 		if err := reachable(ups[name]); err != nil {
 			return fmt.Errorf("upstream %s: %w", name, err)
 		}
@@ -526,13 +527,4 @@ func levelOf(s string) zapcore.Level {
 		return zapcore.InfoLevel // config validation rejects bad levels
 	}
 	return l
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
