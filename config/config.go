@@ -19,9 +19,14 @@ import (
 type Config struct {
 	Log             Log
 	Admin           Admin
-	ShutdownTimeout time.Duration       // on SIGTERM, let in-flight requests finish for this long; more than 0
-	Listeners       map[string]Listener // by name; Listener.Name is the key
-	Upstreams       map[string]Upstream // by name; Upstream.Name is the key
+	ShutdownTimeout time.Duration // on SIGTERM, let in-flight requests finish for this long; more than 0
+
+	// ReleaseMemoryAfterIdle: when no request has come for this long,
+	// return the memory Go has freed to the OS, again at doubling
+	// intervals while idle; 0: leave it to Go's runtime.
+	ReleaseMemoryAfterIdle time.Duration
+	Listeners              map[string]Listener // by name; Listener.Name is the key
+	Upstreams              map[string]Upstream // by name; Upstream.Name is the key
 
 	// File is the YAML file this configuration was read from, for the
 	// reload watcher; empty for the built-in default and dev mode.
@@ -42,12 +47,17 @@ type Admin struct {
 
 // Listener is where unstuck accepts connections from the app.
 type Listener struct {
-	Name        string         // the key under listeners
-	Listen      string         // "host:port" or "unix:/path"
-	Protocol    string         // only "http" for now
-	Upstream    string         // the name of an entry in Config.Upstreams
-	IdleTimeout time.Duration  // close an idle app connection after this; 0: never
-	Linger      sockopt.Linger // how unstuck closes app connections
+	Name        string        // the key under listeners
+	Listen      string        // "host:port" or "unix:/path"
+	Protocol    string        // only "http" for now
+	Upstream    string        // the name of an entry in Config.Upstreams
+	IdleTimeout time.Duration // close an idle app connection after this; 0: never
+
+	// IdleReleaseAfter: an app connection that has waited this long for
+	// its next request gives up its goroutine and buffers until the app
+	// sends again; 0: never.
+	IdleReleaseAfter time.Duration
+	Linger           sockopt.Linger // how unstuck closes app connections
 
 	// AppFinTimeout is how long unstuck waits for the app's FIN after
 	// half-closing an app connection, before resetting it; more than 0.
@@ -174,12 +184,14 @@ var (
 		{key: "log.access", kind: kBool, def: "false"},
 		{key: "admin.listen", kind: kString, def: "127.0.0.1:9901", emptyEnv: true},
 		{key: "shutdown_timeout", kind: kDuration, def: "10s"},
+		{key: "release_memory_after_idle", kind: kDuration, def: "2s"},
 	}
 	listenerFields = []field{
 		{key: "listen", kind: kString, noDef: true},
 		{key: "protocol", kind: kString, def: "http"},
 		{key: "upstream", kind: kString, noDef: true}, // the only upstream, if there is one
 		{key: "idle_timeout", kind: kDuration, def: "0s"},
+		{key: "idle_release_after", kind: kDuration, def: "1s"},
 		{key: "linger", kind: kLinger, def: "reset"},
 		{key: "app_fin_timeout", kind: kDuration, def: "5s"},
 		{key: "reuse_port", kind: kBool, def: "false"},

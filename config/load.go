@@ -299,7 +299,7 @@ func (t *tree) parse(data []byte) bool {
 }
 
 // topKeys are the keys allowed at the top level.
-var topKeys = []string{"log", "admin", "shutdown_timeout", "listeners", "upstreams"}
+var topKeys = []string{"log", "admin", "shutdown_timeout", "release_memory_after_idle", "listeners", "upstreams"}
 
 // join joins two parts of a key with ".", skipping an empty one.
 func join(a, b string) string {
@@ -670,8 +670,10 @@ func (d *decoder) config(listeners, upstreams []string) *Config {
 		},
 		Admin:           Admin{Listen: d.str("admin.listen")},
 		ShutdownTimeout: decode(d, "shutdown_timeout", durationThat(positive)),
-		Listeners:       make(map[string]Listener, len(listeners)),
-		Upstreams:       make(map[string]Upstream, len(upstreams)),
+
+		ReleaseMemoryAfterIdle: decode(d, "release_memory_after_idle", parseDuration),
+		Listeners:              make(map[string]Listener, len(listeners)),
+		Upstreams:              make(map[string]Upstream, len(upstreams)),
 	}
 	for _, name := range upstreams {
 		c.Upstreams[name] = d.upstream(name)
@@ -694,7 +696,9 @@ func (d *decoder) listener(name string) Listener {
 		Protocol:    strings.ToLower(d.str(p + "protocol")),
 		Upstream:    d.str(p + "upstream"),
 		IdleTimeout: decode(d, p+"idle_timeout", parseDuration),
-		Linger:      decode(d, p+"linger", parseLinger),
+
+		IdleReleaseAfter: decode(d, p+"idle_release_after", parseDuration),
+		Linger:           decode(d, p+"linger", parseLinger),
 
 		AppFinTimeout: decode(d, p+"app_fin_timeout", durationThat(positive)),
 		ReusePort:     decode(d, p+"reuse_port", parseBool),

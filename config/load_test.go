@@ -81,12 +81,15 @@ func wantDefaultConfig() *Config {
 		Log:             Log{Level: "info", Format: "console"},
 		Admin:           Admin{Listen: "127.0.0.1:9901"},
 		ShutdownTimeout: 10 * time.Second,
+
+		ReleaseMemoryAfterIdle: 2 * time.Second,
 		Listeners: map[string]Listener{"app": {
 			Name: "app", Listen: "127.0.0.1:8080", Protocol: "http", Upstream: "backend",
-			Linger:        sockopt.Linger{Mode: sockopt.Reset},
-			AppFinTimeout: 5 * time.Second,
-			SocketMode:    0o660,
-			Keepalive:     keepalive,
+			IdleReleaseAfter: time.Second,
+			Linger:           sockopt.Linger{Mode: sockopt.Reset},
+			AppFinTimeout:    5 * time.Second,
+			SocketMode:       0o660,
+			Keepalive:        keepalive,
 		}},
 		Upstreams: map[string]Upstream{"backend": {
 			Name: "backend", Endpoints: []string{"127.0.0.1:9000"},
@@ -151,7 +154,7 @@ func TestFullFile(t *testing.T) {
 		ShutdownTimeout: 30 * time.Second,
 		Listeners: map[string]Listener{
 			"web": {Name: "web", Listen: "unix:/run/unstuck/web.sock", Protocol: "http", Upstream: "api",
-				IdleTimeout: 5 * time.Minute, Linger: sockopt.Linger{Mode: sockopt.Bounded, Timeout: 3 * time.Second},
+				IdleTimeout: 5 * time.Minute, IdleReleaseAfter: 250 * time.Millisecond, Linger: sockopt.Linger{Mode: sockopt.Bounded, Timeout: 3 * time.Second},
 				AppFinTimeout: 500 * time.Millisecond, ReusePort: true, SocketMode: 0o600,
 				Keepalive:   Keepalive{Interval: 10 * time.Second, Count: 3},
 				UserTimeout: 1500 * time.Millisecond},
@@ -664,6 +667,8 @@ func TestNewKeys(t *testing.T) {
 	get := map[string]func(*Config) any{
 		"admin.listen":                              func(c *Config) any { return c.Admin.Listen },
 		"shutdown_timeout":                          func(c *Config) any { return c.ShutdownTimeout },
+		"release_memory_after_idle":                 func(c *Config) any { return c.ReleaseMemoryAfterIdle },
+		"listeners.app.idle_release_after":          func(c *Config) any { return c.Listeners["app"].IdleReleaseAfter },
 		"listeners.app.reuse_port":                  func(c *Config) any { return c.Listeners["app"].ReusePort },
 		"listeners.app.socket_mode":                 func(c *Config) any { return c.Listeners["app"].SocketMode },
 		"listeners.app.app_fin_timeout":             func(c *Config) any { return c.Listeners["app"].AppFinTimeout },
@@ -702,6 +707,15 @@ func TestNewKeys(t *testing.T) {
 		{key: "shutdown_timeout", value: "0", problem: `"0": must be more than 0`},
 		{key: "shutdown_timeout", value: "-1s", problem: `"-1s": must not be negative`},
 		{key: "shutdown_timeout", value: "30", problem: `"30" has no unit; write 30s or 30ms`},
+
+		{key: "release_memory_after_idle", value: "5s", want: 5 * time.Second},
+		{key: "release_memory_after_idle", value: "0s", want: time.Duration(0)},
+		{key: "release_memory_after_idle", value: "-1s", problem: `"-1s": must not be negative`},
+		{key: "release_memory_after_idle", value: "soon", problem: `"soon" is not a duration; want one such as 500ms, 2s or 1m30s`},
+
+		{key: "listeners.app.idle_release_after", value: "250ms", want: 250 * ms},
+		{key: "listeners.app.idle_release_after", value: "0s", want: time.Duration(0)},
+		{key: "listeners.app.idle_release_after", value: "-1s", problem: `"-1s": must not be negative`},
 
 		{key: "listeners.app.reuse_port", value: "true", want: true},
 		{key: "listeners.app.reuse_port", value: "false", want: false},

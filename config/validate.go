@@ -144,6 +144,7 @@ func (c *Config) problems(reported func(key string) bool) Problems {
 			ps.add(p+"upstream", "%q names no upstream (have: %s)", l.Upstream, have)
 		}
 		nonNegative(&ps, p+"idle_timeout", l.IdleTimeout)
+		nonNegative(&ps, p+"idle_release_after", l.IdleReleaseAfter)
 		check(&ps, p+"app_fin_timeout", l.AppFinTimeout, positive)
 		if l.SocketMode&^os.ModePerm != 0 {
 			ps.add(p+"socket_mode", "%q: want 0 to 0777", fmt.Sprintf("0%o", uint32(l.SocketMode)))
@@ -167,6 +168,7 @@ func (c *Config) problems(reported func(key string) bool) Problems {
 		}
 	}
 	check(&ps, "shutdown_timeout", c.ShutdownTimeout, positive)
+	nonNegative(&ps, "release_memory_after_idle", c.ReleaseMemoryAfterIdle)
 
 	for _, name := range upstreams {
 		u := c.Upstreams[name]

@@ -58,11 +58,12 @@ type Metrics struct {
 	closes      *prometheus.CounterVec   // upstream, cause
 	reaction    *prometheus.HistogramVec // upstream
 
-	retries   *prometheus.CounterVec   // listener, upstream, reason
-	requests  *prometheus.CounterVec   // listener, upstream, code
-	response  *prometheus.HistogramVec // listener, upstream
-	appOpen   *prometheus.GaugeVec     // listener
-	appClosed *prometheus.CounterVec   // listener, how
+	retries     *prometheus.CounterVec   // listener, upstream, reason
+	requests    *prometheus.CounterVec   // listener, upstream, code
+	response    *prometheus.HistogramVec // listener, upstream
+	appOpen     *prometheus.GaugeVec     // listener
+	appReleased *prometheus.GaugeVec     // listener
+	appClosed   *prometheus.CounterVec   // listener, how
 
 	reloads      prometheus.Counter
 	reloadErrors prometheus.Counter
@@ -123,6 +124,10 @@ func New() *Metrics {
 			Name: "unstuck_app_connections_open",
 			Help: "App connections open on the listener.",
 		}, []string{"listener"}),
+		appReleased: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "unstuck_app_connections_released",
+			Help: "Open app connections idle long enough that their goroutine and buffers were released; an epoll set watches them for the next request.",
+		}, []string{"listener"}),
 		appClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "unstuck_app_connections_closed_total",
 			Help: "App connections closed, by how: graceful (FIN), reset (RST), bounded (SO_LINGER timeout) or escalated (the app ignored our FIN and got an RST).",
@@ -142,7 +147,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.dials, m.dialErrors, m.waits, m.waitSeconds, m.exhausted, m.closes, m.reaction,
-		m.retries, m.requests, m.response, m.appOpen, m.appClosed,
+		m.retries, m.requests, m.response, m.appOpen, m.appReleased, m.appClosed,
 		m.reloads, m.reloadErrors,
 		m.pools, m.sockets,
 	)

@@ -112,6 +112,7 @@ func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 		upstream: upstream,
 		response: m.response.WithLabelValues(name, upstream),
 		open:     m.appOpen.WithLabelValues(name),
+		released: m.appReleased.WithLabelValues(name),
 		retries:  make(map[string]prometheus.Counter, len(retryReasons)),
 		closed:   make(map[string]prometheus.Counter, len(closeHows)),
 	}
@@ -140,6 +141,7 @@ type listenerObserver struct {
 	response prometheus.Observer
 	retries  map[string]prometheus.Counter
 	open     prometheus.Gauge
+	released prometheus.Gauge
 	closed   map[string]prometheus.Counter
 }
 
@@ -165,6 +167,8 @@ func (o *listenerObserver) Retry(reason string) {
 }
 
 func (o *listenerObserver) AppConnOpened() { o.open.Inc() }
+
+func (o *listenerObserver) AppConnReleased(delta int) { o.released.Add(float64(delta)) }
 
 func (o *listenerObserver) AppConnClosed(how string) {
 	o.open.Dec()

@@ -99,6 +99,7 @@ type lingerListener struct {
 	net.Listener
 	sockets *atomic.Pointer[appSockets] // the Server's; read at accept and close
 	obs     Observer
+	parker  *parker // releases idle connections
 
 	mu       sync.Mutex
 	waiting  map[*appConn]struct{} // closes waiting for the app's FIN
@@ -106,8 +107,8 @@ type lingerListener struct {
 	wg       sync.WaitGroup
 }
 
-func newLingerListener(ln net.Listener, sockets *atomic.Pointer[appSockets], obs Observer) *lingerListener {
-	return &lingerListener{Listener: ln, sockets: sockets, obs: obs, waiting: make(map[*appConn]struct{})}
+func newLingerListener(ln net.Listener, sockets *atomic.Pointer[appSockets], obs Observer, p *parker) *lingerListener {
+	return &lingerListener{Listener: ln, sockets: sockets, obs: obs, parker: p, waiting: make(map[*appConn]struct{})}
 }
 
 func (l *lingerListener) Accept() (net.Conn, error) {
@@ -125,6 +126,7 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 			if set.userTimeout > 0 {
 				_ = sockopt.SetUserTimeout(fd, set.userTimeout)
 			}
+			l.parker.track(c)
 		}
 	}
 	l.obs.AppConnOpened()
@@ -138,7 +140,7 @@ func (l *lingerListener) stop() {
 	l.mu.Lock()
 	l.stopping = true
 	for c := range l.waiting {
-		c.SetReadDeadline(time.Now()) // wakes awaitFIN, which resets
+		c.Conn.SetReadDeadline(time.Now()) // wakes awaitFIN, which resets
 	}
 	l.mu.Unlock()
 }
@@ -147,13 +149,29 @@ func (l *lingerListener) stop() {
 func (l *lingerListener) wait() { l.wg.Wait() }
 
 // appConn is an app connection whose Close applies the listener's close
-// policy. fasthttp's connection goroutine owns it; after a graceful close
-// the listener owns the socket until the app's FIN or finTimeout.
+// policy. fasthttp's connection goroutine owns it, or the parker while it
+// is released (see park.go); after a graceful close the listener owns the
+// socket until the app's FIN or finTimeout.
 type appConn struct {
 	net.Conn
 	l    *lingerListener
 	fd   int // -1 for unix sockets: no TCP states to manage
 	once sync.Once
+
+	// Idle release (park.go). parkable and id are set at accept; deadline
+	// belongs to the serving goroutine; registered and expiry to the
+	// parker, under its lock.
+	parkable   bool
+	id         uint64
+	state      atomic.Int32 // connBusy, connWaiting or connKicked; changed under pmu
+	deadline   time.Time    // the read deadline fasthttp last set
+	registered bool         // in the parker's epoll set
+	expiry     *time.Timer  // while parked: idle_timeout
+
+	pmu      sync.Mutex
+	since    time.Time // when it began waiting at a request boundary
+	parkNext bool      // the serve loop ends to release it: Close parks it
+	closed   bool      // closed for good (or closing)
 }
 
 // Close ends an app connection, making sure the app cannot be left in
@@ -173,6 +191,9 @@ type appConn struct {
 // a half-close would leave that reader waiting: then the close does not
 // wait for the app.
 func (c *appConn) Close() error {
+	if c.handOver() {
+		return nil // released to the parker, not closed
+	}
 	err := net.ErrClosed
 	c.once.Do(func() { err = c.close() })
 	return err
@@ -180,6 +201,7 @@ func (c *appConn) Close() error {
 
 func (c *appConn) close() error {
 	l := c.l
+	l.parker.forget(c)
 	if c.fd < 0 {
 		l.obs.AppConnClosed("graceful")
 		return c.Conn.Close()
@@ -206,7 +228,7 @@ func (c *appConn) close() error {
 	}
 	l.mu.Lock()
 	if l.stopping {
-		c.SetReadDeadline(time.Now())
+		c.Conn.SetReadDeadline(time.Now())
 	}
 	l.waiting[c] = struct{}{}
 	l.wg.Add(1)
@@ -227,7 +249,7 @@ func (c *appConn) awaitFIN(finTimeout time.Duration) {
 	}()
 	l.mu.Lock()
 	if !l.stopping {
-		c.SetReadDeadline(time.Now().Add(finTimeout))
+		c.Conn.SetReadDeadline(time.Now().Add(finTimeout))
 	}
 	l.mu.Unlock()
 	_, err := io.Copy(io.Discard, c.Conn)

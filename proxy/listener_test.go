@@ -37,7 +37,7 @@ func tcpPair(t *testing.T, linger sockopt.Linger) (server net.Conn, client *net.
 	t.Cleanup(func() { cc.Close() })
 	var set atomic.Pointer[appSockets]
 	set.Store(&appSockets{linger: linger, finTimeout: 5 * time.Second})
-	sc, err := newLingerListener(ln, &set, nopObserver{}).Accept()
+	sc, err := newLingerListener(ln, &set, nopObserver{}, &parker{}).Accept()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,9 @@ type Observer interface {
 	// "graceful" (FIN), "reset" (RST) or "bounded" (SO_LINGER N).
 	AppConnOpened()
 	AppConnClosed(how string)
+	// AppConnReleased reports app connections released while idle (+1)
+	// and handed back or closed (-1); see park.go.
+	AppConnReleased(delta int)
 }
 
 type nopObserver struct{}
@@ -25,3 +28,4 @@ func (nopObserver) Request(int, time.Duration, int) {}
 func (nopObserver) Retry(string)                    {}
 func (nopObserver) AppConnOpened()                  {}
 func (nopObserver) AppConnClosed(string)            {}
+func (nopObserver) AppConnReleased(int)             {}

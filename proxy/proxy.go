@@ -40,16 +40,20 @@ type Upstream struct {
 
 // Config describes one listener. Zero values are the documented defaults.
 type Config struct {
-	Name          string
-	IdleTimeout   time.Duration     // close app connections idle this long; 0: never
-	Linger        sockopt.Linger    // how unstuck closes app connections
-	AppFinTimeout time.Duration     // after a graceful close, wait this long for the app's FIN; default 5s
-	Keepalive     sockopt.Keepalive // TCP keepalive on app connections; zero Idle: off
-	UserTimeout   time.Duration     // TCP_USER_TIMEOUT on app connections; 0: the kernel's default
-	AccessLog     bool              // one info line per request
-	Upstream      Upstream
-	Logger        *zap.Logger
-	Observer      Observer // default: none
+	Name        string
+	IdleTimeout time.Duration // close app connections idle this long; 0: never
+	// IdleReleaseAfter releases an app connection's goroutine and buffers
+	// after it has waited this long for a request (see park.go); 0: never.
+	IdleReleaseAfter time.Duration
+	Linger           sockopt.Linger    // how unstuck closes app connections
+	AppFinTimeout    time.Duration     // after a graceful close, wait this long for the app's FIN; default 5s
+	Keepalive        sockopt.Keepalive // TCP keepalive on app connections; zero Idle: off
+	UserTimeout      time.Duration     // TCP_USER_TIMEOUT on app connections; 0: the kernel's default
+	AccessLog        bool              // one info line per request
+	Activity         *atomic.Uint64    // if set, counted up once per request (idle memory release watches it)
+	Upstream         Upstream
+	Logger           *zap.Logger
+	Observer         Observer // default: none
 }
 
 // Server serves one listener. Its upstream, app-socket settings and access
@@ -60,6 +64,9 @@ type Server struct {
 	log  *zap.Logger
 	obs  Observer
 	srv  *fasthttp.Server
+
+	idleTimeout, idleReleaseAfter time.Duration
+	activity                      *atomic.Uint64 // nil: not counted
 
 	up        atomic.Pointer[Upstream]   // read once per request
 	sockets   atomic.Pointer[appSockets] // read at accept and close
@@ -77,9 +84,12 @@ func New(cfg Config) *Server {
 		cfg.Observer = nopObserver{}
 	}
 	s := &Server{
-		name: cfg.Name,
-		obs:  cfg.Observer,
-		log:  cfg.Logger.Named("proxy").With(zap.String("listener", cfg.Name)),
+		name:             cfg.Name,
+		obs:              cfg.Observer,
+		log:              cfg.Logger.Named("proxy").With(zap.String("listener", cfg.Name)),
+		idleTimeout:      cfg.IdleTimeout,
+		idleReleaseAfter: cfg.IdleReleaseAfter,
+		activity:         cfg.Activity,
 	}
 	s.Update(cfg)
 	s.srv = &fasthttp.Server{
@@ -95,8 +105,30 @@ func New(cfg Config) *Server {
 		NoDefaultContentType:         true,
 		NoDefaultDate:                true,
 		Logger:                       zapPrintf{s.log},
+		ConnState:                    connStateChanged,
+	}
+	if cfg.IdleReleaseAfter > 0 {
+		// A worker goroutine whose connection was released waits this
+		// long for another before it ends; fasthttp's default of 10s
+		// would keep the stacks that idle release frees.
+		s.srv.MaxIdleWorkerDuration = cfg.IdleReleaseAfter
 	}
 	return s
+}
+
+// connStateChanged follows fasthttp's view of each app connection for idle
+// release (park.go).
+func connStateChanged(nc net.Conn, st fasthttp.ConnState) {
+	c, ok := nc.(*appConn)
+	if !ok || !c.parkable {
+		return
+	}
+	switch st {
+	case fasthttp.StateIdle:
+		c.markWaiting()
+	case fasthttp.StateActive:
+		c.markBusy()
+	}
 }
 
 // Update applies the parts of cfg that may change while the server runs:
@@ -121,7 +153,12 @@ func (s *Server) Update(cfg Config) {
 // Serve accepts app connections on ln until Shutdown. Each accepted
 // connection is closed with the listener's linger.
 func (s *Server) Serve(ln net.Listener) error {
-	s.ln = newLingerListener(ln, &s.sockets, s.obs)
+	p, err := newParker(s.idleReleaseAfter, s.idleTimeout, s.srv.ServeConn, s.log, s.obs)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	s.ln = newLingerListener(ln, &s.sockets, s.obs, p)
 	return s.srv.Serve(s.ln)
 }
 
@@ -132,12 +169,27 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	if s.ln != nil {
 		s.ln.stop()
+		s.ln.parker.shutdown()
 	}
 	err := s.srv.ShutdownWithContext(ctx)
 	if s.ln != nil {
+		waitCtx(ctx, s.ln.parker.wait)
 		s.ln.wait()
 	}
 	return err
+}
+
+// waitCtx runs wait, giving up on it when ctx ends.
+func waitCtx(ctx context.Context, wait func()) {
+	done := make(chan struct{})
+	go func() {
+		wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // OpenConnections returns the number of app connections being served.
@@ -155,6 +207,9 @@ type exchange struct {
 // handle forwards one request. fasthttp owns ctx; the upstream connection
 // belongs to roundTrip or, for a streamed body, to the body stream.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	if s.activity != nil {
+		s.activity.Add(1)
+	}
 	up := s.up.Load()
 	req := &ctx.Request
 	prepareRequest(req, ctx.RemoteAddr(), up.HostHeader)

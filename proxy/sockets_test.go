@@ -69,7 +69,7 @@ func TestListenerSocketOptionsReadBack(t *testing.T) {
 		userTimeout: 2500 * time.Millisecond,
 		finTimeout:  time.Second,
 	})
-	ll := newLingerListener(ln, &set, nopObserver{})
+	ll := newLingerListener(ln, &set, nopObserver{}, &parker{})
 	cc, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)

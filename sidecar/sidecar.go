@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/unstuck-proxy/unstuck/admin"
 	"github.com/unstuck-proxy/unstuck/config"
+	"github.com/unstuck-proxy/unstuck/internal/memrelease"
 	"github.com/unstuck-proxy/unstuck/metrics"
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/proxy"
@@ -36,6 +38,10 @@ type Sidecar struct {
 	errc    chan error // a listener that stopped serving on its own
 
 	stopping chan struct{} // closed by Shutdown: retired servers stop draining
+
+	activity   atomic.Uint64 // requests served, for memrelease
+	stopMemory context.CancelFunc
+	memoryDone chan struct{}
 
 	mu        sync.Mutex // guards everything below; held for a whole Reload
 	cfg       *config.Config
@@ -80,6 +86,12 @@ func New(cfg *config.Config, log *zap.Logger, level zap.AtomicLevel) (*Sidecar, 
 	if err := s.apply(cfg); err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopMemory, s.memoryDone = cancel, make(chan struct{})
+	go func() {
+		defer close(s.memoryDone)
+		memrelease.Run(ctx, cfg.ReleaseMemoryAfterIdle, s.activity.Load, nil)
+	}()
 	return s, nil
 }
 
@@ -223,6 +235,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	for name, l := range newLns {
 		lc := cfg.Listeners[name]
 		pc := ProxyConfig(name, lc, cfg, newUps[lc.Upstream].pool, s.log, nil)
+		pc.Activity = &s.activity
 		if l.srv != nil {
 			l.cfg = lc
 			l.srv.Update(pc)
@@ -253,7 +266,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	// them at the new pools too.
 	for l, name := range s.draining {
 		if u := newUps[l.cfg.Upstream]; u != nil {
-			l.srv.Update(ProxyConfig(name, l.cfg, cfg, u.pool, s.log, nil))
+			l.srv.Update(ProxyConfig(name, l.cfg, cfg, u.pool, s.log, nil)) // Activity is fixed at New
 		}
 	}
 	for name, old := range s.upstreams {
@@ -389,6 +402,8 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	if adm != nil {
 		adm.Shutdown(ctx)
 	}
+	s.stopMemory()
+	<-s.memoryDone
 	return errors.Join(errs...)
 }
 
@@ -467,7 +482,8 @@ func (s *Sidecar) watchSockets() {
 // reuse_port and socket_mode apply when the address changes (or at
 // restart).
 func needsNewServer(a, b config.Listener) bool {
-	return a.IdleTimeout != b.IdleTimeout || a.Protocol != b.Protocol || a.Upstream != b.Upstream
+	return a.IdleTimeout != b.IdleTimeout || a.IdleReleaseAfter != b.IdleReleaseAfter ||
+		a.Protocol != b.Protocol || a.Upstream != b.Upstream
 }
 
 // PoolConfig maps an upstream's configuration to its pool's. Everything
@@ -498,15 +514,17 @@ func PoolConfig(name string, u config.Upstream, log *zap.Logger, obs pool.Observ
 func ProxyConfig(name string, l config.Listener, cfg *config.Config, p *pool.Pool, log *zap.Logger, obs proxy.Observer) proxy.Config {
 	u := cfg.Upstreams[l.Upstream]
 	return proxy.Config{
-		Name:          name,
-		IdleTimeout:   l.IdleTimeout,
-		Linger:        l.Linger,
-		AppFinTimeout: l.AppFinTimeout,
-		Keepalive:     keepalive(l.Keepalive),
-		UserTimeout:   l.UserTimeout,
-		AccessLog:     cfg.Log.Access,
-		Logger:        log,
-		Observer:      obs,
+		Name:        name,
+		IdleTimeout: l.IdleTimeout,
+
+		IdleReleaseAfter: l.IdleReleaseAfter,
+		Linger:           l.Linger,
+		AppFinTimeout:    l.AppFinTimeout,
+		Keepalive:        keepalive(l.Keepalive),
+		UserTimeout:      l.UserTimeout,
+		AccessLog:        cfg.Log.Access,
+		Logger:           log,
+		Observer:         obs,
 		Upstream: proxy.Upstream{
 			Name:                  l.Upstream,
 			Pool:                  p,

@@ -1,19 +1,26 @@
 // Command halfclose measures how long a proxy takes to close an idle
 // pooled upstream connection after the upstream half-closes it.
 //
-// It is the upstream. For each size N and each target it sends N
-// concurrent requests through the proxy and holds them until all N have
-// arrived, so the proxy opens N upstream connections; it answers them all,
-// waits until the proxy's pool is quiet, then sends FIN (shutdown SHUT_WR)
-// on every connection at once and times, per connection, how long until its
-// read sees the proxy close (EOF or RST). Of -rounds such rounds it reports
-// the one with the median p99.
+// It is the upstream. For each size and each target it sends N concurrent
+// requests through the proxy and holds them until all N have arrived, so
+// the proxy opens N upstream connections; it answers them all, waits until
+// the proxy's pool is quiet, then sends FIN (shutdown SHUT_WR) on every
+// connection and times, per connection, from its own FIN until its read
+// sees the proxy close (EOF or RST). Of -rounds such rounds it reports the
+// one with the median p99.
+//
+// A size is N or N/GAP. A plain N sends the N FINs at once, back to back,
+// as when many upstream connections are closed together. N/GAP (such as
+// 200/5ms) sends them one at a time, GAP apart, as an upstream's idle
+// timeouts do; then the loop of N shutdown calls is not part of what each
+// connection's delay measures.
 //
 // The target "ideal" is the floor of the measurement: a child process of
 // this program that dials N connections straight to the upstream and has
-// one goroutine per connection blocked reading it, closing it on EOF.
+// one goroutine per connection blocked reading it, closing it on EOF. The
+// ratio to it is taken per size, between rows with the same N and GAP.
 //
-//	halfclose -listen 127.0.0.1:19100 -sizes 200,8000 \
+//	halfclose -listen 127.0.0.1:19100 -sizes 200/5ms,200,8000 \
 //	    -target ideal -target unstuck=127.0.0.1:19105 -target nginx=127.0.0.1:19101
 package main
 
@@ -25,6 +32,7 @@ import (
 	"log"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,8 +44,8 @@ import (
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:19100", "the upstream's address; the proxies forward here")
-	sizes := flag.String("sizes", "200,8000", "comma-separated numbers of idle connections")
-	wait := flag.Duration("wait", 5*time.Second, "how long to wait for the closes after the FINs")
+	sizes := flag.String("sizes", "200/5ms,8000", "comma-separated sizes: N sends N FINs at once, N/GAP sends them one every GAP (such as 200/5ms)")
+	wait := flag.Duration("wait", 5*time.Second, "how long to wait for the closes after the last FIN")
 	rounds := flag.Int("rounds", 3, "rounds per target and size; the one with the median p99 is reported")
 	idealPeer := flag.Int("ideal-peer", 0, "internal: run as the ideal peer with this many connections to -listen")
 	var targets rig.Targets
@@ -56,19 +64,24 @@ func main() {
 	}
 	defer up.Close()
 
-	fmt.Println("| proxy | N | pooled | closed | p50 ms | p99 ms | max ms | p99 / ideal p99 |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
+	var specs []size
 	for _, s := range strings.Split(*sizes, ",") {
-		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 {
-			log.Fatalf("-sizes: %q is not a positive number", s)
+		sz, err := parseSize(s)
+		if err != nil {
+			log.Fatalf("-sizes: %v", err)
 		}
+		specs = append(specs, sz)
+	}
+
+	fmt.Println("| proxy | N | FINs | pooled | closed | p50 ms | p99 ms | max ms | p99 / ideal p99 |")
+	fmt.Println("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+	for _, sz := range specs {
 		// An unreported first round warms this process (goroutine stacks,
 		// buffers) so the first target measured is not penalised.
-		measure(up, rig.Target{Name: "ideal"}, n, *wait)
+		measure(up, rig.Target{Name: "ideal"}, size{n: sz.n}, *wait)
 		var idealP99 time.Duration
 		for _, t := range targets {
-			r := median(up, t, n, *wait, *rounds)
+			r := median(up, t, sz, *wait, *rounds)
 			if t.Name == "ideal" {
 				idealP99 = r.sum.P99
 			}
@@ -80,20 +93,51 @@ func main() {
 			if r.sum.N > 0 {
 				p50, p99, mx = rig.Ms(r.sum.P50), rig.Ms(r.sum.P99), rig.Ms(r.sum.Max)
 			}
-			fmt.Printf("| %s | %d | %d | %d | %s | %s | %s | %s |\n",
-				t.Name, n, r.pooled, r.sum.N, p50, p99, mx, ratio)
+			fmt.Printf("| %s | %d | %s | %d | %d | %s | %s | %s | %s |\n",
+				t.Name, sz.n, sz, r.pooled, r.sum.N, p50, p99, mx, ratio)
 			if r.note != "" {
-				fmt.Fprintf(os.Stderr, "halfclose: %s N=%d: %s\n", t.Name, n, r.note)
+				fmt.Fprintf(os.Stderr, "halfclose: %s N=%d FINs %s: %s\n", t.Name, sz.n, sz, r.note)
 			}
 		}
 	}
 }
 
+// size is one entry of -sizes: N idle connections whose FINs are sent
+// gap apart, or all at once when gap is 0.
+type size struct {
+	n   int
+	gap time.Duration
+}
+
+// parseSize parses N or N/GAP.
+func parseSize(s string) (size, error) {
+	ns, gs, staggered := strings.Cut(strings.TrimSpace(s), "/")
+	n, err := strconv.Atoi(ns)
+	if err != nil || n <= 0 {
+		return size{}, fmt.Errorf("%q: N is not a positive number", s)
+	}
+	sz := size{n: n}
+	if staggered {
+		if sz.gap, err = time.ParseDuration(gs); err != nil || sz.gap <= 0 {
+			return size{}, fmt.Errorf("%q: GAP is not a positive duration such as 5ms", s)
+		}
+	}
+	return sz, nil
+}
+
+// String says how the FINs are sent, for the table.
+func (sz size) String() string {
+	if sz.gap == 0 {
+		return "at once"
+	}
+	return "every " + sz.gap.String()
+}
+
 // median runs rounds rounds and returns the one with the median p99.
-func median(up *rig.Upstream, t rig.Target, n int, wait time.Duration, rounds int) result {
+func median(up *rig.Upstream, t rig.Target, sz size, wait time.Duration, rounds int) result {
 	rs := make([]result, max(rounds, 1))
 	for i := range rs {
-		rs[i] = measure(up, t, n, wait)
+		rs[i] = measure(up, t, sz, wait)
 	}
 	slices.SortFunc(rs, func(a, b result) int { return cmp.Compare(a.sum.P99, b.sum.P99) })
 	return rs[len(rs)/2]
@@ -105,9 +149,11 @@ type result struct {
 	note   string      // what went wrong, for stderr
 }
 
-// measure runs one round: N idle connections from target t, FIN on all,
-// time the closes. It leaves no connection of the round open.
-func measure(up *rig.Upstream, t rig.Target, n int, wait time.Duration) result {
+// measure runs one round: sz.n idle connections from target t, FIN on
+// each as sz says, time the closes. It leaves no connection of the round
+// open.
+func measure(up *rig.Upstream, t rig.Target, sz size, wait time.Duration) result {
+	n := sz.n
 	defer func() {
 		up.CloseAll()
 		time.Sleep(300 * time.Millisecond) // let the proxy finish its closes
@@ -136,8 +182,17 @@ func measure(up *rig.Upstream, t rig.Target, n int, wait time.Duration) result {
 	}
 	r.pooled = up.WaitStable(500*time.Millisecond, 5*time.Second)
 
+	// Collect the garbage of the burst (client goroutines, buffers) now,
+	// for every target alike, rather than during the closes.
+	runtime.GC()
+
 	conns := up.Live()
-	for _, c := range conns {
+	start := time.Now()
+	for i, c := range conns {
+		if sz.gap > 0 && i > 0 {
+			// On a fixed schedule, so one late wake-up does not shift the rest.
+			time.Sleep(time.Until(start.Add(time.Duration(i) * sz.gap)))
+		}
 		c.FIN()
 	}
 	deadline := time.After(wait)

@@ -53,10 +53,10 @@ type Upstream struct {
 
 // Conn is one accepted connection.
 type Conn struct {
-	nc    *net.TCPConn
-	finAt atomic.Int64  // UnixNano of our FIN; 0: none sent
-	endAt atomic.Int64  // UnixNano when our read saw the peer close
-	ended chan struct{} // closed when serve returns
+	nc    *net.TCPConn  // reads and Close: serve; CloseWrite: FIN's caller
+	finAt atomic.Int64  // UnixNano just before our shutdown(SHUT_WR); 0: none sent
+	endAt atomic.Int64  // UnixNano when serve's read returned the peer's close; written by serve
+	ended chan struct{} // closed by serve when it returns
 }
 
 // Listen starts an Upstream on addr, which must be a loopback address.
@@ -131,8 +131,11 @@ func (u *Upstream) serve(c *Conn) {
 			c.nc.SetReadDeadline(time.Now().Add(u.cfg.IdleTimeout))
 		}
 		if _, err := br.Peek(1); err != nil {
+			// The clock is read before anything else: the error is
+			// classified only afterwards, so the time is the read's return.
+			end := time.Now().UnixNano()
 			if !isTimeout(err) && !errors.Is(err, net.ErrClosed) {
-				c.endAt.Store(time.Now().UnixNano()) // EOF or RST: the peer closed
+				c.endAt.Store(end) // EOF or RST: the peer closed
 			}
 			return
 		}
@@ -213,7 +216,8 @@ func (u *Upstream) Close() {
 	u.wg.Wait()
 }
 
-// FIN half-closes c (shutdown SHUT_WR) and notes when.
+// FIN half-closes c (shutdown SHUT_WR) and notes when: just before the
+// call, since on loopback the FIN reaches the peer inside it.
 func (c *Conn) FIN() error {
 	c.finAt.Store(time.Now().UnixNano())
 	return c.nc.CloseWrite()
