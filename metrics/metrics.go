@@ -104,7 +104,7 @@ func New() *Metrics {
 		}, []string{"upstream", "cause"}),
 		reaction: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "unstuck_half_close_reaction_seconds",
-			Help:    "Time from the watcher noticing a FIN, RST or unsolicited byte on an idle upstream connection to its close returning.",
+			Help:    "Time from the watcher noticing a FIN or RST on an idle upstream connection to its close returning.",
 			Buckets: reactionBuckets,
 		}, []string{"upstream"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{

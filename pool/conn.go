@@ -15,9 +15,9 @@ import (
 type Cause string
 
 const (
-	CauseFIN         Cause = "fin"          // the upstream half-closed an idle connection
-	CauseRST         Cause = "rst"          // the upstream reset an idle connection
-	CauseUnsolicited Cause = "unsolicited"  // bytes arrived on an idle connection
+	CauseFIN         Cause = "fin"          // the upstream half-closed a pooled connection
+	CauseRST         Cause = "rst"          // the upstream reset a pooled connection
+	CauseUnsolicited Cause = "unsolicited"  // bytes nobody asked for, after a response or while idle
 	CauseIdleTimeout Cause = "idle_timeout" // idle longer than pool.idle_timeout
 	CauseMaxLifetime Cause = "max_lifetime" // older than pool.max_lifetime
 	CauseMaxRequests Cause = "max_requests" // served pool.max_requests requests
@@ -54,7 +54,8 @@ var (
 
 // Conn is one upstream TCP connection. Between Pool.Acquire and
 // Pool.Release/Discard it belongs to exactly one caller; otherwise it belongs
-// to the pool.
+// to the pool. Its socket is in the pool watcher's epoll set from dial to
+// close, busy or idle, with one mask that is never changed (watchEvents).
 type Conn struct {
 	// Set at dial, never changed.
 	id      uint64

@@ -14,9 +14,10 @@ type Observer interface {
 	Waited(d time.Duration, exhausted bool)
 	// Closed reports every connection the pool closes, with why.
 	Closed(endpoint string, cause Cause)
-	// HalfClosed reports an idle connection the watcher closed (cause fin,
-	// rst or unsolicited) and the time from the watcher's wake-up to the
-	// close returning.
+	// HalfClosed reports an idle connection the watcher closed (cause fin
+	// or rst) and the time from the watcher's wake-up to the close
+	// returning. Unsolicited bytes never wake the watcher: the peek before
+	// reuse finds them, and only Closed reports that close.
 	HalfClosed(cause Cause, reaction time.Duration)
 }
 

@@ -2,10 +2,13 @@
 // them, hands them out for one request at a time, takes them back, and
 // closes an idle one the moment its peer half-closes it.
 //
-// The life of a connection: dial (Acquire) → serve one request (the caller)
-// → Release → idle, watched by the epoll watcher → Acquire again, or closed
-// by a FIN/RST/unsolicited byte, idle_timeout, max_lifetime, max_requests,
-// max_idle or Close. Every close applies the upstream's linger.
+// The life of a connection: dial (Acquire), which registers its socket with
+// the epoll watcher once, for good → serve one request (the caller) →
+// Release → idle → Acquire again once a peek finds it clean; or closed: by
+// the watcher at the peer's FIN or RST, by the peek at unsolicited bytes,
+// or at idle_timeout, max_lifetime, max_requests, max_idle or Close. A
+// request costs the pool no epoll_ctl, only the peek. Every close applies
+// the upstream's linger.
 package pool
 
 import (
@@ -110,7 +113,7 @@ type Pool struct {
 	nextID   uint64
 	all      map[uint64]*Conn    // every open connection, for Snapshot
 	idleByID map[uint64]*Conn    // every idle connection, by watcher id
-	missed   map[uint64]struct{} // ids the watcher woke for while not idle
+	missed   map[uint64]struct{} // open, not idle, and ended by a FIN/RST the watcher saw: Release peeks
 
 	victims  []victim // onReadable's buffer; the watcher goroutine owns it
 	cleaning bool     // the cleaner goroutine runs
@@ -175,8 +178,9 @@ func New(cfg Config) (*Pool, error) {
 // SettleTime is how long a released connection must have been idle before
 // a careful Acquire takes it. A server that closes right after a response
 // (without saying Connection: close) sends its FIN within microseconds on
-// an idle host; 5 ms also covers a busy one. By then the watcher has seen
-// the FIN and acted on it, or the peek before reuse finds it.
+// an idle host; 5 ms also covers a busy one. By then the watcher or the
+// release has seen the FIN and acted on it, or the peek before reuse finds
+// it.
 const SettleTime = 5 * time.Millisecond
 
 // newDialer returns the dialer for cfg. Every option is set on the socket
@@ -268,8 +272,8 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 // acquireIdle hands out an idle connection that passes the peek before
 // reuse, trying endpoints in round-robin order from start; settled asks
 // for one idle since at least SettleTime before now. It closes the dead
-// ones it finds on the way, and returns nil if none is left. The two
-// syscalls of a hand-out (epoll_ctl, recv) run outside p.mu.
+// ones it finds on the way, and returns nil if none is left. The one
+// syscall of a hand-out, the peek, runs outside p.mu.
 func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 	for {
 		p.mu.Lock()
@@ -282,11 +286,13 @@ func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 		if c == nil {
 			return nil
 		}
-		// Taken out of idleByID under the lock, so the watcher ignores
-		// it from now on; disarmed now.
-		_ = p.watch.disarm(c.fd, c.id)
-		// Peek before reuse: a FIN may have landed after the watcher's
-		// last look and before it could act.
+		// Taken out of idleByID under the lock: from now on the watcher
+		// only notes a FIN or RST for Release (see Release). Peek before
+		// reuse. It catches a FIN that landed after the watcher's last
+		// look and before it could act, and unsolicited bytes, which never
+		// wake the watcher (see watchEvents): here, not on arrival, is
+		// where an idle connection that received bytes nobody asked for
+		// is closed (CauseUnsolicited), before a request goes on it.
 		r := sockopt.Peek(c.fd)
 		if r == sockopt.Open {
 			c.attachBuffers()
@@ -353,11 +359,30 @@ func (p *Pool) wait(ep *endpoint, w *waiter) (c *Conn, err error) {
 	case g.err != nil:
 		return nil, g.err
 	case g.c != nil:
-		g.c.attachBuffers()
-		return g.c, nil
+		return p.handedOver(g.c)
 	default:
 		return p.dial(ep) // a slot was freed for us
 	}
+}
+
+// handedOver readies a connection a Release handed straight to this
+// waiter. It gets the same peek before reuse as an idle one in acquireIdle:
+// the peer may have ended it while it was busy (Release dropped the note
+// in p.missed for this peek) or since. A dead one is closed and the waiter
+// dials into its slot instead, which stays counted in ep.conns. The waiter
+// owns c from the moment it received it.
+func (p *Pool) handedOver(c *Conn) (*Conn, error) {
+	r := sockopt.Peek(c.fd)
+	if r == sockopt.Open {
+		c.attachBuffers()
+		return c, nil
+	}
+	p.mu.Lock()
+	delete(p.all, c.id)
+	delete(p.missed, c.id) // the watcher may have noted it again since Release
+	p.mu.Unlock()
+	p.closeConn(c, causeOfPeek(r))
+	return p.dial(c.ep)
 }
 
 // dial opens a connection on a slot already counted in ep.conns.
@@ -386,17 +411,18 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 	p.mu.Lock()
 	p.nextID++
 	c.id = p.nextID
+	// In p.all before it is registered, so that a FIN the watcher reports
+	// from the first moment (EPOLL_CTL_ADD reports one already there) is
+	// noted for Release, not dropped as an event for a closed connection.
+	p.all[c.id] = c
 	p.mu.Unlock()
 	if err := p.watch.register(fd, c.id); err != nil {
 		nc.Close()
 		p.mu.Lock()
-		p.forgetLocked(ep)
+		p.dropLocked(c)
 		p.mu.Unlock()
 		return nil, &DialError{Addr: ep.addr, Err: fmt.Errorf("watch: %w", err)}
 	}
-	p.mu.Lock()
-	p.all[c.id] = c
-	p.mu.Unlock()
 	c.attachBuffers()
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection opened"); ce != nil {
 		ce.Write(zap.String("endpoint", ep.addr), zap.Stringer("local", nc.LocalAddr()))
@@ -407,6 +433,23 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 // Release takes back a connection whose request and response completed
 // cleanly and which the server did not ask to close. It goes to a waiting
 // Acquire, or idles under watch. After Release the caller must not touch c.
+//
+// No FIN is lost, though its epoll event fires only once, at arrival, and
+// may fire while c is busy. onReadable and the locked section below both
+// run under p.mu, and only the latter makes c idle, so the watcher acts
+// either wholly before it or wholly after it:
+//   - before: c was not idle, so the watcher noted it in p.missed; we take
+//     the note and, c idle, peek (recheck), which sees the FIN and closes.
+//   - after: c is idle, so the watcher closes it itself.
+//   - a waiter takes c instead of the idle list: we drop the note, and the
+//     waiter peeks c before its request (handedOver), as acquireIdle does.
+//   - the FIN lands after the last peek that let c out (acquireIdle's or
+//     handedOver's): its event comes later still, and is one of the above
+//     at c's next Release; the request itself may fail, like any stale
+//     connection's, and the proxy's retry rules apply.
+//
+// A FIN cannot be read away (EOF is returned again to every read and
+// peek), so a peek any time after the FIN sees it.
 func (p *Pool) Release(c *Conn) {
 	c.requests.Add(1)
 	switch {
@@ -420,12 +463,7 @@ func (p *Pool) Release(c *Conn) {
 		p.Discard(c, CauseUnsolicited) // bytes beyond the response
 		return
 	}
-
-	// Armed before it becomes visible as idle, so the epoll_ctl runs
-	// outside p.mu. A FIN that the watcher sees in between finds no idle
-	// connection; it notes the id in missed, and the check below peeks.
 	c.detachBuffers()
-	addErr := p.watch.arm(c.fd, c.id)
 
 	p.mu.Lock()
 	if p.closed {
@@ -433,19 +471,14 @@ func (p *Pool) Release(c *Conn) {
 		p.Discard(c, CauseShutdown)
 		return
 	}
-	if addErr != nil {
-		// Without a watch the connection could go stale unnoticed.
-		p.dropLocked(c)
-		p.mu.Unlock()
-		p.log.Warn("cannot watch idle upstream connection", zap.Error(addErr))
-		p.closeConn(c, CauseError)
-		return
+	_, missed := p.missed[c.id]
+	if missed {
+		delete(p.missed, c.id)
 	}
 	ep := c.ep
 	if w := ep.popWaiterLocked(); w != nil {
 		p.mu.Unlock()
-		_ = p.watch.disarm(c.fd, c.id)
-		w.ch <- grant{c: c}
+		w.ch <- grant{c: c} // the waiter's peek stands in for recheck
 		return
 	}
 	if ep.idle.len >= p.cfg.MaxIdle {
@@ -456,10 +489,6 @@ func (p *Pool) Release(c *Conn) {
 	c.idleSince = time.Now()
 	ep.idle.pushFront(c)
 	p.idleByID[c.id] = c
-	_, missed := p.missed[c.id]
-	if missed {
-		delete(p.missed, c.id)
-	}
 	if !p.cleaning && (p.cfg.IdleTimeout > 0 || p.cfg.MaxLifetime > 0) {
 		p.cleaning = true
 		p.runWG.Add(1)
@@ -471,8 +500,9 @@ func (p *Pool) Release(c *Conn) {
 	}
 }
 
-// recheck peeks at a connection the watcher may have woken for before it
-// was idle, and closes it if its peer has gone.
+// recheck peeks at a connection just made idle that the watcher saw ended
+// while it was busy (a note in p.missed), and closes it if its peer has
+// gone. The watcher will not report that FIN or RST again.
 func (p *Pool) recheck(c *Conn) {
 	r := sockopt.Peek(c.fd)
 	if r == sockopt.Open {
@@ -502,9 +532,9 @@ func (p *Pool) Discard(c *Conn, cause Cause) {
 	p.closeConn(c, cause)
 }
 
-// closeConn closes a connection nobody holds any more (dropLocked has
-// already forgotten it). Closing the socket also takes it out of the
-// watcher's epoll set.
+// closeConn closes a connection nobody holds any more (the pool has
+// already forgotten it, with dropLocked or handedOver). Closing the socket
+// also takes it out of the watcher's epoll set.
 func (p *Pool) closeConn(c *Conn, cause Cause) {
 	c.closeSocket(p.cfg.Linger)
 	p.cfg.Observer.Closed(c.ep.addr, cause)
@@ -514,10 +544,13 @@ func (p *Pool) closeConn(c *Conn, cause Cause) {
 	}
 }
 
-// onReadable runs on the watcher goroutine with the idle sockets that
-// became readable: on an idle HTTP/1.1 connection that is always the end of
-// it, and the event says which end. Events may be stale (the connection was
-// handed out since); those are skipped. The closes go to the closer
+// onReadable runs on the watcher goroutine with the sockets whose peer
+// ended them, a FIN or an RST as the event says. An idle one is closed. A
+// busy one (handed out, or being released) is noted in p.missed: its
+// holder may see the end and Discard it, and otherwise Release peeks (see
+// Release for why no FIN is lost). An event for a connection already
+// closed (it fired before the close took the socket out of the set) is
+// dropped, or its note would never be cleared. The closes go to the closer
 // goroutines, so that thousands of FINs at once (an upstream restart) are
 // closed on every CPU while the watcher already collects the next batch: a
 // close on loopback also pays for the peer's side of the TCP exchange.
@@ -526,9 +559,9 @@ func (p *Pool) onReadable(events []readable, woke time.Time) {
 	for _, ev := range events {
 		c := p.idleByID[ev.id]
 		if c == nil {
-			// Handed out meanwhile (its own peek decides), or being
-			// released (Release peeks when it sees the note).
-			p.missed[ev.id] = struct{}{}
+			if _, open := p.all[ev.id]; open {
+				p.missed[ev.id] = struct{}{}
+			}
 			continue
 		}
 		p.takeLocked(c)
@@ -577,9 +610,9 @@ type victim struct {
 }
 
 // takeLocked takes an idle connection out of the idle list and idleByID,
-// so neither Acquire nor the watcher finds it. Its epoll registration is
-// left to the caller: removed before a hand-out, dropped by the close
-// otherwise. p.mu must be held.
+// so neither Acquire nor the watcher finds it (the watcher notes a FIN for
+// it from now on). Its socket stays in the epoll set until it is closed.
+// p.mu must be held.
 func (p *Pool) takeLocked(c *Conn) {
 	c.ep.idle.remove(c)
 	delete(p.idleByID, c.id)
