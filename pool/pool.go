@@ -472,9 +472,7 @@ func (p *Pool) Release(c *Conn) {
 		return
 	}
 	_, missed := p.missed[c.id]
-	if missed {
-		delete(p.missed, c.id)
-	}
+	delete(p.missed, c.id)
 	ep := c.ep
 	if w := ep.popWaiterLocked(); w != nil {
 		p.mu.Unlock()

@@ -16,26 +16,30 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// finServer accepts connections and, on demand, half-closes all of them
-// and measures how long each peer takes to close its side.
+// finServer accepts connections on loopback and keeps them, so that a test
+// can half-close (finAll), reset or read them; with serve, each connection
+// also gets a goroutine running serve. Everything ends with the test.
 type finServer struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-	ready chan struct{} // one token per accepted connection
+	ln        net.Listener
+	mu        sync.Mutex
+	conns     []net.Conn
+	accepting sync.WaitGroup // the accept loop
+	serving   sync.WaitGroup // the serve goroutines
+	ready     chan struct{}  // one token per accepted connection
 }
 
-func newFinServer(t *testing.T) *finServer {
+func newFinServer(t *testing.T) *finServer { return startTestServer(t, nil) }
+
+func startTestServer(t *testing.T, serve func(net.Conn)) *finServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &finServer{ln: ln, ready: make(chan struct{}, 100000)}
-	s.wg.Add(1)
+	s.accepting.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer s.accepting.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -44,17 +48,25 @@ func newFinServer(t *testing.T) *finServer {
 			s.mu.Lock()
 			s.conns = append(s.conns, c)
 			s.mu.Unlock()
+			if serve != nil {
+				s.serving.Add(1)
+				go func() {
+					defer s.serving.Done()
+					serve(c)
+				}()
+			}
 			s.ready <- struct{}{}
 		}
 	}()
 	t.Cleanup(func() {
 		ln.Close()
-		s.wg.Wait()
+		s.accepting.Wait()
 		s.mu.Lock()
 		for _, c := range s.conns {
-			c.Close()
+			c.Close() // also ends its serve goroutine
 		}
 		s.mu.Unlock()
+		s.serving.Wait()
 	})
 	return s
 }

@@ -91,6 +91,18 @@ func expectClosedByPeer(t *testing.T, c net.Conn, within time.Duration) {
 	}
 }
 
+// expectNoNotes checks that no FIN note is left in p.missed: every noted
+// connection was closed or peeked.
+func expectNoNotes(t *testing.T, p *Pool) {
+	t.Helper()
+	p.mu.Lock()
+	notes := len(p.missed)
+	p.mu.Unlock()
+	if notes != 0 {
+		t.Fatalf("%d notes left in missed", notes)
+	}
+}
+
 func (p *Pool) noted(id uint64) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -214,12 +226,7 @@ func TestFINWhileBusyHandledAtRelease(t *testing.T) {
 			t.Fatalf("fin closes: %d, %d by the watcher; want 1 by Release", closed, byWatcher)
 		}
 		expectClosedByPeer(t, srv.conn(0), 5*time.Second)
-		p.mu.Lock()
-		notes := len(p.missed)
-		p.mu.Unlock()
-		if notes != 0 {
-			t.Fatalf("%d notes left in missed", notes)
-		}
+		expectNoNotes(t, p)
 	})
 
 	t.Run("racing release", func(t *testing.T) {
@@ -239,12 +246,7 @@ func TestFINWhileBusyHandledAtRelease(t *testing.T) {
 		if closed != n {
 			t.Fatalf("%d fin closes; want %d", closed, n)
 		}
-		p.mu.Lock()
-		notes := len(p.missed)
-		p.mu.Unlock()
-		if notes != 0 {
-			t.Fatalf("%d notes left in missed", notes)
-		}
+		expectNoNotes(t, p)
 	})
 
 	t.Run("handed to a waiter", func(t *testing.T) {
@@ -283,60 +285,21 @@ func TestFINWhileBusyHandledAtRelease(t *testing.T) {
 	})
 }
 
-// respServer answers each one-byte request on a connection with size
-// bytes, and closes a connection whose peer closed.
-type respServer struct {
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func newRespServer(t *testing.T, size int) *respServer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &respServer{ln: ln}
+// newRespServer answers each one-byte request on a connection with size
+// bytes, until the peer closes.
+func newRespServer(t *testing.T, size int) *finServer {
 	resp := make([]byte, size)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	return startTestServer(t, func(c net.Conn) {
+		var req [1]byte
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := io.ReadFull(c, req[:]); err != nil {
 				return
 			}
-			s.mu.Lock()
-			s.conns = append(s.conns, c)
-			s.mu.Unlock()
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer c.Close()
-				var req [1]byte
-				for {
-					if _, err := io.ReadFull(c, req[:]); err != nil {
-						return
-					}
-					if _, err := c.Write(resp); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := c.Write(resp); err != nil {
+				return
+			}
 		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		s.mu.Lock()
-		for _, c := range s.conns {
-			c.SetDeadline(time.Now()) // unblocks the connection's goroutine
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
 	})
-	return s
 }
 
 // Responses arriving on a busy connection, and the requests written on it,
@@ -410,7 +373,7 @@ func TestBusyConnectionDoesNotWakeWatcher(t *testing.T) {
 }
 
 // peerOf returns the server's side of c.
-func (s *respServer) peerOf(t *testing.T, c *Conn) net.Conn {
+func (s *finServer) peerOf(t *testing.T, c *Conn) net.Conn {
 	t.Helper()
 	local := c.NetConn().LocalAddr().String()
 	var peer net.Conn

@@ -74,7 +74,7 @@ type parker struct {
 }
 
 // newParker returns a parker that releases connections idle for after;
-// with after 0 it only tracks nothing and parks nothing.
+// with after 0 it is disabled: it starts nothing, tracks and parks nothing.
 func newParker(after, idleTimeout time.Duration, serve func(net.Conn) error, log *zap.Logger, obs Observer) (*parker, error) {
 	p := &parker{
 		after:       after,
@@ -411,18 +411,26 @@ func (c *appConn) handOver() bool {
 	park := c.parkNext && !c.closed
 	c.parkNext = false
 	if !park {
-		c.closed = true
-		c.state.Store(connBusy)
+		// In the same locked section as the check, so that no kick can
+		// turn this close into a release.
+		c.closedLocked()
 	}
 	c.pmu.Unlock()
-	if park && c.l.parker.park(c) {
+	if !park {
+		return false
+	}
+	if c.l.parker.park(c) {
 		return true
 	}
-	if park {
-		c.pmu.Lock()
-		c.closed = true
-		c.state.Store(connBusy)
-		c.pmu.Unlock()
-	}
+	c.pmu.Lock()
+	c.closedLocked()
+	c.pmu.Unlock()
 	return false
+}
+
+// closedLocked marks c closed for good: no kick, no release. c.pmu must
+// be held.
+func (c *appConn) closedLocked() {
+	c.closed = true
+	c.state.Store(connBusy)
 }

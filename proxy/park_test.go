@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
-	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
@@ -236,8 +235,8 @@ func TestAppClosingReleasedConnectionLeavesNoCloseWait(t *testing.T) {
 // not a hang), and leaves no goroutine behind (TestMain's goleak).
 func TestShutdownClosesReleasedConnections(t *testing.T) {
 	obs := &releaseCounter{}
-	p, srv, addr := startServer(t, Config{IdleReleaseAfter: 20 * time.Millisecond, Observer: obs}, echoUpstream(t))
-	defer p.Close()
+	srv, addr := startServer(t, proxyOpts{listener: Config{IdleReleaseAfter: 20 * time.Millisecond, Observer: obs}},
+		echoUpstream(t))
 	c := dialRaw(t, addr)
 	c.send(get("/x"))
 	c.response("GET")
@@ -256,29 +255,4 @@ func TestShutdownClosesReleasedConnections(t *testing.T) {
 	if n := obs.closed.Load(); n != 1 {
 		t.Fatalf("closes counted: %d; want 1", n)
 	}
-}
-
-// startServer runs a proxy in front of endpoint that the test shuts down
-// itself; the cleanup only makes sure Serve has returned.
-func startServer(t *testing.T, cfg Config, endpoint string) (*pool.Pool, *Server, string) {
-	t.Helper()
-	p, err := pool.New(pool.Config{Endpoints: []string{endpoint}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Upstream = Upstream{Name: "backend", Pool: p}
-	srv := New(cfg)
-	ln, err := Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := contextWithTimeout(5 * time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
-	return p, srv, ln.Addr().String()
 }

@@ -51,6 +51,14 @@ type proxyOpts struct {
 // its address. Everything stops when the test ends.
 func startProxy(t testing.TB, o proxyOpts, endpoints ...string) string {
 	t.Helper()
+	_, addr := startServer(t, o, endpoints...)
+	return addr
+}
+
+// startServer is startProxy, also returning the server for a test that
+// shuts it down itself (Shutdown may run again at the end).
+func startServer(t testing.TB, o proxyOpts, endpoints ...string) (*Server, string) {
+	t.Helper()
 	o.pool.Endpoints = endpoints
 	p, err := pool.New(o.pool)
 	if err != nil {
@@ -80,7 +88,7 @@ func startProxy(t testing.TB, o proxyOpts, endpoints ...string) string {
 		<-done
 		p.Close()
 	})
-	return ln.Addr().String()
+	return s, ln.Addr().String()
 }
 
 // upstream runs a net/http server on 127.0.0.1:0.
