@@ -256,3 +256,35 @@ func TestShutdownClosesReleasedConnections(t *testing.T) {
 		t.Fatalf("closes counted: %d; want 1", n)
 	}
 }
+
+// A Shutdown that comes before Serve (a reload retiring a server whose
+// serve goroutine has not started yet) makes Serve return at once and
+// close its listener, rather than serve a server nobody will stop.
+func TestShutdownBeforeServe(t *testing.T) {
+	srv := New(Config{IdleReleaseAfter: time.Second})
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve after Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		ln.Close()
+		<-done
+		t.Fatal("Serve after Shutdown kept serving")
+	}
+	if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		c.Close()
+		t.Fatal("the listener still accepts after Serve returned")
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -72,7 +73,9 @@ type Server struct {
 	sockets   atomic.Pointer[appSockets] // read at accept and close
 	accessLog atomic.Bool
 
-	ln *lingerListener // set by Serve
+	mu   sync.Mutex
+	ln   *lingerListener // set by Serve; guarded by mu
+	shut bool            // Shutdown began; guarded by mu
 }
 
 // New returns a server for cfg; Serve starts it.
@@ -158,8 +161,17 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 		return err
 	}
-	s.ln = newLingerListener(ln, &s.sockets, s.obs, p)
-	return s.srv.Serve(s.ln)
+	s.mu.Lock()
+	if s.shut { // Shutdown came first
+		s.mu.Unlock()
+		p.shutdown()
+		ln.Close()
+		return nil
+	}
+	l := newLingerListener(ln, &s.sockets, s.obs, p)
+	s.ln = l
+	s.mu.Unlock()
+	return s.srv.Serve(l)
 }
 
 // Shutdown stops accepting, waits for in-flight requests and closes idle
@@ -167,14 +179,21 @@ func (s *Server) Serve(ln net.Listener) error {
 // app's FIN), or gives up when ctx ends. App connections still waiting for
 // their FIN after an earlier graceful close are reset.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if s.ln != nil {
-		s.ln.stop()
-		s.ln.parker.shutdown()
+	s.mu.Lock()
+	s.shut = true
+	l := s.ln
+	s.mu.Unlock()
+	if l != nil {
+		l.stop()
+		l.parker.shutdown()
 	}
 	err := s.srv.ShutdownWithContext(ctx)
-	if s.ln != nil {
-		waitCtx(ctx, s.ln.parker.wait)
-		s.ln.wait()
+	if l != nil {
+		// fasthttp closes the listeners it has; this one Serve may have
+		// been about to hand it.
+		l.Close()
+		waitCtx(ctx, l.parker.wait)
+		l.wait()
 	}
 	return err
 }
