@@ -87,10 +87,10 @@ func onlyCloseOrKeepAlive(v []byte) bool {
 }
 
 // appendForwardedFor appends the client's address to X-Forwarded-For,
-// keeping what earlier proxies wrote.
-func appendForwardedFor(req *fasthttp.Request, remote net.Addr) {
-	ip, ok := remoteIP(remote)
-	if !ok {
+// keeping what earlier proxies wrote. An invalid ip (a unix socket peer)
+// adds nothing.
+func appendForwardedFor(req *fasthttp.Request, ip netip.Addr) {
+	if !ip.IsValid() {
 		return
 	}
 	var buf [128]byte
@@ -102,14 +102,22 @@ func appendForwardedFor(req *fasthttp.Request, remote net.Addr) {
 	req.Header.SetBytesV(fasthttp.HeaderXForwardedFor, scratch)
 }
 
-func remoteIP(a net.Addr) (netip.Addr, bool) {
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ip, ok := netip.AddrFromSlice(a.IP)
-		return ip.Unmap(), ok
-	default:
-		return netip.Addr{}, false // unix socket peers have no IP
+// remoteIP is a peer's IP address; invalid for a unix socket peer.
+func remoteIP(a net.Addr) netip.Addr {
+	if a, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
 	}
+	return netip.Addr{}
+}
+
+// clientIP is the app's IP address for X-Forwarded-For. An app connection
+// works it out once, at accept, not once per request.
+func clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
+	if c, ok := ctx.Conn().(*appConn); ok {
+		return c.clientIP
+	}
+	return remoteIP(ctx.RemoteAddr())
 }
 
 // prepareRequest turns the app's request into the upstream's, in place:
@@ -117,7 +125,7 @@ func remoteIP(a net.Addr) (netip.Addr, bool) {
 // keep-alive towards the upstream. fasthttp has already noted whether the
 // app asked to close its own connection, so dropping Connection here does
 // not change what happens to the app's connection.
-func prepareRequest(req *fasthttp.Request, remote net.Addr, hostHeader string) {
+func prepareRequest(req *fasthttp.Request, client netip.Addr, hostHeader string) {
 	if requestHasHopHeader(&req.Header) {
 		stripHopHeaders(&req.Header)
 	}
@@ -130,7 +138,7 @@ func prepareRequest(req *fasthttp.Request, remote net.Addr, hostHeader string) {
 	// Host with the URI's host. A proxy forwards both as they came.
 	req.UseHostHeader = true
 	req.URI().DisablePathNormalizing = true
-	appendForwardedFor(req, remote)
+	appendForwardedFor(req, client)
 	req.Header.Set(fasthttp.HeaderXForwardedProto, "http")
 	if hostHeader != "" {
 		req.Header.SetHost(hostHeader)

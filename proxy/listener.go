@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -116,7 +117,7 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &appConn{Conn: nc, l: l, fd: -1}
+	c := &appConn{Conn: nc, l: l, fd: -1, clientIP: remoteIP(nc.RemoteAddr())}
 	if _, ok := nc.(*net.TCPConn); ok {
 		if fd, err := sockopt.FD(nc); err == nil {
 			c.fd = fd
@@ -157,6 +158,9 @@ type appConn struct {
 	l    *lingerListener
 	fd   int // -1 for unix sockets: no TCP states to manage
 	once sync.Once
+	// clientIP is the app's address for X-Forwarded-For; invalid for
+	// unix sockets.
+	clientIP netip.Addr
 
 	// Idle release (park.go). parkable and id are set at accept; deadline
 	// belongs to the serving goroutine; registered and expiry to the

@@ -231,7 +231,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	up := s.up.Load()
 	req := &ctx.Request
-	prepareRequest(req, ctx.RemoteAddr(), up.HostHeader)
+	prepareRequest(req, clientIP(ctx), up.HostHeader)
 
 	// A small body is read whole now so a retry can send it again.
 	streamed := false

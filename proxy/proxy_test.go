@@ -538,3 +538,20 @@ func TestUpstreamFailureStatuses(t *testing.T) {
 
 // nopLogger in proxyOpts asks startProxy for no test logging (benchmarks).
 var nopLogger = zap.NewNop()
+
+// The X-Forwarded-For address of an app connection, worked out at accept.
+func TestRemoteIP(t *testing.T) {
+	for _, tc := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 1}, "127.0.0.1"}, // 16-byte form: unmapped
+		{&net.TCPAddr{IP: net.IPv4(10, 0, 0, 2).To4(), Port: 1}, "10.0.0.2"},
+		{&net.TCPAddr{IP: net.IPv6loopback, Port: 1}, "::1"},
+		{&net.UnixAddr{Name: "@", Net: "unix"}, "invalid IP"},
+	} {
+		if got := remoteIP(tc.addr).String(); got != tc.want {
+			t.Errorf("remoteIP(%v) = %s, want %s", tc.addr, got, tc.want)
+		}
+	}
+}
