@@ -127,6 +127,16 @@ cpu_ticks() {
 	echo "$sum"
 }
 
+# user_ticks PID...: clock ticks the processes spent in user space (utime).
+user_ticks() {
+	local pid sum=0 t
+	for pid in "$@"; do
+		t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12}')
+		sum=$((sum + ${t:-0}))
+	done
+	echo "$sum"
+}
+
 # busy_ticks: clock ticks all CPUs of the machine spent busy so far.
 busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
 
@@ -359,12 +369,12 @@ wrk_ms() {
 # tput_run CONNS NAME PORT PIDS: one wrk measurement of the proxy on PORT
 # whose processes are PIDS, appended to $TMP/tput.rows as: conns name req/s
 # p50 p99 requests proxy-ticks errors upstream-ticks machine-ticks
-# other-ticks. "Other" is machine CPU time used by neither the proxy, the
+# other-ticks proxy-user-ticks. "Other" is machine CPU time used by neither the proxy, the
 # upstream nor wrk: someone else's work. While it exceeds 5% of the
 # machine the run is repeated, 3 tries at most, and the quietest kept.
 tput_run() {
 	local c=$1 name=$2 url=http://127.0.0.1:$3/ pids=$4
-	local try log t0 u0 m0 t1 u1 m1 w other row best_other=-1 best_row=""
+	local try log t0 u0 m0 p0 t1 u1 m1 p1 w other row best_other=-1 best_row=""
 	local hz rps reqs p50 p99 errs
 	hz=$(getconf CLK_TCK)
 	wrk -t2 -c"$c" -d"$WARM" "$url" >/dev/null 2>&1
@@ -372,10 +382,10 @@ tput_run() {
 		log=$TMP/wrk-$name-$c-$try.txt
 		times >"$TMP/times0" # wrk's CPU time shows in the children's line
 		# shellcheck disable=SC2086 # pid lists
-		t0=$(cpu_ticks $pids) u0=$(cpu_ticks $UPSTREAM_PIDS) m0=$(busy_ticks)
+		t0=$(cpu_ticks $pids) u0=$(cpu_ticks $UPSTREAM_PIDS) m0=$(busy_ticks) p0=$(user_ticks $pids)
 		wrk -t2 -c"$c" -d"$DUR" --latency "$url" >"$log" 2>&1
 		# shellcheck disable=SC2086 # pid lists
-		t1=$(cpu_ticks $pids) u1=$(cpu_ticks $UPSTREAM_PIDS) m1=$(busy_ticks)
+		t1=$(cpu_ticks $pids) u1=$(cpu_ticks $UPSTREAM_PIDS) m1=$(busy_ticks) p1=$(user_ticks $pids)
 		times >"$TMP/times1"
 		w=$(awk -v hz="$hz" '
 			function sec(x, m) { m = x; sub(/m.*/, "", m); sub(/^[0-9]+m/, "", x); sub(/s$/, "", x); return m * 60 + x }
@@ -387,7 +397,7 @@ tput_run() {
 		p50=$(wrk_ms "$(awk '$1 == "50%" {print $2}' "$log")")
 		p99=$(wrk_ms "$(awk '$1 == "99%" {print $2}' "$log")")
 		errs=$(awk '/Socket errors/ {gsub(",", ""); e = $4 + $6 + $8 + $10} /Non-2xx/ {e += $5} END {print e + 0}' "$log")
-		row="$c $name ${rps:-0} $p50 $p99 ${reqs:-0} $((t1 - t0)) $errs $((u1 - u0)) $((m1 - m0)) $other"
+		row="$c $name ${rps:-0} $p50 $p99 ${reqs:-0} $((t1 - t0)) $errs $((u1 - u0)) $((m1 - m0)) $other $((p1 - p0))"
 		if ((best_other < 0 || other < best_other)); then
 			best_other=$other best_row=$row
 		fi
@@ -423,21 +433,24 @@ phase_throughput() {
 	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
 	say "wrk -t2 -d$DUR --latency against each, one after another, after a $WARM warm-up; upstream: nginx (1 worker) answering \`return 200 \"hello\"\`."
 	say "req/CPU-s: requests completed per CPU-second (user+sys from /proc/PID/stat) of the proxy's processes alone (nginx: master and both workers)."
+	say "user / sys µs/req: the proxy's CPU time per request in user space (the proxy's own code, and for Go its runtime) and in the kernel"
+	say "(system calls, which on loopback include TCP's work for the receiving side)."
 	say "Ratios are to nginx at the same connection count. Errors: wrk socket errors plus non-2xx responses."
 	say "machine CPU-s: busy CPU time of the whole machine during the run (at most 2 x $DUR). other CPU-s: the part used by neither"
 	say "proxy, upstream nor wrk (other work on the machine); a run where it exceeded 5% of the machine was repeated (3 tries at most) and the quietest kept."
 	say ""
-	say "| conns | proxy | req/s | vs nginx | p50 ms | p99 ms | req/CPU-s | vs nginx | proxy CPU-s | upstream CPU-s | machine CPU-s | other CPU-s | errors |"
-	say "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	say "| conns | proxy | req/s | vs nginx | p50 ms | p99 ms | req/CPU-s | vs nginx | user µs/req | sys µs/req | proxy CPU-s | upstream CPU-s | machine CPU-s | other CPU-s | errors |"
+	say "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	awk -v hz="$(getconf CLK_TCK)" '
-		{ c[NR] = $1; n[NR] = $2; rps[NR] = $3; p50[NR] = $4; p99[NR] = $5; reqs[NR] = $6; cpu[NR] = $7; err[NR] = $8; up[NR] = $9; all[NR] = $10; oth[NR] = $11
+		{ c[NR] = $1; n[NR] = $2; rps[NR] = $3; p50[NR] = $4; p99[NR] = $5; reqs[NR] = $6; cpu[NR] = $7; err[NR] = $8; up[NR] = $9; all[NR] = $10; oth[NR] = $11; usr[NR] = $12
 		  if ($2 == "nginx") { nrps[$1] = $3; if ($7 > 0) nper[$1] = $6 / ($7 / hz) } }
 		END { for (i = 1; i <= NR; i++) {
-			per = "-"; perr = "-"; cs = "-"
+			per = "-"; perr = "-"; cs = "-"; uus = "-"; sus = "-"
 			if (n[i] != "direct" && cpu[i] > 0) { v = reqs[i] / (cpu[i] / hz); per = sprintf("%.0f", v); cs = sprintf("%.2f", cpu[i] / hz)
+				if (reqs[i] > 0) { uus = sprintf("%.1f", usr[i] / hz * 1e6 / reqs[i]); sus = sprintf("%.1f", (cpu[i] - usr[i]) / hz * 1e6 / reqs[i]) }
 				if (nper[c[i]] > 0) perr = sprintf("%.2f", v / nper[c[i]]) }
 			r = (nrps[c[i]] > 0) ? sprintf("%.2f", rps[i] / nrps[c[i]]) : "-"
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %s |\n", c[i], n[i], rps[i], r, p50[i], p99[i], per, perr, cs, up[i] / hz, all[i] / hz, oth[i] / hz, err[i] } }
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %s |\n", c[i], n[i], rps[i], r, p50[i], p99[i], per, perr, uus, sus, cs, up[i] / hz, all[i] / hz, oth[i] / hz, err[i] } }
 	' "$TMP/tput.rows" | tee -a "$OUT"
 	drops_note
 	say ""

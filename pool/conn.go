@@ -70,9 +70,12 @@ type Conn struct {
 	io       countingIO
 	requests atomic.Int32 // requests completed on this connection; atomic for Snapshot
 
-	// Guarded by Pool.mu.
+	// Guarded by Pool.mu. Flags, not maps by id, keep the request path
+	// free of map writes.
 	idleSince  time.Time
 	prev, next *Conn // the endpoint's idle list
+	idle       bool  // in the idle list: the watcher closes it on a FIN or RST
+	missed     bool  // busy, and the watcher saw a FIN or RST: Release peeks
 }
 
 // countingIO sits between the buffers and the socket, so the proxy can tell

@@ -111,9 +111,8 @@ type Pool struct {
 	mu       sync.Mutex
 	closed   bool
 	nextID   uint64
-	all      map[uint64]*Conn    // every open connection, for Snapshot
-	idleByID map[uint64]*Conn    // every idle connection, by watcher id
-	missed   map[uint64]struct{} // open, not idle, and ended by a FIN/RST the watcher saw: Release peeks
+	all      map[uint64]*Conn // every open connection, by watcher id
+	idleConn int              // connections idle in the endpoints' lists
 
 	victims  []victim // onReadable's buffer; the watcher goroutine owns it
 	cleaning bool     // the cleaner goroutine runs
@@ -150,14 +149,12 @@ func New(cfg Config) (*Pool, error) {
 		return nil, err
 	}
 	p := &Pool{
-		cfg:      cfg,
-		log:      cfg.Logger.Named("pool").With(zap.String("upstream", cfg.Name)),
-		dialer:   newDialer(cfg),
-		watch:    w,
-		done:     make(chan struct{}),
-		all:      make(map[uint64]*Conn),
-		idleByID: make(map[uint64]*Conn),
-		missed:   make(map[uint64]struct{}),
+		cfg:    cfg,
+		log:    cfg.Logger.Named("pool").With(zap.String("upstream", cfg.Name)),
+		dialer: newDialer(cfg),
+		watch:  w,
+		done:   make(chan struct{}),
+		all:    make(map[uint64]*Conn),
 	}
 	for _, addr := range cfg.Endpoints {
 		p.eps = append(p.eps, &endpoint{addr: addr})
@@ -286,7 +283,7 @@ func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 		if c == nil {
 			return nil
 		}
-		// Taken out of idleByID under the lock: from now on the watcher
+		// Taken out of the idle list under the lock: from now on the watcher
 		// only notes a FIN or RST for Release (see Release). Peek before
 		// reuse. It catches a FIN that landed after the watcher's last
 		// look and before it could act, and unsolicited bytes, which never
@@ -368,7 +365,7 @@ func (p *Pool) wait(ep *endpoint, w *waiter) (c *Conn, err error) {
 // handedOver readies a connection a Release handed straight to this
 // waiter. It gets the same peek before reuse as an idle one in acquireIdle:
 // the peer may have ended it while it was busy (Release dropped the note
-// in p.missed for this peek) or since. A dead one is closed and the waiter
+// in c.missed for this peek) or since. A dead one is closed and the waiter
 // dials into its slot instead, which stays counted in ep.conns. The waiter
 // owns c from the moment it received it.
 func (p *Pool) handedOver(c *Conn) (*Conn, error) {
@@ -378,8 +375,7 @@ func (p *Pool) handedOver(c *Conn) (*Conn, error) {
 		return c, nil
 	}
 	p.mu.Lock()
-	delete(p.all, c.id)
-	delete(p.missed, c.id) // the watcher may have noted it again since Release
+	delete(p.all, c.id) // the watcher drops events for it from now on
 	p.mu.Unlock()
 	p.closeConn(c, causeOfPeek(r))
 	return p.dial(c.ep)
@@ -438,7 +434,7 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 // may fire while c is busy. onReadable and the locked section below both
 // run under p.mu, and only the latter makes c idle, so the watcher acts
 // either wholly before it or wholly after it:
-//   - before: c was not idle, so the watcher noted it in p.missed; we take
+//   - before: c was not idle, so the watcher noted it in c.missed; we take
 //     the note and, c idle, peek (recheck), which sees the FIN and closes.
 //   - after: c is idle, so the watcher closes it itself.
 //   - a waiter takes c instead of the idle list: we drop the note, and the
@@ -471,8 +467,8 @@ func (p *Pool) Release(c *Conn) {
 		p.Discard(c, CauseShutdown)
 		return
 	}
-	_, missed := p.missed[c.id]
-	delete(p.missed, c.id)
+	missed := c.missed
+	c.missed = false
 	ep := c.ep
 	if w := ep.popWaiterLocked(); w != nil {
 		p.mu.Unlock()
@@ -486,7 +482,8 @@ func (p *Pool) Release(c *Conn) {
 	}
 	c.idleSince = time.Now()
 	ep.idle.pushFront(c)
-	p.idleByID[c.id] = c
+	c.idle = true
+	p.idleConn++
 	if !p.cleaning && (p.cfg.IdleTimeout > 0 || p.cfg.MaxLifetime > 0) {
 		p.cleaning = true
 		p.runWG.Add(1)
@@ -499,7 +496,7 @@ func (p *Pool) Release(c *Conn) {
 }
 
 // recheck peeks at a connection just made idle that the watcher saw ended
-// while it was busy (a note in p.missed), and closes it if its peer has
+// while it was busy (a note in c.missed), and closes it if its peer has
 // gone. The watcher will not report that FIN or RST again.
 func (p *Pool) recheck(c *Conn) {
 	r := sockopt.Peek(c.fd)
@@ -507,7 +504,7 @@ func (p *Pool) recheck(c *Conn) {
 		return
 	}
 	p.mu.Lock()
-	if p.idleByID[c.id] != c {
+	if !c.idle {
 		p.mu.Unlock() // handed out meanwhile; its own peek decides
 		return
 	}
@@ -544,7 +541,7 @@ func (p *Pool) closeConn(c *Conn, cause Cause) {
 
 // onReadable runs on the watcher goroutine with the sockets whose peer
 // ended them, a FIN or an RST as the event says. An idle one is closed. A
-// busy one (handed out, or being released) is noted in p.missed: its
+// busy one (handed out, or being released) is noted in c.missed: its
 // holder may see the end and Discard it, and otherwise Release peeks (see
 // Release for why no FIN is lost). An event for a connection already
 // closed (it fired before the close took the socket out of the set) is
@@ -555,11 +552,12 @@ func (p *Pool) closeConn(c *Conn, cause Cause) {
 func (p *Pool) onReadable(events []readable, woke time.Time) {
 	p.mu.Lock()
 	for _, ev := range events {
-		c := p.idleByID[ev.id]
+		c := p.all[ev.id]
 		if c == nil {
-			if _, open := p.all[ev.id]; open {
-				p.missed[ev.id] = struct{}{}
-			}
+			continue // closed already
+		}
+		if !c.idle {
+			c.missed = true
 			continue
 		}
 		p.takeLocked(c)
@@ -607,21 +605,20 @@ type victim struct {
 	woke  time.Time // when the watcher saw it end; zero for other closes
 }
 
-// takeLocked takes an idle connection out of the idle list and idleByID,
-// so neither Acquire nor the watcher finds it (the watcher notes a FIN for
+// takeLocked takes an idle connection out of the idle list, so that
+// neither Acquire nor the watcher finds it idle (the watcher notes a FIN for
 // it from now on). Its socket stays in the epoll set until it is closed.
 // p.mu must be held.
 func (p *Pool) takeLocked(c *Conn) {
 	c.ep.idle.remove(c)
-	delete(p.idleByID, c.id)
-	delete(p.missed, c.id)
+	c.idle, c.missed = false, false
+	p.idleConn--
 }
 
 // dropLocked forgets a connection that is about to be closed and frees its
 // slot. p.mu must be held.
 func (p *Pool) dropLocked(c *Conn) {
 	delete(p.all, c.id)
-	delete(p.missed, c.id)
 	p.forgetLocked(c.ep)
 }
 
@@ -661,7 +658,7 @@ func (p *Pool) cleaner() {
 		var next time.Time
 		victims = victims[:0]
 		p.mu.Lock()
-		if p.closed || len(p.idleByID) == 0 {
+		if p.closed || p.idleConn == 0 {
 			p.cleaning = false
 			p.mu.Unlock()
 			return
@@ -764,7 +761,7 @@ func (p *Pool) Snapshot() []ConnInfo {
 			Age:      now.Sub(c.created),
 			Requests: int(c.requests.Load()),
 		}
-		if _, idle := p.idleByID[c.id]; idle {
+		if c.idle {
 			ci.State, ci.Idle = "idle", now.Sub(c.idleSince)
 		}
 		out = append(out, ci)

@@ -2,8 +2,10 @@ package pool
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sort"
 	"sync"
 	"testing"
@@ -138,7 +140,7 @@ func TestIdleConnectionClosedOnPeerFIN(t *testing.T) {
 			}
 			t.Logf("FIN to close, %d idle connections: p50 %v p99 %v max %v", n, lat[n/2], lat[n*99/100], lat[n-1])
 			p.mu.Lock()
-			idle := len(p.idleByID)
+			idle := p.idleConn
 			open := p.eps[0].conns
 			p.mu.Unlock()
 			if idle != 0 || open != 0 {
@@ -375,7 +377,7 @@ func benchPool(b *testing.B) *Pool {
 			held = append(held, c)
 		}
 	}()
-	p, err := New(Config{Endpoints: []string{ln.Addr().String()}})
+	p, err := New(Config{Endpoints: []string{ln.Addr().String()}, MaxConns: 1024, MaxIdle: 1024})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -430,11 +432,20 @@ func TestAcquireReleaseDoesNotAllocate(t *testing.T) {
 }
 
 // Handing connections out and back from every P at once: the pool lock's
-// contention shows here.
+// contention shows here. With 512 callers, as many connections circulate,
+// like the proxy's under wrk -c512.
 func BenchmarkAcquireReleaseParallel(b *testing.B) {
+	for _, callers := range []int{8, 512} {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			benchAcquireReleaseParallel(b, callers)
+		})
+	}
+}
+
+func benchAcquireReleaseParallel(b *testing.B, callers int) {
 	p := benchPool(b)
 	b.ReportAllocs()
-	b.SetParallelism(8)
+	b.SetParallelism(max(callers/runtime.GOMAXPROCS(0), 1))
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			c, err := p.Acquire(false)

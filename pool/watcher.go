@@ -63,7 +63,7 @@ func (w *watcher) wakes() uint64 { return w.set.Wakes() }
 //
 // Edge-triggered: each FIN or RST is reported once, at arrival. One that
 // arrives while the connection is busy is therefore never reported again
-// once it is idle; the pool notes it (Pool.missed) and Release peeks.
+// once it is idle; the pool notes it (Conn.missed) and Release peeks.
 const watchEvents = unix.EPOLLRDHUP | unix.EPOLLET
 
 // register adds a new connection's socket, for its whole life: closing the
