@@ -30,53 +30,59 @@ type headerList interface {
 	Del(key string)
 }
 
-// isHopHeader reports whether k names a hop-by-hop header.
-func isHopHeader(k []byte) bool {
-	for _, hop := range hopHeaders {
+// hopSet records which of hopHeaders a message carries: bit i for
+// hopHeaders[i]. Zero, the common case, costs no deletion; otherwise only
+// the headers present are deleted (an upstream's "Connection: keep-alive"
+// costs one Del, not seven).
+type hopSet uint8
+
+const connectionHop hopSet = 1 // hopHeaders[0] is Connection
+
+// hopBit is k's bit if k names a hop-by-hop header, else 0.
+func hopBit(k []byte) hopSet {
+	for i, hop := range hopHeaders {
 		if len(k) == len(hop) && bytes.EqualFold(k, []byte(hop)) {
-			return true
+			return 1 << i
 		}
 	}
-	return false
+	return 0
 }
 
-// requestHasHopHeader and responseHasHopHeader look once over the headers,
-// so that the common message without any hop-by-hop header costs no
-// deletions. (Two functions, not one on an interface, so the iterator
-// stays on the stack.)
-func requestHasHopHeader(h *fasthttp.RequestHeader) bool {
+// requestHops and responseHops look once over the headers. (Two
+// functions, not one on an interface, so the iterator stays on the stack.)
+func requestHops(h *fasthttp.RequestHeader) (set hopSet) {
 	for k := range h.All() {
-		if isHopHeader(k) {
-			return true
-		}
+		set |= hopBit(k)
 	}
-	return false
+	return set
 }
 
-func responseHasHopHeader(h *fasthttp.ResponseHeader) bool {
+func responseHops(h *fasthttp.ResponseHeader) (set hopSet) {
 	for k := range h.All() {
-		if isHopHeader(k) {
-			return true
-		}
+		set |= hopBit(k)
 	}
-	return false
+	return set
 }
 
-// stripHopHeaders removes the hop-by-hop headers and every header the
-// Connection header names. It copies the Connection value first because
-// Del may reuse that memory; that copy is the only allocation, and only for
-// messages that carry a Connection header naming other headers.
-func stripHopHeaders(h headerList) {
-	if conn := h.Peek(fasthttp.HeaderConnection); len(conn) > 0 && !onlyCloseOrKeepAlive(conn) {
-		for tok := range strings.SplitSeq(string(conn), ",") {
-			tok = strings.TrimSpace(tok)
-			if tok != "" && !strings.EqualFold(tok, "close") && !strings.EqualFold(tok, "keep-alive") {
-				h.Del(tok)
+// stripHopHeaders removes the hop-by-hop headers in set and every header
+// the Connection header names. It copies the Connection value first
+// because Del may reuse that memory; that copy is the only allocation, and
+// only for messages that carry a Connection header naming other headers.
+func stripHopHeaders(h headerList, set hopSet) {
+	if set&connectionHop != 0 {
+		if conn := h.Peek(fasthttp.HeaderConnection); len(conn) > 0 && !onlyCloseOrKeepAlive(conn) {
+			for tok := range strings.SplitSeq(string(conn), ",") {
+				tok = strings.TrimSpace(tok)
+				if tok != "" && !strings.EqualFold(tok, "close") && !strings.EqualFold(tok, "keep-alive") {
+					h.Del(tok)
+				}
 			}
 		}
 	}
-	for _, k := range hopHeaders {
-		h.Del(k)
+	for i, k := range hopHeaders {
+		if set&(1<<i) != 0 {
+			h.Del(k)
+		}
 	}
 }
 
@@ -126,8 +132,8 @@ func clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 // app asked to close its own connection, so dropping Connection here does
 // not change what happens to the app's connection.
 func prepareRequest(req *fasthttp.Request, client netip.Addr, hostHeader string) {
-	if requestHasHopHeader(&req.Header) {
-		stripHopHeaders(&req.Header)
+	if hops := requestHops(&req.Header); hops != 0 {
+		stripHopHeaders(&req.Header, hops)
 	}
 	// unstuck answered any Expect: 100-continue itself before reading the
 	// body; the upstream gets the whole request at once.

@@ -331,8 +331,8 @@ func (s *Server) roundTrip(c *pool.Conn, up *Upstream, req *fasthttp.Request, re
 		return newUpstreamError("read", c, err, deadline)
 	}
 	serverClose := resp.Header.ConnectionClose()
-	if responseHasHopHeader(&resp.Header) {
-		stripHopHeaders(&resp.Header)
+	if hops := responseHops(&resp.Header); hops != 0 {
+		stripHopHeaders(&resp.Header, hops)
 	}
 
 	code := resp.Header.StatusCode()
