@@ -6,13 +6,14 @@
 // scavenger returns free pages slowly and only down to its heap goal, and
 // dead goroutines' stacks are freed only at a GC, which an idle process
 // runs every two minutes. For a sidecar sized by its idle footprint that
-// is resident memory for nothing. When nothing has happened for a while, a
-// forced GC and scavenge (debug.FreeOSMemory) costs a few milliseconds of
-// one core and nobody is waiting.
+// is resident memory for nothing. When nothing has happened for a while,
+// forced GCs and a scavenge (releaseAll) cost a few milliseconds of one
+// core and nobody is waiting.
 package memrelease
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"time"
 )
@@ -21,7 +22,7 @@ import (
 // forced GC period, after which the runtime does the work anyway.
 const maxGap = 2 * time.Minute
 
-// Run releases memory (debug.FreeOSMemory, or release if not nil) when
+// Run releases memory (releaseAll, or release if not nil) when
 // activity has not changed for after, and again after 2×, 4×, … that while
 // it stays unchanged, until ctx ends. Activity resets the schedule. The
 // first release also runs after start-up, once idle for after.
@@ -30,7 +31,7 @@ func Run(ctx context.Context, after time.Duration, activity func() uint64, relea
 		return
 	}
 	if release == nil {
-		release = debug.FreeOSMemory
+		release = releaseAll
 	}
 	tick := time.NewTicker(max(after/4, time.Millisecond))
 	defer tick.Stop()
@@ -53,4 +54,14 @@ func Run(ctx context.Context, after time.Duration, activity func() uint64, relea
 			next = min(next*2, next+maxGap)
 		}
 	}
+}
+
+// releaseAll returns to the OS what the process no longer uses. Two
+// collections, not one: a sync.Pool keeps what it held at one GC (in its
+// victim cache) until the next, and after a burst fasthttp's pools hold
+// the request contexts and buffers of every connection released meanwhile.
+// debug.FreeOSMemory's own GC then frees them and returns the pages.
+func releaseAll() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }

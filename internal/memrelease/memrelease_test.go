@@ -2,6 +2,9 @@ package memrelease
 
 import (
 	"context"
+	"runtime"
+	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -68,4 +71,44 @@ func TestZeroNeverReleases(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run(0) did not return")
 	}
+}
+
+// pooledObjects puts n objects in a fresh sync.Pool, as fasthttp keeps
+// released connections' request contexts, and counts their collection.
+// (Under the race detector Put drops some at random; those are freed at the
+// first GC.)
+func pooledObjects(n int) (*sync.Pool, *atomic.Int32) {
+	p := new(sync.Pool)
+	var freed atomic.Int32
+	for range n {
+		obj := new([1 << 10]byte)
+		runtime.SetFinalizer(obj, func(*[1 << 10]byte) { freed.Add(1) })
+		p.Put(obj)
+	}
+	return p, &freed
+}
+
+// One release frees what sync.Pools held, which one GC alone does not: a
+// pool keeps it in its victim cache until the next GC.
+func TestReleaseAllFreesPooledObjects(t *testing.T) {
+	const n = 20
+	// Witness: after one GC (debug.FreeOSMemory) pooled objects live on.
+	p, freed := pooledObjects(n)
+	debug.FreeOSMemory()
+	time.Sleep(100 * time.Millisecond) // finalizers run on their own goroutine; none is due
+	if got := freed.Load(); got == n {
+		t.Fatalf("one GC freed all %d pooled objects; this test no longer shows anything", n)
+	}
+	runtime.KeepAlive(p)
+
+	p, freed = pooledObjects(n)
+	releaseAll()
+	deadline := time.Now().Add(5 * time.Second)
+	for freed.Load() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("releaseAll freed %d of %d pooled objects", freed.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	runtime.KeepAlive(p)
 }
