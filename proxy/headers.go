@@ -38,6 +38,10 @@ type hopSet uint8
 
 const connectionHop hopSet = 1 // hopHeaders[0] is Connection
 
+// A ninth hop-by-hop header would not fit in a hopSet: this constant then
+// overflows and the build fails.
+const _ = hopSet(1 << (len(hopHeaders) - 1))
+
 // hopBit is k's bit if k names a hop-by-hop header, else 0.
 func hopBit(k []byte) hopSet {
 	for i, hop := range hopHeaders {
