@@ -108,11 +108,10 @@ type Pool struct {
 	closeq  chan victim    // the watcher's closes, for the closers
 	closers sync.WaitGroup
 
-	mu       sync.Mutex
-	closed   bool
-	nextID   uint64
-	all      map[uint64]*Conn // every open connection, by watcher id
-	idleConn int              // connections idle in the endpoints' lists
+	mu     sync.Mutex
+	closed bool
+	nextID uint64
+	all    map[uint64]*Conn // every open connection, by watcher id
 
 	victims  []victim // onReadable's buffer; the watcher goroutine owns it
 	cleaning bool     // the cleaner goroutine runs
@@ -483,7 +482,6 @@ func (p *Pool) Release(c *Conn) {
 	c.idleSince = time.Now()
 	ep.idle.pushFront(c)
 	c.idle = true
-	p.idleConn++
 	if !p.cleaning && (p.cfg.IdleTimeout > 0 || p.cfg.MaxLifetime > 0) {
 		p.cleaning = true
 		p.runWG.Add(1)
@@ -612,7 +610,17 @@ type victim struct {
 func (p *Pool) takeLocked(c *Conn) {
 	c.ep.idle.remove(c)
 	c.idle, c.missed = false, false
-	p.idleConn--
+}
+
+// anyIdleLocked reports whether some endpoint has an idle connection.
+// p.mu must be held.
+func (p *Pool) anyIdleLocked() bool {
+	for _, ep := range p.eps {
+		if ep.idle.len > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // dropLocked forgets a connection that is about to be closed and frees its
@@ -658,7 +666,7 @@ func (p *Pool) cleaner() {
 		var next time.Time
 		victims = victims[:0]
 		p.mu.Lock()
-		if p.closed || p.idleConn == 0 {
+		if p.closed || !p.anyIdleLocked() {
 			p.cleaning = false
 			p.mu.Unlock()
 			return

@@ -139,11 +139,7 @@ func TestIdleConnectionClosedOnPeerFIN(t *testing.T) {
 				t.Fatalf("a connection was not closed within 5s of its FIN")
 			}
 			t.Logf("FIN to close, %d idle connections: p50 %v p99 %v max %v", n, lat[n/2], lat[n*99/100], lat[n-1])
-			p.mu.Lock()
-			idle := p.idleConn
-			open := p.eps[0].conns
-			p.mu.Unlock()
-			if idle != 0 || open != 0 {
+			if open, idle := p.counts(); idle != 0 || open != 0 {
 				t.Fatalf("after FINs: %d idle, %d open; want 0, 0", idle, open)
 			}
 		})
