@@ -206,6 +206,23 @@ func TestReuseIsLIFOAndPeeked(t *testing.T) {
 }
 
 // waitForWaiter waits until an Acquire is queued at p's first endpoint.
+// acquireQueued starts an Acquire on p, whose only endpoint is at
+// MaxConns, and returns once it waits in the queue; the connection it gets
+// (nil after an error) comes on the channel.
+func acquireQueued(t *testing.T, p *Pool) <-chan *Conn {
+	t.Helper()
+	got := make(chan *Conn, 1)
+	go func() {
+		c, err := p.Acquire(false)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	waitForWaiter(t, p)
+	return got
+}
+
 func waitForWaiter(t *testing.T, p *Pool) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
@@ -232,15 +249,7 @@ func TestMaxConnsWaitsThenHandsOver(t *testing.T) {
 
 	p2 := newTestPool(t, Config{Endpoints: []string{srv.addr()}, MaxConns: 1, AcquireTimeout: 10 * time.Second})
 	held := acquireN(t, p2, srv, 1)[0]
-	got := make(chan *Conn)
-	go func() {
-		c, err := p2.Acquire(false)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- c
-	}()
-	waitForWaiter(t, p2)
+	got := acquireQueued(t, p2)
 	p2.Release(held)
 	if w := <-got; w != held {
 		t.Fatalf("waiter did not get the released connection")
@@ -254,15 +263,7 @@ func TestDiscardFreesSlotForWaiter(t *testing.T) {
 	srv := newFinServer(t)
 	p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, MaxConns: 1, AcquireTimeout: 10 * time.Second})
 	held := acquireN(t, p, srv, 1)[0]
-	got := make(chan *Conn)
-	go func() {
-		c, err := p.Acquire(false)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- c
-	}()
-	waitForWaiter(t, p)
+	got := acquireQueued(t, p)
 	p.Discard(held, CauseError)
 	c := <-got
 	<-srv.ready // the waiter dialed a new connection into the freed slot

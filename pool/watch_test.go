@@ -261,15 +261,7 @@ func TestFINWhileBusyHandledAtRelease(t *testing.T) {
 		held := acquireN(t, p, srv, 1)[0]
 		srv.conn(0).(*net.TCPConn).CloseWrite()
 		waitFor(t, 5*time.Second, "the watcher notes the busy connection's FIN", func() bool { return p.noted(held.id) })
-		got := make(chan *Conn)
-		go func() {
-			c, err := p.Acquire(false)
-			if err != nil {
-				t.Error(err)
-			}
-			got <- c
-		}()
-		waitForWaiter(t, p)
+		got := acquireQueued(t, p)
 		p.Release(held)
 		c := <-got
 		if c == nil {
