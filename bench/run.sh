@@ -116,26 +116,24 @@ wait_port() {
 # children PID: the child processes of PID (nginx's workers).
 children() { pgrep -P "$1" | tr '\n' ' '; }
 
-# cpu_ticks PID...: user+sys clock ticks used so far by all of them.
-cpu_ticks() {
-	local pid sum=0 t
+# stat_ticks EXPR PID...: the sum over the processes of EXPR, an awk
+# expression over the fields of /proc/PID/stat after the ")" that closes
+# comm, where utime is $12 and stime $13.
+stat_ticks() {
+	local expr=$1 pid sum=0 t
+	shift
 	for pid in "$@"; do
-		# Fields after the ")" that closes comm: utime is the 12th, stime the 13th.
-		t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
+		t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk "{print $expr}")
 		sum=$((sum + ${t:-0}))
 	done
 	echo "$sum"
 }
 
-# user_ticks PID...: clock ticks the processes spent in user space (utime).
-user_ticks() {
-	local pid sum=0 t
-	for pid in "$@"; do
-		t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12}')
-		sum=$((sum + ${t:-0}))
-	done
-	echo "$sum"
-}
+# cpu_ticks PID...: user+sys clock ticks used so far by all of them.
+cpu_ticks() { stat_ticks '$12 + $13' "$@"; }
+
+# user_ticks PID...: the part of that spent in user space (utime).
+user_ticks() { stat_ticks '$12' "$@"; }
 
 # busy_ticks: clock ticks all CPUs of the machine spent busy so far.
 busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
