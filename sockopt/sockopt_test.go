@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 )
 
 func TestParseLinger(t *testing.T) {
@@ -31,26 +33,6 @@ func TestParseLinger(t *testing.T) {
 	}
 }
 
-// pair returns both ends of a loopback TCP connection.
-func pair(t *testing.T) (a, b net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
-
 func fd(t *testing.T, c net.Conn) int {
 	t.Helper()
 	n, err := FD(c)
@@ -62,7 +44,7 @@ func fd(t *testing.T, c net.Conn) int {
 
 // Each linger value reads back from the kernel as set.
 func TestApplyLingerReadsBack(t *testing.T) {
-	a, _ := pair(t)
+	a, _ := testpeer.TCPPair(t)
 	for _, tc := range []struct {
 		l    Linger
 		want unix.Linger
@@ -105,24 +87,24 @@ func waitPeek(t *testing.T, c net.Conn, want PeekResult) {
 
 func TestPeek(t *testing.T) {
 	t.Run("open", func(t *testing.T) {
-		a, _ := pair(t)
+		a, _ := testpeer.TCPPair(t)
 		if got := Peek(fd(t, a)); got != Open {
 			t.Fatalf("idle connection: %v", got)
 		}
 	})
 	t.Run("fin", func(t *testing.T) {
-		a, b := pair(t)
+		a, b := testpeer.TCPPair(t)
 		b.(*net.TCPConn).CloseWrite()
 		waitPeek(t, a, PeerFIN)
 	})
 	t.Run("rst", func(t *testing.T) {
-		a, b := pair(t)
+		a, b := testpeer.TCPPair(t)
 		b.(*net.TCPConn).SetLinger(0)
 		b.Close()
 		waitPeek(t, a, PeerRST)
 	})
 	t.Run("unsolicited, and nothing consumed", func(t *testing.T) {
-		a, b := pair(t)
+		a, b := testpeer.TCPPair(t)
 		b.Write([]byte("x"))
 		waitPeek(t, a, Unsolicited)
 		buf := make([]byte, 1)
@@ -133,7 +115,7 @@ func TestPeek(t *testing.T) {
 }
 
 func TestPeekDoesNotAllocate(t *testing.T) {
-	a, _ := pair(t)
+	a, _ := testpeer.TCPPair(t)
 	f := fd(t, a)
 	if n := testing.AllocsPerRun(100, func() { Peek(f) }); n != 0 {
 		t.Fatalf("%v allocations per Peek", n)
@@ -141,7 +123,7 @@ func TestPeekDoesNotAllocate(t *testing.T) {
 }
 
 func TestUnsentBytes(t *testing.T) {
-	a, b := pair(t)
+	a, b := testpeer.TCPPair(t)
 	a.Write([]byte("hello"))
 	buf := make([]byte, 5)
 	if _, err := b.Read(buf); err != nil {
@@ -168,7 +150,7 @@ func TestUnsentBytes(t *testing.T) {
 func TestKeepaliveIdleIsSpread(t *testing.T) {
 	seen := map[int]bool{}
 	for range 40 {
-		a, _ := pair(t)
+		a, _ := testpeer.TCPPair(t)
 		if err := SetKeepalive(fd(t, a), Keepalive{Idle: 30 * time.Second, Interval: time.Second, Count: 3}); err != nil {
 			t.Fatal(err)
 		}

@@ -1,34 +1,14 @@
 package epoll
 
 import (
-	"net"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
-
-// pair returns both ends of a loopback TCP connection.
-func pair(t *testing.T) (client, server net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err = ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close(); server.Close() })
-	return client, server
-}
 
 // Run reports a watched socket's readiness with its id, once per arming
 // with EPOLLONESHOT, and returns when the set is closed.
@@ -47,7 +27,7 @@ func TestRunReportsEventsAndEndsOnClose(t *testing.T) {
 			}
 		})
 	}()
-	client, server := pair(t)
+	client, server := testpeer.TCPPair(t)
 	fd, err := sockopt.FD(server)
 	if err != nil {
 		t.Fatal(err)
