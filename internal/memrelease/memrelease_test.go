@@ -92,16 +92,15 @@ func pooledObjects(n int) (*sync.Pool, *atomic.Int32) {
 // pool keeps it in its victim cache until the next GC.
 func TestReleaseAllFreesPooledObjects(t *testing.T) {
 	const n = 20
-	// Witness: after one GC (debug.FreeOSMemory) pooled objects live on.
-	p, freed := pooledObjects(n)
+	// Witness: after one GC (debug.FreeOSMemory) the pool still hands
+	// out what it held (from its victim cache), so it is still in memory.
+	p, _ := pooledObjects(n)
 	debug.FreeOSMemory()
-	time.Sleep(100 * time.Millisecond) // finalizers run on their own goroutine; none is due
-	if got := freed.Load(); got == n {
-		t.Fatalf("one GC freed all %d pooled objects; this test no longer shows anything", n)
+	if p.Get() == nil {
+		t.Fatal("one GC emptied a sync.Pool; this test no longer shows anything")
 	}
-	runtime.KeepAlive(p)
 
-	p, freed = pooledObjects(n)
+	p, freed := pooledObjects(n)
 	releaseAll()
 	deadline := time.Now().Add(5 * time.Second)
 	for freed.Load() < n {
