@@ -2,6 +2,8 @@ package metrics
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -123,8 +125,14 @@ func waitFor(t *testing.T, m *Metrics, what, name string, labels l, cond func(fl
 
 // TestSocketCollectorCloseWait puts a real loopback socket in CLOSE_WAIT:
 // the server side closes, the client does not.
+//
+// The server listens on an address of its own in 127.0.0.0/8: on
+// 127.0.0.1, a TIME_WAIT socket left by another test (one whose listener
+// once had the port this one gets) would count as a second local port
+// towards the endpoint.
 func TestSocketCollectorCloseWait(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	own := fmt.Sprintf("127.%d.%d.%d:0", 100+rand.IntN(100), rand.IntN(256), 1+rand.IntN(254))
+	ln, err := net.Listen("tcp", own)
 	if err != nil {
 		t.Fatal(err)
 	}

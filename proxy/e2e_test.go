@@ -3,9 +3,8 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"net"
+	"net/netip"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -14,16 +13,6 @@ import (
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/pool"
 )
-
-func portOf(t testing.TB, addr string) uint16 {
-	t.Helper()
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := strconv.Atoi(p)
-	return uint16(n)
-}
 
 // waitUntil polls cond until it holds or the bound passes.
 func waitUntil(t testing.TB, within time.Duration, what string, cond func() bool) {
@@ -85,7 +74,7 @@ func TestLegacyAppBehindUnstuckLeavesNoCloseWait(t *testing.T) {
 
 	t.Run("through unstuck", func(t *testing.T) {
 		up := testpeer.StartIdleCloser(t, testpeer.IdleCloserOptions{IdleTimeout: 200 * time.Millisecond})
-		upPort := portOf(t, up.Addr())
+		upEnd := netip.MustParseAddrPort(up.Addr())
 		addr := startProxy(t, proxyOpts{
 			pool:     pool.Config{IdleTimeout: 90 * time.Second},
 			upstream: Upstream{Retries: 2},
@@ -100,7 +89,7 @@ func TestLegacyAppBehindUnstuckLeavesNoCloseWait(t *testing.T) {
 			waitUntil(t, 5*time.Second, "the upstream to see every connection closed", func() bool {
 				return up.Fins() > 0 && up.OpenConns() == 0
 			})
-			if n := closeWaits(t, sockstate.Either(sockstate.LocalPort(upPort), sockstate.RemotePort(upPort))); n != 0 {
+			if n := closeWaits(t, sockstate.End(upEnd)); n != 0 {
 				t.Fatalf("round %d: %d upstream-side sockets in CLOSE_WAIT", round, n)
 			}
 		}

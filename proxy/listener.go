@@ -135,7 +135,7 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 }
 
 // stop begins a shutdown: closes still waiting for an app's FIN are reset
-// at once, and from now on Close waits for nothing (see closeNow). Shutdown
+// at once, and from now on Close waits for nothing (see closeAtShutdown). Shutdown
 // calls it before fasthttp closes the idle connections, and wait after.
 func (l *lingerListener) stop() {
 	l.mu.Lock()
@@ -217,22 +217,24 @@ func (c *appConn) close() error {
 	switch {
 	case set.linger.Mode == sockopt.Bounded:
 		return c.closeBounded(set.linger)
-	case (stopping || set.linger.Mode == sockopt.Reset) && !unacknowledged(c.fd):
-		// At shutdown graceful closes like reset: unstuck is about to
-		// exit and cannot escalate later, and a FIN alone would leave a
-		// never-closing app in CLOSE_WAIT for good.
-		return c.reset()
 	case stopping:
-		l.obs.AppConnClosed("graceful") // the kernel delivers what is in flight
-		return c.Conn.Close()
+		return c.closeAtShutdown()
+	case set.linger.Mode == sockopt.Reset && !unacknowledged(c.fd):
+		return c.reset()
 	}
 	if err := c.Conn.(*net.TCPConn).CloseWrite(); err != nil {
 		l.obs.AppConnClosed("graceful")
 		return c.Conn.Close() // already gone
 	}
+	if hook := testHookHalfClosed.Load(); hook != nil {
+		(*hook)()
+	}
 	l.mu.Lock()
 	if l.stopping {
-		c.Conn.SetReadDeadline(time.Now())
+		// Shutdown began since the check above, and its wait for
+		// l.wg may be running: a wait must not gain members.
+		l.mu.Unlock()
+		return c.closeAtShutdown()
 	}
 	l.waiting[c] = struct{}{}
 	l.wg.Add(1)
@@ -240,6 +242,23 @@ func (c *appConn) close() error {
 	go c.awaitFIN(set.finTimeout)
 	return nil
 }
+
+// closeAtShutdown closes at once, whatever the linger. Graceful closes
+// like reset: unstuck is about to exit and cannot escalate later, and a
+// FIN alone would leave a never-closing app in CLOSE_WAIT for good. Bytes
+// still unacknowledged get a plain close instead: the kernel delivers
+// them.
+func (c *appConn) closeAtShutdown() error {
+	if !unacknowledged(c.fd) {
+		return c.reset()
+	}
+	c.l.obs.AppConnClosed("graceful")
+	return c.Conn.Close()
+}
+
+// testHookHalfClosed runs between a graceful close's FIN and its joining
+// the listener's waits, when set; tests start a Shutdown there.
+var testHookHalfClosed atomic.Pointer[func()]
 
 // awaitFIN runs after a half-close: it discards what the app still sends
 // until its FIN (a clean end) or finTimeout (reset).

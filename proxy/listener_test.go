@@ -139,11 +139,10 @@ func TestIdleAppConnectionClosedWithListenerLinger(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			proxyPort := portOf(t, addr)
 			// unstuck's side of each app connection is gone (reset) or
 			// in FIN_WAIT2 (graceful) once it closed them.
 			waitUntil(t, 5*time.Second, "unstuck to close the idle app connections", func() bool {
-				n, _ := sockstate.Count(sockstate.LocalPort(proxyPort))
+				n, _ := sockstate.Count(app.PeerMatch())
 				return n[sockstate.Established] == 0
 			})
 			cw, err := app.CloseWaitCount()

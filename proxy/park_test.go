@@ -219,10 +219,10 @@ func TestAppClosingReleasedConnectionLeavesNoCloseWait(t *testing.T) {
 	c.send(get("/x"))
 	c.response("GET")
 	waitUntil(t, 5*time.Second, "the connection released", func() bool { return obs.released.Load() == 1 })
-	local := c.c.LocalAddr().(*net.TCPAddr).AddrPort()
+	unstucks := sockstate.Conn(addrPort(c.c.RemoteAddr()), addrPort(c.c.LocalAddr()))
 	c.c.Close()
 	waitUntil(t, 2*time.Second, "unstuck's side closed", func() bool {
-		n, err := sockstate.Count(sockstate.RemotePort(local.Port()))
+		n, err := sockstate.Count(unstucks)
 		return err == nil && n[sockstate.CloseWait] == 0 && n[sockstate.Established] == 0
 	})
 	waitUntil(t, 2*time.Second, "the close counted", func() bool { return obs.closed.Load() == 1 })

@@ -197,7 +197,7 @@ func TestAppIgnoringFINIsReset(t *testing.T) {
 	if n, _ := app.CloseWaitCount(); n != 0 {
 		t.Fatalf("%d app sockets still in CLOSE_WAIT after the reset", n)
 	}
-	n, _ := sockstate.Count(sockstate.LocalPort(portOf(t, addr)))
+	n, _ := sockstate.Count(app.PeerMatch())
 	if n[sockstate.FinWait2] != 0 || n[sockstate.TimeWait] != 0 {
 		t.Fatalf("unstuck holds %v after the reset", n)
 	}
@@ -287,4 +287,62 @@ func TestShutdownResetsWaitingCloses(t *testing.T) {
 
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
+}
+
+// A graceful close that Shutdown overtakes between its FIN and its wait
+// for the app's FIN resets at once instead of starting a wait that
+// Shutdown has stopped waiting for. (Before, it joined the listener's
+// WaitGroup while Shutdown waited on it: -race reported that, and the
+// close was not waited for.)
+func TestCloseOvertakenByShutdownResets(t *testing.T) {
+	closes := &closeCounter{}
+	srv, addr := startServer(t, proxyOpts{listener: Config{
+		Linger: sockopt.Linger{Mode: sockopt.Graceful}, AppFinTimeout: time.Hour, Observer: closes,
+	}}, echoUpstream(t))
+	c := dialRaw(t, addr)
+	c.send(get("/x"))
+	c.response("GET")
+
+	shutdownDone := make(chan struct{})
+	startShutdown := func() {
+		go func() {
+			ctx, cancel := contextWithTimeout(5 * time.Second)
+			defer cancel()
+			srv.Shutdown(ctx)
+			close(shutdownDone)
+		}()
+		// Polled until Shutdown has begun (on fasthttp's goroutine:
+		// no t.Fatal here; the count of resets below tells).
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			l := srv.listener()
+			l.mu.Lock()
+			stopping := l.stopping
+			l.mu.Unlock()
+			if stopping {
+				return
+			}
+		}
+	}
+	testHookHalfClosed.Store(&startShutdown)
+	defer testHookHalfClosed.Store(nil)
+	c.c.(*net.TCPConn).CloseWrite() // the app's FIN ends the serve loop: unstuck closes
+	waitUntil(t, 5*time.Second, "the close counted", func() bool {
+		return closes.count("reset")+closes.count("graceful")+closes.count("escalated") == 1
+	})
+	select {
+	case <-shutdownDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+	if n := closes.count("reset"); n != 1 {
+		t.Fatalf("resets %d (graceful %d, escalated %d); want the overtaken close reset",
+			n, closes.count("graceful"), closes.count("escalated"))
+	}
+}
+
+// listener is the listener Serve runs on (nil before Serve).
+func (s *Server) listener() *lingerListener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ln
 }

@@ -54,9 +54,9 @@ func politeGet(addr string) error {
 }
 
 // TestE2ERestartWithTimeWait: unstuck closes 1,000 idle app connections
-// first (linger graceful), so the port has 1,000 sockets in TIME_WAIT; a new
-// unstuck started right after the old one exits binds that port on its
-// first try and serves.
+// first (linger graceful), so the port has up to 1,000 sockets in
+// TIME_WAIT; a new unstuck started right after the old one exits binds that
+// port on its first try and serves.
 func TestE2ERestartWithTimeWait(t *testing.T) {
 	t.Parallel()
 	const conns, batch = 1000, 100
@@ -97,13 +97,17 @@ upstreams:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	// Each connection leaves a TIME_WAIT on unstuck's side, except where a
+	// later batch dialled from the same client port: the kernel lets that
+	// SYN take the old TIME_WAIT over. Most stay.
 	atPort := sockstate.LocalPort(uint16(port))
 	counts, err := sockstate.WaitFor(ctx, atPort, func(m map[sockstate.State]int) bool {
-		return m[sockstate.TimeWait] >= conns
+		return m[sockstate.TimeWait] >= conns/2 && m[sockstate.Established]+m[sockstate.FinWait1]+m[sockstate.FinWait2] == 0
 	})
 	if err != nil {
 		t.Fatalf("TIME_WAIT on port %d: %v", port, err)
 	}
+	before := counts[sockstate.TimeWait]
 	t.Logf("port %d before the restart: %v", port, counts)
 
 	first.stop(t)
@@ -118,10 +122,10 @@ upstreams:
 	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	counts, err = sockstate.WaitFor(ctx, atPort, func(m map[sockstate.State]int) bool {
-		return m[sockstate.TimeWait] >= conns
+		return m[sockstate.TimeWait] >= before
 	})
 	if err != nil {
-		t.Errorf("TIME_WAIT once the new unstuck listens; want the %d from before: %v", conns, err)
+		t.Errorf("TIME_WAIT once the new unstuck listens; want the %d from before: %v", before, err)
 	}
 	t.Logf("port %d once the new unstuck listens: %v", port, counts)
 	second.waitAccepting(t, listen)

@@ -142,11 +142,39 @@ func Port(p uint16) func(Socket) bool {
 	return func(s Socket) bool { return s.Local.Port() == p || s.Remote.Port() == p }
 }
 
+// End matches sockets with ap (address and port; may be IPv4-mapped) at
+// either end: a listener's address matches its accepted connections and
+// the clients connected to it, and none of another address's.
+func End(ap netip.AddrPort) func(Socket) bool {
+	ap = unmap(ap)
+	return func(s Socket) bool { return s.Local == ap || s.Remote == ap }
+}
+
 // Conn matches the one socket with these local and remote ends (either may
 // be IPv4-mapped; see Socket).
 func Conn(local, remote netip.AddrPort) func(Socket) bool {
 	local, remote = unmap(local), unmap(remote)
 	return func(s Socket) bool { return s.Local == local && s.Remote == remote }
+}
+
+// Ends are one connection's two ends as one side sees them.
+type Ends struct{ Local, Remote netip.AddrPort }
+
+// Peer returns the ends as the other side of the connection sees them.
+func (e Ends) Peer() Ends { return Ends{Local: e.Remote, Remote: e.Local} }
+
+// Conns matches the sockets with exactly these ends (either address may be
+// IPv4-mapped). Tests that count states should match whole four-tuples, not
+// ports: Linux hands the same ephemeral port to connections towards
+// different peers, and a listener may get a port whose old connections
+// still linger in TIME_WAIT, so a port alone can match another test's
+// sockets.
+func Conns(ends ...Ends) func(Socket) bool {
+	set := make(map[Ends]bool, len(ends))
+	for _, e := range ends {
+		set[Ends{unmap(e.Local), unmap(e.Remote)}] = true
+	}
+	return func(s Socket) bool { return set[Ends{s.Local, s.Remote}] }
 }
 
 func unmap(ap netip.AddrPort) netip.AddrPort {

@@ -325,17 +325,27 @@ func (c *LegacyClient) LocalPorts() []uint16 {
 // Match returns a sockstate filter for the client's own sockets (those
 // opened so far, by local and remote address), for sockstate.WaitFor.
 func (c *LegacyClient) Match() func(sockstate.Socket) bool {
-	c.mu.Lock()
-	set := make(map[connEnds]bool, len(c.ends))
-	for _, e := range c.ends {
-		set[connEnds{unmap(e.local), unmap(e.remote)}] = true
-	}
-	c.mu.Unlock()
-	return func(s sockstate.Socket) bool { return set[connEnds{s.Local, s.Remote}] }
+	return sockstate.Conns(c.connEnds(false)...)
 }
 
-func unmap(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+// PeerMatch returns a sockstate filter for the far side of each of the
+// client's connections opened so far: the sockets of the server (or proxy)
+// it talks to.
+func (c *LegacyClient) PeerMatch() func(sockstate.Socket) bool {
+	return sockstate.Conns(c.connEnds(true)...)
+}
+
+func (c *LegacyClient) connEnds(peer bool) []sockstate.Ends {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ends := make([]sockstate.Ends, len(c.ends))
+	for i, e := range c.ends {
+		ends[i] = sockstate.Ends{Local: e.local, Remote: e.remote}
+		if peer {
+			ends[i] = ends[i].Peer()
+		}
+	}
+	return ends
 }
 
 // SocketStates counts the client's own sockets by TCP state.
