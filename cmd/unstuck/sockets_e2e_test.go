@@ -23,12 +23,21 @@ import (
 // politeGet is a well-behaved app on its own connection: one GET, the
 // whole response, then it waits for the server's FIN (unstuck's
 // idle_timeout) and closes on EOF. The server closed first, so the
-// server's socket keeps TIME_WAIT.
-func politeGet(addr string) error {
+// server's socket keeps TIME_WAIT. It returns the ends of the server's
+// socket.
+func politeGet(addr string) (sockstate.Ends, error) {
 	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err != nil {
-		return err
+		return sockstate.Ends{}, err
 	}
+	server := sockstate.Ends{
+		Local:  conn.RemoteAddr().(*net.TCPAddr).AddrPort(),
+		Remote: conn.LocalAddr().(*net.TCPAddr).AddrPort(),
+	}
+	return server, politeExchange(conn, addr)
+}
+
+func politeExchange(conn net.Conn, addr string) error {
 	defer conn.Close() // on EOF: the app's FIN
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := fmt.Fprintf(conn, "GET /tw HTTP/1.1\r\nHost: %s\r\n\r\n", addr); err != nil {
@@ -78,16 +87,19 @@ upstreams:
 	var (
 		mu     sync.Mutex
 		failed []error
+		ends   []sockstate.Ends // unstuck's side of each connection
 	)
 	for start := 0; start < conns; start += batch {
 		var wg sync.WaitGroup
 		for range batch {
 			wg.Go(func() {
-				if err := politeGet(listen); err != nil {
-					mu.Lock()
+				end, err := politeGet(listen)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
 					failed = append(failed, err)
-					mu.Unlock()
 				}
+				ends = append(ends, end)
 			})
 		}
 		wg.Wait() // bounded: every connection has a 10s deadline
@@ -100,8 +112,8 @@ upstreams:
 	// Each connection leaves a TIME_WAIT on unstuck's side, except where a
 	// later batch dialled from the same client port: the kernel lets that
 	// SYN take the old TIME_WAIT over. Most stay.
-	atPort := sockstate.LocalPort(uint16(port))
-	counts, err := sockstate.WaitFor(ctx, atPort, func(m map[sockstate.State]int) bool {
+	unstucksSide := sockstate.Conns(ends...)
+	counts, err := sockstate.WaitFor(ctx, unstucksSide, func(m map[sockstate.State]int) bool {
 		return m[sockstate.TimeWait] >= conns/2 && m[sockstate.Established]+m[sockstate.FinWait1]+m[sockstate.FinWait2] == 0
 	})
 	if err != nil {
@@ -121,7 +133,7 @@ upstreams:
 	// /proc/net/tcp may miss sockets while others churn.
 	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	counts, err = sockstate.WaitFor(ctx, atPort, func(m map[sockstate.State]int) bool {
+	counts, err = sockstate.WaitFor(ctx, unstucksSide, func(m map[sockstate.State]int) bool {
 		return m[sockstate.TimeWait] >= before
 	})
 	if err != nil {
