@@ -59,15 +59,32 @@ func Count(match func(Socket) bool) (map[State]int, error) {
 	return CountFrom(DefaultDir, match)
 }
 
-// CountFrom is Count reading procNetDir (see ReadFrom). It allocates per
-// call, not per socket.
+// CountFrom is Count reading procNetDir (see ReadFrom).
+//
+// A socket the table shows twice counts once. The kernel prints the table
+// a page per read(2), and each read walks its hash chains again from a
+// saved position: a socket that others' churn moves along a chain can be
+// printed twice, or skipped. Skips cannot be undone, which is why WaitFor
+// polls.
 func CountFrom(procNetDir string, match func(Socket) bool) (map[State]int, error) {
 	var counts [NumStates]int
 	var unknown map[State]int
+	// A socket is its four-tuple and its inode: reuse_port listeners
+	// share the tuple, and TIME_WAIT (inode 0) is unique by the tuple.
+	type key struct {
+		local, remote netip.AddrPort
+		inode         uint64
+	}
+	seen := make(map[key]struct{})
 	err := walk(procNetDir, nativeLittle, func(s *Socket) {
 		if match != nil && !match(*s) {
 			return
 		}
+		k := key{s.Local, s.Remote, s.Inode}
+		if _, dup := seen[k]; dup {
+			return
+		}
+		seen[k] = struct{}{}
 		if s.State.Valid() {
 			counts[s.State]++
 			return

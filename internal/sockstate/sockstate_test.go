@@ -69,6 +69,10 @@ func TestCountFromFixture(t *testing.T) {
 		{"every", "fixture", Every(LocalPort(443), RemotePort(1234)), map[State]int{TimeWait: 1}},
 		{"conn mapped", "fixture", Conn(netip.MustParseAddrPort("[::ffff:127.0.0.1]:9000"), netip.MustParseAddrPort("127.0.0.1:40001")), map[State]int{CloseWait: 1}},
 		{"no tcp6", "v4only", nil, map[State]int{Listen: 1}},
+		// An established socket printed twice (a read that resumed after
+		// the chain moved) counts once; two reuse_port listeners on one
+		// address, two inodes, count twice.
+		{"duplicates", "duplicates", nil, map[State]int{Listen: 2, Established: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -239,7 +243,8 @@ func writeTable(tb testing.TB, n int) string {
 	return dir
 }
 
-// TestCountAllocs proves CountFrom allocates per call, not per socket.
+// TestCountAllocs proves CountFrom allocates far less than once per socket:
+// a few times per call, and as its set of the sockets seen doubles.
 func TestCountAllocs(t *testing.T) {
 	dir := writeTable(t, 20000)
 	got, err := CountFrom(dir, RemotePort(8080))
@@ -255,7 +260,7 @@ func TestCountAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	if allocs > 30 {
+	if allocs > 400 {
 		t.Errorf("CountFrom of 20000 sockets: %v allocs, want a few per call", allocs)
 	}
 }
