@@ -43,13 +43,35 @@ func List() ([]Socket, error) { return ReadFrom(DefaultDir) }
 
 // ReadFrom is List reading the files tcp and tcp6 in procNetDir (such as
 // "/proc/net", "/proc/<pid>/net" or a directory of fixtures). A missing tcp6
-// (IPv6 disabled) is not an error.
+// (IPv6 disabled) is not an error. A socket the table shows twice is listed
+// once (see CountFrom).
 func ReadFrom(procNetDir string) ([]Socket, error) {
 	var out []Socket
+	seen := make(map[socketKey]struct{})
 	err := walk(procNetDir, nativeLittle, func(s *Socket) {
-		out = append(out, *s)
+		if firstSight(seen, s) {
+			out = append(out, *s)
+		}
 	})
 	return out, err
+}
+
+// socketKey tells sockets apart within one read of the tables: the
+// four-tuple and the inode. reuse_port listeners share the tuple, and a
+// TIME_WAIT socket (inode 0) is unique by its tuple.
+type socketKey struct {
+	local, remote netip.AddrPort
+	inode         uint64
+}
+
+// firstSight records s in seen and reports whether it was not there yet.
+func firstSight(seen map[socketKey]struct{}, s *Socket) bool {
+	k := socketKey{s.Local, s.Remote, s.Inode}
+	if _, dup := seen[k]; dup {
+		return false
+	}
+	seen[k] = struct{}{}
+	return true
 }
 
 // Count returns how many sockets of the current network namespace are in
@@ -69,22 +91,11 @@ func Count(match func(Socket) bool) (map[State]int, error) {
 func CountFrom(procNetDir string, match func(Socket) bool) (map[State]int, error) {
 	var counts [NumStates]int
 	var unknown map[State]int
-	// A socket is its four-tuple and its inode: reuse_port listeners
-	// share the tuple, and TIME_WAIT (inode 0) is unique by the tuple.
-	type key struct {
-		local, remote netip.AddrPort
-		inode         uint64
-	}
-	seen := make(map[key]struct{})
+	seen := make(map[socketKey]struct{})
 	err := walk(procNetDir, nativeLittle, func(s *Socket) {
-		if match != nil && !match(*s) {
+		if match != nil && !match(*s) || !firstSight(seen, s) {
 			return
 		}
-		k := key{s.Local, s.Remote, s.Inode}
-		if _, dup := seen[k]; dup {
-			return
-		}
-		seen[k] = struct{}{}
 		if s.State.Valid() {
 			counts[s.State]++
 			return

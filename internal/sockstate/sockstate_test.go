@@ -52,6 +52,21 @@ func TestParseFixture(t *testing.T) {
 	}
 }
 
+// A socket printed twice is listed once; reuse_port listeners, one
+// address and two inodes, are two sockets.
+func TestReadFromDropsRepeats(t *testing.T) {
+	if !nativeLittle {
+		t.Skip("fixtures encode little-endian words")
+	}
+	got, err := ReadFrom(filepath.Join("testdata", "duplicates"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].Inode != 1213 || got[1].Inode != 1214 || got[2].State != Established {
+		t.Fatalf("got %+v; want the two listeners and the established socket once", got)
+	}
+}
+
 func TestCountFromFixture(t *testing.T) {
 	if !nativeLittle {
 		t.Skip("fixtures encode little-endian words")
