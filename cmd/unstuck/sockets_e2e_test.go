@@ -128,8 +128,8 @@ upstreams:
 	if out := second.stderr.String(); strings.Contains(out, "address already in use") {
 		t.Fatalf("the restart could not bind %s:\n%s", listen, out)
 	}
-	// Nothing has connected to the port since: the TIME_WAIT sockets can
-	// only have expired (after 60s). Polled, because one read of
+	// Nothing has connected to the port since, and TIME_WAIT lasts 60s:
+	// the sockets are still there. Polled, because one read of
 	// /proc/net/tcp may miss sockets while others churn.
 	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
