@@ -464,6 +464,9 @@ func TestRaceCloser(t *testing.T) {
 			failed++
 		}
 	}
+	// The server counts a response once its write returns, which can be
+	// after the client has read it all: wait for the count to catch up.
+	eventually(t, 5*time.Second, "the server to count every response", func() bool { return s.Responses() == requests-failed })
 	closes, responses := s.Closes(), s.Responses()
 	if got := float64(closes) / float64(responses); got < fraction/2 || got > fraction*1.5 {
 		t.Errorf("closed after %d of %d responses (%.2f), want about %.2f", closes, responses, got, fraction)
