@@ -175,38 +175,35 @@ func TestLingerDecidesWhoKeepsTimeWait(t *testing.T) {
 					t.Fatal(err)
 				}
 				cs = append(cs, c)
-				ends = append(ends, sockstate.Ends{
-					Local:  c.NetConn().LocalAddr().(*net.TCPAddr).AddrPort(),
-					Remote: c.NetConn().RemoteAddr().(*net.TCPAddr).AddrPort(),
-				})
+				ends = append(ends, sockstate.EndsOf(c.NetConn()))
 			}
 			for _, c := range cs {
 				p.Release(c)
 			}
 			waitCounts(t, p, 0, 0, 5*time.Second)
-			// Polled until the reading matches: one read of /proc/net/tcp
-			// can miss sockets that other tests' churn moves in the
-			// kernel's table while it is read.
+			// Polled: one read of /proc/net/tcp can miss sockets that
+			// other tests' churn moves while it is read. A miss can only
+			// hide a socket, so "none" (reset) is read three times.
+			//
 			// With graceful, all of them, give or take the odd one: in
 			// the full suite, beside other packages' churn, 1 to 4 of 50
 			// have been seen missing from TIME_WAIT although the server
 			// read a clean FIN from each (unstuck closed gracefully; the
 			// kernel dropped the socket later). Never when this package
-			// runs alone. With reset, exactly none; a miss can only hide
-			// a socket, so "none" is read three times.
+			// runs alone.
+			enough, reads := func(tw int) bool { return tw >= tc.want*9/10 }, 1
+			if tc.want == 0 {
+				enough, reads = func(tw int) bool { return tw == 0 }, 3
+			}
 			mine := sockstate.Conns(ends...)
 			var states map[sockstate.State]int
-			for range 3 {
+			for range reads {
 				var err error
 				states, err = sockstate.WaitFor(t.Context(), mine, func(m map[sockstate.State]int) bool {
-					tw := m[sockstate.TimeWait]
-					return tw >= tc.want*9/10 && (tc.want != 0 || tw == 0) && m[sockstate.Established]+m[sockstate.FinWait1]+m[sockstate.FinWait2] == 0
+					return enough(m[sockstate.TimeWait]) && m[sockstate.Established]+m[sockstate.FinWait1]+m[sockstate.FinWait2] == 0
 				})
 				if err != nil {
 					t.Fatalf("linger %s: TIME_WAIT = %d on unstuck's side; want %d (states %v): %v", tc.linger, states[sockstate.TimeWait], tc.want, states, err)
-				}
-				if tc.want != 0 {
-					break
 				}
 			}
 			t.Logf("linger %s: %d of %d connections unstuck closed first are in TIME_WAIT on its side", tc.linger, states[sockstate.TimeWait], n)

@@ -219,7 +219,7 @@ func TestAppClosingReleasedConnectionLeavesNoCloseWait(t *testing.T) {
 	c.send(get("/x"))
 	c.response("GET")
 	waitUntil(t, 5*time.Second, "the connection released", func() bool { return obs.released.Load() == 1 })
-	unstucks := sockstate.Conn(addrPort(c.c.RemoteAddr()), addrPort(c.c.LocalAddr()))
+	unstucks := sockstate.Conns(sockstate.EndsOf(c.c).Peer())
 	c.c.Close()
 	waitUntil(t, 2*time.Second, "unstuck's side closed", func() bool {
 		n, err := sockstate.Count(unstucks)

@@ -30,11 +30,7 @@ func politeGet(addr string) (sockstate.Ends, error) {
 	if err != nil {
 		return sockstate.Ends{}, err
 	}
-	server := sockstate.Ends{
-		Local:  conn.RemoteAddr().(*net.TCPAddr).AddrPort(),
-		Remote: conn.LocalAddr().(*net.TCPAddr).AddrPort(),
-	}
-	return server, politeExchange(conn, addr)
+	return sockstate.EndsOf(conn).Peer(), politeExchange(conn, addr)
 }
 
 func politeExchange(conn net.Conn, addr string) error {

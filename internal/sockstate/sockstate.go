@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -187,6 +188,11 @@ func Conn(local, remote netip.AddrPort) func(Socket) bool {
 
 // Ends are one connection's two ends as one side sees them.
 type Ends struct{ Local, Remote netip.AddrPort }
+
+// EndsOf returns the ends of c, a TCP connection, as its side sees them.
+func EndsOf(c net.Conn) Ends {
+	return Ends{Local: c.LocalAddr().(*net.TCPAddr).AddrPort(), Remote: c.RemoteAddr().(*net.TCPAddr).AddrPort()}
+}
 
 // Peer returns the ends as the other side of the connection sees them.
 func (e Ends) Peer() Ends { return Ends{Local: e.Remote, Remote: e.Local} }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -53,8 +52,8 @@ type LegacyClient struct {
 	closeOnce sync.Once
 	mu        sync.Mutex // guards everything below
 	closed    bool
-	all       []*net.TCPConn // every connection ever opened, live or abandoned
-	ends      []connEnds     // local and remote address of each of all
+	all       []*net.TCPConn   // every connection ever opened, live or abandoned
+	ends      []sockstate.Ends // the client's side of each of all
 	stats     Stats
 }
 
@@ -65,8 +64,6 @@ type slot struct {
 	conn *net.TCPConn // nil: dial before the next request
 	br   *bufio.Reader
 }
-
-type connEnds struct{ local, remote netip.AddrPort }
 
 // Stats are a LegacyClient's results so far.
 type Stats struct {
@@ -165,10 +162,7 @@ func (c *LegacyClient) dial(sl *slot) error {
 		return net.ErrClosed
 	}
 	c.all = append(c.all, tc)
-	c.ends = append(c.ends, connEnds{
-		local:  tc.LocalAddr().(*net.TCPAddr).AddrPort(),
-		remote: tc.RemoteAddr().(*net.TCPAddr).AddrPort(),
-	})
+	c.ends = append(c.ends, sockstate.EndsOf(tc))
 	c.stats.Dials++
 	sl.conn, sl.br = tc, bufio.NewReaderSize(tc, 32<<10)
 	return nil
@@ -317,7 +311,7 @@ func (c *LegacyClient) LocalPorts() []uint16 {
 	defer c.mu.Unlock()
 	ports := make([]uint16, len(c.ends))
 	for i, e := range c.ends {
-		ports[i] = e.local.Port()
+		ports[i] = e.Local.Port()
 	}
 	return ports
 }
@@ -325,27 +319,22 @@ func (c *LegacyClient) LocalPorts() []uint16 {
 // Match returns a sockstate filter for the client's own sockets (those
 // opened so far, by local and remote address), for sockstate.WaitFor.
 func (c *LegacyClient) Match() func(sockstate.Socket) bool {
-	return sockstate.Conns(c.connEnds(false)...)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return sockstate.Conns(c.ends...)
 }
 
 // PeerMatch returns a sockstate filter for the far side of each of the
 // client's connections opened so far: the sockets of the server (or proxy)
 // it talks to.
 func (c *LegacyClient) PeerMatch() func(sockstate.Socket) bool {
-	return sockstate.Conns(c.connEnds(true)...)
-}
-
-func (c *LegacyClient) connEnds(peer bool) []sockstate.Ends {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ends := make([]sockstate.Ends, len(c.ends))
+	peers := make([]sockstate.Ends, len(c.ends))
 	for i, e := range c.ends {
-		ends[i] = sockstate.Ends{Local: e.local, Remote: e.remote}
-		if peer {
-			ends[i] = ends[i].Peer()
-		}
+		peers[i] = e.Peer()
 	}
-	return ends
+	return sockstate.Conns(peers...)
 }
 
 // SocketStates counts the client's own sockets by TCP state.
