@@ -178,3 +178,8 @@ func (o *listenerObserver) AppConnClosed(how string) {
 	}
 	o.m.appClosed.WithLabelValues(o.listener, how).Inc()
 }
+
+// TODO(issue 11): series for these three.
+func (o *listenerObserver) Refused(string)         {}
+func (o *listenerObserver) AppAborted(string)      {}
+func (o *listenerObserver) UpstreamTimeout(string) {}

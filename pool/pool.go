@@ -67,6 +67,11 @@ type Config struct {
 	AcquireTimeout time.Duration // wait for a free slot at MaxConns; 0: no limit
 	DialTimeout    time.Duration // 0: the kernel's own connect timeout
 
+	// ResponseHeaderBytes caps a response's status line and headers: it is
+	// the size of each busy connection's read buffer
+	// (limits.response_header_bytes); 0: 64 KiB.
+	ResponseHeaderBytes int
+
 	// Outbound sockets.
 	Source      netip.Addr        // bind this local IP (IP_BIND_ADDRESS_NO_PORT); zero: the kernel's choice
 	SourcePorts PortRange         // with Source: the ephemeral ports to use; zero: the system range

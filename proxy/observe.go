@@ -11,8 +11,21 @@ type Observer interface {
 	// the failure), and how many retries it took.
 	Request(status int, upstream time.Duration, retries int)
 	// Retry reports a retry and why: "dial" (nothing was sent) or
-	// "stale" (a reused connection failed before any response byte).
+	// "stale" (a reused connection failed before any response byte; the
+	// retry goes to a newly dialed connection).
 	Retry(reason string)
+	// Refused reports a request answered with a 4xx by unstuck itself and
+	// never forwarded (or aborted upstream before it was complete):
+	// reason is one of the Refuse* constants.
+	Refused(reason string)
+	// AppAborted reports an app that closed or reset its connection while
+	// its request was in flight (logged as 499); phase is "request"
+	// (before or while sending upstream), "response_header" or
+	// "response_body".
+	AppAborted(phase string)
+	// UpstreamTimeout reports an upstream wait that ran out: phase is
+	// "response_header", "response_idle" or "write".
+	UpstreamTimeout(phase string)
 	// AppConnOpened and AppConnClosed bracket every app connection. how is
 	// "graceful" (FIN), "reset" (RST) or "bounded" (SO_LINGER N).
 	AppConnOpened()
@@ -26,6 +39,22 @@ type nopObserver struct{}
 
 func (nopObserver) Request(int, time.Duration, int) {}
 func (nopObserver) Retry(string)                    {}
+func (nopObserver) Refused(string)                  {}
+func (nopObserver) AppAborted(string)               {}
+func (nopObserver) UpstreamTimeout(string)          {}
 func (nopObserver) AppConnOpened()                  {}
 func (nopObserver) AppConnClosed(string)            {}
 func (nopObserver) AppConnReleased(int)             {}
+
+// Reasons for Observer.Refused; metric label values, keep them stable.
+const (
+	RefuseBadRequest     = "bad_request"      // malformed or ambiguous request (400)
+	RefuseHeaderTooLarge = "header_too_large" // limits.request_header_bytes (431)
+	RefuseURITooLong     = "uri_too_long"     // request line too long (414)
+	RefuseBodyTooLarge   = "body_too_large"   // limits.request_body_bytes (413)
+	RefuseHeaderTimeout  = "header_timeout"   // read_header_timeout (408)
+	RefuseBodyTimeout    = "body_timeout"     // body_read_timeout (408)
+	RefuseBodyIncomplete = "body_incomplete"  // the app ended its connection mid-body (400)
+	RefuseMethod         = "method"           // CONNECT and the like (405/501)
+	RefuseConnLimit      = "conn_limit"       // limits.max_conns reached: accept waited
+)

@@ -36,7 +36,13 @@ type Upstream struct {
 	Pool                  *pool.Pool
 	Retries               int           // extra attempts, see retryable
 	ResponseHeaderTimeout time.Duration // 0: none
-	HostHeader            string        // "": keep the client's Host
+	// ResponseIdleTimeout bounds each wait for the next bytes of a
+	// response body (timeouts.response_idle); 0: none.
+	ResponseIdleTimeout time.Duration
+	// WriteTimeout bounds each write of a request to the upstream that
+	// makes no progress (timeouts.write); 0: none.
+	WriteTimeout time.Duration
+	HostHeader   string // "": keep the client's Host
 }
 
 // Config describes one listener. Zero values are the documented defaults.
@@ -50,11 +56,31 @@ type Config struct {
 	AppFinTimeout    time.Duration     // after a graceful close, wait this long for the app's FIN; default 5s
 	Keepalive        sockopt.Keepalive // TCP keepalive on app connections; zero Idle: off
 	UserTimeout      time.Duration     // TCP_USER_TIMEOUT on app connections; 0: the kernel's default
-	AccessLog        bool              // one info line per request
-	Activity         *atomic.Uint64    // if set, counted up once per request (idle memory release watches it)
-	Upstream         Upstream
-	Logger           *zap.Logger
-	Observer         Observer // default: none
+	// ReadHeaderTimeout bounds the time from a request's first byte to the
+	// end of its headers (read_header_timeout); 0: none. An app
+	// connection waiting between requests is not affected.
+	ReadHeaderTimeout time.Duration
+	// BodyReadTimeout bounds each wait for the next bytes of a request
+	// body (body_read_timeout); 0: none.
+	BodyReadTimeout time.Duration
+	// SendTimeout bounds each write to the app that makes no progress
+	// (send_timeout); 0: none.
+	SendTimeout time.Duration
+	// MaxRequestHeaderBytes caps a request's line and headers
+	// (limits.request_header_bytes); 0: 64 KiB.
+	MaxRequestHeaderBytes int
+	// MaxRequestBodyBytes caps a request body (limits.request_body_bytes);
+	// 0: no limit.
+	MaxRequestBodyBytes int64
+	// MaxConns caps the app connections open at once on this listener
+	// (limits.max_conns); 0: no limit. At the cap the listener stops
+	// accepting until one closes; the kernel's backlog holds the rest.
+	MaxConns  int
+	AccessLog bool           // one info line per request
+	Activity  *atomic.Uint64 // if set, counted up once per request (idle memory release watches it)
+	Upstream  Upstream
+	Logger    *zap.Logger
+	Observer  Observer // default: none
 }
 
 // Server serves one listener. Its upstream, app-socket settings and access
@@ -96,9 +122,9 @@ func New(cfg Config) *Server {
 	}
 	s.Update(cfg)
 	s.srv = &fasthttp.Server{
-		Handler:     s.handle,
-		Name:        "unstuck",
-		IdleTimeout: cfg.IdleTimeout,
+		Handler:      s.handle,
+		ErrorHandler: s.requestError,
+		IdleTimeout:  cfg.IdleTimeout,
 		// Large bodies stream; small ones are read whole (see
 		// maxBufferedBody).
 		StreamRequestBody:            true,
@@ -231,6 +257,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	up := s.up.Load()
 	req := &ctx.Request
+	if code, reason := checkRequest(req); code != 0 {
+		s.refuse(ctx, code, reason, nil)
+		return
+	}
 	prepareRequest(req, clientIP(ctx), up.HostHeader)
 
 	// A small body is read whole now so a retry can send it again.
