@@ -66,7 +66,26 @@ type Listener struct {
 	SocketMode    os.FileMode   // permission bits (0 to 0777) of a unix: listener's socket file; unused for host:port
 	Keepalive     Keepalive     // TCP keepalive on app connections
 	UserTimeout   time.Duration // TCP_USER_TIMEOUT on app connections, whole milliseconds; 0: the kernel's default
+
+	// ReadHeaderTimeout bounds a request from its first byte to the end of
+	// its headers; 0: none. A connection idle between requests is not
+	// affected.
+	ReadHeaderTimeout time.Duration
+	BodyReadTimeout   time.Duration // longest wait between reads of a request body; 0: none
+	SendTimeout       time.Duration // a write to the app that makes no progress this long ends the connection; 0: none
+	Limits            ListenerLimits
 }
+
+// ListenerLimits bounds what a listener takes from the app.
+type ListenerLimits struct {
+	RequestHeaderBytes int   // request line and headers; at least MinHeaderBytes
+	RequestBodyBytes   int64 // a request body; 0: no limit
+	MaxConns           int   // app connections open at once; 0: no limit
+}
+
+// MinHeaderBytes is the least a header limit may be: below it, ordinary
+// requests and responses would be refused.
+const MinHeaderBytes = 4096
 
 // Keepalive configures TCP keepalive on a connection.
 type Keepalive struct {
@@ -98,6 +117,7 @@ type Upstream struct {
 	Pool       PoolLimits
 	Dial       Dial
 	Timeouts   Timeouts
+	Limits     UpstreamLimits
 }
 
 // PoolLimits bounds the connections kept to one upstream.
@@ -122,6 +142,13 @@ type Dial struct {
 // Timeouts bounds the phases of an upstream exchange.
 type Timeouts struct {
 	ResponseHeader time.Duration // wait this long for the response headers; 0: no limit
+	ResponseIdle   time.Duration // longest wait between reads of a response body; 0: no limit
+	Write          time.Duration // a write of the request that makes no progress this long fails; 0: no limit
+}
+
+// UpstreamLimits bounds what unstuck takes from an upstream.
+type UpstreamLimits struct {
+	ResponseHeaderBytes int // status line and headers; at least MinHeaderBytes
 }
 
 // kind is the type of a configuration key's value.
@@ -137,6 +164,7 @@ const (
 	kMode
 	kIP
 	kPorts
+	kSize
 )
 
 // want describes what a value of kind k looks like, for messages.
@@ -158,6 +186,8 @@ func (k kind) want() string {
 		return "an IP address such as 10.0.0.5"
 	case kPorts:
 		return "a port range such as 20000-29999"
+	case kSize:
+		return "a size such as 64KiB"
 	default:
 		return "a string"
 	}
@@ -200,6 +230,12 @@ var (
 		{key: "keepalive.interval", kind: kDuration, def: "10s"},
 		{key: "keepalive.count", kind: kInt, def: "3"},
 		{key: "user_timeout", kind: kDuration, def: "0s"},
+		{key: "read_header_timeout", kind: kDuration, def: "10s"},
+		{key: "body_read_timeout", kind: kDuration, def: "60s"},
+		{key: "send_timeout", kind: kDuration, def: "60s"},
+		{key: "limits.request_header_bytes", kind: kSize, def: "64KiB"},
+		{key: "limits.request_body_bytes", kind: kSize, def: "0"},
+		{key: "limits.max_conns", kind: kInt, def: "0"},
 	}
 	upstreamFields = []field{
 		{key: "endpoints", kind: kList, noDef: true},
@@ -220,6 +256,9 @@ var (
 		{key: "dial.keepalive.count", kind: kInt, def: "3"},
 		{key: "dial.user_timeout", kind: kDuration, def: "0s"},
 		{key: "timeouts.response_header", kind: kDuration, def: "30s"},
+		{key: "timeouts.response_idle", kind: kDuration, def: "60s"},
+		{key: "timeouts.write", kind: kDuration, def: "60s"},
+		{key: "limits.response_header_bytes", kind: kSize, def: "64KiB"},
 	}
 )
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -705,6 +706,15 @@ func (d *decoder) listener(name string) Listener {
 		SocketMode:    decode(d, p+"socket_mode", parseMode),
 		Keepalive:     d.keepalive(p + "keepalive."),
 		UserTimeout:   decode(d, p+"user_timeout", durationThat(userTimeout)),
+
+		ReadHeaderTimeout: decode(d, p+"read_header_timeout", parseDuration),
+		BodyReadTimeout:   decode(d, p+"body_read_timeout", parseDuration),
+		SendTimeout:       decode(d, p+"send_timeout", parseDuration),
+		Limits: ListenerLimits{
+			RequestHeaderBytes: decode(d, p+"limits.request_header_bytes", sizeThat[int](headerBytes)),
+			RequestBodyBytes:   decode(d, p+"limits.request_body_bytes", parseSize),
+			MaxConns:           decode(d, p+"limits.max_conns", parseInt),
+		},
 	}
 }
 
@@ -740,7 +750,14 @@ func (d *decoder) upstream(name string) Upstream {
 			Keepalive:   d.keepalive(p + "dial.keepalive."),
 			UserTimeout: decode(d, p+"dial.user_timeout", durationThat(userTimeout)),
 		},
-		Timeouts: Timeouts{ResponseHeader: decode(d, p+"timeouts.response_header", parseDuration)},
+		Timeouts: Timeouts{
+			ResponseHeader: decode(d, p+"timeouts.response_header", parseDuration),
+			ResponseIdle:   decode(d, p+"timeouts.response_idle", parseDuration),
+			Write:          decode(d, p+"timeouts.write", parseDuration),
+		},
+		Limits: UpstreamLimits{
+			ResponseHeaderBytes: decode(d, p+"limits.response_header_bytes", sizeThat[int](headerBytes)),
+		},
 	}
 }
 
@@ -855,6 +872,61 @@ func durationThat(msg func(time.Duration) string) func(string) (time.Duration, s
 			}
 		}
 		return d, m
+	}
+}
+
+// sizeUnits are the suffixes a size may have: binary multiples only, so
+// that a size means one thing.
+var sizeUnits = []struct {
+	suffix string
+	n      int64
+}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}}
+
+// parseSize parses a number of bytes, plain ("65536") or with a KiB, MiB
+// or GiB suffix ("64KiB").
+func parseSize(s string) (int64, string) {
+	num, mult := s, int64(1)
+	for _, u := range sizeUnits {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.n
+			break
+		}
+	}
+	digits := strings.TrimPrefix(num, "-")
+	end := strings.IndexFunc(digits, func(r rune) bool { return r < '0' || r > '9' })
+	switch {
+	case digits == "" || end == 0:
+		return 0, fmt.Sprintf("%q is not a size; want one such as 65536, 64KiB or 1MiB", s)
+	case end > 0 && mult == 1 && isLetters(strings.TrimSpace(digits[end:])):
+		return 0, fmt.Sprintf("%q: unknown unit %q; want KiB, MiB or GiB, or none for bytes", s, strings.TrimSpace(digits[end:]))
+	case end > 0:
+		return 0, fmt.Sprintf("%q is not a size; want a whole number such as 65536, 64KiB or 1MiB", s)
+	}
+	n, err := strconv.ParseInt(digits, 10, 64)
+	switch {
+	case digits != num && n != 0:
+		return 0, fmt.Sprintf("%q: must not be negative", s)
+	case err != nil || n > math.MaxInt64/mult:
+		return 0, fmt.Sprintf("%q: too large", s)
+	}
+	return n * mult, ""
+}
+
+func isLetters(s string) bool {
+	return s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") == ""
+}
+
+// sizeThat returns a parser of sizes into T that msg, which says what is
+// wrong with one, also accepts. Its messages quote the text as written.
+func sizeThat[T int | int64](msg func(int64) string) func(string) (T, string) {
+	return func(s string) (T, string) {
+		n, m := parseSize(s)
+		if m == "" {
+			if m = msg(n); m != "" {
+				return 0, fmt.Sprintf("%q: %s", s, m)
+			}
+		}
+		return T(n), m
 	}
 }
 

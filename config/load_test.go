@@ -90,6 +90,11 @@ func wantDefaultConfig() *Config {
 			AppFinTimeout:    5 * time.Second,
 			SocketMode:       0o660,
 			Keepalive:        keepalive,
+
+			ReadHeaderTimeout: 10 * time.Second,
+			BodyReadTimeout:   time.Minute,
+			SendTimeout:       time.Minute,
+			Limits:            ListenerLimits{RequestHeaderBytes: 64 << 10},
 		}},
 		Upstreams: map[string]Upstream{"backend": {
 			Name: "backend", Endpoints: []string{"127.0.0.1:9000"},
@@ -98,7 +103,8 @@ func wantDefaultConfig() *Config {
 			Pool: PoolLimits{MaxConns: 512, MaxIdle: 128, IdleTimeout: 90 * time.Second,
 				AcquireTimeout: time.Second},
 			Dial:     Dial{Timeout: 2 * time.Second, Keepalive: keepalive},
-			Timeouts: Timeouts{ResponseHeader: 30 * time.Second},
+			Timeouts: Timeouts{ResponseHeader: 30 * time.Second, ResponseIdle: time.Minute, Write: time.Minute},
+			Limits:   UpstreamLimits{ResponseHeaderBytes: 64 << 10},
 		}},
 	}
 }
@@ -156,8 +162,10 @@ func TestFullFile(t *testing.T) {
 			"web": {Name: "web", Listen: "unix:/run/unstuck/web.sock", Protocol: "http", Upstream: "api",
 				IdleTimeout: 5 * time.Minute, IdleReleaseAfter: 250 * time.Millisecond, Linger: sockopt.Linger{Mode: sockopt.Bounded, Timeout: 3 * time.Second},
 				AppFinTimeout: 500 * time.Millisecond, ReusePort: true, SocketMode: 0o600,
-				Keepalive:   Keepalive{Interval: 10 * time.Second, Count: 3},
-				UserTimeout: 1500 * time.Millisecond},
+				Keepalive:         Keepalive{Interval: 10 * time.Second, Count: 3},
+				UserTimeout:       1500 * time.Millisecond,
+				ReadHeaderTimeout: 2 * time.Second, BodyReadTimeout: 0, SendTimeout: 30 * time.Second,
+				Limits: ListenerLimits{RequestHeaderBytes: 16 << 10, RequestBodyBytes: 8 << 20, MaxConns: 1000}},
 			"admin": func() Listener {
 				l := DefaultListener()
 				l.Name, l.Listen, l.Upstream, l.Linger = "admin", "[::1]:8081", "static", sockopt.Linger{Mode: sockopt.Graceful}
@@ -173,6 +181,8 @@ func TestFullFile(t *testing.T) {
 					SourcePorts: PortRange{Lo: 20000, Hi: 29999},
 					Keepalive:   Keepalive{Idle: time.Minute, Interval: 5 * time.Second, Count: 5},
 					UserTimeout: 30 * time.Second},
+				Timeouts: Timeouts{ResponseIdle: 15 * time.Second, Write: 0},
+				Limits:   UpstreamLimits{ResponseHeaderBytes: 131072},
 			},
 			"static": func() Upstream {
 				u := DefaultUpstream()
@@ -890,5 +900,142 @@ func TestEnvExamples(t *testing.T) {
 	want.File = cfg.File
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int64
+		msg  string
+	}{
+		{"0", 0, ""},
+		{"4096", 4096, ""},
+		{"64KiB", 64 << 10, ""},
+		{"64 KiB", 64 << 10, ""},
+		{"1MiB", 1 << 20, ""},
+		{"2GiB", 2 << 30, ""},
+		{"0KiB", 0, ""},
+		{"64KB", 0, `"64KB": unknown unit "KB"; want KiB, MiB or GiB, or none for bytes`},
+		{"64k", 0, `"64k": unknown unit "k"; want KiB, MiB or GiB, or none for bytes`},
+		{"64kib", 0, `"64kib": unknown unit "kib"; want KiB, MiB or GiB, or none for bytes`},
+		{"1.5MiB", 0, `"1.5MiB" is not a size; want a whole number such as 65536, 64KiB or 1MiB`},
+		{"1e6", 0, `"1e6" is not a size; want a whole number such as 65536, 64KiB or 1MiB`},
+		{"KiB", 0, `"KiB" is not a size; want one such as 65536, 64KiB or 1MiB`},
+		{"big", 0, `"big" is not a size; want one such as 65536, 64KiB or 1MiB`},
+		{"", 0, `"" is not a size; want one such as 65536, 64KiB or 1MiB`},
+		{"-1", 0, `"-1": must not be negative`},
+		{"-4KiB", 0, `"-4KiB": must not be negative`},
+		{"9223372036854775807", 1<<63 - 1, ""},
+		{"9223372036854775808", 0, `"9223372036854775808": too large`},
+		{"9000000000GiB", 0, `"9000000000GiB": too large`},
+	} {
+		got, msg := parseSize(tt.in)
+		if got != tt.want || msg != tt.msg {
+			t.Errorf("parseSize(%q) = %v, %q; want %v, %q", tt.in, got, msg, tt.want, tt.msg)
+		}
+	}
+}
+
+// TestLimitKeys runs good and bad values of the timeouts and limits that
+// bound a request and a response through Load. A bad value's problem names
+// the full key and the value as written.
+func TestLimitKeys(t *testing.T) {
+	get := map[string]func(*Config) any{
+		"listeners.app.read_header_timeout":         func(c *Config) any { return c.Listeners["app"].ReadHeaderTimeout },
+		"listeners.app.body_read_timeout":           func(c *Config) any { return c.Listeners["app"].BodyReadTimeout },
+		"listeners.app.send_timeout":                func(c *Config) any { return c.Listeners["app"].SendTimeout },
+		"listeners.app.limits.request_header_bytes": func(c *Config) any { return c.Listeners["app"].Limits.RequestHeaderBytes },
+		"listeners.app.limits.request_body_bytes":   func(c *Config) any { return c.Listeners["app"].Limits.RequestBodyBytes },
+		"listeners.app.limits.max_conns":            func(c *Config) any { return c.Listeners["app"].Limits.MaxConns },
+		"upstreams.backend.timeouts.response_idle":  func(c *Config) any { return c.Upstreams["backend"].Timeouts.ResponseIdle },
+		"upstreams.backend.timeouts.write":          func(c *Config) any { return c.Upstreams["backend"].Timeouts.Write },
+		"upstreams.backend.limits.response_header_bytes": func(c *Config) any {
+			return c.Upstreams["backend"].Limits.ResponseHeaderBytes
+		},
+	}
+	tests := []struct {
+		key, value string
+		want       any    // the value decoded, if problem is empty
+		problem    string // the one problem, without the key
+	}{
+		{key: "listeners.app.read_header_timeout", value: "5s", want: 5 * time.Second},
+		{key: "listeners.app.read_header_timeout", value: "0", want: time.Duration(0)},
+		{key: "listeners.app.read_header_timeout", value: "-1s", problem: `"-1s": must not be negative`},
+		{key: "listeners.app.read_header_timeout", value: "10", problem: `"10" has no unit; write 10s or 10ms`},
+		{key: "listeners.app.body_read_timeout", value: "2m", want: 2 * time.Minute},
+		{key: "listeners.app.body_read_timeout", value: "0s", want: time.Duration(0)},
+		{key: "listeners.app.body_read_timeout", value: "slow", problem: `"slow" is not a duration; want one such as 500ms, 2s or 1m30s`},
+		{key: "listeners.app.send_timeout", value: "250ms", want: 250 * time.Millisecond},
+		{key: "listeners.app.send_timeout", value: "-5s", problem: `"-5s": must not be negative`},
+
+		{key: "listeners.app.limits.request_header_bytes", value: "4096", want: 4096},
+		{key: "listeners.app.limits.request_header_bytes", value: "1MiB", want: 1 << 20},
+		{key: "listeners.app.limits.request_header_bytes", value: "1GiB", want: 1 << 30},
+		{key: "listeners.app.limits.request_header_bytes", value: "4095", problem: `"4095": want at least 4096 (4KiB)`},
+		{key: "listeners.app.limits.request_header_bytes", value: "0", problem: `"0": want at least 4096 (4KiB)`},
+		{key: "listeners.app.limits.request_header_bytes", value: "2GiB", problem: `"2GiB": want at most 1GiB`},
+		{key: "listeners.app.limits.request_header_bytes", value: "64KB", problem: `"64KB": unknown unit "KB"; want KiB, MiB or GiB, or none for bytes`},
+		{key: "listeners.app.limits.request_header_bytes", value: "[1]", problem: `want a size such as 64KiB, got a list`},
+		{key: "listeners.app.limits.request_body_bytes", value: "0", want: int64(0)},
+		{key: "listeners.app.limits.request_body_bytes", value: "10MiB", want: int64(10 << 20)},
+		{key: "listeners.app.limits.request_body_bytes", value: "8GiB", want: int64(8 << 30)},
+		{key: "listeners.app.limits.request_body_bytes", value: "-1", problem: `"-1": must not be negative`},
+		{key: "listeners.app.limits.request_body_bytes", value: "lots", problem: `"lots" is not a size; want one such as 65536, 64KiB or 1MiB`},
+		{key: "listeners.app.limits.max_conns", value: "0", want: 0},
+		{key: "listeners.app.limits.max_conns", value: "2000", want: 2000},
+		{key: "listeners.app.limits.max_conns", value: "-1", problem: `"-1": must not be negative`},
+		{key: "listeners.app.limits.max_conns", value: "10k", problem: `"10k" is not an integer`},
+
+		{key: "upstreams.backend.timeouts.response_idle", value: "5m", want: 5 * time.Minute},
+		{key: "upstreams.backend.timeouts.response_idle", value: "0s", want: time.Duration(0)},
+		{key: "upstreams.backend.timeouts.response_idle", value: "-1ms", problem: `"-1ms": must not be negative`},
+		{key: "upstreams.backend.timeouts.write", value: "1s", want: time.Second},
+		{key: "upstreams.backend.timeouts.write", value: "5", problem: `"5" has no unit; write 5s or 5ms`},
+		{key: "upstreams.backend.limits.response_header_bytes", value: "16KiB", want: 16 << 10},
+		{key: "upstreams.backend.limits.response_header_bytes", value: "1KiB", problem: `"1KiB": want at least 4096 (4KiB)`},
+		{key: "upstreams.backend.limits.response_header_bytes", value: "{a: 1}", problem: `want a size such as 64KiB, got a mapping`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
+			opts := LoadOptions{File: writeConfig(t, withKey(tt.key, tt.value))}
+			if tt.problem != "" {
+				lines := problemLines(t, opts)
+				if want := []string{tt.key + ": " + tt.problem}; !slices.Equal(lines, want) {
+					t.Errorf("problems:\n got %q\nwant %q", lines, want)
+				}
+				return
+			}
+			if got := get[tt.key](mustLoad(t, opts)); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %v (%T), want %v (%T)", got, got, tt.want, tt.want)
+			}
+		})
+	}
+}
+
+// TestLimitKeysFromEnv sets the new keys from the environment, sizes with
+// a unit and without, on a file that leaves them out.
+func TestLimitKeysFromEnv(t *testing.T) {
+	cfg := mustLoad(t, LoadOptions{File: "testdata/minimal.yaml", Environ: []string{
+		"UNSTUCK_LISTENERS_APP_READ_HEADER_TIMEOUT=3s",
+		"UNSTUCK_LISTENERS_APP_LIMITS_REQUEST_HEADER_BYTES=32KiB",
+		"UNSTUCK_LISTENERS_APP_LIMITS_REQUEST_BODY_BYTES=1048576",
+		"UNSTUCK_LISTENERS_APP_LIMITS_MAX_CONNS=64",
+		"UNSTUCK_UPSTREAMS_BACKEND_TIMEOUTS_RESPONSE_IDLE=0s",
+		"UNSTUCK_UPSTREAMS_BACKEND_LIMITS_RESPONSE_HEADER_BYTES=128KiB",
+	}})
+	l, u := cfg.Listeners["app"], cfg.Upstreams["backend"]
+	if l.ReadHeaderTimeout != 3*time.Second || l.Limits != (ListenerLimits{RequestHeaderBytes: 32 << 10, RequestBodyBytes: 1 << 20, MaxConns: 64}) {
+		t.Errorf("listener = %+v", l)
+	}
+	if u.Timeouts.ResponseIdle != 0 || u.Timeouts.Write != time.Minute || u.Limits.ResponseHeaderBytes != 128<<10 {
+		t.Errorf("upstream = %+v", u)
+	}
+	lines := problemLines(t, LoadOptions{File: "testdata/minimal.yaml", Environ: []string{
+		"UNSTUCK_LISTENERS_APP_LIMITS_REQUEST_HEADER_BYTES=1k",
+	}})
+	want := []string{`listeners.app.limits.request_header_bytes: "1k": unknown unit "k"; want KiB, MiB or GiB, or none for bytes`}
+	if !slices.Equal(lines, want) {
+		t.Errorf("problems:\n got %q\nwant %q", lines, want)
 	}
 }

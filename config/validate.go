@@ -151,6 +151,14 @@ func (c *Config) problems(reported func(key string) bool) Problems {
 		}
 		checkKeepalive(&ps, p+"keepalive.", l.Keepalive, reported)
 		check(&ps, p+"user_timeout", l.UserTimeout, userTimeout)
+		nonNegative(&ps, p+"read_header_timeout", l.ReadHeaderTimeout)
+		nonNegative(&ps, p+"body_read_timeout", l.BodyReadTimeout)
+		nonNegative(&ps, p+"send_timeout", l.SendTimeout)
+		checkSize(&ps, p+"limits.request_header_bytes", int64(l.Limits.RequestHeaderBytes), headerBytes)
+		checkSize(&ps, p+"limits.request_body_bytes", l.Limits.RequestBodyBytes, func(int64) string { return "" })
+		if l.Limits.MaxConns < 0 {
+			ps.add(p+"limits.max_conns", "%q: must not be negative", strconv.Itoa(l.Limits.MaxConns))
+		}
 	}
 
 	if a := c.Admin.Listen; a != "" {
@@ -217,6 +225,9 @@ func (c *Config) problems(reported func(key string) bool) Problems {
 		checkKeepalive(&ps, p+"dial.keepalive.", u.Dial.Keepalive, reported)
 		check(&ps, p+"dial.user_timeout", u.Dial.UserTimeout, userTimeout)
 		nonNegative(&ps, p+"timeouts.response_header", u.Timeouts.ResponseHeader)
+		nonNegative(&ps, p+"timeouts.response_idle", u.Timeouts.ResponseIdle)
+		nonNegative(&ps, p+"timeouts.write", u.Timeouts.Write)
+		checkSize(&ps, p+"limits.response_header_bytes", int64(u.Limits.ResponseHeaderBytes), headerBytes)
 	}
 	return ps
 }
@@ -234,6 +245,45 @@ func check(ps *Problems, key string, d time.Duration, msg func(time.Duration) st
 	if m := msg(d); m != "" {
 		ps.add(key, "%q: %s", fmt.Sprint(d), m)
 	}
+}
+
+// checkSize reports what msg finds wrong with the size n of key, and a
+// negative n. As with check, from Load it catches only what parseSize and
+// sizeThat let through.
+func checkSize(ps *Problems, key string, n int64, msg func(int64) string) {
+	m := msg(n)
+	if n < 0 {
+		m = "must not be negative"
+	}
+	if m != "" {
+		ps.add(key, "%q: %s", formatSize(n), m)
+	}
+}
+
+// formatSize writes n as a configuration would: with the largest unit that
+// divides it, else in bytes.
+func formatSize(n int64) string {
+	for i := len(sizeUnits) - 1; i >= 0; i-- {
+		if u := sizeUnits[i]; n != 0 && n%u.n == 0 {
+			return strconv.FormatInt(n/u.n, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// maxHeaderBytes bounds header limits, which size a buffer per connection:
+// more is surely a typo, and this fits an int everywhere.
+const maxHeaderBytes = 1 << 30
+
+// headerBytes says what is wrong with a header size limit.
+func headerBytes(n int64) string {
+	switch {
+	case n < MinHeaderBytes:
+		return fmt.Sprintf("want at least %d (4KiB)", MinHeaderBytes)
+	case n > maxHeaderBytes:
+		return "want at most 1GiB"
+	}
+	return ""
 }
 
 // positive says what is wrong with a duration that must be more than 0.

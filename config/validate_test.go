@@ -88,6 +88,34 @@ func TestValidate(t *testing.T) {
 			l.Keepalive = Keepalive{Interval: 0, Count: 128}
 			c.Listeners["app"] = l
 		}, []string{`listeners.app.keepalive.count: "128": want at most 127 (the kernel's limit for TCP_KEEPCNT)`}},
+		{"listener limits and timeouts", func(c *Config) {
+			l := c.Listeners["app"]
+			l.ReadHeaderTimeout = -time.Second
+			l.SendTimeout = -time.Millisecond
+			l.Limits = ListenerLimits{RequestHeaderBytes: 1024, RequestBodyBytes: -1, MaxConns: -2}
+			c.Listeners["app"] = l
+		}, []string{
+			`listeners.app.limits.max_conns: "-2": must not be negative`,
+			`listeners.app.limits.request_body_bytes: "-1": must not be negative`,
+			`listeners.app.limits.request_header_bytes: "1KiB": want at least 4096 (4KiB)`,
+			`listeners.app.read_header_timeout: "-1s": must not be negative`,
+			`listeners.app.send_timeout: "-1ms": must not be negative`,
+		}},
+		{"zero header limits are refused, not taken as defaults", func(c *Config) {
+			l := c.Listeners["app"]
+			l.Limits.RequestHeaderBytes = 0
+			c.Listeners["app"] = l
+			u := c.Upstreams["backend"]
+			u.Limits.ResponseHeaderBytes = 0
+			u.Timeouts.ResponseIdle = -time.Second
+			u.Timeouts.Write = -time.Second
+			c.Upstreams["backend"] = u
+		}, []string{
+			`listeners.app.limits.request_header_bytes: "0": want at least 4096 (4KiB)`,
+			`upstreams.backend.limits.response_header_bytes: "0": want at least 4096 (4KiB)`,
+			`upstreams.backend.timeouts.response_idle: "-1s": must not be negative`,
+			`upstreams.backend.timeouts.write: "-1s": must not be negative`,
+		}},
 		{"source ports without source", func(c *Config) {
 			u := c.Upstreams["backend"]
 			u.Dial.SourcePorts = PortRange{Lo: 20000, Hi: 29999}
