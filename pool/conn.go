@@ -2,6 +2,7 @@ package pool
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,8 @@ const (
 	CauseServerClose Cause = "server_close" // the response said Connection: close
 	CauseError       Cause = "error"        // a request on it failed
 	CauseShutdown    Cause = "shutdown"     // the pool was closed
+	CauseReplaced    Cause = "replaced"     // closed to make room for AcquireNew's new connection
+	CauseTimeout     Cause = "timeout"      // the kernel gave up on the upstream (keepalive, user_timeout)
 )
 
 func causeOfPeek(r sockopt.PeekResult) Cause {
@@ -42,15 +45,35 @@ func causeOfPeek(r sockopt.PeekResult) Cause {
 
 // Read and write buffers are attached to a connection only while it serves a
 // request, so an idle connection costs the kernel socket and this struct.
+// The read buffer's size is the pool's ResponseHeaderBytes: fasthttp parses
+// a response's status line and headers inside it.
 const (
-	readBufferSize  = 8 << 10 // fits the response headers of real servers
-	writeBufferSize = 4 << 10
+	defaultResponseHeaderBytes = 64 << 10
+	writeBufferSize            = 4 << 10
 )
 
-var (
-	readerPool sync.Pool
-	writerPool sync.Pool
-)
+var writerPool sync.Pool
+
+// readerPool recycles read buffers of one size. Each Pool has its own, so
+// that pools with different ResponseHeaderBytes never trade buffers.
+type readerPool struct {
+	size int
+	pool sync.Pool
+}
+
+func (rp *readerPool) get(r io.Reader) *bufio.Reader {
+	if v := rp.pool.Get(); v != nil {
+		br := v.(*bufio.Reader)
+		br.Reset(r)
+		return br
+	}
+	return bufio.NewReaderSize(r, rp.size)
+}
+
+func (rp *readerPool) put(br *bufio.Reader) {
+	br.Reset(nil)
+	rp.pool.Put(br)
+}
 
 // Conn is one upstream TCP connection. Between Pool.Acquire and
 // Pool.Release/Discard it belongs to exactly one caller; otherwise it belongs
@@ -63,6 +86,7 @@ type Conn struct {
 	nc      net.Conn
 	fd      int // nc's descriptor; valid until nc is closed, which only the pool does
 	created time.Time
+	readers *readerPool // the pool's, for br
 
 	// Owned by the holder (the caller between Acquire and Release).
 	br       *bufio.Reader
@@ -124,12 +148,7 @@ func (c *Conn) BytesRead() int64 { return c.io.read }
 func (c *Conn) attachBuffers() {
 	c.io.read, c.io.writes = 0, 0
 	if c.br == nil {
-		if v := readerPool.Get(); v != nil {
-			c.br = v.(*bufio.Reader)
-			c.br.Reset(&c.io)
-		} else {
-			c.br = bufio.NewReaderSize(&c.io, readBufferSize)
-		}
+		c.br = c.readers.get(&c.io)
 	}
 	if c.bw == nil {
 		if v := writerPool.Get(); v != nil {
@@ -144,8 +163,7 @@ func (c *Conn) attachBuffers() {
 // detachBuffers returns the buffers to their pools. Holder only.
 func (c *Conn) detachBuffers() {
 	if c.br != nil {
-		c.br.Reset(nil)
-		readerPool.Put(c.br)
+		c.readers.put(c.br)
 		c.br = nil
 	}
 	if c.bw != nil {

@@ -89,6 +89,9 @@ func (c *Config) applyDefaults() {
 	if c.MaxIdle <= 0 {
 		c.MaxIdle = 128
 	}
+	if c.ResponseHeaderBytes <= 0 {
+		c.ResponseHeaderBytes = defaultResponseHeaderBytes
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -108,6 +111,7 @@ type Pool struct {
 	eps     []*endpoint
 	rr      atomic.Uint32 // round-robin start for the next Acquire
 	watch   *watcher
+	readers readerPool     // busy connections' read buffers
 	done    chan struct{}  // closed by Close; stops the cleaner
 	runWG   sync.WaitGroup // the watcher and the cleaner
 	closeq  chan victim    // the watcher's closes, for the closers
@@ -160,6 +164,7 @@ func New(cfg Config) (*Pool, error) {
 		done:   make(chan struct{}),
 		all:    make(map[uint64]*Conn),
 	}
+	p.readers.size = cfg.ResponseHeaderBytes
 	for _, addr := range cfg.Endpoints {
 		p.eps = append(p.eps, &endpoint{addr: addr})
 	}
@@ -267,7 +272,52 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 	w := &waiter{ch: make(chan grant, 1)}
 	ep.waiters = append(ep.waiters, w)
 	p.mu.Unlock()
-	return p.wait(ep, w)
+	return p.wait(ep, w, false)
+}
+
+// AcquireNew returns a newly dialed connection, never an idle one. It is
+// for a retry after a failure on a reused connection: the idle ones may be
+// as stale as that one was.
+//
+// It dials where an endpoint is below MaxConns. Where all are at MaxConns,
+// it closes the longest-idle connection it finds (CauseReplaced) and dials
+// in its slot. With none idle it waits like Acquire, up to AcquireTimeout;
+// a released connection handed to it is closed too (CauseReplaced), and it
+// dials in that slot: a rare path, and putting the connection back would
+// need its own peek and waiter hand-off.
+//
+// The caller owns the connection until it passes it to Release or Discard,
+// and never touches it after that.
+func (p *Pool) AcquireNew() (*Conn, error) {
+	start := int(p.rr.Add(1))
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	for i := range p.eps {
+		ep := p.eps[(start+i)%len(p.eps)]
+		if ep.conns < p.cfg.MaxConns {
+			ep.conns++
+			p.mu.Unlock()
+			return p.dial(ep)
+		}
+	}
+	for i := range p.eps {
+		ep := p.eps[(start+i)%len(p.eps)]
+		if c := ep.idle.back; c != nil {
+			p.takeLocked(c)
+			delete(p.all, c.id) // its slot stays counted, for the new one
+			p.mu.Unlock()
+			p.closeConn(c, CauseReplaced)
+			return p.dial(ep)
+		}
+	}
+	ep := p.eps[start%len(p.eps)]
+	w := &waiter{ch: make(chan grant, 1)}
+	ep.waiters = append(ep.waiters, w)
+	p.mu.Unlock()
+	return p.wait(ep, w, true)
 }
 
 // acquireIdle hands out an idle connection that passes the peek before
@@ -328,8 +378,9 @@ func (p *Pool) popIdleLocked(start int, settled bool, now time.Time) *Conn {
 	return nil
 }
 
-// wait blocks an Acquire at MaxConns until a grant or AcquireTimeout.
-func (p *Pool) wait(ep *endpoint, w *waiter) (c *Conn, err error) {
+// wait blocks an Acquire at MaxConns until a grant or AcquireTimeout. With
+// fresh (AcquireNew) a connection handed over is replaced by a new one.
+func (p *Pool) wait(ep *endpoint, w *waiter, fresh bool) (c *Conn, err error) {
 	start := time.Now()
 	defer func() { p.cfg.Observer.Waited(time.Since(start), errors.Is(err, ErrExhausted)) }()
 	var timeout <-chan time.Time // nil: wait as long as it takes
@@ -359,6 +410,12 @@ func (p *Pool) wait(ep *endpoint, w *waiter) (c *Conn, err error) {
 	switch {
 	case g.err != nil:
 		return nil, g.err
+	case g.c != nil && fresh:
+		p.mu.Lock()
+		delete(p.all, g.c.id) // its slot stays counted, for the new one
+		p.mu.Unlock()
+		p.closeConn(g.c, CauseReplaced)
+		return p.dial(ep)
 	case g.c != nil:
 		return p.handedOver(g.c)
 	default:
@@ -406,7 +463,7 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		p.mu.Unlock()
 		return nil, &DialError{Addr: ep.addr, Err: err}
 	}
-	c := &Conn{ep: ep, nc: nc, fd: fd, created: time.Now()}
+	c := &Conn{ep: ep, nc: nc, fd: fd, created: time.Now(), readers: &p.readers}
 	c.io.nc = nc
 	p.mu.Lock()
 	p.nextID++
