@@ -36,6 +36,8 @@ func causeOfPeek(r sockopt.PeekResult) Cause {
 		return CauseFIN
 	case sockopt.PeerRST:
 		return CauseRST
+	case sockopt.PeerTimeout:
+		return CauseTimeout
 	case sockopt.Unsolicited:
 		return CauseUnsolicited
 	default:

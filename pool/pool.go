@@ -642,6 +642,9 @@ const inlineCloses = 32
 
 // closeHalfClosed closes a connection the watcher found ended.
 func (p *Pool) closeHalfClosed(v victim) {
+	if v.cause == CauseRST {
+		v.cause = causeOfError(v.c.fd) // nobody else holds c: its error is ours to read
+	}
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream half-close detected"); ce != nil {
 		ce.Write(zap.String("endpoint", v.c.ep.addr), zap.String("cause", string(v.cause)),
 			zap.Duration("idle", time.Since(v.c.idleSince)))

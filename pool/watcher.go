@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unstuck-proxy/unstuck/internal/epoll"
+	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
 // watcher watches every pooled connection for a peer's FIN or RST. It is
@@ -25,9 +26,10 @@ type watcher struct {
 }
 
 // readable is one watched socket whose peer ended it (a hung-up socket
-// reads EOF or an error), and how, as the event flags tell: an error or
-// hang-up is an RST, a read hang-up alone a FIN. No flag ever says bytes
-// arrived: watchEvents has no EPOLLIN.
+// reads EOF or an error), and how, as the event flags tell: a read hang-up
+// alone is a FIN; an error or hang-up is an RST, or a timeout, which only
+// the socket's error tells (causeOfError, read when it is closed). No flag
+// ever says bytes arrived: watchEvents has no EPOLLIN.
 type readable struct {
 	id    uint64
 	cause Cause
@@ -38,6 +40,19 @@ func causeOfEvent(events uint32) Cause {
 		return CauseRST
 	}
 	return CauseFIN
+}
+
+// causeOfError refines an error or hang-up (CauseRST from causeOfEvent) by
+// the socket's pending error: keepalive or TCP_USER_TIMEOUT ends a
+// blackholed connection with ETIMEDOUT, which is no reset. Reading it
+// clears it, so only the pool's own closes call this, never while a
+// holder may still read the error.
+func causeOfError(fd int) Cause {
+	errno, err := sockopt.SocketError(fd)
+	if err == nil && sockopt.IsTimeout(errno) {
+		return CauseTimeout
+	}
+	return CauseRST
 }
 
 func newWatcher() (*watcher, error) {

@@ -53,6 +53,9 @@ const (
 	PeerFIN
 	// PeerRST: the peer reset the connection.
 	PeerRST
+	// PeerTimeout: the kernel gave up on the peer (keepalive probes or
+	// TCP_USER_TIMEOUT unanswered); see IsTimeout.
+	PeerTimeout
 	// Unsolicited: bytes arrived that nobody asked for. On an idle HTTP/1.1
 	// connection this is a protocol error (or a late 408 from the server).
 	Unsolicited
@@ -68,6 +71,8 @@ func (r PeekResult) String() string {
 		return "fin"
 	case PeerRST:
 		return "rst"
+	case PeerTimeout:
+		return "timeout"
 	case Unsolicited:
 		return "unsolicited"
 	default:
@@ -86,6 +91,8 @@ func Peek(fd int) PeekResult {
 		return Open
 	case errno == unix.ECONNRESET:
 		return PeerRST
+	case IsTimeout(errno):
+		return PeerTimeout
 	case errno != 0:
 		return PeekError
 	case n == 0:
@@ -93,6 +100,21 @@ func Peek(fd int) PeekResult {
 	default:
 		return Unsolicited
 	}
+}
+
+// SocketError returns and clears fd's pending error (SO_ERROR): what the
+// next read would have returned. Zero means none.
+func SocketError(fd int) (unix.Errno, error) {
+	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	return unix.Errno(v), err
+}
+
+// IsTimeout reports whether a socket error means the kernel timed the
+// connection out. A retransmission or keepalive timeout reports ETIMEDOUT,
+// or the ICMP error the peer's network last sent: an established socket
+// keeps those as soft errors until the timeout.
+func IsTimeout(errno unix.Errno) bool {
+	return errno == unix.ETIMEDOUT || errno == unix.EHOSTUNREACH || errno == unix.ENETUNREACH
 }
 
 // UnsentBytes returns the bytes in fd's send queue that the peer has not yet

@@ -167,3 +167,23 @@ func TestKeepaliveIdleIsSpread(t *testing.T) {
 		t.Fatalf("40 sockets got only %d distinct idle times: not spread", len(seen))
 	}
 }
+
+// A kernel timeout is ETIMEDOUT or the soft ICMP error kept until then; a
+// reset is not a timeout.
+func TestIsTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		errno unix.Errno
+		want  bool
+	}{
+		{unix.ETIMEDOUT, true},
+		{unix.EHOSTUNREACH, true},
+		{unix.ENETUNREACH, true},
+		{unix.ECONNRESET, false},
+		{unix.EPIPE, false},
+		{0, false},
+	} {
+		if got := IsTimeout(tc.errno); got != tc.want {
+			t.Errorf("IsTimeout(%v) = %v; want %v", tc.errno, got, tc.want)
+		}
+	}
+}
