@@ -127,11 +127,13 @@ func (s *Sidecar) ListenerAddr(name string) net.Addr {
 //     connections close, and its endpoints drain;
 //   - a listener whose address changed is rebound alone: the new address
 //     binds first, then the old one stops accepting and drains;
-//   - a listener whose idle_timeout, protocol or upstream name changed gets
-//     a new server on the same socket: the old server stops accepting and
+//   - a listener whose idle_timeout, idle_release_after, protocol, upstream
+//     name, limits.request_header_bytes or limits.max_conns changed gets a
+//     new server on the same socket: the old server stops accepting and
 //     drains, the socket never stops accepting;
 //   - everything else (linger, app_fin_timeout, keepalive, user_timeout,
-//     the access log, the log level) applies in place.
+//     the request timeouts, limits.request_body_bytes, the access log, the
+//     log level) applies in place.
 //
 // If anything cannot be applied (a new address cannot be bound), nothing
 // is: the old configuration keeps running and the error says why.
@@ -478,12 +480,14 @@ func (s *Sidecar) watchSockets() {
 }
 
 // needsNewServer reports listener changes, at the same address, that a
-// running server cannot take: its fasthttp settings and its metric labels.
-// reuse_port and socket_mode apply when the address changes (or at
-// restart).
+// running server cannot take: its fasthttp settings (the header limit is
+// its read buffer size), its accept cap and its metric labels. The
+// timeouts are read per request, so Update applies them. reuse_port and
+// socket_mode apply when the address changes (or at restart).
 func needsNewServer(a, b config.Listener) bool {
 	return a.IdleTimeout != b.IdleTimeout || a.IdleReleaseAfter != b.IdleReleaseAfter ||
-		a.Protocol != b.Protocol || a.Upstream != b.Upstream
+		a.Protocol != b.Protocol || a.Upstream != b.Upstream ||
+		a.Limits.RequestHeaderBytes != b.Limits.RequestHeaderBytes || a.Limits.MaxConns != b.Limits.MaxConns
 }
 
 // PoolConfig maps an upstream's configuration to its pool's. Everything
@@ -506,6 +510,8 @@ func PoolConfig(name string, u config.Upstream, log *zap.Logger, obs pool.Observ
 		UserTimeout:    u.Dial.UserTimeout,
 		Logger:         log,
 		Observer:       obs,
+
+		ResponseHeaderBytes: u.Limits.ResponseHeaderBytes,
 	}
 }
 
@@ -522,14 +528,24 @@ func ProxyConfig(name string, l config.Listener, cfg *config.Config, p *pool.Poo
 		AppFinTimeout:    l.AppFinTimeout,
 		Keepalive:        keepalive(l.Keepalive),
 		UserTimeout:      l.UserTimeout,
-		AccessLog:        cfg.Log.Access,
-		Logger:           log,
-		Observer:         obs,
+
+		ReadHeaderTimeout:     l.ReadHeaderTimeout,
+		BodyReadTimeout:       l.BodyReadTimeout,
+		SendTimeout:           l.SendTimeout,
+		MaxRequestHeaderBytes: l.Limits.RequestHeaderBytes,
+		MaxRequestBodyBytes:   l.Limits.RequestBodyBytes,
+		MaxConns:              l.Limits.MaxConns,
+
+		AccessLog: cfg.Log.Access,
+		Logger:    log,
+		Observer:  obs,
 		Upstream: proxy.Upstream{
 			Name:                  l.Upstream,
 			Pool:                  p,
 			Retries:               u.Retries,
 			ResponseHeaderTimeout: u.Timeouts.ResponseHeader,
+			ResponseIdleTimeout:   u.Timeouts.ResponseIdle,
+			WriteTimeout:          u.Timeouts.Write,
 			HostHeader:            u.HostHeader,
 		},
 	}
