@@ -7,7 +7,9 @@
 //	GET /metrics     Prometheus text format
 //	GET /debug/pool  per upstream: {"endpoints": Stats(), "conns": Snapshot()}
 //
-// Other paths are 404; other methods than GET and HEAD are 405.
+// Other paths are 404; other methods than GET and HEAD are 405. The port
+// keeps a file descriptor in reserve, so that it answers even when the
+// process has run out of them (see reserveListener).
 package admin
 
 import (
@@ -101,13 +103,19 @@ func (s *Server) Start() error {
 	if s.srv != nil {
 		return errors.New("admin: already started")
 	}
-	ln, err := net.Listen("tcp", s.cfg.Addr)
+	tl, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("admin: listen: %w", err)
 	}
+	ln, err := newReserveListener(tl, s.log)
+	if err != nil {
+		tl.Close()
+		return fmt.Errorf("admin: descriptor reserve: %w", err)
+	}
 	s.ln = ln
 	s.srv = &http.Server{
-		Handler:           s.handler,
+		Handler:           closeReserved(s.handler),
+		ConnContext:       markReserved,
 		ReadHeaderTimeout: readHeaderTimeout,
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
