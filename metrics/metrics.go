@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/unstuck-proxy/unstuck/pool"
+	"github.com/unstuck-proxy/unstuck/proxy"
 )
 
 // Label values that are created with a zero before anything happens, so an
@@ -33,6 +34,14 @@ var (
 	// closeHows are the ways an app connection ends; "escalated" (the app
 	// ignored our FIN and got an RST) is reported by a later change.
 	closeHows = []string{"graceful", "reset", "bounded", "escalated"}
+	// refuseReasons is every proxy.Refuse* reason.
+	refuseReasons = []string{
+		proxy.RefuseBadRequest, proxy.RefuseHeaderTooLarge, proxy.RefuseURITooLong,
+		proxy.RefuseBodyTooLarge, proxy.RefuseHeaderTimeout, proxy.RefuseBodyTimeout,
+		proxy.RefuseBodyIncomplete, proxy.RefuseMethod, proxy.RefuseConnLimit,
+	}
+	abortPhases   = []string{"request", "response_header", "response_body"}
+	timeoutPhases = []string{"response_header", "response_idle", "write"}
 )
 
 // Histogram buckets, in seconds.
@@ -64,6 +73,9 @@ type Metrics struct {
 	appOpen     *prometheus.GaugeVec     // listener
 	appReleased *prometheus.GaugeVec     // listener
 	appClosed   *prometheus.CounterVec   // listener, how
+	refused     *prometheus.CounterVec   // listener, reason
+	appAborts   *prometheus.CounterVec   // listener, upstream, phase
+	upTimeouts  *prometheus.CounterVec   // listener, upstream, phase
 
 	reloads      prometheus.Counter
 	reloadErrors prometheus.Counter
@@ -132,6 +144,18 @@ func New() *Metrics {
 			Name: "unstuck_app_connections_closed_total",
 			Help: "App connections closed, by how: graceful (FIN), reset (RST), bounded (SO_LINGER timeout) or escalated (the app ignored our FIN and got an RST).",
 		}, []string{"listener", "how"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_requests_refused_total",
+			Help: "Requests unstuck answered itself and never forwarded whole, by reason: bad_request, header_too_large, uri_too_long, body_too_large, header_timeout, body_timeout, body_incomplete, method, or conn_limit (accepts held back at limits.max_conns).",
+		}, []string{"listener", "reason"}),
+		appAborts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_app_aborts_total",
+			Help: "Requests whose app closed or reset its connection while they were in flight (logged as 499), by phase: request, response_header or response_body; the upstream exchange was aborted.",
+		}, []string{"listener", "upstream", "phase"}),
+		upTimeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_upstream_timeouts_total",
+			Help: "Upstream waits that ran out, by phase: response_header (timeouts.response_header), response_idle (timeouts.response_idle) or write (timeouts.write).",
+		}, []string{"listener", "upstream", "phase"}),
 		reloads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "unstuck_config_reloads_total",
 			Help: "Config reloads applied.",
@@ -148,6 +172,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.dials, m.dialErrors, m.waits, m.waitSeconds, m.exhausted, m.closes, m.reaction,
 		m.retries, m.requests, m.response, m.appOpen, m.appReleased, m.appClosed,
+		m.refused, m.appAborts, m.upTimeouts,
 		m.reloads, m.reloadErrors,
 		m.pools, m.sockets,
 	)

@@ -14,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/unstuck-proxy/unstuck/pool"
+	"github.com/unstuck-proxy/unstuck/proxy"
 )
 
 // value returns the value of the series name{labels} (all its labels, no
@@ -86,6 +87,16 @@ func TestPrecreatedSeries(t *testing.T) {
 	}
 	for _, how := range []string{"graceful", "reset", "bounded", "escalated"} {
 		want(t, reg, "unstuck_app_connections_closed_total", l{"listener": "in", "how": how}, 0)
+	}
+	for _, r := range []string{"bad_request", "header_too_large", "uri_too_long", "body_too_large",
+		"header_timeout", "body_timeout", "body_incomplete", "method", "conn_limit"} {
+		want(t, reg, "unstuck_requests_refused_total", l{"listener": "in", "reason": r}, 0)
+	}
+	for _, p := range []string{"request", "response_header", "response_body"} {
+		want(t, reg, "unstuck_app_aborts_total", l{"listener": "in", "upstream": "app", "phase": p}, 0)
+	}
+	for _, p := range []string{"response_header", "response_idle", "write"} {
+		want(t, reg, "unstuck_upstream_timeouts_total", l{"listener": "in", "upstream": "app", "phase": p}, 0)
 	}
 	want(t, reg, "unstuck_app_connections_open", l{"listener": "in"}, 0)
 	want(t, reg, "unstuck_pool_waits_total", l{"upstream": "app"}, 0)
@@ -174,6 +185,44 @@ func TestListenerObserver(t *testing.T) {
 	want(t, reg, "unstuck_app_connections_closed_total", l{"listener": "in", "how": "bounded"}, 0)
 }
 
+// TestRefusalsAbortsAndTimeouts counts each new observer call under its
+// own label, a value not created up front included.
+func TestRefusalsAbortsAndTimeouts(t *testing.T) {
+	m := New()
+	o := m.Listener("in", "app")
+	reg := m.Registry()
+
+	o.Refused(proxy.RefuseHeaderTooLarge)
+	o.Refused(proxy.RefuseHeaderTooLarge)
+	o.Refused(proxy.RefuseBodyIncomplete)
+	o.Refused("new_reason")
+	o.AppAborted("response_body")
+	o.AppAborted("response_body")
+	o.AppAborted("request")
+	o.UpstreamTimeout("response_idle")
+	o.UpstreamTimeout("write")
+	o.UpstreamTimeout("write")
+	o.UpstreamTimeout("new_phase")
+
+	ref := func(r string) l { return l{"listener": "in", "reason": r} }
+	want(t, reg, "unstuck_requests_refused_total", ref("header_too_large"), 2)
+	want(t, reg, "unstuck_requests_refused_total", ref("body_incomplete"), 1)
+	want(t, reg, "unstuck_requests_refused_total", ref("bad_request"), 0)
+	want(t, reg, "unstuck_requests_refused_total", ref("new_reason"), 1)
+	ph := func(p string) l { return l{"listener": "in", "upstream": "app", "phase": p} }
+	want(t, reg, "unstuck_app_aborts_total", ph("response_body"), 2)
+	want(t, reg, "unstuck_app_aborts_total", ph("request"), 1)
+	want(t, reg, "unstuck_app_aborts_total", ph("response_header"), 0)
+	want(t, reg, "unstuck_upstream_timeouts_total", ph("response_idle"), 1)
+	want(t, reg, "unstuck_upstream_timeouts_total", ph("write"), 2)
+	want(t, reg, "unstuck_upstream_timeouts_total", ph("response_header"), 0)
+	want(t, reg, "unstuck_upstream_timeouts_total", ph("new_phase"), 1)
+
+	// A reload's new observer feeds the same series.
+	m.Listener("in", "app").Refused(proxy.RefuseHeaderTooLarge)
+	want(t, reg, "unstuck_requests_refused_total", ref("header_too_large"), 3)
+}
+
 func TestReloadCounters(t *testing.T) {
 	m := New()
 	m.ReloadOK()
@@ -199,6 +248,9 @@ func TestHotPathAllocs(t *testing.T) {
 		{"Request", func() { ln.Request(200, time.Millisecond, 0) }},
 		{"Request5xx", func() { ln.Request(502, time.Millisecond, 1) }},
 		{"Retry", func() { ln.Retry("stale") }},
+		{"Refused", func() { ln.Refused(proxy.RefuseBodyTooLarge) }},
+		{"AppAborted", func() { ln.AppAborted("response_body") }},
+		{"UpstreamTimeout", func() { ln.UpstreamTimeout("response_idle") }},
 		{"AppConnOpenedClosed", func() { ln.AppConnOpened(); ln.AppConnClosed("reset") }},
 		{"Closed", func() { up.Closed("10.0.0.1:80", pool.CauseFIN) }},
 		{"Dialed", func() { up.Dialed("10.0.0.1:80", nil) }},
@@ -287,6 +339,7 @@ func TestScrapeText(t *testing.T) {
 		"unstuck_upstream_closes_total", "unstuck_half_close_reaction_seconds", "unstuck_retries_total",
 		"unstuck_requests_total", "unstuck_upstream_response_seconds", "unstuck_app_connections_open",
 		"unstuck_app_connections_closed_total", "unstuck_config_reload_errors_total", "unstuck_config_reloads_total",
+		"unstuck_requests_refused_total", "unstuck_app_aborts_total", "unstuck_upstream_timeouts_total",
 		"unstuck_tcp_sockets", "unstuck_host_close_wait_sockets", "unstuck_upstream_local_ports",
 		"go_goroutines", "process_open_fds",
 	} {

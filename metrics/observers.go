@@ -102,8 +102,9 @@ func (o *upstreamObserver) HalfClosed(_ pool.Cause, reaction time.Duration) {
 
 // Listener returns the proxy.Observer for listener name, which forwards to
 // upstream. Its label children are created here, with zeros for status
-// classes 2xx to 5xx, retry reasons dial and stale, and every way an app
-// connection closes; no call allocates after. Calling it again for the same
+// classes 2xx to 5xx, retry reasons dial and stale, every way an app
+// connection closes, every refuse reason, and every phase of an app abort
+// and of an upstream timeout; no call allocates after. Calling it again for the same
 // names returns an observer that feeds the same series.
 func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 	o := &listenerObserver{
@@ -115,6 +116,9 @@ func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 		released: m.appReleased.WithLabelValues(name),
 		retries:  make(map[string]prometheus.Counter, len(retryReasons)),
 		closed:   make(map[string]prometheus.Counter, len(closeHows)),
+		refused:  make(map[string]prometheus.Counter, len(refuseReasons)),
+		aborts:   make(map[string]prometheus.Counter, len(abortPhases)),
+		timeouts: make(map[string]prometheus.Counter, len(timeoutPhases)),
 	}
 	for class := 2; class <= 5; class++ {
 		o.codes[class] = m.requests.WithLabelValues(name, upstream, codeClasses[class])
@@ -124,6 +128,15 @@ func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 	}
 	for _, h := range closeHows {
 		o.closed[h] = m.appClosed.WithLabelValues(name, h)
+	}
+	for _, r := range refuseReasons {
+		o.refused[r] = m.refused.WithLabelValues(name, r)
+	}
+	for _, p := range abortPhases {
+		o.aborts[p] = m.appAborts.WithLabelValues(name, upstream, p)
+	}
+	for _, p := range timeoutPhases {
+		o.timeouts[p] = m.upTimeouts.WithLabelValues(name, upstream, p)
 	}
 	return o
 }
@@ -143,6 +156,9 @@ type listenerObserver struct {
 	open     prometheus.Gauge
 	released prometheus.Gauge
 	closed   map[string]prometheus.Counter
+	refused  map[string]prometheus.Counter // by reason
+	aborts   map[string]prometheus.Counter // by phase
+	timeouts map[string]prometheus.Counter // by phase
 }
 
 func (o *listenerObserver) Request(status int, upstream time.Duration, _ int) {
@@ -179,7 +195,26 @@ func (o *listenerObserver) AppConnClosed(how string) {
 	o.m.appClosed.WithLabelValues(o.listener, how).Inc()
 }
 
-// TODO(issue 11): series for these three.
-func (o *listenerObserver) Refused(string)         {}
-func (o *listenerObserver) AppAborted(string)      {}
-func (o *listenerObserver) UpstreamTimeout(string) {}
+func (o *listenerObserver) Refused(reason string) {
+	if c, ok := o.refused[reason]; ok {
+		c.Inc()
+		return
+	}
+	o.m.refused.WithLabelValues(o.listener, reason).Inc() // a reason added to proxy but not here
+}
+
+func (o *listenerObserver) AppAborted(phase string) {
+	if c, ok := o.aborts[phase]; ok {
+		c.Inc()
+		return
+	}
+	o.m.appAborts.WithLabelValues(o.listener, o.upstream, phase).Inc()
+}
+
+func (o *listenerObserver) UpstreamTimeout(phase string) {
+	if c, ok := o.timeouts[phase]; ok {
+		c.Inc()
+		return
+	}
+	o.m.upTimeouts.WithLabelValues(o.listener, o.upstream, phase).Inc()
+}
