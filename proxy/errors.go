@@ -3,8 +3,6 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"os"
-	"time"
 
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
@@ -16,20 +14,17 @@ const maxInterimResponses = 8
 
 var errTooManyInterim = errors.New("too many interim 1xx responses")
 
-// upstreamError is a failed exchange with one endpoint.
+// upstreamError is a failed attempt with one endpoint, with the facts
+// about its connection that the retry rules need, taken before the
+// connection went back to the pool.
 type upstreamError struct {
 	op       string // write, read, read body
 	endpoint string
 	err      error
-	timeout  bool // the exchange ran past its deadline
-}
-
-// newUpstreamError records a failure on c. fasthttp's parsers do not
-// always wrap the socket's timeout error, so a deadline that has passed
-// counts as a timeout too.
-func newUpstreamError(op string, c *pool.Conn, err error, deadline time.Time) *upstreamError {
-	timeout := errors.Is(err, os.ErrDeadlineExceeded) || (!deadline.IsZero() && !time.Now().Before(deadline))
-	return &upstreamError{op: op, endpoint: c.Endpoint(), err: err, timeout: timeout}
+	timeout  bool  // the attempt ran past a deadline
+	reused   bool  // the connection had served a request before
+	written  int64 // bytes of the request written to it
+	read     int64 // bytes of the response read from it
 }
 
 func (e *upstreamError) Error() string {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
-	"strings"
 
 	"github.com/valyala/fasthttp"
 )
@@ -22,24 +21,17 @@ var hopHeaders = [...]string{
 	fasthttp.HeaderTrailer,
 	fasthttp.HeaderTransferEncoding,
 	fasthttp.HeaderUpgrade,
-}
-
-// headerList is the subset of fasthttp's header types the stripping needs.
-type headerList interface {
-	Peek(key string) []byte
-	Del(key string)
+	// Not hop-by-hop, but never forwarded either: unstuck answers an
+	// Expect: 100-continue itself before it reads the body.
+	fasthttp.HeaderExpect,
 }
 
 // hopSet records which of hopHeaders a message carries: bit i for
-// hopHeaders[i]. Zero, the common case, costs no deletion; otherwise only
-// the headers present are deleted (an upstream's "Connection: keep-alive"
-// costs one Del, not seven).
-type hopSet uint8
+// hopHeaders[i].
+type hopSet uint16
 
-const connectionHop hopSet = 1 // hopHeaders[0] is Connection
-
-// A ninth hop-by-hop header would not fit in a hopSet: this constant then
-// overflows and the build fails.
+// A hop-by-hop header past the sixteenth would not fit in a hopSet: this
+// constant then overflows and the build fails.
 const _ = hopSet(1 << (len(hopHeaders) - 1))
 
 // hopBit is k's bit if k names a hop-by-hop header, else 0.
@@ -52,42 +44,78 @@ func hopBit(k []byte) hopSet {
 	return 0
 }
 
-// requestHops and responseHops look once over the headers. (Two
-// functions, not one on an interface, so the iterator stays on the stack.)
-func requestHops(h *fasthttp.RequestHeader) (set hopSet) {
-	for k := range h.All() {
-		set |= hopBit(k)
-	}
-	return set
+// hopDropper finds, in one look over a message's headers, the hop-by-hop
+// ones and those the Connection header names, whatever their case: names
+// keep the case the peer sent (DisableNormalizing), while fasthttp's Peek
+// and Del match names exactly. It keeps slices of the header's own memory,
+// which stay valid while headers are only deleted, so it allocates
+// nothing. The loops over each header type are in stripRequestHops and
+// stripResponseHops (a generic one would allocate its iterator).
+type hopDropper struct {
+	set   hopSet
+	n     int
+	keys  [32][]byte // the first names seen, as spelled
+	named [8][]byte  // what Connection names besides close and keep-alive
+	nn    int
 }
 
-func responseHops(h *fasthttp.ResponseHeader) (set hopSet) {
-	for k := range h.All() {
-		set |= hopBit(k)
-	}
-	return set
-}
-
-// stripHopHeaders removes the hop-by-hop headers in set and every header
-// the Connection header names. It copies the Connection value first
-// because Del may reuse that memory; that copy is the only allocation, and
-// only for messages that carry a Connection header naming other headers.
-func stripHopHeaders(h headerList, set hopSet) {
-	if set&connectionHop != 0 {
-		if conn := h.Peek(fasthttp.HeaderConnection); len(conn) > 0 && !onlyCloseOrKeepAlive(conn) {
-			for tok := range strings.SplitSeq(string(conn), ",") {
-				tok = strings.TrimSpace(tok)
-				if tok != "" && !strings.EqualFold(tok, "close") && !strings.EqualFold(tok, "keep-alive") {
-					h.Del(tok)
-				}
+func (d *hopDropper) see(k, v []byte) {
+	bit := hopBit(k)
+	d.set |= bit
+	if bit == 1 && !onlyCloseOrKeepAlive(v) { // Connection
+		for len(v) > 0 && d.nn < len(d.named) {
+			var tok []byte
+			tok, v, _ = bytes.Cut(v, []byte(","))
+			if tok = bytes.TrimSpace(tok); len(tok) > 0 && !onlyCloseOrKeepAlive(tok) {
+				d.named[d.nn] = tok
+				d.nn++
 			}
 		}
 	}
-	for i, k := range hopHeaders {
-		if set&(1<<i) != 0 {
-			h.Del(k)
+	if d.n < len(d.keys) {
+		d.keys[d.n] = k
+		d.n++
+	}
+}
+
+// strip deletes what see found. DelBytes copies the name before it
+// deletes, so a name may point into the header itself.
+func (d *hopDropper) strip(h interface{ DelBytes(key []byte) }) {
+	if d.set == 0 {
+		return
+	}
+	for _, k := range d.keys[:d.n] {
+		if hopBit(k) != 0 || d.isNamed(k) {
+			h.DelBytes(k)
 		}
 	}
+}
+
+func (d *hopDropper) isNamed(k []byte) bool {
+	for _, n := range d.named[:d.nn] {
+		if bytes.EqualFold(k, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// stripRequestHops and stripResponseHops remove a message's hop-by-hop
+// headers and those its Connection header names.
+func stripRequestHops(h *fasthttp.RequestHeader) {
+	var d hopDropper
+	for k, v := range h.All() {
+		d.see(k, v)
+	}
+	d.strip(h)
+}
+
+func stripResponseHops(h *fasthttp.ResponseHeader) {
+	var d hopDropper
+	for k, v := range h.All() {
+		d.see(k, v)
+	}
+	d.strip(h)
 }
 
 // onlyCloseOrKeepAlive reports the common Connection values that name no
@@ -105,11 +133,33 @@ func appendForwardedFor(req *fasthttp.Request, ip netip.Addr) {
 	}
 	var buf [128]byte
 	scratch := buf[:0]
-	if prior := req.Header.Peek(fasthttp.HeaderXForwardedFor); len(prior) > 0 {
-		scratch = append(append(scratch, prior...), ", "...)
+	var key [len(fasthttp.HeaderXForwardedFor)]byte
+	copy(key[:], fasthttp.HeaderXForwardedFor)
+	for k, v := range req.Header.All() {
+		if len(k) == len(key) && bytes.EqualFold(k, key[:]) {
+			// Keep the app's spelling of the name, and what earlier
+			// proxies wrote.
+			copy(key[:], k)
+			scratch = append(append(scratch, v...), ", "...)
+			break
+		}
 	}
 	scratch = ip.AppendTo(scratch)
-	req.Header.SetBytesV(fasthttp.HeaderXForwardedFor, scratch)
+	req.Header.SetCanonical(key[:], scratch)
+}
+
+// setXForwardedProto sets X-Forwarded-Proto: http, replacing the app's own
+// in whatever case it spelled the name.
+func setXForwardedProto(h *fasthttp.RequestHeader) {
+	var key [len(fasthttp.HeaderXForwardedProto)]byte
+	copy(key[:], fasthttp.HeaderXForwardedProto)
+	for k := range h.All() {
+		if len(k) == len(key) && bytes.EqualFold(k, key[:]) {
+			copy(key[:], k)
+			break
+		}
+	}
+	h.SetCanonical(key[:], []byte("http"))
 }
 
 // remoteIP is a peer's IP address; invalid for a unix socket peer.
@@ -136,12 +186,10 @@ func clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 // app asked to close its own connection, so dropping Connection here does
 // not change what happens to the app's connection.
 func prepareRequest(req *fasthttp.Request, client netip.Addr, hostHeader string) {
-	if hops := requestHops(&req.Header); hops != 0 {
-		stripHopHeaders(&req.Header, hops)
-	}
-	// unstuck answered any Expect: 100-continue itself before reading the
-	// body; the upstream gets the whole request at once.
-	req.Header.Del(fasthttp.HeaderExpect)
+	stripRequestHops(&req.Header)
+	// fasthttp would add Content-Type: application/octet-stream to a body
+	// that came without one.
+	req.Header.SetNoDefaultContentType(true)
 	req.Header.SetProtocol("HTTP/1.1")
 	// fasthttp's server has parsed the URI; without these, Write would
 	// rebuild the request line from it (normalising the path) and replace
@@ -149,7 +197,7 @@ func prepareRequest(req *fasthttp.Request, client netip.Addr, hostHeader string)
 	req.UseHostHeader = true
 	req.URI().DisablePathNormalizing = true
 	appendForwardedFor(req, client)
-	req.Header.Set(fasthttp.HeaderXForwardedProto, "http")
+	setXForwardedProto(&req.Header)
 	if hostHeader != "" {
 		req.Header.SetHost(hostHeader)
 	}

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
@@ -92,15 +94,25 @@ type appSockets struct {
 	keepalive   sockopt.Keepalive
 	userTimeout time.Duration
 	finTimeout  time.Duration // how long a graceful close waits for the app's FIN
+
+	readHeaderTimeout time.Duration // from a request's first byte to its last header byte; 0: none
+	sendTimeout       time.Duration // a write to the app that makes no progress this long fails; 0: none
 }
 
 // lingerListener applies appSockets to every accepted connection. It owns
-// the goroutines that wait for the app's FIN after a graceful close.
+// the goroutines that wait for the app's FIN after a graceful close, and
+// the abort watch over its connections.
 type lingerListener struct {
 	net.Listener
 	sockets *atomic.Pointer[appSockets] // the Server's; read at accept and close
 	obs     Observer
-	parker  *parker // releases idle connections
+	log     *zap.Logger
+	parker  *parker     // releases idle connections
+	watch   *abortWatch // notices apps that leave mid-request
+	// slots caps the connections open at once (limits.max_conns): Accept
+	// takes one, the connection's final close gives it back. nil: no cap.
+	slots chan struct{}
+	done  chan struct{} // closed by stop: a waiting Accept gives up
 
 	mu       sync.Mutex
 	waiting  map[*appConn]struct{} // closes waiting for the app's FIN
@@ -108,20 +120,36 @@ type lingerListener struct {
 	wg       sync.WaitGroup
 }
 
-func newLingerListener(ln net.Listener, sockets *atomic.Pointer[appSockets], obs Observer, p *parker) *lingerListener {
-	return &lingerListener{Listener: ln, sockets: sockets, obs: obs, parker: p, waiting: make(map[*appConn]struct{})}
-}
-
-func (l *lingerListener) Accept() (net.Conn, error) {
-	nc, err := l.Listener.Accept()
+func newLingerListener(ln net.Listener, sockets *atomic.Pointer[appSockets], obs Observer, p *parker, maxConns int, log *zap.Logger) (*lingerListener, error) {
+	w, err := newAbortWatch(log)
 	if err != nil {
 		return nil, err
 	}
-	c := &appConn{Conn: nc, l: l, fd: -1, clientIP: remoteIP(nc.RemoteAddr())}
+	l := &lingerListener{
+		Listener: ln, sockets: sockets, obs: obs, log: log, parker: p, watch: w,
+		done: make(chan struct{}), waiting: make(map[*appConn]struct{}),
+	}
+	if maxConns > 0 {
+		l.slots = make(chan struct{}, maxConns)
+	}
+	return l, nil
+}
+
+func (l *lingerListener) Accept() (net.Conn, error) {
+	if err := l.takeSlot(); err != nil {
+		return nil, err
+	}
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		l.giveSlot()
+		return nil, err
+	}
+	set := l.sockets.Load()
+	c := &appConn{Conn: nc, l: l, fd: -1, clientIP: remoteIP(nc.RemoteAddr()),
+		headerTimeout: set.readHeaderTimeout, sendTimeout: set.sendTimeout}
 	if _, ok := nc.(*net.TCPConn); ok {
 		if fd, err := sockopt.FD(nc); err == nil {
 			c.fd = fd
-			set := l.sockets.Load()
 			// Best effort: a connection without keepalive still works.
 			_ = sockopt.SetKeepalive(fd, set.keepalive)
 			if set.userTimeout > 0 {
@@ -129,9 +157,39 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 			}
 			l.parker.track(c)
 		}
+		l.watch.add(c)
 	}
 	l.obs.AppConnOpened()
 	return c, nil
+}
+
+// takeSlot waits, at limits.max_conns, until a connection closes. The
+// wait is counted and logged; the app's connect waits in the kernel's
+// backlog meanwhile, as at HAProxy's maxconn.
+func (l *lingerListener) takeSlot() error {
+	if l.slots == nil {
+		return nil
+	}
+	select {
+	case l.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	l.obs.Refused(RefuseConnLimit)
+	l.log.Warn("limits.max_conns reached: not accepting until an app connection closes",
+		zap.Int("max_conns", cap(l.slots)))
+	select {
+	case l.slots <- struct{}{}:
+		return nil
+	case <-l.done:
+		return net.ErrClosed
+	}
+}
+
+func (l *lingerListener) giveSlot() {
+	if l.slots != nil {
+		<-l.slots
+	}
 }
 
 // stop begins a shutdown: closes still waiting for an app's FIN are reset
@@ -139,6 +197,9 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 // calls it before fasthttp closes the idle connections, and wait after.
 func (l *lingerListener) stop() {
 	l.mu.Lock()
+	if !l.stopping {
+		close(l.done)
+	}
 	l.stopping = true
 	for c := range l.waiting {
 		c.Conn.SetReadDeadline(time.Now()) // wakes awaitFIN, which resets
@@ -146,8 +207,11 @@ func (l *lingerListener) stop() {
 	l.mu.Unlock()
 }
 
-// wait waits for the closes still in progress.
-func (l *lingerListener) wait() { l.wg.Wait() }
+// wait waits for the closes still in progress, then ends the abort watch.
+func (l *lingerListener) wait() {
+	l.wg.Wait()
+	l.watch.close()
+}
 
 // appConn is an app connection whose Close applies the listener's close
 // policy. fasthttp's connection goroutine owns it, or the parker while it
@@ -176,6 +240,77 @@ type appConn struct {
 	since    time.Time // when it began waiting at a request boundary
 	parkNext bool      // the serve loop ends to release it: Close parks it
 	closed   bool      // closed for good (or closing)
+
+	// Timeouts, set at accept. hdrDeadline and readDeadlineSet belong to
+	// the serving goroutine.
+	headerTimeout   time.Duration // read_header_timeout
+	sendTimeout     time.Duration // send_timeout
+	hdrDeadline     time.Time     // while the headers of a request are read; zero otherwise
+	readDeadlineSet bool          // a header or body deadline to clear at the request's end
+
+	// The abort watch (appwatch.go). watchID is set at accept; the rest is
+	// guarded by xmu.
+	watchID  uint64
+	xmu      sync.Mutex
+	upstream net.Conn // the upstream socket of the exchange in flight
+	ended    bool     // the app's FIN or RST arrived
+	gone     bool     // and the app has closed its socket (not just half-closed it)
+	aborted  bool     // the exchange in flight was aborted for it
+}
+
+// requestStarted runs at a request's first byte (fasthttp's StateActive):
+// its headers have read_header_timeout to arrive. A connection waiting
+// between requests has no such deadline: it may idle as long as the app
+// wants (idle_timeout aside).
+func (c *appConn) requestStarted() {
+	if c.headerTimeout <= 0 {
+		return
+	}
+	c.hdrDeadline = time.Now().Add(c.headerTimeout)
+	c.readDeadlineSet = true
+	_ = c.SetReadDeadline(c.hdrDeadline)
+}
+
+// requestHandled runs when the handler starts: the headers are in.
+func (c *appConn) requestHandled() {
+	if c != nil {
+		c.hdrDeadline = time.Time{}
+	}
+}
+
+// bodyDeadline sets the deadline for the next read of a request body: d
+// from now, or none.
+func (c *appConn) bodyDeadline(d time.Duration) {
+	if c == nil {
+		return
+	}
+	var t time.Time
+	if d > 0 {
+		t = time.Now().Add(d)
+	}
+	c.readDeadlineSet = true
+	_ = c.SetReadDeadline(t)
+}
+
+// requestDone runs at the request boundary (fasthttp's StateIdle): the
+// wait for the next request has no deadline of ours. fasthttp sets its own
+// (idle_timeout) next.
+func (c *appConn) requestDone() {
+	c.hdrDeadline = time.Time{}
+	if c.readDeadlineSet {
+		c.readDeadlineSet = false
+		_ = c.SetReadDeadline(time.Time{})
+	}
+}
+
+// Write is every write to the app. With send_timeout, a write that makes
+// no progress that long fails, and the connection ends: an app that stops
+// reading must not hold a response, and its upstream connection, forever.
+func (c *appConn) Write(b []byte) (int, error) {
+	if c.sendTimeout > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.sendTimeout))
+	}
+	return c.Conn.Write(b)
 }
 
 // Close ends an app connection, making sure the app cannot be left in
@@ -206,8 +341,9 @@ func (c *appConn) Close() error {
 func (c *appConn) close() error {
 	l := c.l
 	l.parker.forget(c)
+	l.watch.forget(c)
 	if c.fd < 0 {
-		l.obs.AppConnClosed("graceful")
+		l.connClosed("graceful")
 		return c.Conn.Close()
 	}
 	set := l.sockets.Load()
@@ -223,7 +359,7 @@ func (c *appConn) close() error {
 		return c.reset()
 	}
 	if err := c.Conn.(*net.TCPConn).CloseWrite(); err != nil {
-		l.obs.AppConnClosed("graceful")
+		l.connClosed("graceful")
 		return c.Conn.Close() // already gone
 	}
 	if hook := testHookHalfClosed.Load(); hook != nil {
@@ -252,7 +388,7 @@ func (c *appConn) closeAtShutdown() error {
 	if !unacknowledged(c.fd) {
 		return c.reset()
 	}
-	c.l.obs.AppConnClosed("graceful")
+	c.l.connClosed("graceful")
 	return c.Conn.Close()
 }
 
@@ -279,9 +415,9 @@ func (c *appConn) awaitFIN(finTimeout time.Duration) {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		_ = sockopt.ApplyLinger(c.fd, sockopt.Linger{Mode: sockopt.Reset})
-		l.obs.AppConnClosed("escalated")
+		l.connClosed("escalated")
 	} else {
-		l.obs.AppConnClosed("graceful")
+		l.connClosed("graceful")
 	}
 	c.Conn.Close()
 }
@@ -296,7 +432,7 @@ func unacknowledged(fd int) bool {
 // reset closes with an RST.
 func (c *appConn) reset() error {
 	_ = sockopt.ApplyLinger(c.fd, sockopt.Linger{Mode: sockopt.Reset})
-	c.l.obs.AppConnClosed("reset")
+	c.l.connClosed("reset")
 	return c.Conn.Close()
 }
 
@@ -304,7 +440,14 @@ func (c *appConn) reset() error {
 // flushes, so it runs on its own goroutine, which ends within N.
 func (c *appConn) closeBounded(linger sockopt.Linger) error {
 	_ = sockopt.ApplyLinger(c.fd, linger)
-	c.l.obs.AppConnClosed("bounded")
+	c.l.connClosed("bounded")
 	go c.Conn.Close()
 	return nil
+}
+
+// connClosed counts an app connection's final close, and frees its slot
+// under limits.max_conns.
+func (l *lingerListener) connClosed(how string) {
+	l.obs.AppConnClosed(how)
+	l.giveSlot()
 }

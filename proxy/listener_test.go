@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"go.uber.org/zap"
 	"io"
 	"net"
 	"net/netip"
@@ -37,7 +38,12 @@ func tcpPair(t *testing.T, linger sockopt.Linger) (server net.Conn, client *net.
 	t.Cleanup(func() { cc.Close() })
 	var set atomic.Pointer[appSockets]
 	set.Store(&appSockets{linger: linger, finTimeout: 5 * time.Second})
-	sc, err := newLingerListener(ln, &set, nopObserver{}, &parker{}).Accept()
+	l, err := newLingerListener(ln, &set, nopObserver{}, &parker{}, 0, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.stop(); l.wait() })
+	sc, err := l.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -382,6 +382,9 @@ func (c *appConn) boundaryRead(n int, err error) (int, error) {
 // SetReadDeadline records the deadline fasthttp wants, and leaves a kick's
 // deadline in place until the boundary read has seen it.
 func (c *appConn) SetReadDeadline(t time.Time) error {
+	if !c.hdrDeadline.IsZero() && (t.IsZero() || t.After(c.hdrDeadline)) {
+		t = c.hdrDeadline // read_header_timeout runs until the headers are in
+	}
 	c.deadline = t
 	if c.state.Load() != connBusy {
 		c.pmu.Lock()

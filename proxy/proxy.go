@@ -12,7 +12,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -25,10 +24,6 @@ import (
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
-
-// Bodies up to this size are buffered whole, which makes them replayable
-// for a retry; larger or chunked ones stream through in both directions.
-const maxBufferedBody = 64 << 10
 
 // Upstream is where a listener sends its requests.
 type Upstream struct {
@@ -96,8 +91,11 @@ type Server struct {
 	activity                      *atomic.Uint64 // nil: not counted
 
 	up        atomic.Pointer[Upstream]   // read once per request
-	sockets   atomic.Pointer[appSockets] // read at accept and close
+	sockets   atomic.Pointer[appSockets] // read at accept, at a request's start and at close
+	requests  atomic.Pointer[requestLimits]
 	accessLog atomic.Bool
+	maxConns  int            // limits.max_conns; fixed for the server's life
+	raw       sync.WaitGroup // raw response streams to HTTP/1.0 apps (hijacked)
 
 	mu   sync.Mutex
 	ln   *lingerListener // set by Serve; guarded by mu
@@ -119,8 +117,13 @@ func New(cfg Config) *Server {
 		idleTimeout:      cfg.IdleTimeout,
 		idleReleaseAfter: cfg.IdleReleaseAfter,
 		activity:         cfg.Activity,
+		maxConns:         cfg.MaxConns,
 	}
 	s.Update(cfg)
+	headerBytes := cfg.MaxRequestHeaderBytes
+	if headerBytes <= 0 {
+		headerBytes = DefaultMaxRequestHeaderBytes
+	}
 	s.srv = &fasthttp.Server{
 		Handler:      s.handle,
 		ErrorHandler: s.requestError,
@@ -130,11 +133,17 @@ func New(cfg Config) *Server {
 		StreamRequestBody:            true,
 		MaxRequestBodySize:           maxBufferedBody,
 		DisablePreParseMultipartForm: true,
-		NoDefaultServerHeader:        true,
-		NoDefaultContentType:         true,
-		NoDefaultDate:                true,
-		Logger:                       zapPrintf{s.log},
-		ConnState:                    connStateChanged,
+		// The request line and headers must fit the read buffer: it is
+		// the header limit (a larger block gets 431).
+		ReadBufferSize: headerBytes,
+		// Pass the bytes as they came: header names in the app's case,
+		// no Server, Date or Content-Type the upstream did not send.
+		DisableHeaderNamesNormalizing: true,
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
+		NoDefaultDate:                 true,
+		Logger:                        zapPrintf{s.log},
+		ConnState:                     connStateChanged,
 	}
 	if cfg.IdleReleaseAfter > 0 {
 		// A worker goroutine whose connection was released waits this
@@ -145,18 +154,29 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// connStateChanged follows fasthttp's view of each app connection for idle
-// release (park.go).
+// DefaultMaxRequestHeaderBytes is limits.request_header_bytes' default.
+const DefaultMaxRequestHeaderBytes = 64 << 10
+
+// connStateChanged follows fasthttp's view of each app connection: the
+// read_header_timeout starts at a request's first byte (StateActive) and
+// ends at the request boundary (StateIdle), where idle release (park.go)
+// takes over.
 func connStateChanged(nc net.Conn, st fasthttp.ConnState) {
 	c, ok := nc.(*appConn)
-	if !ok || !c.parkable {
+	if !ok {
 		return
 	}
 	switch st {
 	case fasthttp.StateIdle:
-		c.markWaiting()
+		c.requestDone()
+		if c.parkable {
+			c.markWaiting()
+		}
 	case fasthttp.StateActive:
-		c.markBusy()
+		if c.parkable {
+			c.markBusy()
+		}
+		c.requestStarted()
 	}
 }
 
@@ -171,12 +191,24 @@ func (s *Server) Update(cfg Config) {
 		cfg.AppFinTimeout = 5 * time.Second
 	}
 	s.sockets.Store(&appSockets{
-		linger:      cfg.Linger,
-		keepalive:   cfg.Keepalive,
-		userTimeout: cfg.UserTimeout,
-		finTimeout:  cfg.AppFinTimeout,
+		linger:            cfg.Linger,
+		keepalive:         cfg.Keepalive,
+		userTimeout:       cfg.UserTimeout,
+		finTimeout:        cfg.AppFinTimeout,
+		readHeaderTimeout: cfg.ReadHeaderTimeout,
+		sendTimeout:       cfg.SendTimeout,
+	})
+	s.requests.Store(&requestLimits{
+		bodyReadTimeout: cfg.BodyReadTimeout,
+		maxBody:         cfg.MaxRequestBodyBytes,
 	})
 	s.accessLog.Store(cfg.AccessLog)
+}
+
+// requestLimits are the settings a request reads once, at its start.
+type requestLimits struct {
+	bodyReadTimeout time.Duration // 0: none
+	maxBody         int64         // 0: no limit
 }
 
 // Serve accepts app connections on ln until Shutdown. Each accepted
@@ -194,7 +226,13 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 		return nil
 	}
-	l := newLingerListener(ln, &s.sockets, s.obs, p)
+	l, err := newLingerListener(ln, &s.sockets, s.obs, p, s.maxConns, s.log)
+	if err != nil {
+		s.mu.Unlock()
+		p.shutdown()
+		ln.Close()
+		return err
+	}
 	s.ln = l
 	s.mu.Unlock()
 	return s.srv.Serve(l)
@@ -219,6 +257,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// been about to hand it.
 		l.Close()
 		waitCtx(ctx, l.parker.wait)
+		waitCtx(ctx, s.raw.Wait)
 		l.wait()
 	}
 	return err
@@ -240,13 +279,22 @@ func waitCtx(ctx context.Context, wait func()) {
 // OpenConnections returns the number of app connections being served.
 func (s *Server) OpenConnections() int { return int(s.srv.GetOpenConnectionsCount()) }
 
-// exchange is what handle learns about one request, for metrics and the
-// access log.
+// exchange is one request's trip through unstuck. handle fills it in; it
+// ends exactly once, in finish: at the end of handle, or, for a response
+// body that streams, when fasthttp closes the stream.
 type exchange struct {
+	s        *Server
+	ctx      *fasthttp.RequestCtx
+	up       *Upstream
+	app      *appConn // nil only for a connection that is not one of ours (tests)
 	start    time.Time
+	took     time.Duration // to the end of the response header, or to the failure
 	retries  int
 	endpoint string // of the last attempt
 	reused   bool
+	aborted  string // the phase in which the app went away; "": it did not
+	bytes    int    // body bytes streamed to the app
+	streams  bool   // a body stream owns the exchange's end
 }
 
 // handle forwards one request. fasthttp owns ctx; the upstream connection
@@ -255,95 +303,164 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if s.activity != nil {
 		s.activity.Add(1)
 	}
-	up := s.up.Load()
 	req := &ctx.Request
 	if code, reason := checkRequest(req); code != 0 {
 		s.refuse(ctx, code, reason, nil)
 		return
 	}
-	prepareRequest(req, clientIP(ctx), up.HostHeader)
+	lim := s.requests.Load()
+	cl := req.Header.ContentLength()
+	if lim.maxBody > 0 && int64(cl) > lim.maxBody {
+		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, RefuseBodyTooLarge, nil)
+		return
+	}
+	x := exchange{s: s, ctx: ctx, up: s.up.Load(), start: time.Now()}
+	x.app, _ = ctx.Conn().(*appConn)
+	x.app.requestHandled() // the headers are in: their timeout is over
+	http10 := !req.Header.IsHTTP11()
+	prepareRequest(req, clientIP(ctx), x.up.HostHeader)
 
-	// A small body is read whole now so a retry can send it again.
-	streamed := false
-	if cl := req.Header.ContentLength(); cl > maxBufferedBody || cl == -1 {
-		streamed = true
-	} else if req.IsBodyStream() {
-		req.Body()
+	// A small body is read whole now so a retry can send it again; a large
+	// or chunked one streams. Either way its bytes are checked as they come:
+	// nothing incomplete goes upstream as complete.
+	var body *appBody
+	if req.IsBodyStream() {
+		body = newAppBody(req.BodyStream(), x.app, cl, lim)
+		if cl >= 0 && cl <= maxBufferedBody {
+			if err := body.readInto(req); err != nil {
+				s.refuseBody(ctx, err)
+				return
+			}
+			body = nil
+		} else {
+			req.SetBodyStream(body, cl)
+		}
 	}
 	noHost := len(req.Header.Host()) == 0
 	careful := !idempotent(req)
 
-	x := exchange{start: time.Now()}
-	defer s.done(ctx, &x)
+	defer x.finish()
+	fresh := false // the next attempt must not reuse a pooled connection
 	for ; ; x.retries++ {
-		c, err := up.Pool.Acquire(careful)
+		c, err := x.acquire(careful, fresh)
 		if err != nil {
 			if errors.Is(err, pool.ErrClosed) {
 				// A reload replaced the pool under us: the new one
 				// takes this request, as if it had come a moment later.
-				if next := s.up.Load(); next != up {
-					up = next
+				if next := s.up.Load(); next != x.up {
+					x.up = next
 					x.retries--
 					continue
 				}
 			}
 			var de *pool.DialError
-			if errors.As(err, &de) && x.retries < up.Retries {
+			if errors.As(err, &de) && x.retries < x.up.Retries {
 				s.retry(ctx, x.retries, "dial", err)
 				continue // nothing was sent
 			}
-			s.fail(ctx, up, err)
+			x.took = time.Since(x.start)
+			s.fail(ctx, x.up, err)
 			return
 		}
 		x.endpoint, x.reused = c.Endpoint(), c.Reused()
 		if noHost {
-			req.Header.SetHost(c.Endpoint())
+			req.Header.SetHost(x.endpoint)
 		}
-		err = s.roundTrip(c, up, req, &ctx.Response)
-		if err == nil {
+		err = x.roundTrip(c, req, http10, body)
+		switch {
+		case err == nil:
+			return
+		case x.aborted != "":
+			x.abort()
+			return
+		case body != nil && body.err != nil:
+			s.refuseBody(ctx, body.err)
 			return
 		}
-		if x.retries < up.Retries && retryable(req, c, streamed) {
+		var ue *upstreamError
+		if errors.As(err, &ue) && x.retries < x.up.Retries && retryable(req, ue, body != nil) {
+			// A reused connection that failed may have gone stale, and so
+			// may every other idle one: the retry dials.
+			fresh = ue.reused
 			s.retry(ctx, x.retries, "stale", err)
 			continue
 		}
-		s.fail(ctx, up, err)
+		x.took = time.Since(x.start)
+		s.fail(ctx, x.up, err)
 		return
 	}
 }
 
-// done reports a finished request to the observer and the access log.
-func (s *Server) done(ctx *fasthttp.RequestCtx, x *exchange) {
-	took := time.Since(x.start)
-	s.obs.Request(ctx.Response.StatusCode(), took, x.retries)
+// acquire takes a connection for one attempt; fresh asks for a newly
+// dialed one.
+func (x *exchange) acquire(careful, fresh bool) (*pool.Conn, error) {
+	if fresh {
+		return x.up.Pool.Acquire(false) // TODO: AcquireNew once the pool has it
+	}
+	return x.up.Pool.Acquire(careful)
+}
+
+// abort answers an app that went away: 499 in the log and the metrics, and
+// the connection closed (there is nobody to read a response).
+func (x *exchange) abort() {
+	x.took = time.Since(x.start)
+	x.ctx.Response.Reset()
+	x.ctx.Response.SetStatusCode(StatusClientClosed)
+	x.ctx.SetConnectionClose()
+	x.s.obs.AppAborted(x.aborted)
+}
+
+// StatusClientClosed is the status logged for a request whose app closed
+// or reset its connection before the response was complete (nginx's 499).
+const StatusClientClosed = 499
+
+// finish reports a finished exchange to the observer and the access log.
+// It runs once: at the end of handle, unless a body stream took the
+// exchange over, in which case the stream's Close runs it.
+func (x *exchange) finish() {
+	if x.streams {
+		return
+	}
+	s, ctx := x.s, x.ctx
+	status := ctx.Response.StatusCode()
+	if x.aborted != "" {
+		status = StatusClientClosed
+	}
+	if x.took == 0 {
+		x.took = time.Since(x.start)
+	}
+	s.obs.Request(status, x.took, x.retries)
 	if !s.accessLog.Load() {
 		return
 	}
-	bytes := ctx.Response.Header.ContentLength() // -1: chunked, streamed
+	bytes := x.bytes
 	if !ctx.Response.IsBodyStream() {
 		bytes = len(ctx.Response.Body())
 	}
 	s.log.Info("access",
 		zap.ByteString("method", ctx.Method()), zap.ByteString("uri", ctx.RequestURI()),
-		zap.Int("status", ctx.Response.StatusCode()), zap.Int("bytes", bytes),
-		zap.Duration("duration", took), zap.String("endpoint", x.endpoint),
+		zap.Int("status", status), zap.Int("bytes", bytes),
+		zap.Duration("duration", time.Since(x.start)), zap.String("endpoint", x.endpoint),
 		zap.Bool("reused", x.reused), zap.Int("retries", x.retries),
 		zap.Stringer("remote", ctx.RemoteAddr()))
 }
 
-// roundTrip sends req on c and reads the response into resp. It always
-// passes c on: to the pool, or to resp's body stream, which releases it
-// once fasthttp has written the body to the app.
-func (s *Server) roundTrip(c *pool.Conn, up *Upstream, req *fasthttp.Request, resp *fasthttp.Response) error {
+// roundTrip sends req on c and reads the response into the exchange's
+// response. It always passes c on, through giveBack: to the pool, or to
+// the response's body stream, which gives it back once fasthttp has
+// written the body to the app. While it runs, an app that closes or resets
+// its connection wakes it (appConn.attach).
+func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, body *appBody) error {
+	up, resp := x.up, &x.ctx.Response
 	nc := c.NetConn()
-	var deadline time.Time // zero: none
-	if t := up.ResponseHeaderTimeout; t > 0 {
-		deadline = time.Now().Add(t)
+	if !x.app.attach(nc) {
+		x.aborted = "request"
+		x.giveBack(c, "") // nothing was written on it
+		return errAppGone
 	}
-	nc.SetDeadline(deadline)
-	if req.IsBodyStream() {
-		// Uploads may take longer than the header timeout.
-		nc.SetWriteDeadline(time.Time{})
+	x.app.upstreamWriteDeadline(nc, up.WriteTimeout)
+	if body != nil {
+		body.upstream, body.writeTimeout = nc, up.WriteTimeout
 	}
 	bw := c.Writer()
 	err := req.Write(bw)
@@ -351,77 +468,117 @@ func (s *Server) roundTrip(c *pool.Conn, up *Upstream, req *fasthttp.Request, re
 		err = bw.Flush()
 	}
 	if err != nil {
-		up.Pool.Discard(c, pool.CauseError)
-		return newUpstreamError("write", c, err, deadline)
+		return x.failed("write", c, err, "request", "write")
 	}
 
+	x.app.upstreamReadDeadline(nc, up.ResponseHeaderTimeout)
 	br := c.Reader()
 	if err := readResponseHeader(resp, br); err != nil {
-		up.Pool.Discard(c, pool.CauseError)
-		return newUpstreamError("read", c, err, deadline)
+		return x.failed("read", c, err, "response_header", "response_header")
 	}
+	x.took = time.Since(x.start)
 	serverClose := resp.Header.ConnectionClose()
-	if hops := responseHops(&resp.Header); hops != 0 {
-		stripHopHeaders(&resp.Header, hops)
-	}
+	stripResponseHops(&resp.Header)
 
 	code := resp.Header.StatusCode()
 	if req.Header.IsHead() || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified {
 		resp.SkipBody = true
-		finish(up.Pool, c, serverClose)
+		x.giveBack(c, closeCause(serverClose))
 		return nil
 	}
 	cl := resp.Header.ContentLength()
 	if cl >= 0 && cl <= maxBufferedBody {
+		x.app.upstreamReadDeadline(nc, up.ResponseIdleTimeout)
 		resp.StreamBody = false
 		if err := resp.ReadBody(br, 0); err != nil {
-			up.Pool.Discard(c, pool.CauseError)
-			return newUpstreamError("read body", c, err, deadline)
+			return x.failed("read body", c, err, "response_body", "response_idle")
 		}
-		finish(up.Pool, c, serverClose)
+		x.giveBack(c, closeCause(serverClose))
 		return nil
 	}
 
-	// Large, chunked, or delimited by close: stream it. The response
-	// header is in; the body may take as long as it takes.
-	nc.SetReadDeadline(time.Time{})
-	// The framing reader lives in a response of its own: resp's body is
-	// about to become our stream, and replacing a body closes the old one.
+	// Large, chunked, or delimited by close: stream it. The framing reader
+	// lives in a response of its own: resp's body is about to become our
+	// stream, and replacing a body closes the old one.
 	framing := fasthttp.AcquireResponse()
 	framing.StreamBody = true
 	framing.Header.SetContentLength(cl)
+	x.app.upstreamReadDeadline(nc, up.ResponseIdleTimeout)
 	if err := framing.ReadBody(br, 0); err != nil {
 		fasthttp.ReleaseResponse(framing)
-		up.Pool.Discard(c, pool.CauseError)
-		return newUpstreamError("read body", c, err, deadline)
+		return x.failed("read body", c, err, "response_body", "response_idle")
 	}
-	body := &upstreamBody{
+	b := &upstreamBody{
+		x:        *x,
 		framing:  framing,
 		c:        c,
-		pool:     up.Pool,
 		reusable: !serverClose && cl != -2, // -2: the body ends at close
+	}
+	x.streams = true // b.x finishes the exchange now
+	if http10 && cl < 0 {
+		// RFC 9112 6.1: no chunked framing towards an HTTP/1.0 app. The
+		// body goes as it comes, and its end is the connection's close.
+		x.s.streamRaw(x.ctx, b)
+		return nil
 	}
 	size := cl
 	if size < 0 {
 		size = -1 // chunked towards the app
 	}
-	resp.SetBodyStream(body, size)
+	resp.SetBodyStream(b, size)
 	return nil
 }
 
-// finish hands c back to p after a complete response.
-func finish(p *pool.Pool, c *pool.Conn, serverClose bool) {
-	if serverClose {
-		p.Discard(c, pool.CauseServerClose)
+// failed ends an attempt that failed on c: it records what the retry rules
+// and the status need (before c goes back: after that nothing reads it),
+// discards c, and tells apart an app that went away (phase) from an
+// upstream that timed out (timeoutPhase).
+func (x *exchange) failed(op string, c *pool.Conn, err error, phase, timeoutPhase string) error {
+	ue := &upstreamError{
+		op: op, endpoint: c.Endpoint(), err: err,
+		reused: c.Reused(), written: c.BytesWritten(), read: c.BytesRead(),
+		timeout: timedOut(err),
+	}
+	aborted := x.app.wasAborted()
+	x.giveBack(c, pool.CauseError)
+	switch {
+	case aborted:
+		x.aborted = phase
+	case ue.timeout:
+		x.s.obs.UpstreamTimeout(timeoutPhase)
+	}
+	return ue
+}
+
+// giveBack ends c's turn in this exchange, the one place that does: the
+// app's watch lets go of it, then c goes back to the pool (cause "") or is
+// discarded for cause. The exchange never touches c again.
+func (x *exchange) giveBack(c *pool.Conn, cause pool.Cause) {
+	x.app.detach()
+	if cause == "" {
+		x.up.Pool.Release(c)
 		return
 	}
-	p.Release(c)
+	x.up.Pool.Discard(c, cause)
+}
+
+// closeCause is how a connection ends after a complete response: reused,
+// or closed because the server said Connection: close.
+func closeCause(serverClose bool) pool.Cause {
+	if serverClose {
+		return pool.CauseServerClose
+	}
+	return ""
 }
 
 // readResponseHeader reads the final response header, skipping interim 1xx
-// responses (103 Early Hints) the way fasthttp's own client does.
+// responses (103 Early Hints) the way fasthttp's own client does. It does
+// not Reset resp: that would also clear the server's choices to add no
+// Date and no default Content-Type, and to keep header names as they came.
 func readResponseHeader(resp *fasthttp.Response, br *bufio.Reader) error {
-	resp.Reset()
+	resp.ResetBody()
+	resp.SkipBody = false
+	resp.StreamBody = false
 	for interim := 0; ; interim++ {
 		if err := resp.Header.Read(br); err != nil {
 			return err
@@ -436,59 +593,21 @@ func readResponseHeader(resp *fasthttp.Response, br *bufio.Reader) error {
 	}
 }
 
-// upstreamBody streams a response body from an upstream connection to the
-// app. It owns the connection until fasthttp closes it after writing the
-// body (or failing to): a body read to its end releases the connection,
-// anything else discards it.
-type upstreamBody struct {
-	framing  *fasthttp.Response // its BodyStream reads the body off c
-	c        *pool.Conn
-	pool     *pool.Pool
-	reusable bool
-	eof      bool
-	closed   bool
-}
-
-func (b *upstreamBody) Read(p []byte) (int, error) {
-	n, err := b.framing.BodyStream().Read(p)
-	if err == io.EOF {
-		b.eof = true
-	}
-	return n, err
-}
-
-// Close runs once fasthttp is done with the body, on the handler's
-// goroutine; it is the end of the connection's turn.
-func (b *upstreamBody) Close() error {
-	if b.closed {
-		return nil
-	}
-	b.closed = true
-	fasthttp.ReleaseResponse(b.framing)
+// retryable reports whether a request whose attempt failed with ue may be
+// sent again on another connection. A timeout never is: the upstream may
+// be working on it, and a retry would double its load. An idempotent
+// request may, if the connection was a reused one (so it may have gone
+// stale) and not one byte of the response arrived. Any request may if not
+// one byte of it was written. A streamed body cannot be sent twice once
+// its first byte was read.
+func retryable(req *fasthttp.Request, ue *upstreamError, streamed bool) bool {
 	switch {
-	case b.eof && b.reusable:
-		b.pool.Release(b.c)
-	case b.eof:
-		b.pool.Discard(b.c, pool.CauseServerClose)
-	default:
-		b.pool.Discard(b.c, pool.CauseError)
-	}
-	return nil
-}
-
-// retryable reports whether a request that failed on c may be sent again
-// on another connection. An idempotent request may, if c was a reused
-// connection (so it may have gone stale) and not one byte of the response
-// arrived. Any request may if not one byte of it was written. A streamed
-// body cannot be sent twice once its first byte was read.
-func retryable(req *fasthttp.Request, c *pool.Conn, streamed bool) bool {
-	if streamed {
+	case streamed, ue.timeout:
 		return false
-	}
-	if c.BytesWritten() == 0 {
+	case ue.written == 0:
 		return true
 	}
-	return idempotent(req) && c.Reused() && c.BytesRead() == 0
+	return idempotent(req) && ue.reused && ue.read == 0
 }
 
 func idempotent(req *fasthttp.Request) bool {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"go.uber.org/zap"
 	"io"
 	"net"
 	"net/http"
@@ -69,7 +70,11 @@ func TestListenerSocketOptionsReadBack(t *testing.T) {
 		userTimeout: 2500 * time.Millisecond,
 		finTimeout:  time.Second,
 	})
-	ll := newLingerListener(ln, &set, nopObserver{}, &parker{})
+	ll, err := newLingerListener(ln, &set, nopObserver{}, &parker{}, 0, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ll.stop(); ll.wait() }()
 	cc, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
