@@ -5,7 +5,8 @@
 // The life of a connection: dial (Acquire), which registers its socket with
 // the epoll watcher once, for good → serve one request (the caller) →
 // Release → idle → Acquire again once a peek finds it clean; or closed: by
-// the watcher at the peer's FIN or RST, by the peek at unsolicited bytes,
+// the watcher at the peer's FIN or RST or the kernel's timeout (keepalive,
+// user_timeout), by the peek at unsolicited bytes,
 // or at idle_timeout, max_lifetime, max_requests, max_idle or Close. A
 // request costs the pool no epoll_ctl, only the peek. Every close applies
 // the upstream's linger.
