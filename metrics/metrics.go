@@ -29,6 +29,7 @@ var (
 		pool.CauseFIN, pool.CauseRST, pool.CauseUnsolicited, pool.CauseIdleTimeout,
 		pool.CauseMaxLifetime, pool.CauseMaxRequests, pool.CauseMaxIdle,
 		pool.CauseServerClose, pool.CauseError, pool.CauseShutdown,
+		pool.CauseReplaced, pool.CauseTimeout,
 	}
 	retryReasons = []string{"dial", "stale"}
 	// closeHows are the ways an app connection ends; "escalated" (the app

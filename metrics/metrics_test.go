@@ -76,7 +76,7 @@ func TestPrecreatedSeries(t *testing.T) {
 	reg := m.Registry()
 
 	for _, c := range []string{"fin", "rst", "unsolicited", "idle_timeout", "max_lifetime",
-		"max_requests", "max_idle", "server_close", "error", "shutdown"} {
+		"max_requests", "max_idle", "server_close", "error", "shutdown", "replaced", "timeout"} {
 		want(t, reg, "unstuck_upstream_closes_total", l{"upstream": "app", "cause": c}, 0)
 	}
 	for _, code := range []string{"2xx", "3xx", "4xx", "5xx"} {
