@@ -395,7 +395,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 // dialed one.
 func (x *exchange) acquire(careful, fresh bool) (*pool.Conn, error) {
 	if fresh {
-		return x.up.Pool.Acquire(false) // TODO: AcquireNew once the pool has it
+		return x.up.Pool.AcquireNew()
 	}
 	return x.up.Pool.Acquire(careful)
 }
