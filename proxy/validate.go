@@ -1,34 +1,309 @@
 package proxy
 
 import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+
 	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // checkRequest looks at a request fasthttp has parsed, before anything of
-// it is forwarded, and returns the 4xx it must get instead (0: forward it)
-// and the Refuse* reason to count.
+// it is forwarded, and returns the status it must get instead (0: forward
+// it) and the Refuse* reason to count.
 //
-// TODO(issue 11): smuggling and malformed input.
+// fasthttp's parser already refuses most malformed heads (they reach
+// requestError instead); it leniently accepts a few that a proxy must not
+// pass on, and normalises them so that only the wire bytes tell:
+// RawHeaders holds them exactly as received. One pass over those bytes
+// refuses what nginx, HAProxy and Envoy refuse: both Content-Length and
+// Transfer-Encoding, any framing header that is not plain, header names
+// that are not tokens, control bytes, obs-fold and bare LF.
+//
+// The request line's own line ending is not in RawHeaders: a bare LF
+// there is only seen by malformedHead.
 func checkRequest(req *fasthttp.Request) (status int, reason string) {
+	h := &req.Header
+	if h.IsConnect() {
+		// A tunnel is not something a reverse proxy implements, for any
+		// resource: 501 rather than a 405 whose Allow would have to speak
+		// for the upstream's resources.
+		return fasthttp.StatusNotImplemented, RefuseMethod
+	}
+	// fasthttp accepts any HTTP/d.d and treats it as 1.0.
+	if p := h.Protocol(); string(p) != "HTTP/1.1" && string(p) != "HTTP/1.0" {
+		return fasthttp.StatusHTTPVersionNotSupported, RefuseBadRequest
+	}
+	if !validTarget(h.Method(), h.RequestURI()) || !validHeaderBlock(h.RawHeaders()) {
+		return fasthttp.StatusBadRequest, RefuseBadRequest
+	}
 	return 0, ""
+}
+
+// validTarget accepts origin-form, absolute-form with http or https, and
+// "*" with OPTIONS. Authority-form belongs to CONNECT alone.
+func validTarget(method, uri []byte) bool {
+	if len(uri) > 0 && uri[0] == '/' {
+		return true
+	}
+	if len(uri) == 1 && uri[0] == '*' {
+		return string(method) == fasthttp.MethodOptions
+	}
+	return hasPrefixFold(uri, "http://") || hasPrefixFold(uri, "https://")
+}
+
+// validHeaderBlock reports whether raw, the header lines as received and
+// their empty last line, is what a smuggling-resistant proxy forwards: every
+// line a token name, ':', field-value bytes, CRLF; no obs-fold; at most one
+// Host; Content-Length or Transfer-Encoding but not both, each once and
+// plain. An empty raw (no header lines) is valid.
+//
+// It runs on every request: one pass, table lookups, no allocation.
+func validHeaderBlock(raw []byte) bool {
+	var host, cl, te int
+	i := 0
+	for i < len(raw) {
+		start := i
+		for i < len(raw) && tokenByte[raw[i]] {
+			i++
+		}
+		if i == start {
+			// The empty line ending the block; anything else at a line's
+			// start (space or tab: obs-fold; a bare LF; a control byte or
+			// a colon: an empty name) is refused.
+			return i+2 == len(raw) && raw[i] == '\r' && raw[i+1] == '\n' &&
+				host <= 1 && (cl == 0 || te == 0)
+		}
+		if i == len(raw) || raw[i] != ':' {
+			return false // space or a non-token byte in the name
+		}
+		name := raw[start:i]
+		i++
+		vstart := i
+		i = skipValue(raw, i)
+		// Only CRLF may end the value: a bare CR or LF, NUL or any other
+		// control byte stops the scan here.
+		if i+1 >= len(raw) || raw[i] != '\r' || raw[i+1] != '\n' {
+			return false
+		}
+		value := raw[vstart:i]
+		i += 2
+
+		switch len(name) {
+		case len("Host"):
+			if equalFold(name, "Host") {
+				host++
+			}
+		case len("Content-Length"):
+			if equalFold(name, "Content-Length") {
+				if cl++; cl > 1 || !plainContentLength(value) {
+					return false
+				}
+			}
+		case len("Transfer-Encoding"):
+			if equalFold(name, "Transfer-Encoding") {
+				if te++; te > 1 || !plainChunked(value) {
+					return false
+				}
+			}
+		}
+	}
+	// No empty line: fasthttp hands over none only for a head without
+	// header lines.
+	return len(raw) == 0
+}
+
+// plainContentLength accepts what every client sends: an optional single
+// space and 1 to 18 digits (no sign, list or trailing whitespace; 18 digits
+// cannot overflow an int64). Equal duplicates, which RFC 9112 §6.3 lets a
+// recipient merge, are refused by the caller as nginx does: no client sends
+// them, and accepting them is one more way for two parsers to disagree.
+func plainContentLength(v []byte) bool {
+	v = trimOneSpace(v)
+	if len(v) == 0 || len(v) > 18 {
+		return false
+	}
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// plainChunked accepts "chunked" in any case after an optional single
+// space, and nothing else: no list ("chunked, identity"), no other coding
+// (identity, gzip), no tab or extra whitespace around it. These are the
+// classic Transfer-Encoding obfuscations; a legacy client never sends any.
+func plainChunked(v []byte) bool {
+	return equalFold(trimOneSpace(v), "chunked")
+}
+
+// skipValue returns the index of the first byte from i on that cannot be
+// in a field value (a control byte or DEL; CR ends a valid one). Eight
+// bytes at a time while none is below 0x20 or DEL: most of a head is
+// values, and this cuts checkRequest's cost to a third.
+func skipValue(b []byte, i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for ; i+8 <= len(b); i += 8 {
+		w := binary.LittleEndian.Uint64(b[i:])
+		ctl := (w - 0x20*ones) &^ w & highs // a byte below 0x20
+		del := w ^ 0x7f*ones
+		del = (del - ones) &^ del & highs // a byte equal to 0x7f
+		if ctl|del != 0 {
+			break
+		}
+	}
+	for i < len(b) && valueByte[b[i]] {
+		i++
+	}
+	return i
+}
+
+func trimOneSpace(v []byte) []byte {
+	if len(v) > 0 && v[0] == ' ' {
+		return v[1:]
+	}
+	return v
+}
+
+// equalFold compares b with an ASCII s, ignoring case, without the
+// allocation-free but Unicode-aware cost of bytes.EqualFold.
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		if b[i]|0x20 != s[i]|0x20 {
+			return false
+		}
+	}
+	return true
+}
+
+func hasPrefixFold(b []byte, prefix string) bool {
+	return len(b) >= len(prefix) && equalFold(b[:len(prefix)], prefix)
+}
+
+// tokenByte is RFC 9110's tchar: the bytes of a field name.
+var tokenByte = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// valueByte is RFC 9110's field-vchar plus SP and HTAB: every byte but the
+// controls and DEL (obs-text, 0x80 and up, included).
+var valueByte = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 0x20 && c != 0x7f || c == '\t'
+	}
+	return t
+}()
+
+// errMalformedHead is what the app connection's read path returns for a
+// head malformedHead condemns; requestError answers it with 400.
+var errMalformedHead = errors.New("malformed request head: bare LF line ending")
+
+// malformedHead reports whether head, the bytes of a request from its
+// first byte as far as they have arrived, already has a line ended by a
+// bare LF before the CRLFCRLF that ends a head.
+//
+// fasthttp ends a head only once the buffer holds CRLFCRLF, so a head
+// written with bare LFs alone waits, unanswered, until the app closes;
+// and whether it accepts a bare LF at all depends on whether CRLFCRLF
+// happens to be in the buffer already, later in the head or in the body.
+// A read at a request boundary that sees this can fail at once instead.
+func malformedHead(head []byte) bool {
+	for i, c := range head {
+		if c != '\n' {
+			continue
+		}
+		if i == 0 || head[i-1] != '\r' {
+			return true
+		}
+		if i >= 3 && head[i-2] == '\n' && head[i-3] == '\r' {
+			return false // CRLFCRLF: the rest is body or the next request
+		}
+	}
+	return false
+}
+
+// requestStatus maps an error fasthttp met reading a request to the status
+// the app gets and the reason it is counted under; reason "" means the app
+// went away before its head was complete: nothing to answer or count.
+func requestStatus(err error) (int, string) {
+	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
+	switch {
+	case errors.As(err, &small):
+		// The request line may be what did not fit (414), but fasthttp
+		// hands over neither the buffer nor how far it parsed.
+		return fasthttp.StatusRequestHeaderFieldsTooLarge, RefuseHeaderTooLarge
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		return fasthttp.StatusRequestEntityTooLarge, RefuseBodyTooLarge
+	case errors.As(err, &ne) && ne.Timeout():
+		return fasthttp.StatusRequestTimeout, RefuseHeaderTimeout
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		// The body fasthttp reads ahead (up to 8 KiB) was cut short.
+		return fasthttp.StatusBadRequest, RefuseBodyIncomplete
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
+		return fasthttp.StatusBadRequest, ""
+	}
+	return fasthttp.StatusBadRequest, RefuseBadRequest
 }
 
 // requestError is fasthttp's ErrorHandler: a request it could not read
 // (malformed, too large, too slow) gets its 4xx here, is logged and
 // counted; fasthttp then closes the connection.
 func (s *Server) requestError(ctx *fasthttp.RequestCtx, err error) {
-	code, reason := fasthttp.StatusBadRequest, RefuseBadRequest
-	s.refuse(ctx, code, reason, err)
+	code, reason := requestStatus(err)
+	answerRefused(ctx, code)
+	if reason == "" {
+		// The app left mid-head; the answer goes nowhere.
+		if ce := s.log.Check(zapcore.DebugLevel, "app left before its request head was complete"); ce != nil {
+			ce.Write(zap.Stringer("remote", ctx.RemoteAddr()), zap.Error(err))
+		}
+		return
+	}
+	s.obs.Refused(reason)
+	// fasthttp has reset the request: no method or URI to log.
+	if ce := s.log.Check(zapcore.InfoLevel, "request refused"); ce != nil {
+		ce.Write(zap.Stringer("remote", ctx.RemoteAddr()), zap.Int("status", code),
+			zap.String("reason", reason), zap.Error(err))
+	}
 }
 
 // refuse answers a request unstuck will not forward with code, closes the
 // app connection afterwards (its framing may be in doubt), and logs and
-// counts it under reason.
+// counts it under reason. err may be nil.
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, code int, reason string, err error) {
+	answerRefused(ctx, code)
+	s.obs.Refused(reason)
+	if ce := s.log.Check(zapcore.InfoLevel, "request refused"); ce != nil {
+		ce.Write(zap.Stringer("remote", ctx.RemoteAddr()), zap.Int("status", code),
+			zap.String("reason", reason), zap.ByteString("method", ctx.Method()),
+			zap.ByteString("uri", ctx.RequestURI()), zap.Error(err)) // zap.Error(nil) logs nothing
+	}
+}
+
+func answerRefused(ctx *fasthttp.RequestCtx, code int) {
 	ctx.Response.Reset()
 	ctx.Response.SetStatusCode(code)
 	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
 	ctx.Response.SetBodyString(fasthttp.StatusMessage(code) + "\n")
 	ctx.SetConnectionClose()
-	s.obs.Refused(reason)
 }
