@@ -38,22 +38,70 @@ func checkRequest(req *fasthttp.Request) (status int, reason string) {
 	if p := h.Protocol(); string(p) != "HTTP/1.1" && string(p) != "HTTP/1.0" {
 		return fasthttp.StatusHTTPVersionNotSupported, RefuseBadRequest
 	}
-	if !validTarget(h.Method(), h.RequestURI()) || !validHeaderBlock(h.RawHeaders()) {
+	if !validTarget(h.Method(), h.RequestURI(), h.Host()) || !validHeaderBlock(h.RawHeaders()) {
 		return fasthttp.StatusBadRequest, RefuseBadRequest
 	}
 	return 0, ""
 }
 
-// validTarget accepts origin-form, absolute-form with http or https, and
-// "*" with OPTIONS. Authority-form belongs to CONNECT alone.
-func validTarget(method, uri []byte) bool {
+// validTarget accepts origin-form, "*" with OPTIONS, and absolute-form
+// with http or https whose authority is the Host header's. Authority-form
+// belongs to CONNECT alone.
+//
+// unstuck forwards an absolute-form target in origin-form with the Host
+// header as received; RFC 9112 §3.2.2 says the target's authority wins.
+// Rather than pick one of two hosts, a request naming two is refused (an
+// app configured with an HTTP proxy sends the same host twice).
+func validTarget(method, uri, host []byte) bool {
 	if len(uri) > 0 && uri[0] == '/' {
 		return true
 	}
 	if len(uri) == 1 && uri[0] == '*' {
 		return string(method) == fasthttp.MethodOptions
 	}
-	return hasPrefixFold(uri, "http://") || hasPrefixFold(uri, "https://")
+	var port string
+	switch {
+	case hasPrefixFold(uri, "http://"):
+		uri, port = uri[len("http://"):], ":80"
+	case hasPrefixFold(uri, "https://"):
+		uri, port = uri[len("https://"):], ":443"
+	default:
+		return false
+	}
+	authority := uri
+	for i, c := range uri {
+		if c == '/' || c == '?' || c == '#' {
+			authority = uri[:i]
+			break
+		}
+	}
+	return sameAuthority(authority, host, port)
+}
+
+// sameAuthority compares a target's authority with a Host value, ignoring
+// case and the scheme's default port. Userinfo is refused (RFC 9110 §4.2.4).
+func sameAuthority(a, host []byte, defaultPort string) bool {
+	for _, c := range a {
+		if c == '@' {
+			return false
+		}
+	}
+	trim := func(b []byte) []byte {
+		if n := len(b) - len(defaultPort); n > 0 && string(b[n:]) == defaultPort {
+			return b[:n]
+		}
+		return b
+	}
+	a, host = trim(a), trim(host)
+	if len(a) == 0 || len(a) != len(host) {
+		return false
+	}
+	for i := range a {
+		if a[i]|0x20 != host[i]|0x20 {
+			return false
+		}
+	}
+	return true
 }
 
 // validHeaderBlock reports whether raw, the header lines as received and

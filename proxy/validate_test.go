@@ -90,6 +90,9 @@ var headCases = []headCase{
 	{"authority-form GET", "GET example.com:80 HTTP/1.1\r\nHost: example.com\r\n\r\n", 400, byParser, ""},
 	{"asterisk GET", "GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400, byParser, ""},
 	{"ftp absolute-form", "GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n", 400, byCheck, ""},
+	{"absolute-form naming another host", "GET http://x/p HTTP/1.1\r\nHost: y\r\n\r\n", 400, byCheck, ""},
+	{"absolute-form with userinfo", "GET http://u@x/p HTTP/1.1\r\nHost: x\r\n\r\n", 400, byCheck, ""},
+	{"absolute-form without a host", "GET http:///p HTTP/1.1\r\nHost: x\r\n\r\n", 400, byCheck, ""},
 	{"HTTP/2.0 line", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, byCheck, ""},
 	{"HTTP/1.2 line", "GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505, byCheck, ""},
 	{"no version", "GET /\r\nHost: x\r\n\r\n", 400, byParser, ""},
@@ -110,6 +113,7 @@ var headCases = []headCase{
 	{"every tchar in a name, tab and obs-text in a value", "GET / HTTP/1.1\r\nHost: x\r\n!#$%&'*+-.^_`|~09AZaz: a\tb \x80\xff\r\n\r\n", 200, "", ""},
 	{"empty value", "GET / HTTP/1.1\r\nHost: x\r\nX-Empty:\r\n\r\n", 200, "", ""},
 	{"absolute-form", "GET http://x/p HTTP/1.1\r\nHost: x\r\n\r\n", 200, "", ""},
+	{"absolute-form, default port, other case", "GET HTTP://X.example:80?q HTTP/1.1\r\nHost: x.EXAMPLE\r\n\r\n", 200, "", ""},
 	{"OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 200, "", ""},
 	{"empty line before the request line", "\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", 200, "", ""},
 }
