@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -275,10 +276,12 @@ var errMalformedHead = errors.New("malformed request head: bare LF line ending")
 // happens to be in the buffer already, later in the head or in the body.
 // A read at a request boundary that sees this can fail at once instead.
 func malformedHead(head []byte) bool {
-	for i, c := range head {
-		if c != '\n' {
-			continue
+	for i := 0; ; i++ {
+		n := bytes.IndexByte(head[i:], '\n')
+		if n < 0 {
+			return false
 		}
+		i += n
 		if i == 0 || head[i-1] != '\r' {
 			return true
 		}
@@ -286,7 +289,6 @@ func malformedHead(head []byte) bool {
 			return false // CRLFCRLF: the rest is body or the next request
 		}
 	}
-	return false
 }
 
 // requestStatus maps an error fasthttp met reading a request to the status
