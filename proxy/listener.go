@@ -113,6 +113,7 @@ type lingerListener struct {
 	// takes one, the connection's final close gives it back. nil: no cap.
 	slots chan struct{}
 	done  chan struct{} // closed by stop: a waiting Accept gives up
+	open  atomic.Int64  // app connections accepted and not yet finally closed
 
 	mu       sync.Mutex
 	waiting  map[*appConn]struct{} // closes waiting for the app's FIN
@@ -159,6 +160,7 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 		}
 		l.watch.add(c)
 	}
+	l.open.Add(1)
 	l.obs.AppConnOpened()
 	return c, nil
 }
@@ -448,6 +450,7 @@ func (c *appConn) closeBounded(linger sockopt.Linger) error {
 // connClosed counts an app connection's final close, and frees its slot
 // under limits.max_conns.
 func (l *lingerListener) connClosed(how string) {
+	l.open.Add(-1)
 	l.obs.AppConnClosed(how)
 	l.giveSlot()
 }

@@ -276,8 +276,18 @@ func waitCtx(ctx context.Context, wait func()) {
 	}
 }
 
-// OpenConnections returns the number of app connections being served.
-func (s *Server) OpenConnections() int { return int(s.srv.GetOpenConnectionsCount()) }
+// OpenConnections returns the number of app connections open: being
+// served, released while idle (park.go), or closing. fasthttp's own count
+// is one short once its Serve has returned, and misses released ones.
+func (s *Server) OpenConnections() int {
+	s.mu.Lock()
+	l := s.ln
+	s.mu.Unlock()
+	if l == nil {
+		return 0
+	}
+	return int(l.open.Load())
+}
 
 // exchange is one request's trip through unstuck. handle fills it in; it
 // ends exactly once, in finish: at the end of handle, or, for a response

@@ -455,10 +455,6 @@ func TestReloadLimitsAndTimeouts(t *testing.T) {
 // A replaced server with a single app connection left counts it, and so
 // keeps serving it until the app closes it.
 func TestReloadKeepsALoneAppConnection(t *testing.T) {
-	t.Skip("fails: once Serve has returned, proxy.Server.OpenConnections reports one too few " +
-		"(fasthttp's GetOpenConnectionsCount subtracts the listener it no longer counts), so " +
-		"replaceListener shuts down a server whose last app connection is still open and the app " +
-		"gets an RST on its next request; needs the fix in proxy/")
 	up := testpeer.StartServer(t, testpeer.Options{})
 	cfg := testConfig(up.Addr())
 	sc := start(t, cfg)
