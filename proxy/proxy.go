@@ -142,8 +142,11 @@ func New(cfg Config) *Server {
 		NoDefaultServerHeader:         true,
 		NoDefaultContentType:          true,
 		NoDefaultDate:                 true,
-		Logger:                        zapPrintf{s.log},
-		ConnState:                     connStateChanged,
+		// fasthttp's parse errors would quote the app's head (cookies,
+		// Authorization) into the log.
+		SecureErrorLogMessage: true,
+		Logger:                zapPrintf{s.log},
+		ConnState:             connStateChanged,
 	}
 	if cfg.IdleReleaseAfter > 0 {
 		// A worker goroutine whose connection was released waits this
