@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/pool"
 )
 
 // Tests for issue 11's findings on the request path: each reproduces one
@@ -594,5 +595,25 @@ func TestMaxConns(t *testing.T) {
 	first.c.Close()
 	if resp, _ := second.response("GET"); resp.StatusCode != 200 {
 		t.Fatalf("second connection: %d", resp.StatusCode)
+	}
+}
+
+// A response header block over 8 KiB (a large Set-Cookie) passes: it gets
+// 502 only over limits.response_header_bytes.
+func TestLargeResponseHeaderPasses(t *testing.T) {
+	up := startScripted(t, serveHTTP(func(*http.Request) string {
+		return "HTTP/1.1 200 OK\r\nSet-Cookie: " + strings.Repeat("s", 20000) + "\r\nContent-Length: 2\r\n\r\nok"
+	}))
+	addr := startProxy(t, proxyOpts{}, up.addr())
+	c := dialRaw(t, addr)
+	c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, body := c.response("GET"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("default limit: %d %q", resp.StatusCode, body)
+	}
+	small := startProxy(t, proxyOpts{pool: pool.Config{ResponseHeaderBytes: 8192}}, up.addr())
+	c = dialRaw(t, small)
+	c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp, _ := c.response("GET"); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("over the limit: %d; want 502", resp.StatusCode)
 	}
 }
