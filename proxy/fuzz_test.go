@@ -567,7 +567,7 @@ func sameRequest(in, up *refRequest) string {
 		return fmt.Sprintf("Host %q became %q", hosts, got)
 	}
 	if !bytes.Equal(in.body, up.body) {
-		return fmt.Sprintf("body of %d bytes became %d bytes (%q)", len(in.body), len(up.body), trunc(up.body))
+		return fmt.Sprintf("body of %d bytes became %d bytes: %q", len(in.body), len(up.body), clip(up.body))
 	}
 	want, got := endToEnd(in), endToEnd(up)
 	for _, f := range in.trailer { // a proxy may merge trailer fields into the header
@@ -576,7 +576,7 @@ func sameRequest(in, up *refRequest) string {
 		}
 	}
 	for name, vs := range want {
-		if !equalStrings(got[name], vs) {
+		if !slices.Equal(got[name], vs) {
 			return fmt.Sprintf("field %s: %q became %q", name, vs, got[name])
 		}
 	}
@@ -588,8 +588,6 @@ func sameRequest(in, up *refRequest) string {
 	return ""
 }
 
-func trunc(b []byte) []byte { return b[:min(len(b), 80)] }
-
 // clip keeps a failure message readable: the head of a request and the
 // size of the rest.
 func clip(b []byte) string {
@@ -597,16 +595,4 @@ func clip(b []byte) string {
 		return string(b)
 	}
 	return fmt.Sprintf("%s...(%d more bytes)", b[:400], len(b)-400)
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
