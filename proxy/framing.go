@@ -34,6 +34,9 @@ type framingGuard struct {
 
 	state guardState
 	err   error // the violation, once found
+	// good is, after a feed that found the violation, how many bytes of
+	// its b came before the byte that broke the framing.
+	good int
 
 	// The line being read: a head, chunk-size or trailer line.
 	line int              // its bytes so far, before its LF
@@ -102,9 +105,13 @@ var (
 
 // feed follows b, the next bytes the app sent. It returns the first
 // framing violation, and nil while there is none or once the connection is
-// no longer followed.
+// no longer followed. When it finds the violation, b[:g.good] is sound: a
+// read path that hands those bytes over and fails the next read keeps
+// fasthttp from parsing a head from the bytes after (a bare LF ending the
+// request line is invisible to checkRequest).
 func (g *framingGuard) feed(b []byte) error {
-	for len(b) > 0 {
+	for off := 0; off < len(b); {
+		b := b[off:]
 		var n int
 		var err error
 		switch g.state {
@@ -143,19 +150,22 @@ func (g *framingGuard) feed(b []byte) error {
 		case guardLost:
 			return nil
 		default: // guardFailed
+			g.good = 0
 			return g.err
 		}
 		if err != nil {
-			g.state, g.err = guardFailed, err
+			// n is where in b the violation is.
+			g.state, g.err, g.good = guardFailed, err, off+n
 			return err
 		}
-		b = b[n:]
+		off += n
 	}
 	return nil
 }
 
 // head reads a head's lines from b and returns how many bytes of b it
-// used: all of them, or up to the end of the head.
+// used: all of them, or up to the end of the head. The sub-steps of feed
+// return, with an error, the index in b of the byte at fault.
 func (g *framingGuard) head(b []byte) (int, error) {
 	limit := g.maxHead
 	if limit <= 0 {
@@ -176,7 +186,7 @@ func (g *framingGuard) head(b []byte) (int, error) {
 		}
 		end := i + j
 		if end > i && w[end-1] != '\r' || end == i && !(g.line > 0 && g.cr) {
-			return 0, errBareLF
+			return end, errBareLF
 		}
 		line, full := w[i:end], end-i
 		if g.line > 0 {
@@ -285,7 +295,7 @@ func (g *framingGuard) chunkSize(b []byte) (int, error) {
 	for i, c := range b {
 		if v := unhex[c]; v < 16 {
 			if g.digits == maxChunkDigits {
-				return 0, errChunkSize
+				return i, errChunkSize
 			}
 			g.size = g.size<<4 | uint64(v)
 			g.digits++
@@ -299,9 +309,9 @@ func (g *framingGuard) chunkSize(b []byte) (int, error) {
 			g.state, g.line, g.cr = guardChunkLine, g.digits, false
 			return i, nil
 		case c == '\n':
-			return 0, errChunkBareLF
+			return i, errChunkBareLF
 		}
-		return 0, errChunkSize
+		return i, errChunkSize
 	}
 	return len(b), nil
 }
@@ -323,21 +333,24 @@ func (g *framingGuard) chunkLine(b []byte) (int, error) {
 		return 0, errChunkCRLF
 	}
 	if k := bytes.IndexByte(seg, '\r'); k >= 0 && k != len(seg)-1 {
-		return 0, errChunkCRLF
+		return k + 1, errChunkCRLF // the byte after the CR
 	}
 	if j < 0 {
 		g.line += len(w)
 		g.cr = w[len(w)-1] == '\r'
 		if g.line > maxChunkLine {
-			return 0, errChunkLine // no LF where the longest line has it
+			return len(w) - 1, errChunkLine // no LF where the longest line has it
 		}
 		return len(w), nil
 	}
 	if !(j > 0 && w[j-1] == '\r' || j == 0 && g.cr) {
-		return 0, errChunkBareLF
+		return j, errChunkBareLF
 	}
 	g.line += j
-	return j + 1, g.endChunkLine(g.line - 1)
+	if err := g.endChunkLine(g.line - 1); err != nil {
+		return j, err
+	}
+	return j + 1, nil
 }
 
 // endChunkLine takes a chunk-size or trailer line of n bytes before its

@@ -7,9 +7,15 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
 )
 
 // chunks writes a chunked body: n chunks of size bytes, each size line
@@ -101,6 +107,7 @@ var framingCases = []struct {
 // guardResult is what a guard ends in after feeding pieces.
 type guardResult struct {
 	err  error
+	at   int          // where in the input the violation is
 	g    framingGuard // pre zeroed: it is scratch space; only state and err once failed or lost
 	done bool         // at a request boundary
 }
@@ -108,10 +115,13 @@ type guardResult struct {
 func feedPieces(maxHead int, pieces ...[]byte) guardResult {
 	g := framingGuard{maxHead: maxHead}
 	var err error
+	at := 0
 	for _, p := range pieces {
 		if err = g.feed(p); err != nil {
+			at += g.good
 			break
 		}
+		at += len(p)
 	}
 	// Once failed, feeding again returns the same error.
 	if again := g; err != nil {
@@ -125,7 +135,7 @@ func feedPieces(maxHead int, pieces ...[]byte) guardResult {
 		g = framingGuard{maxHead: g.maxHead, state: g.state, err: g.err}
 	}
 	done := g.state == guardHead && !g.started && g.headLen == 0 && g.line == 0
-	return guardResult{err: err, g: g, done: done}
+	return guardResult{err: err, at: at, g: g, done: done}
 }
 
 func TestFramingGuard(t *testing.T) {
@@ -135,6 +145,9 @@ func TestFramingGuard(t *testing.T) {
 			whole := feedPieces(tc.maxHead, in)
 			if whole.err != tc.err {
 				t.Fatalf("feed whole: %v, want %v", whole.err, tc.err)
+			}
+			if (tc.err == errBareLF || tc.err == errChunkBareLF) && in[whole.at] != '\n' {
+				t.Fatalf("violation at %d: %q", whole.at, in[whole.at])
 			}
 			if tc.err == nil {
 				if lost := whole.g.state == guardLost; lost != tc.lost {
@@ -213,6 +226,109 @@ func TestFramingGuardAllocs(t *testing.T) {
 		}
 	}); n != 0 {
 		t.Errorf("%v allocations per run", n)
+	}
+}
+
+// guardConn is the read path the guard is meant for: bytes before a
+// violation are handed over, the read after fails.
+type guardConn struct {
+	net.Conn
+	g       framingGuard // owned by the serving goroutine, as pending
+	pending error
+}
+
+func (c *guardConn) Read(b []byte) (int, error) {
+	if c.pending != nil {
+		return 0, c.pending
+	}
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		if gerr := c.g.feed(b[:n]); gerr != nil {
+			c.pending = gerr
+			return c.g.good, nil
+		}
+	}
+	return n, err
+}
+
+type guardListener struct{ net.Listener }
+
+func (l guardListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &guardConn{Conn: c}, nil
+}
+
+// TestFramingGuardWithFasthttp: behind the guard, fasthttp answers a
+// pipelined bare-LF head with 400 instead of waiting for ever, refuses a
+// bare LF ending the request line (which checkRequest cannot see), and a
+// handler reading a body with a 64 KiB chunk extension gets an error.
+func TestFramingGuardWithFasthttp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &fasthttp.Server{
+		StreamRequestBody: true,
+		Logger:            zapPrintf{zap.NewNop()},
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			if body := ctx.RequestBodyStream(); body == nil {
+				ctx.SetBody(ctx.Request.Body()) // no stream: the body, if any, was read whole
+			} else if _, err := io.Copy(io.Discard, body); err != nil {
+				ctx.SetStatusCode(fasthttp.StatusBadRequest)
+				ctx.SetConnectionClose()
+				return
+			}
+			ctx.Response.SetBodyString("ok")
+		},
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(guardListener{ln}) }()
+	t.Cleanup(func() {
+		_ = srv.Shutdown()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+
+	for _, tc := range []struct {
+		name, in string
+		want     []int // statuses, then the connection is closed
+	}{
+		{"pipelined bare-LF head", getReq + "GET /b HTTP/1.1\nHost: app\n\n", []int{200, 400}},
+		{"bare LF ends the request line", "GET / HTTP/1.1\nHost: app\r\n\r\n", []int{400}},
+		{"64 KiB chunk extension", chunkHead + "1;e=" + strings.Repeat("e", 64<<10) + "\r\nx\r\n0\r\n\r\n", []int{400}},
+		{"chunked, then a GET", chunkHead + chunks(8, 1024, ";e=1") + getReq + "GET /c HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n", []int{200, 200, 200}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.WriteString(c, tc.in); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			for i, want := range tc.want {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("response %d: %v", i, err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != want {
+					t.Fatalf("response %d: %d, want %d", i, resp.StatusCode, want)
+				}
+			}
+			// Closed: EOF, or RST over the body fasthttp did not read.
+			if n, err := br.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("after the responses: %d, %v; want EOF", n, err)
+			}
+		})
 	}
 }
 
