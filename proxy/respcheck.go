@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/valyala/fasthttp"
 )
@@ -27,8 +28,9 @@ var (
 
 // readResponseHead reads one response head into h, as h.Read does, and
 // then checks it with checkResponse on the bytes as they came. It reads
-// nothing past the head. An HTTP/1.0 response's status line is given
-// unstuck's version, HTTP/1.1 (fasthttp still frames it as 1.0).
+// nothing past the head; its errors are h.Read's. An HTTP/1.0 response's
+// status line is given unstuck's version, HTTP/1.1 (fasthttp still frames
+// it as 1.0).
 //
 // fasthttp's parse hides what a proxy must refuse: with both
 // Content-Length and Transfer-Encoding it drops Content-Length, it drops
@@ -36,8 +38,7 @@ var (
 // body, delimited by close), it trims whitespace before a colon and joins
 // obs-fold. So the head is first buffered whole, and the bytes fasthttp
 // consumed are checked once it has parsed them. Buffering reads exactly
-// what h.Read would; on a read error it leaves the error to h.Read, which
-// meets it again and reports it as it always has.
+// what h.Read would.
 func readResponseHead(h *fasthttp.ResponseHeader, br *bufio.Reader) error {
 	head, err := bufferResponseHead(br)
 	if err != nil {
@@ -68,18 +69,26 @@ func readResponseHead(h *fasthttp.ResponseHeader, br *bufio.Reader) error {
 var protoHTTP11 = []byte("HTTP/1.1")
 
 // bufferResponseHead waits until br holds a complete response head and
-// returns it (a view of br's buffer, valid until br is next read past it),
-// or nil, without an error, when a read failed or the buffer is full before
-// the head's end: h.Read then reports that as it always has. A line ended
-// by a bare LF fails at once: fasthttp would accept it only once CRLFCRLF
-// happened to arrive somewhere, in the body or never. So does obs-fold,
-// which fasthttp would rewrite in the buffer before checkResponse saw it.
+// returns it (a view of br's buffer, valid until br is next read past it).
+// When the buffer fills before the head's end it returns nil and no error:
+// h.Read then reports ErrSmallBuffer as it always has, without a read.
+// A read error is returned as h.Read would return it: a socket error such
+// as ETIMEDOUT or ECONNRESET is reported once, and a second read would
+// see only EOF (502 where a timeout must give 504).
 //
-// Empty lines before the status line are skipped, as fasthttp does (some
-// servers leave a CRLF after a body).
+// A line ended by a bare LF fails at once: fasthttp would accept it only
+// once CRLFCRLF happened to arrive somewhere, in the body or never. So
+// does obs-fold, which fasthttp would rewrite in the buffer before
+// checkResponse saw it. Empty lines before the status line are skipped,
+// as fasthttp does (some servers leave a CRLF after a body).
 func bufferResponseHead(br *bufio.Reader) ([]byte, error) {
 	if _, err := br.Peek(1); err != nil {
-		return nil, nil
+		// fasthttp: a timeout, or EOF for any other error on the first
+		// byte.
+		if timedOut(err) {
+			return nil, fasthttp.ErrTimeout
+		}
+		return nil, io.EOF
 	}
 	lineStart, status := 0, false
 	for {
@@ -110,9 +119,21 @@ func bufferResponseHead(br *bufio.Reader) ([]byte, error) {
 			return nil, nil
 		}
 		if _, err := br.Peek(len(b) + 1); err != nil {
-			return nil, nil
+			if !status && onlyCRLF(b) {
+				return nil, io.EOF // fasthttp: CRLFs left after a body, then the close
+			}
+			return nil, fmt.Errorf("error when reading response headers: %w", err)
 		}
 	}
+}
+
+func onlyCRLF(b []byte) bool {
+	for _, c := range b {
+		if c != '\r' && c != '\n' {
+			return false
+		}
+	}
+	return true
 }
 
 // checkResponse looks at a response head fasthttp has parsed into h from

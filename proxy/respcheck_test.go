@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,26 +177,61 @@ func (r *trickle) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Read errors are fasthttp's to report, as before: nothing at all is EOF;
-// a head cut short or larger than the buffer is its error, not a check's.
+// Read errors come out as h.Read's would: nothing at all is EOF, a head
+// cut short or larger than the buffer is an error of the same kind, and a
+// socket error reported once (ETIMEDOUT from a blackholed upstream, then
+// only EOF) is still a timeout: 504, not 502.
 func TestReadResponseHeadErrors(t *testing.T) {
+	long := "HTTP/1.1 200 OK\r\nX-A: " + strings.Repeat("a", 5000) + "\r\n\r\n"
 	for _, tc := range []struct {
 		name, head string
-		size       int
+		err        error // returned once, after head
 	}{
-		{"empty", "", 4096},
-		{"cut short", "HTTP/1.1 200 OK\r\nContent-Len", 4096},
-		{"larger than the buffer", "HTTP/1.1 200 OK\r\nX-A: " + strings.Repeat("a", 5000) + "\r\n\r\n", 4096},
+		{"empty", "", nil},
+		{"only CRLFs", "\r\n\r\n", nil},
+		{"cut short", "HTTP/1.1 200 OK\r\nContent-Len", nil},
+		{"larger than the buffer", long, nil},
+		{"timeout at once", "", os.ErrDeadlineExceeded},
+		{"ETIMEDOUT at once", "", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ETIMEDOUT)}},
+		{"ETIMEDOUT mid-head", "HTTP/1.1 200 OK\r\n", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ETIMEDOUT)}},
+		{"reset mid-head", "HTTP/1.1 200 OK\r\n", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h, ref fasthttp.ResponseHeader
-			err := readResponseHead(&h, bufio.NewReaderSize(strings.NewReader(tc.head), tc.size))
-			want := ref.Read(bufio.NewReaderSize(strings.NewReader(tc.head), tc.size))
-			if err == nil || errors.Is(err, errBadResponse) || err.Error() != want.Error() {
+			err := readResponseHead(&h, bufio.NewReaderSize(&onceErr{s: tc.head, err: tc.err}, 4096))
+			want := ref.Read(bufio.NewReaderSize(&onceErr{s: tc.head, err: tc.err}, 4096))
+			var small, wantSmall *fasthttp.ErrSmallBuffer
+			switch {
+			case err == nil || want == nil || errors.Is(err, errBadResponse):
 				t.Fatalf("got %v, want fasthttp's %v", err, want)
+			case errors.Is(err, io.EOF) != errors.Is(want, io.EOF),
+				timedOut(err) != timedOut(want),
+				errors.Is(err, syscall.ECONNRESET) != errors.Is(want, syscall.ECONNRESET),
+				errors.As(err, &small) != errors.As(want, &wantSmall):
+				t.Fatalf("got %v, want one like fasthttp's %v", err, want)
 			}
 		})
 	}
+}
+
+// onceErr reads s, then fails once with err (if any), then says EOF: what
+// a socket does after ETIMEDOUT or ECONNRESET.
+type onceErr struct {
+	s   string
+	err error
+}
+
+func (r *onceErr) Read(p []byte) (int, error) {
+	if r.s != "" {
+		n := copy(p, r.s)
+		r.s = r.s[n:]
+		return n, nil
+	}
+	if err := r.err; err != nil {
+		r.err = nil
+		return 0, err
+	}
+	return 0, io.EOF
 }
 
 func TestCheckResponseDoesNotAllocate(t *testing.T) {
