@@ -28,7 +28,7 @@ var (
 
 // readResponseHead reads one response head into h, as h.Read does, and
 // then checks it with checkResponse on the bytes as they came. It reads
-// nothing past the head; its errors are h.Read's. An HTTP/1.0 response's
+// nothing past the head; a read fails as h.Read would. An HTTP/1.0 response's
 // status line is given unstuck's version, HTTP/1.1 (fasthttp still frames
 // it as 1.0).
 //
