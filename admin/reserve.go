@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -10,9 +11,11 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
-// reserveListener keeps one file descriptor in reserve (an open /dev/null)
+// reserveListener keeps one file descriptor in reserve (an eventfd, which
+// needs no file: the image's root may have no /dev/null)
 // so that the admin port still answers when the process has run out: a
 // liveness probe that timed out would restart a sidecar that is only busy.
 // When Accept fails with EMFILE or ENFILE it closes the reserve, accepts
@@ -30,7 +33,7 @@ type reserveListener struct {
 }
 
 func newReserveListener(ln net.Listener, log *zap.Logger) (*reserveListener, error) {
-	f, err := os.Open(os.DevNull)
+	f, err := openReserve()
 	if err != nil {
 		return nil, err
 	}
@@ -82,11 +85,20 @@ func (l *reserveListener) release() {
 // reopenLocked opens the reserve again; on failure Accept retries at the
 // next exhaustion. l.mu must be held.
 func (l *reserveListener) reopenLocked() {
-	f, err := os.Open(os.DevNull)
+	f, err := openReserve()
 	if err != nil {
 		return
 	}
 	l.reserve = f
+}
+
+// openReserve takes one descriptor that costs nothing else.
+func openReserve() (*os.File, error) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("descriptor reserve: eventfd: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "unstuck-fd-reserve"), nil
 }
 
 func (l *reserveListener) Close() error {

@@ -3,9 +3,11 @@ package proxy
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,6 +45,7 @@ type appBody struct {
 	max     int64         // limits.request_body_bytes; 0: none
 	timeout time.Duration // body_read_timeout; 0: none
 	err     error         // the first failure, the app's
+	eof     bool          // read to its end
 
 	// The upstream connection the body is being written to: each read
 	// renews its write deadline, so a slow app does not time out a write
@@ -70,7 +73,9 @@ func (b *appBody) Read(p []byte) (int, error) {
 	case err == io.EOF && b.want >= 0 && b.got < int64(b.want):
 		err = errBodyTruncated
 	}
-	if err != nil && err != io.EOF {
+	if err == io.EOF {
+		b.eof = true
+	} else if err != nil {
 		b.err = err
 		return n, err
 	}
@@ -98,6 +103,60 @@ func (b *appBody) readInto(req *fasthttp.Request) error {
 	req.SetBody(buf.B)
 	return nil
 }
+
+// writeRequest writes req upstream as the app sent it: its request line
+// with the target as it came, its headers, and its body framed as
+// declared. fasthttp's Request.Write would rebuild the target from the
+// parsed URI (dropping an empty query "?") and turn a URI's userinfo into
+// an Authorization header. A chunked body is re-chunked as it streams;
+// its trailer fields are dropped (RFC 9112 7.1.2 lets a recipient that
+// removes the chunked coding discard them).
+func writeRequest(bw *bufio.Writer, req *fasthttp.Request, body *appBody) error {
+	if err := req.Header.Write(bw); err != nil {
+		return err
+	}
+	if body == nil {
+		_, err := bw.Write(req.Body())
+		return err
+	}
+	if body.want >= 0 {
+		n, err := io.Copy(bw, io.LimitReader(body, int64(body.want)))
+		if err == nil && n < int64(body.want) {
+			err = errBodyTruncated
+		}
+		return err
+	}
+	return writeChunked(bw, body)
+}
+
+// writeChunked copies r to bw as chunks, one per read, each flushed so
+// that a body that trickles in reaches the upstream as it comes.
+func writeChunked(bw *bufio.Writer, r io.Reader) error {
+	buf := chunkBuffers.Get().(*[]byte)
+	defer chunkBuffers.Put(buf)
+	for {
+		n, err := r.Read(*buf)
+		if n > 0 {
+			if _, werr := fmt.Fprintf(bw, "%x\r\n", n); werr != nil {
+				return werr
+			}
+			bw.Write((*buf)[:n])
+			bw.WriteString("\r\n")
+			if werr := bw.Flush(); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			_, werr := bw.WriteString("0\r\n\r\n")
+			return werr
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+var chunkBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // refuseBody answers a request whose body could not be read from the app:
 // nothing of it was forwarded as complete.
@@ -170,7 +229,10 @@ func (b *upstreamBody) Close() error {
 	fasthttp.ReleaseResponse(b.framing)
 	if !b.eof {
 		switch {
-		case x.app.wasAborted():
+		// Closed before its end with no failure of ours to read it: the
+		// write to the app failed, which is the app gone, whether or not
+		// the abort watch has seen it yet.
+		case x.app.wasAborted(), b.err == nil:
 			x.aborted = "response_body"
 			x.s.obs.AppAborted(x.aborted)
 		case timedOut(b.err):
@@ -212,6 +274,9 @@ func (s *Server) streamRaw(ctx *fasthttp.RequestCtx, b *upstreamBody) {
 		}
 		// Straight to the connection, each read as it comes: a stream
 		// that trickles must not wait in a buffer.
-		_, _ = io.Copy(nc, b)
+		if _, err := io.Copy(nc, b); err != nil && !b.eof && b.x.app != nil {
+			// A body cut short must not end like a whole one.
+			_ = b.x.app.abort()
+		}
 	})
 }

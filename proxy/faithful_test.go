@@ -288,6 +288,7 @@ func TestAppGivingUpOnStalledResponse(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("the upstream connection was not closed after the app left")
 			}
+			defer func() { t.Logf("aborted %v statuses %v timeouts %v", obs.aborted, obs.statuses, obs.timeouts) }()
 			waitUntil(t, 5*time.Second, "the abort to be counted", func() bool {
 				return obs.count(&obs.aborted, phase) == 1 && obs.status(StatusClientClosed) == 1
 			})

@@ -55,6 +55,10 @@ type framingGuard struct {
 	size   uint64 // the chunk size being read
 	digits int    // its hex digits so far
 	excess int64  // net/http's chunk overhead count (see endChunkLine)
+	// A trailer line's name is still being read (no ':' yet), and its
+	// length so far.
+	inName  bool
+	nameLen int
 }
 
 type guardState uint8
@@ -101,6 +105,7 @@ var (
 	errChunkCRLF     = fmt.Errorf("%w: CR without LF, or chunk data without CRLF", errMalformedChunked)
 	errChunkLine     = fmt.Errorf("%w: chunk or trailer line of %d bytes or more", errMalformedChunked, maxChunkLine)
 	errChunkOverhead = fmt.Errorf("%w: too much non-data (chunk extensions or trailers)", errMalformedChunked)
+	errTrailerName   = fmt.Errorf("%w: a trailer field whose name is not a token", errMalformedChunked)
 )
 
 // feed follows b, the next bytes the app sent. It returns the first
@@ -335,6 +340,11 @@ func (g *framingGuard) chunkLine(b []byte) (int, error) {
 	if k := bytes.IndexByte(seg, '\r'); k >= 0 && k != len(seg)-1 {
 		return k + 1, errChunkCRLF // the byte after the CR
 	}
+	if g.state == guardTrailer {
+		if k, ok := g.trailerName(seg, j >= 0); !ok {
+			return k, errTrailerName
+		}
+	}
 	if j < 0 {
 		g.line += len(w)
 		g.cr = w[len(w)-1] == '\r'
@@ -351,6 +361,40 @@ func (g *framingGuard) chunkLine(b []byte) (int, error) {
 		return j, err
 	}
 	return j + 1, nil
+}
+
+// trailerName follows the name of a trailer line across feeds: token bytes
+// up to its ':' (RFC 9110 5.1), like a header's. seg is the line's next
+// bytes, ending with its CR if ends; it reports the offset of a byte that
+// breaks the rule.
+func (g *framingGuard) trailerName(seg []byte, ends bool) (int, bool) {
+	if g.line == 0 {
+		g.inName, g.nameLen = true, 0
+	}
+	for i, c := range seg {
+		if !g.inName {
+			break
+		}
+		switch {
+		case c == ':':
+			if g.nameLen == 0 {
+				return i, false
+			}
+			g.inName = false
+		case c == '\r' && g.line+i == 0:
+			g.inName = false // the empty line that ends the trailers
+		case c == '\r':
+			return i, false // the line ends with no ':' (chunkLine wants LF next)
+		case !tokenByte[c]:
+			return i, false
+		default:
+			g.nameLen++
+		}
+	}
+	if ends && g.inName && g.line+len(seg) > 0 {
+		return len(seg), false // a line with no ':'
+	}
+	return 0, true
 }
 
 // endChunkLine takes a chunk-size or trailer line of n bytes before its

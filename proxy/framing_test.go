@@ -89,6 +89,9 @@ var framingCases = []struct {
 	{name: "64 KiB chunk extension", in: chunkHead + "1;e=" + strings.Repeat("e", 64<<10) + "\r\nx\r\n0\r\n\r\n", err: errChunkLine},
 	{name: "1 KiB extension per 1-byte chunk", in: chunkHead + chunks(100, 1, ";"+strings.Repeat("e", 1023)) + getReq, err: errChunkOverhead},
 	{name: "trailers past the overhead cap", in: chunkHead + "0\r\n" + strings.Repeat("X-T: "+strings.Repeat("t", 1000)+"\r\n", 20) + "\r\n", err: errChunkOverhead},
+	{name: "space in a trailer name", in: chunkHead + "0\r\n8 000: y\r\n\r\n", err: errTrailerName},
+	{name: "trailer with no colon", in: chunkHead + "0\r\nX-Sum\r\n\r\n", err: errTrailerName},
+	{name: "trailer with an empty name", in: chunkHead + "0\r\n: y\r\n\r\n", err: errTrailerName},
 	{name: "trailer line of 5 KiB", in: chunkHead + "0\r\nX: " + strings.Repeat("t", 5<<10) + "\r\n\r\n", err: errChunkLine},
 
 	{name: "CONNECT", in: "CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n\x16\x03\x01\n\n", lost: true},

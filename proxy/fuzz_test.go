@@ -532,12 +532,29 @@ func endToEnd(r *refRequest) map[string][]string {
 	}
 	m := map[string][]string{}
 	for _, f := range r.header {
-		if !drop[strings.ToLower(f.name)] {
-			m[f.name] = append(m[f.name], f.value)
+		lower := strings.ToLower(f.name)
+		if drop[lower] {
+			continue
 		}
+		name := f.name
+		if fasthttpOwned[lower] {
+			// fasthttp keeps these in fields of its own and writes their
+			// names itself, in canonical case, and an empty one not at
+			// all: a known limit of unstuck's faithfulness (README).
+			if f.value == "" {
+				continue
+			}
+			name = lower
+		}
+		m[name] = append(m[name], f.value)
 	}
 	return m
 }
+
+// fasthttpOwned are the request headers whose names fasthttp writes in
+// its own case.
+var fasthttpOwned = map[string]bool{"host": true, "content-type": true, "content-length": true,
+	"user-agent": true, "cookie": true}
 
 // sameRequest describes how up, what the upstream got, differs from in,
 // what the app sent; "" if it is the same request.

@@ -191,11 +191,15 @@ func prepareRequest(req *fasthttp.Request, client netip.Addr, hostHeader string)
 	// that came without one.
 	req.Header.SetNoDefaultContentType(true)
 	req.Header.SetProtocol("HTTP/1.1")
-	// fasthttp's server has parsed the URI; without these, Write would
-	// rebuild the request line from it (normalising the path) and replace
-	// Host with the URI's host. A proxy forwards both as they came.
-	req.UseHostHeader = true
-	req.URI().DisablePathNormalizing = true
+	// writeRequest sends the target and Host as they came.
+	if uri := req.Header.RequestURI(); len(uri) > 0 && uri[0] != '/' && uri[0] != '*' {
+		// Absolute-form (checkRequest made sure it names the Host
+		// header's host): the upstream gets origin-form, which every
+		// server reads.
+		u := req.URI()
+		u.DisablePathNormalizing = true
+		req.Header.SetRequestURIBytes(u.RequestURI())
+	}
 	appendForwardedFor(req, client)
 	setXForwardedProto(&req.Header)
 	if hostHeader != "" {

@@ -114,6 +114,9 @@ type lingerListener struct {
 	slots chan struct{}
 	done  chan struct{} // closed by stop: a waiting Accept gives up
 	open  atomic.Int64  // app connections accepted and not yet finally closed
+	// maxHead is the request header limit, where the framing guard stops
+	// following a head (fasthttp answers 431).
+	maxHead int
 
 	mu       sync.Mutex
 	waiting  map[*appConn]struct{} // closes waiting for the app's FIN
@@ -148,6 +151,7 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 	set := l.sockets.Load()
 	c := &appConn{Conn: nc, l: l, fd: -1, clientIP: remoteIP(nc.RemoteAddr()),
 		headerTimeout: set.readHeaderTimeout, sendTimeout: set.sendTimeout}
+	c.guard.maxHead = l.maxHead
 	if _, ok := nc.(*net.TCPConn); ok {
 		if fd, err := sockopt.FD(nc); err == nil {
 			c.fd = fd
@@ -249,6 +253,11 @@ type appConn struct {
 	sendTimeout     time.Duration // send_timeout
 	hdrDeadline     time.Time     // while the headers of a request are read; zero otherwise
 	readDeadlineSet bool          // a header or body deadline to clear at the request's end
+
+	// The framing guard over every byte read (framing.go), on the serving
+	// goroutine.
+	guard    framingGuard
+	guardErr error
 
 	// The abort watch (appwatch.go). watchID is set at accept; the rest is
 	// guarded by xmu.
@@ -429,6 +438,20 @@ func (c *appConn) awaitFIN(finTimeout time.Duration) {
 func unacknowledged(fd int) bool {
 	n, err := sockopt.UnsentBytes(fd)
 	return err != nil || n > 0
+}
+
+// abort ends c with an RST, at once and for good, so that the app cannot
+// take what it received for complete: for an HTTP/1.0 app, whose body ends
+// at the close, a FIN would say the body is whole. fasthttp's later Close
+// then does nothing.
+func (c *appConn) abort() error {
+	err := net.ErrClosed
+	c.once.Do(func() {
+		c.l.parker.forget(c)
+		c.l.watch.forget(c)
+		err = c.reset()
+	})
+	return err
 }
 
 // reset closes with an RST.

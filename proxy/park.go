@@ -343,8 +343,26 @@ func (c *appConn) kick(cutoff time.Time) {
 
 // Read is fasthttp's read of the app connection. Only a read at a request
 // boundary needs a look at the state.
+//
+// Every byte from the app also passes the framing guard (framing.go), which
+// fails the read at the first byte that breaks the framing checkRequest
+// cannot see: a bare LF in any head, pipelined ones included, and chunk
+// lines fasthttp would skip without bound. The bytes before it are
+// delivered first, so that fasthttp never completes a head from them.
 func (c *appConn) Read(b []byte) (int, error) {
+	if c.guardErr != nil {
+		return 0, c.guardErr
+	}
 	n, err := c.Conn.Read(b)
+	if n > 0 {
+		if gerr := c.guard.feed(b[:n]); gerr != nil {
+			c.guardErr = gerr
+			if n = c.guard.good; n == 0 {
+				return 0, gerr
+			}
+			err = nil
+		}
+	}
 	if c.state.Load() == connBusy {
 		return n, err
 	}

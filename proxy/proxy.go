@@ -236,6 +236,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 		return err
 	}
+	l.maxHead = s.srv.ReadBufferSize
 	s.ln = l
 	s.mu.Unlock()
 	return s.srv.Serve(l)
@@ -352,7 +353,15 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	noHost := len(req.Header.Host()) == 0
 	careful := !idempotent(req)
 
-	defer x.finish()
+	defer func() {
+		if body != nil && !body.eof {
+			// Part of the body is still on the wire: where the next
+			// request starts is unknown, and the app must hear that this
+			// connection ends.
+			ctx.SetConnectionClose()
+		}
+		x.finish()
+	}()
 	fresh := false // the next attempt must not reuse a pooled connection
 	for ; ; x.retries++ {
 		c, err := x.acquire(careful, fresh)
@@ -476,7 +485,7 @@ func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, b
 		body.upstream, body.writeTimeout = nc, up.WriteTimeout
 	}
 	bw := c.Writer()
-	err := req.Write(bw)
+	err := writeRequest(bw, req, body)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -593,7 +602,7 @@ func readResponseHeader(resp *fasthttp.Response, br *bufio.Reader) error {
 	resp.SkipBody = false
 	resp.StreamBody = false
 	for interim := 0; ; interim++ {
-		if err := resp.Header.Read(br); err != nil {
+		if err := readResponseHead(&resp.Header, br); err != nil {
 			return err
 		}
 		code := resp.Header.StatusCode()

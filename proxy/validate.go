@@ -39,10 +39,26 @@ func checkRequest(req *fasthttp.Request) (status int, reason string) {
 	if p := h.Protocol(); string(p) != "HTTP/1.1" && string(p) != "HTTP/1.0" {
 		return fasthttp.StatusHTTPVersionNotSupported, RefuseBadRequest
 	}
-	if !validTarget(h.Method(), h.RequestURI(), h.Host()) || !validHeaderBlock(h.RawHeaders()) {
+	if !validHost(h.Host()) || !validTarget(h.Method(), h.RequestURI(), h.Host()) || !validHeaderBlock(h.RawHeaders()) {
 		return fasthttp.StatusBadRequest, RefuseBadRequest
 	}
 	return 0, ""
+}
+
+// validHost accepts a Host value that is a host and an optional port
+// (RFC 9110 7.2): no userinfo, which fasthttp would otherwise turn into an
+// Authorization header the app never sent, and nothing a URI would split
+// on.
+func validHost(host []byte) bool {
+	for _, c := range host {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '.', c == '-', c == ':', c == '[', c == ']', c == '_', c == '~', c == '%':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // validTarget accepts origin-form, "*" with OPTIONS, and absolute-form
