@@ -87,6 +87,32 @@ func clone(cfg *config.Config) *config.Config {
 	return &c
 }
 
+// startWithApp starts a sidecar for a fresh upstream, its listener pinned,
+// and an app of conns keep-alive connections that has sent one request
+// through it.
+func startWithApp(t *testing.T, conns int) (cfg *config.Config, sc *Sidecar, addr string, app *testpeer.LegacyClient) {
+	t.Helper()
+	up := testpeer.StartServer(t, testpeer.Options{})
+	cfg = testConfig(up.Addr())
+	sc = start(t, cfg)
+	addr = pinned(t, cfg, sc)
+	app = testpeer.StartLegacyClient(t, addr, testpeer.LegacyClientOptions{Conns: conns})
+	if _, err := app.Do("GET", "/", nil); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, sc, addr, app
+}
+
+// withListener returns a copy of cfg with change applied to its listener
+// "app".
+func withListener(cfg *config.Config, change func(l *config.Listener)) *config.Config {
+	next := clone(cfg)
+	l := next.Listeners["app"]
+	change(&l)
+	next.Listeners["app"] = l
+	return next
+}
+
 // Endpoints change mid-run under a bounded load: no request fails, no app
 // connection is dropped (each keeps its local port), and requests move to
 // the new endpoint while the old one drains.
@@ -175,10 +201,7 @@ func TestReloadThatCannotApplyKeepsRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	next := clone(cfg)
-	l := next.Listeners["app"]
-	l.Listen = taken.Addr().String()
-	next.Listeners["app"] = l
+	next := withListener(cfg, func(l *config.Listener) { l.Listen = taken.Addr().String() })
 	if err := sc.Reload(next); err == nil {
 		t.Fatal("reload onto a taken address succeeded")
 	}
@@ -244,18 +267,8 @@ func TestReloadRebindsOnlyTheChangedListener(t *testing.T) {
 // idle_timeout needs a new server; it takes over the same socket, so the
 // port never stops accepting and established app connections stay.
 func TestReloadNewServerOnSameSocket(t *testing.T) {
-	up := testpeer.StartServer(t, testpeer.Options{})
-	cfg := testConfig(up.Addr())
-	sc := start(t, cfg)
-	addr := pinned(t, cfg, sc)
-	app := testpeer.StartLegacyClient(t, addr, testpeer.LegacyClientOptions{Conns: 2})
-	if _, err := app.Do("GET", "/", nil); err != nil {
-		t.Fatal(err)
-	}
-	next := clone(cfg)
-	l := next.Listeners["app"]
-	l.IdleTimeout = time.Hour
-	next.Listeners["app"] = l
+	cfg, sc, addr, app := startWithApp(t, 2)
+	next := withListener(cfg, func(l *config.Listener) { l.IdleTimeout = time.Hour })
 	if err := sc.Reload(next); err != nil {
 		t.Fatal(err)
 	}
@@ -402,15 +415,8 @@ func TestNeedsNewServer(t *testing.T) {
 // changes limits.max_conns gets a new server on the same socket, and the
 // app connection already open keeps working.
 func TestReloadLimitsAndTimeouts(t *testing.T) {
-	up := testpeer.StartServer(t, testpeer.Options{})
-	cfg := testConfig(up.Addr())
-	sc := start(t, cfg)
-	addr := pinned(t, cfg, sc)
 	// Two connections: see TestReloadKeepsALoneAppConnection for one.
-	app := testpeer.StartLegacyClient(t, addr, testpeer.LegacyClientOptions{Conns: 2})
-	if _, err := app.Do("GET", "/", nil); err != nil {
-		t.Fatal(err)
-	}
+	cfg, sc, addr, app := startWithApp(t, 2)
 	server := func() any {
 		sc.mu.Lock()
 		defer sc.mu.Unlock()
@@ -418,11 +424,10 @@ func TestReloadLimitsAndTimeouts(t *testing.T) {
 	}
 	first := server()
 
-	next := clone(cfg)
-	l := next.Listeners["app"]
-	l.ReadHeaderTimeout, l.BodyReadTimeout, l.SendTimeout = 2*time.Second, 3*time.Second, 4*time.Second
-	l.Limits.RequestBodyBytes = 1 << 20
-	next.Listeners["app"] = l
+	next := withListener(cfg, func(l *config.Listener) {
+		l.ReadHeaderTimeout, l.BodyReadTimeout, l.SendTimeout = 2*time.Second, 3*time.Second, 4*time.Second
+		l.Limits.RequestBodyBytes = 1 << 20
+	})
 	if err := sc.Reload(next); err != nil {
 		t.Fatal(err)
 	}
@@ -430,9 +435,7 @@ func TestReloadLimitsAndTimeouts(t *testing.T) {
 		t.Fatal("a change of timeouts replaced the server")
 	}
 
-	next = clone(next)
-	l.Limits.MaxConns = 100
-	next.Listeners["app"] = l
+	next = withListener(next, func(l *config.Listener) { l.Limits.MaxConns = 100 })
 	if err := sc.Reload(next); err != nil {
 		t.Fatal(err)
 	}
@@ -455,21 +458,11 @@ func TestReloadLimitsAndTimeouts(t *testing.T) {
 // A replaced server with a single app connection left counts it, and so
 // keeps serving it until the app closes it.
 func TestReloadKeepsALoneAppConnection(t *testing.T) {
-	up := testpeer.StartServer(t, testpeer.Options{})
-	cfg := testConfig(up.Addr())
-	sc := start(t, cfg)
-	addr := pinned(t, cfg, sc)
-	app := testpeer.StartLegacyClient(t, addr, testpeer.LegacyClientOptions{Conns: 1})
-	if _, err := app.Do("GET", "/", nil); err != nil {
-		t.Fatal(err)
-	}
+	cfg, sc, _, app := startWithApp(t, 1)
 	sc.mu.Lock()
 	old := sc.listeners["app"]
 	sc.mu.Unlock()
-	next := clone(cfg)
-	l := next.Listeners["app"]
-	l.IdleTimeout = time.Hour
-	next.Listeners["app"] = l
+	next := withListener(cfg, func(l *config.Listener) { l.IdleTimeout = time.Hour })
 	if err := sc.Reload(next); err != nil {
 		t.Fatal(err)
 	}
