@@ -66,8 +66,13 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 			t.Fatalf("conn %d: %q", i, body)
 		}
 	}
-	if g := runtime.NumGoroutine(); g < base+n-1 { // the warm-up's worker may serve one
-		t.Fatalf("%d goroutines with %d connections being served; base %d", g, n, base)
+	// Every connection not yet released holds a goroutine. On a loaded
+	// machine the first may be released before the last is served, so
+	// those released by the time of the count are left out of it.
+	g := runtime.NumGoroutine()
+	serving := n - int(obs.released.Load()-1)
+	if g < base+serving-1 { // the warm-up's worker may serve one
+		t.Fatalf("%d goroutines with %d connections being served; base %d", g, serving, base)
 	}
 	waitUntil(t, 5*time.Second, "every connection released", func() bool { return obs.released.Load() == n+1 })
 	waitUntil(t, 5*time.Second, "the goroutines gone", func() bool { return runtime.NumGoroutine() <= base+2 })

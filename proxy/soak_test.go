@@ -474,7 +474,10 @@ func judge(results []soakResult, down []window, posts map[uint64]int, crossed ma
 				fail("answered 200 but the upstream never received it complete")
 			}
 		}
-		if n := stalled[r.id]; n > 1 {
+		// A stall the upstream ended itself (a restart closed it) is a
+		// connection that died, not a timeout: its retry is right.
+		if _, upstreamEnded := unended[r.id]; stalled[r.id] > 1 && !upstreamEnded {
+			n := stalled[r.id]
 			fail(fmt.Sprintf("a response header timeout was retried: the upstream received it %d times", n))
 		}
 		if d, ok := unended[r.id]; ok && d > soakBrokenBound {
