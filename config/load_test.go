@@ -670,6 +670,36 @@ func withKey(key, value string) string {
 	return top + "listeners: {app: {" + listener + "}}\nupstreams: {backend: {" + upstream + "}}\n"
 }
 
+// keyCase is one value of a key, loaded as the only change to a valid
+// configuration (withKey).
+type keyCase struct {
+	key, value string
+	want       any    // the value decoded, if problem is empty
+	problem    string // the one problem, without the key
+}
+
+// runKeyCases loads each case through Load: a case with a problem must
+// give that one problem, named by the full key; one without must decode
+// to want, read back from the Config with get[key].
+func runKeyCases(t *testing.T, get map[string]func(*Config) any, tests []keyCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
+			opts := LoadOptions{File: writeConfig(t, withKey(tt.key, tt.value))}
+			if tt.problem != "" {
+				lines := problemLines(t, opts)
+				if want := []string{tt.key + ": " + tt.problem}; !slices.Equal(lines, want) {
+					t.Errorf("problems:\n got %q\nwant %q", lines, want)
+				}
+				return
+			}
+			if got := get[tt.key](mustLoad(t, opts)); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %v (%T), want %v (%T)", got, got, tt.want, tt.want)
+			}
+		})
+	}
+}
+
 // TestNewKeys runs good and bad values of the socket, admin and shutdown
 // keys through Load. A bad value's problem names the full key and the
 // value as written.
@@ -699,11 +729,7 @@ func TestNewKeys(t *testing.T) {
 		s  = time.Second
 		ms = time.Millisecond
 	)
-	tests := []struct {
-		key, value string
-		want       any    // the value decoded, if problem is empty
-		problem    string // the one problem, without the key
-	}{
+	tests := []keyCase{
 		{key: "admin.listen", value: "'127.0.0.1:9000'", want: "127.0.0.1:9000"},
 		{key: "admin.listen", value: "'[::1]:0'", want: "[::1]:0"},
 		{key: "admin.listen", value: "''", want: ""},
@@ -782,21 +808,7 @@ func TestNewKeys(t *testing.T) {
 		{key: "upstreams.backend.dial.user_timeout", value: "45s", want: 45 * s},
 		{key: "upstreams.backend.dial.user_timeout", value: "100us", problem: `"100us": want whole milliseconds (the kernel counts TCP_USER_TIMEOUT in milliseconds)`},
 	}
-	for _, tt := range tests {
-		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
-			opts := LoadOptions{File: writeConfig(t, withKey(tt.key, tt.value))}
-			if tt.problem != "" {
-				lines := problemLines(t, opts)
-				if want := []string{tt.key + ": " + tt.problem}; !slices.Equal(lines, want) {
-					t.Errorf("problems:\n got %q\nwant %q", lines, want)
-				}
-				return
-			}
-			if got := get[tt.key](mustLoad(t, opts)); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("got %v, want %v", got, tt.want)
-			}
-		})
-	}
+	runKeyCases(t, get, tests)
 }
 
 // TestSourcePorts covers dial.source_ports, which needs dial.source.
@@ -954,11 +966,7 @@ func TestLimitKeys(t *testing.T) {
 			return c.Upstreams["backend"].Limits.ResponseHeaderBytes
 		},
 	}
-	tests := []struct {
-		key, value string
-		want       any    // the value decoded, if problem is empty
-		problem    string // the one problem, without the key
-	}{
+	tests := []keyCase{
 		{key: "listeners.app.read_header_timeout", value: "5s", want: 5 * time.Second},
 		{key: "listeners.app.read_header_timeout", value: "0", want: time.Duration(0)},
 		{key: "listeners.app.read_header_timeout", value: "-1s", problem: `"-1s": must not be negative`},
@@ -996,21 +1004,7 @@ func TestLimitKeys(t *testing.T) {
 		{key: "upstreams.backend.limits.response_header_bytes", value: "1KiB", problem: `"1KiB": want at least 4096 (4KiB)`},
 		{key: "upstreams.backend.limits.response_header_bytes", value: "{a: 1}", problem: `want a size such as 64KiB, got a mapping`},
 	}
-	for _, tt := range tests {
-		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
-			opts := LoadOptions{File: writeConfig(t, withKey(tt.key, tt.value))}
-			if tt.problem != "" {
-				lines := problemLines(t, opts)
-				if want := []string{tt.key + ": " + tt.problem}; !slices.Equal(lines, want) {
-					t.Errorf("problems:\n got %q\nwant %q", lines, want)
-				}
-				return
-			}
-			if got := get[tt.key](mustLoad(t, opts)); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("got %v (%T), want %v (%T)", got, got, tt.want, tt.want)
-			}
-		})
-	}
+	runKeyCases(t, get, tests)
 }
 
 // TestLimitKeysFromEnv sets the new keys from the environment, sizes with
