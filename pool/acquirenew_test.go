@@ -31,6 +31,20 @@ func TestAcquireNewDialsPastIdle(t *testing.T) {
 	waitCounts(t, p, 4, 4, time.Second)
 }
 
+// expectReplaced checks that AcquireNew dialed c anew instead of handing
+// out old, the server's first connection, and closed old as replaced.
+func expectReplaced(t *testing.T, srv *finServer, obs *recObserver, c, old *Conn) {
+	t.Helper()
+	srv.accepted(t)
+	if c == old {
+		t.Fatal("AcquireNew handed out the old connection")
+	}
+	expectClosedByPeer(t, srv.conn(0), 5*time.Second)
+	if n, _ := obs.counts(CauseReplaced); n != 1 {
+		t.Fatalf("%d closes with cause replaced; want 1", n)
+	}
+}
+
 // At MaxConns, AcquireNew closes the idle connection (cause replaced) and
 // dials in its slot.
 func TestAcquireNewReplacesIdleAtMaxConns(t *testing.T) {
@@ -44,14 +58,7 @@ func TestAcquireNewReplacesIdleAtMaxConns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.accepted(t)
-	if c == old {
-		t.Fatal("AcquireNew handed out the idle connection")
-	}
-	expectClosedByPeer(t, srv.conn(0), 5*time.Second)
-	if n, _ := obs.counts(CauseReplaced); n != 1 {
-		t.Fatalf("%d closes with cause replaced; want 1", n)
-	}
+	expectReplaced(t, srv, obs, c, old)
 	if open, idle := p.counts(); open != 1 || idle != 0 {
 		t.Fatalf("%d open, %d idle; want 1, 0", open, idle)
 	}
@@ -79,14 +86,7 @@ func TestAcquireNewWaitsThenReplacesHandedOver(t *testing.T) {
 	if c == nil {
 		return
 	}
-	srv.accepted(t)
-	if c == held {
-		t.Fatal("AcquireNew took the released connection")
-	}
-	expectClosedByPeer(t, srv.conn(0), 5*time.Second)
-	if n, _ := obs.counts(CauseReplaced); n != 1 {
-		t.Fatalf("%d closes with cause replaced; want 1", n)
-	}
+	expectReplaced(t, srv, obs, c, held)
 	p.Release(c)
 	waitCounts(t, p, 1, 1, time.Second)
 }

@@ -253,13 +253,9 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
-	for i := range p.eps {
-		ep := p.eps[(start+i)%len(p.eps)]
-		if ep.conns < p.cfg.MaxConns {
-			ep.conns++
-			p.mu.Unlock()
-			return p.dial(ep)
-		}
+	if ep := p.reserveSlotLocked(start); ep != nil {
+		p.mu.Unlock()
+		return p.dial(ep)
 	}
 	if careful {
 		// No room to dial: an unsettled connection beats waiting.
@@ -269,11 +265,7 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 		}
 		p.mu.Lock()
 	}
-	ep := p.eps[start%len(p.eps)]
-	w := &waiter{ch: make(chan grant, 1)}
-	ep.waiters = append(ep.waiters, w)
-	p.mu.Unlock()
-	return p.wait(ep, w, false)
+	return p.waitUnlock(start, false)
 }
 
 // AcquireNew returns a newly dialed connection, never an idle one. It is
@@ -296,13 +288,9 @@ func (p *Pool) AcquireNew() (*Conn, error) {
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
-	for i := range p.eps {
-		ep := p.eps[(start+i)%len(p.eps)]
-		if ep.conns < p.cfg.MaxConns {
-			ep.conns++
-			p.mu.Unlock()
-			return p.dial(ep)
-		}
+	if ep := p.reserveSlotLocked(start); ep != nil {
+		p.mu.Unlock()
+		return p.dial(ep)
 	}
 	for i := range p.eps {
 		ep := p.eps[(start+i)%len(p.eps)]
@@ -314,11 +302,31 @@ func (p *Pool) AcquireNew() (*Conn, error) {
 			return p.dial(ep)
 		}
 	}
+	return p.waitUnlock(start, true)
+}
+
+// reserveSlotLocked counts a new connection on the first endpoint from
+// start (round-robin) below MaxConns and returns it, for the caller to
+// dial; nil if every endpoint is at MaxConns. p.mu must be held.
+func (p *Pool) reserveSlotLocked(start int) *endpoint {
+	for i := range p.eps {
+		ep := p.eps[(start+i)%len(p.eps)]
+		if ep.conns < p.cfg.MaxConns {
+			ep.conns++
+			return ep
+		}
+	}
+	return nil
+}
+
+// waitUnlock queues a waiter on start's endpoint, unlocks p.mu (which
+// must be held) and waits as wait does.
+func (p *Pool) waitUnlock(start int, fresh bool) (*Conn, error) {
 	ep := p.eps[start%len(p.eps)]
 	w := &waiter{ch: make(chan grant, 1)}
 	ep.waiters = append(ep.waiters, w)
 	p.mu.Unlock()
-	return p.wait(ep, w, true)
+	return p.wait(ep, w, fresh)
 }
 
 // acquireIdle hands out an idle connection that passes the peek before
