@@ -29,10 +29,21 @@ func benchClient(addr string) *fasthttp.HostClient {
 	return &fasthttp.HostClient{Addr: addr, MaxConns: 64, ReadTimeout: 5 * time.Second}
 }
 
+// withDefaultTimeouts are the timeouts a default configuration sets
+// (config.yaml): the request path is measured as it runs in production.
+func withDefaultTimeouts() proxyOpts {
+	return proxyOpts{
+		listener: Config{Logger: nopLogger, ReadHeaderTimeout: 10 * time.Second,
+			BodyReadTimeout: time.Minute, SendTimeout: time.Minute},
+		upstream: Upstream{ResponseHeaderTimeout: 30 * time.Second,
+			ResponseIdleTimeout: time.Minute, WriteTimeout: time.Minute},
+	}
+}
+
 // One GET through the proxy over loopback keep-alive connections on both
 // sides; client, proxy and upstream all run in this process.
 func BenchmarkProxyGET(b *testing.B) {
-	addr := startProxy(b, proxyOpts{listener: Config{Logger: nopLogger}}, fastUpstream(b))
+	addr := startProxy(b, withDefaultTimeouts(), fastUpstream(b))
 	client := benchClient(addr)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
@@ -54,7 +65,7 @@ func TestProxiedRequestDoesNotAllocate(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts need a build without -race; CI runs this test without it")
 	}
-	addr := startProxy(t, proxyOpts{listener: Config{Logger: nopLogger}}, fastUpstream(t))
+	addr := startProxy(t, withDefaultTimeouts(), fastUpstream(t))
 	client := benchClient(addr)
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
