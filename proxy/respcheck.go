@@ -174,50 +174,29 @@ func checkResponse(h *fasthttp.ResponseHeader, head []byte) error {
 	}
 	raw := head[i+2:]
 
+	// The header lines: a request's rules (nextFraming), then a
+	// response's framing rules, lenient to OWS where a request's are not.
 	var cl, te int
-	i = 0
-	for i < len(raw) {
-		start := i
-		for i < len(raw) && tokenByte[raw[i]] {
-			i++
-		}
-		if i == start {
-			// The empty last line; anything else at a line's start (SP or
-			// HTAB: obs-fold; a control byte; a colon: an empty name) is
-			// refused.
-			if i+2 != len(raw) || raw[i] != '\r' || raw[i+1] != '\n' {
-				return errRespLine
-			}
-			break
-		}
-		if i == len(raw) || raw[i] != ':' {
-			return errRespLine // whitespace or a non-token byte in the name
-		}
-		name := raw[start:i]
-		i++
-		vstart := i
-		i = skipValue(raw, i)
-		if i+1 >= len(raw) || raw[i] != '\r' || raw[i+1] != '\n' {
+walk:
+	for i := 0; i < len(raw); {
+		var field framingField
+		var value []byte
+		field, value, i = nextFraming(raw, i)
+		switch field {
+		case fieldBad:
 			return errRespLine
-		}
-		value := raw[vstart:i]
-		i += 2
-
-		switch len(name) {
-		case len("Content-Length"):
-			if equalFold(name, "Content-Length") {
-				if cl++; cl > 1 || !digits(trimOWS(value)) {
-					return errRespCL
-				}
+		case fieldEnd:
+			break walk
+		case fieldContentLength:
+			if cl++; cl > 1 || !digits(trimOWS(value)) {
+				return errRespCL
 			}
-		case len("Transfer-Encoding"):
-			if equalFold(name, "Transfer-Encoding") {
-				if !http11 {
-					return errRespTE10
-				}
-				if te++; te > 1 || !equalFold(trimOWS(value), "chunked") {
-					return errRespTE
-				}
+		case fieldTransferEncoding:
+			if !http11 {
+				return errRespTE10
+			}
+			if te++; te > 1 || !equalFold(trimOWS(value), "chunked") {
+				return errRespTE
 			}
 		}
 	}

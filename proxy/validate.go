@@ -123,37 +123,86 @@ func sameAuthority(a, host []byte, defaultPort string) bool {
 
 // validHeaderBlock reports whether raw, the header lines as received and
 // their empty last line, is what a smuggling-resistant proxy forwards: every
-// line a token name, ':', field-value bytes, CRLF; no obs-fold; at most one
-// Host; Content-Length or Transfer-Encoding but not both, each once and
-// plain. An empty raw (no header lines) is valid.
+// line as nextFraming reads it; at most one Host; Content-Length or
+// Transfer-Encoding but not both, each once and plain. An empty raw (no
+// header lines) is valid: fasthttp hands over no empty line only for a head
+// without header lines.
 //
 // It runs on every request: one pass, table lookups, no allocation.
 func validHeaderBlock(raw []byte) bool {
 	var host, cl, te int
-	i := 0
+	for i := 0; i < len(raw); {
+		var field framingField
+		var value []byte
+		field, value, i = nextFraming(raw, i)
+		switch field {
+		case fieldBad:
+			return false
+		case fieldEnd:
+			return host <= 1 && (cl == 0 || te == 0)
+		case fieldHost:
+			host++
+		case fieldContentLength:
+			if cl++; cl > 1 || !plainContentLength(value) {
+				return false
+			}
+		case fieldTransferEncoding:
+			if te++; te > 1 || !plainChunked(value) {
+				return false
+			}
+		}
+	}
+	return len(raw) == 0 // no empty line after the last framing field
+}
+
+// framingField is what nextFraming stops at.
+type framingField int
+
+const (
+	fieldEnd              framingField = iota // the empty line ending the block
+	fieldBad                                  // a line that breaks the rules, or no empty line
+	fieldHost                                 // Host
+	fieldContentLength                        // Content-Length
+	fieldTransferEncoding                     // Transfer-Encoding
+)
+
+// nextFraming reads header lines from raw[i:], a header block as received,
+// by the rules requests and responses share: every line a token name, ':',
+// field-value bytes (no control byte but HTAB, no DEL), CRLF, up to an
+// empty line that is raw's last two bytes. It stops at the first line
+// that names Host, Content-Length or Transfer-Encoding (any case) and
+// returns which, the value with its OWS, and where the next line starts;
+// the caller applies its own rules and calls again from there. It stops
+// with fieldEnd at the empty line, and with fieldBad at a line that breaks
+// the rules (obs-fold: SP or HTAB at a line's start; an empty name;
+// whitespace or a non-token byte in a name; a bare CR or LF, NUL or any
+// other control byte, which stop a value's scan) or at raw's end without
+// the empty line.
+//
+// Other lines are passed over inside it: on a typical head the caller
+// takes one or two calls, not one a line (checkRequest and checkResponse
+// run on every exchange).
+func nextFraming(raw []byte, i int) (field framingField, value []byte, next int) {
 	for i < len(raw) {
 		start := i
 		for i < len(raw) && tokenByte[raw[i]] {
 			i++
 		}
 		if i == start {
-			// The empty line ending the block; anything else at a line's
-			// start (space or tab: obs-fold; a bare LF; a control byte or
-			// a colon: an empty name) is refused.
-			return i+2 == len(raw) && raw[i] == '\r' && raw[i+1] == '\n' &&
-				host <= 1 && (cl == 0 || te == 0)
+			if i+2 == len(raw) && raw[i] == '\r' && raw[i+1] == '\n' {
+				return fieldEnd, nil, len(raw)
+			}
+			return fieldBad, nil, len(raw)
 		}
 		if i == len(raw) || raw[i] != ':' {
-			return false // space or a non-token byte in the name
+			return fieldBad, nil, len(raw)
 		}
 		name := raw[start:i]
 		i++
 		vstart := i
 		i = skipValue(raw, i)
-		// Only CRLF may end the value: a bare CR or LF, NUL or any other
-		// control byte stops the scan here.
 		if i+1 >= len(raw) || raw[i] != '\r' || raw[i+1] != '\n' {
-			return false
+			return fieldBad, nil, len(raw)
 		}
 		value := raw[vstart:i]
 		i += 2
@@ -161,25 +210,19 @@ func validHeaderBlock(raw []byte) bool {
 		switch len(name) {
 		case len("Host"):
 			if equalFold(name, "Host") {
-				host++
+				return fieldHost, value, i
 			}
 		case len("Content-Length"):
 			if equalFold(name, "Content-Length") {
-				if cl++; cl > 1 || !plainContentLength(value) {
-					return false
-				}
+				return fieldContentLength, value, i
 			}
 		case len("Transfer-Encoding"):
 			if equalFold(name, "Transfer-Encoding") {
-				if te++; te > 1 || !plainChunked(value) {
-					return false
-				}
+				return fieldTransferEncoding, value, i
 			}
 		}
 	}
-	// No empty line: fasthttp hands over none only for a head without
-	// header lines.
-	return len(raw) == 0
+	return fieldBad, nil, len(raw)
 }
 
 // plainContentLength accepts what every client sends: an optional single
