@@ -187,7 +187,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 			newUps[name] = old
 			continue
 		}
-		p, err := pool.New(PoolConfig(name, uc, s.log, s.metrics.Upstream(name)))
+		p, err := pool.New(poolConfig(name, uc, s.log, s.metrics.Upstream(name)))
 		if err != nil {
 			return fmt.Errorf("upstream %s: %w", name, err)
 		}
@@ -236,7 +236,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	s.level.SetLevel(levelOf(cfg.Log.Level))
 	for name, l := range newLns {
 		lc := cfg.Listeners[name]
-		pc := ProxyConfig(name, lc, cfg, newUps[lc.Upstream].pool, s.log, nil)
+		pc := proxyConfig(name, lc, cfg, newUps[lc.Upstream].pool, s.log, nil)
 		pc.Activity = &s.activity
 		if l.srv != nil {
 			l.cfg = lc
@@ -268,7 +268,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	// them at the new pools too.
 	for l, name := range s.draining {
 		if u := newUps[l.cfg.Upstream]; u != nil {
-			l.srv.Update(ProxyConfig(name, l.cfg, cfg, u.pool, s.log, nil)) // Activity is fixed at New
+			l.srv.Update(proxyConfig(name, l.cfg, cfg, u.pool, s.log, nil)) // Activity is fixed at New
 		}
 	}
 	for name, old := range s.upstreams {
@@ -490,9 +490,8 @@ func needsNewServer(a, b config.Listener) bool {
 		a.Limits.RequestHeaderBytes != b.Limits.RequestHeaderBytes || a.Limits.MaxConns != b.Limits.MaxConns
 }
 
-// PoolConfig maps an upstream's configuration to its pool's. Everything
-// that runs unstuck's pools (the sidecar, the demo) goes through it.
-func PoolConfig(name string, u config.Upstream, log *zap.Logger, obs pool.Observer) pool.Config {
+// poolConfig maps an upstream's configuration to its pool's.
+func poolConfig(name string, u config.Upstream, log *zap.Logger, obs pool.Observer) pool.Config {
 	return pool.Config{
 		Name:           name,
 		Endpoints:      u.Endpoints,
@@ -515,9 +514,9 @@ func PoolConfig(name string, u config.Upstream, log *zap.Logger, obs pool.Observ
 	}
 }
 
-// ProxyConfig maps a listener's configuration, and the upstream it names
+// proxyConfig maps a listener's configuration, and the upstream it names
 // in cfg, to its server's, forwarding to p.
-func ProxyConfig(name string, l config.Listener, cfg *config.Config, p *pool.Pool, log *zap.Logger, obs proxy.Observer) proxy.Config {
+func proxyConfig(name string, l config.Listener, cfg *config.Config, p *pool.Pool, log *zap.Logger, obs proxy.Observer) proxy.Config {
 	u := cfg.Upstreams[l.Upstream]
 	return proxy.Config{
 		Name:        name,

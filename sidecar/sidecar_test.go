@@ -368,7 +368,7 @@ func TestConfigMapsLimitsAndTimeouts(t *testing.T) {
 	u.Limits.ResponseHeaderBytes = 32 << 10
 	cfg.Upstreams["backend"] = u
 
-	pc := ProxyConfig("app", l, cfg, nil, zap.NewNop(), nil)
+	pc := proxyConfig("app", l, cfg, nil, zap.NewNop(), nil)
 	if pc.ReadHeaderTimeout != time.Second || pc.BodyReadTimeout != 2*time.Second || pc.SendTimeout != 3*time.Second {
 		t.Errorf("proxy timeouts: read header %v, body read %v, send %v", pc.ReadHeaderTimeout, pc.BodyReadTimeout, pc.SendTimeout)
 	}
@@ -378,7 +378,7 @@ func TestConfigMapsLimitsAndTimeouts(t *testing.T) {
 	if pc.Upstream.ResponseIdleTimeout != 4*time.Second || pc.Upstream.WriteTimeout != 5*time.Second {
 		t.Errorf("upstream timeouts: response idle %v, write %v", pc.Upstream.ResponseIdleTimeout, pc.Upstream.WriteTimeout)
 	}
-	if got := PoolConfig("backend", u, zap.NewNop(), nil).ResponseHeaderBytes; got != 32<<10 {
+	if got := poolConfig("backend", u, zap.NewNop(), nil).ResponseHeaderBytes; got != 32<<10 {
 		t.Errorf("pool ResponseHeaderBytes = %d", got)
 	}
 }

@@ -3,16 +3,16 @@
 // that closes idle connections, and the same app through unstuck keeping
 // none.
 //
-// Run plays two phases with the same workload. A LegacyClient (never closes
-// a socket; replaces a failed connection with a new one and leaves the old
-// one open) sends one request per connection every 1.5 upstream idle
-// timeouts, so between waves every connection sits idle past the
-// upstream's timeout and gets a FIN:
+// Run plays two phases with the same workload. A legacy app (app.go: never
+// closes a socket; replaces a failed connection with a new one and leaves
+// the old one open) sends one request per connection every 1.5 upstream
+// idle timeouts, so between waves every connection sits idle past the
+// upstream's timeout and gets a FIN (upstream.go):
 //
-//   - direct: the client talks to an IdleCloser upstream itself;
-//   - through unstuck: the client talks to an embedded unstuck (a pool and
-//     a proxy server with the sidecar's default configuration) in front of a
-//     fresh IdleCloser.
+//   - direct: the app talks to the upstream itself;
+//   - through unstuck: the app talks to an embedded unstuck, started as
+//     the sidecar is (a config.Config into sidecar.New) with the default
+//     configuration, in front of a fresh upstream.
 //
 // Every SampleEvery it counts the sockets in CLOSE_WAIT on the app's side
 // and, through unstuck, on unstuck's upstream side.
@@ -27,11 +27,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
 	"github.com/unstuck-proxy/unstuck/config"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
-	"github.com/unstuck-proxy/unstuck/internal/testpeer"
-	"github.com/unstuck-proxy/unstuck/pool"
-	"github.com/unstuck-proxy/unstuck/proxy"
 	"github.com/unstuck-proxy/unstuck/sidecar"
 )
 
@@ -184,121 +184,118 @@ func (r *runner) listening(addr string) netip.AddrPort {
 
 // direct runs the app against the upstream itself.
 func (r *runner) direct(ctx context.Context) (Phase, error) {
-	up, err := testpeer.NewIdleCloser(testpeer.IdleCloserOptions{IdleTimeout: r.opts.UpstreamIdle})
+	up, err := newUpstream(r.opts.UpstreamIdle)
 	if err != nil {
 		return Phase{Name: PhaseDirect}, fmt.Errorf("demo: upstream: %w", err)
 	}
-	defer up.Close()
-	r.listening(up.Addr())
-	r.rep.phaseStart(PhaseDirect, "app -> upstream "+up.Addr())
-	return r.drive(ctx, PhaseDirect, up.Addr(), up, netip.AddrPort{})
+	defer up.close()
+	r.listening(up.addr())
+	r.rep.phaseStart(PhaseDirect, "app -> upstream "+up.addr())
+	return r.drive(ctx, PhaseDirect, up.addr(), up, netip.AddrPort{})
 }
 
-// throughUnstuck runs the app against an embedded unstuck, configured as
-// the sidecar's defaults configure it, in front of a fresh upstream.
+// throughUnstuck runs the app against an embedded unstuck, started as the
+// sidecar starts (sidecarConfig into sidecar.New), in front of a fresh
+// upstream.
 func (r *runner) throughUnstuck(ctx context.Context) (Phase, error) {
 	ph := Phase{Name: PhaseUnstuck}
-	up, err := testpeer.NewIdleCloser(testpeer.IdleCloserOptions{IdleTimeout: r.opts.UpstreamIdle})
+	up, err := newUpstream(r.opts.UpstreamIdle)
 	if err != nil {
 		return ph, fmt.Errorf("demo: upstream: %w", err)
 	}
-	defer up.Close() // last: after the pool closed its connections
-	upAddr := r.listening(up.Addr())
+	defer up.close() // last: after unstuck closed its connections to it
+	upAddr := r.listening(up.addr())
 
-	// The defaults of a config file, mapped as the sidecar maps them.
-	u, l := config.DefaultUpstream(), config.DefaultListener()
-	u.Name, u.Endpoints = "backend", []string{up.Addr()}
-	l.Name, l.Upstream = "app", "backend"
-	cfg := &config.Config{Upstreams: map[string]config.Upstream{"backend": u}}
-	p, err := pool.New(sidecar.PoolConfig("backend", u, nil, nil))
+	cfg, err := sidecarConfig(up.addr())
 	if err != nil {
-		return ph, fmt.Errorf("demo: pool: %w", err)
+		return ph, fmt.Errorf("demo: unstuck: %w", err)
 	}
-	defer p.Close()
-
-	ln, err := proxy.Listen("127.0.0.1:0")
+	sc, err := sidecar.New(cfg, zap.NewNop(), zap.NewAtomicLevel())
 	if err != nil {
-		return ph, fmt.Errorf("demo: listen: %w", err)
+		return ph, fmt.Errorf("demo: unstuck: %w", err)
 	}
-	srv := proxy.New(sidecar.ProxyConfig("app", l, cfg, p, nil, nil))
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	// Runs before p.Close: the app's connections are closed by then (drive
-	// closes the client), so Shutdown only closes the listener.
+	// The app's connections are closed by then (drive closes the app), so
+	// Shutdown closes the listener, then the pool's connections.
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
-		_ = srv.Shutdown(sctx) // a timeout leaves sockets open; openSockets reports them
-		<-served
+		_ = sc.Shutdown(sctx) // a timeout leaves sockets open; openSockets reports them
 	}()
-	addr := r.listening(ln.Addr().String()).String()
+	addr := r.listening(sc.ListenerAddr(listenerName).String()).String()
 
-	r.rep.phaseStart(PhaseUnstuck, "app -> unstuck "+addr+" -> upstream "+up.Addr())
+	r.rep.phaseStart(PhaseUnstuck, "app -> unstuck "+addr+" -> upstream "+up.addr())
 	return r.drive(ctx, PhaseUnstuck, addr, up, upAddr)
 }
 
-// drive runs one phase: a LegacyClient on addr sends waves of requests,
+// listenerName is the listener of unstuck's dev mode, which sidecarConfig
+// uses.
+const listenerName = "app"
+
+// sidecarConfig loads what `unstuck --listen 127.0.0.1:0 --upstream
+// upAddr` runs: every default, one listener on a free loopback port
+// forwarding to upAddr. The user's UNSTUCK_* environment is not read, and
+// the admin listener is off (its default port may be taken).
+func sidecarConfig(upAddr string) (*config.Config, error) {
+	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
+	config.AddFlags(fs)
+	if err := fs.Parse([]string{"--" + config.FlagListen, "127.0.0.1:0", "--" + config.FlagUpstream, upAddr}); err != nil {
+		return nil, err
+	}
+	return config.Load(config.LoadOptions{Flags: fs, Environ: []string{config.EnvName("admin.listen") + "="}})
+}
+
+// drive runs one phase: a legacy app on addr sends waves of requests,
 // from waveOffset on, while the calling goroutine samples socket states,
 // until opts.Duration or ctx ends. up is the upstream behind addr. A valid
 // upAddr counts unstuck's upstream-side sockets too (those whose peer is
 // upAddr; the app never talks to it in that phase).
 //
-// The client is drive's own: it closes it, and every socket it opened,
+// The app is drive's own: it closes it, and every socket it opened,
 // before returning.
-func (r *runner) drive(ctx context.Context, name, addr string, up *testpeer.IdleCloser, upAddr netip.AddrPort) (Phase, error) {
+func (r *runner) drive(ctx context.Context, name, addr string, up *upstream, upAddr netip.AddrPort) (Phase, error) {
 	ph := Phase{Name: name, Addr: addr}
-	lc, err := testpeer.NewLegacyClient(addr, testpeer.LegacyClientOptions{
-		Conns:    r.opts.Conns,
-		Timeout:  requestTimeout,
-		IDPrefix: "app",
-	})
+	a, err := newApp(addr, r.opts.Conns, requestTimeout)
 	if err != nil {
 		return ph, fmt.Errorf("demo: %s: %w", name, err)
 	}
-	defer lc.Close()
+	defer a.close()
 
 	start := time.Now()
 	stop := make(chan struct{})
 	wavesDone := make(chan struct{})
 	go func() {
 		defer close(wavesDone)
-		sendWaves(lc, r.opts.Conns, start.Add(waveOffset), start.Add(r.opts.Duration), r.opts.WaveEvery(), stop)
+		sendWaves(a, r.opts.Conns, start.Add(waveOffset), start.Add(r.opts.Duration), r.opts.WaveEvery(), stop)
 	}()
 
-	err = r.sample(ctx, lc, start, upAddr, &ph)
+	err = r.sample(ctx, a, start, upAddr, &ph)
 	close(stop)
 	if err != nil || ctx.Err() != nil {
-		lc.Close() // interrupts the wave in flight
+		a.close() // interrupts the wave in flight
 	}
 	select {
 	case <-wavesDone: // the last wave completes: its requests count
 	case <-ctx.Done():
-		lc.Close()
+		a.close()
 		<-wavesDone
 	}
 	r.rep.phaseEnd()
 
-	st := lc.Stats()
-	for _, n := range st.OK {
-		ph.OK += n
+	st := a.stats()
+	ph.OK, ph.Failed = st.ok, st.failed
+	if st.firstErr != nil {
+		ph.FirstError = st.firstErr.Error()
 	}
-	for _, n := range st.Failed {
-		ph.Failed += n
-	}
-	if len(st.Errors) > 0 {
-		ph.FirstError = st.Errors[0].Error()
-	}
-	ph.Dials = st.Dials
-	ph.Reconnects = st.Dials - r.opts.Conns
-	ph.UpstreamConns = up.Conns()
-	ph.UpstreamFins = up.Fins()
-	ph.FinToClose = up.CloseLatencies() // before lc.Close: the app's own closes come later
+	ph.Dials = st.dials
+	ph.Reconnects = st.dials - r.opts.Conns
+	// Before a.close: the app's own closes come later.
+	ph.UpstreamConns, ph.UpstreamFins, ph.FinToClose = up.stats()
 	return ph, err
 }
 
 // sample counts sockets every SampleEvery, from start to start+Duration,
 // into ph, and reports each count. It returns early when ctx ends.
-func (r *runner) sample(ctx context.Context, lc *testpeer.LegacyClient, start time.Time, upAddr netip.AddrPort, ph *Phase) error {
+func (r *runner) sample(ctx context.Context, a *app, start time.Time, upAddr netip.AddrPort, ph *Phase) error {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for i := 0; ; i++ {
@@ -310,7 +307,7 @@ func (r *runner) sample(ctx context.Context, lc *testpeer.LegacyClient, start ti
 			return nil
 		case <-t.C:
 		}
-		s, err := count(lc, upAddr)
+		s, err := count(a, upAddr)
 		if err != nil {
 			return err
 		}
@@ -326,42 +323,36 @@ func (r *runner) sample(ctx context.Context, lc *testpeer.LegacyClient, start ti
 	}
 }
 
-// count reads the socket tables once and counts lc's sockets in
+// count reads the socket tables once and counts a's sockets in
 // CLOSE_WAIT and, if upAddr is valid, the other sockets connected to
 // upAddr in CLOSE_WAIT.
-func count(lc *testpeer.LegacyClient, upAddr netip.AddrPort) (Sample, error) {
+func count(a *app, upAddr netip.AddrPort) (Sample, error) {
 	var s Sample
 	socks, err := sockstate.List()
 	if err != nil {
 		return s, fmt.Errorf("demo: counting sockets: %w", err)
 	}
-	app := lc.Match()
+	ours := a.match()
 	for _, so := range socks {
 		if so.State != sockstate.CloseWait {
 			continue
 		}
 		switch {
-		case app(so):
+		case ours(so):
 			s.AppCloseWait++
 		case upAddr.IsValid() && so.Remote == upAddr:
 			s.UpstreamCloseWait++
 		}
 	}
-	st := lc.Stats()
-	for _, n := range st.OK {
-		s.OK += n
-	}
-	for _, n := range st.Failed {
-		s.Failed += n
-	}
-	s.Dials = st.Dials
+	st := a.stats()
+	s.OK, s.Failed, s.Dials = st.ok, st.failed, st.dials
 	return s, nil
 }
 
 // sendWaves sends, at start and every `every` after it until end, one
-// request on each of lc's conns connections at once, and waits for them.
+// request on each of a's conns connections at once, and waits for them.
 // It returns at end, or when stop is closed between waves.
-func sendWaves(lc *testpeer.LegacyClient, conns int, start, end time.Time, every time.Duration, stop <-chan struct{}) {
+func sendWaves(a *app, conns int, start, end time.Time, every time.Duration, stop <-chan struct{}) {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for at := start; at.Before(end); at = at.Add(every) {
@@ -373,8 +364,7 @@ func sendWaves(lc *testpeer.LegacyClient, conns int, start, end time.Time, every
 		}
 		var wg sync.WaitGroup
 		for slot := 1; slot <= conns; slot++ {
-			// Failures are in lc.Stats.
-			wg.Go(func() { _, _ = lc.DoOn(slot, "GET", "/", nil) })
+			wg.Go(func() { a.get(slot) })
 		}
 		wg.Wait()
 	}
