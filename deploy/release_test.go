@@ -82,7 +82,15 @@ func makeTargets(t *testing.T, path string) map[string][]string {
 		t.Fatal(err)
 	}
 	targetRE := regexp.MustCompile(`^([A-Za-z0-9_.-]+):([^=]|$)`)
-	makeVarRE := regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+	// $(NAME) is written ${NAME}, as the shell would take it; $$ is make's
+	// escape for a $ the shell gets.
+	makeVarRE := regexp.MustCompile(`\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+	unescape := func(m string) string {
+		if m == "$$" {
+			return "$"
+		}
+		return "${" + m[2:len(m)-1] + "}"
+	}
 	targets := map[string][]string{}
 	cur := ""
 	for _, line := range strings.Split(string(data), "\n") {
@@ -92,7 +100,7 @@ func makeTargets(t *testing.T, path string) map[string][]string {
 			continue
 		}
 		if r, ok := strings.CutPrefix(line, "\t"); ok && cur != "" {
-			targets[cur] = append(targets[cur], makeVarRE.ReplaceAllString(r, "$${$1}"))
+			targets[cur] = append(targets[cur], makeVarRE.ReplaceAllStringFunc(r, unescape))
 			continue
 		}
 		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
