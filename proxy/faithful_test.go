@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -20,125 +19,20 @@ import (
 // Tests for issue 11's findings on the request path: each reproduces one
 // finding with raw bytes on both sides.
 
-// scriptedUpstream accepts connections and runs script on each, recording
-// every byte each connection received.
-type scriptedUpstream struct {
-	ln     net.Listener
-	script func(c net.Conn, br *bufio.Reader)
-
-	mu       sync.Mutex
-	received []*lockedBuffer
-	conns    []net.Conn
-	wg       sync.WaitGroup
-}
-
-func startScripted(t *testing.T, script func(c net.Conn, br *bufio.Reader)) *scriptedUpstream {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &scriptedUpstream{ln: ln, script: script}
-	u.wg.Add(1)
-	go u.accept()
-	t.Cleanup(u.close)
-	return u
-}
-
-func (u *scriptedUpstream) addr() string { return u.ln.Addr().String() }
-
-func (u *scriptedUpstream) accept() {
-	defer u.wg.Done()
-	for {
-		c, err := u.ln.Accept()
-		if err != nil {
-			return
-		}
-		rec := &lockedBuffer{}
-		u.mu.Lock()
-		u.received = append(u.received, rec)
-		u.conns = append(u.conns, c)
-		u.mu.Unlock()
-		u.wg.Add(1)
-		go func() {
-			defer u.wg.Done()
-			defer c.Close()
-			u.script(c, bufio.NewReader(io.TeeReader(c, rec)))
-		}()
-	}
-}
-
-func (u *scriptedUpstream) close() {
-	u.ln.Close()
-	u.mu.Lock()
-	for _, c := range u.conns {
-		c.Close()
-	}
-	u.mu.Unlock()
-	u.wg.Wait()
-}
-
-// got returns what connection i has received so far.
-func (u *scriptedUpstream) got(i int) string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if i >= len(u.received) {
-		return ""
-	}
-	rec := u.received[i]
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	return rec.b.String()
-}
-
-func (u *scriptedUpstream) accepted() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.conns)
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// serveHTTP answers every request read from br with respond's bytes.
-func serveHTTP(respond func(req *http.Request) string) func(net.Conn, *bufio.Reader) {
-	return func(c net.Conn, br *bufio.Reader) {
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if _, err := io.Copy(io.Discard, req.Body); err != nil {
-				return
-			}
-			if _, err := io.WriteString(c, respond(req)); err != nil {
-				return
-			}
-		}
-	}
-}
-
-// countingObserver counts the issue 11 events.
+// countingObserver counts the issue 11 events, and retries.
 type countingObserver struct {
 	nopObserver
 	mu       sync.Mutex
 	refused  map[string]int
 	aborted  map[string]int
 	timeouts map[string]int
+	retries  map[string]int
 	statuses map[int]int
 }
 
 func newCountingObserver() *countingObserver {
 	return &countingObserver{refused: map[string]int{}, aborted: map[string]int{},
-		timeouts: map[string]int{}, statuses: map[int]int{}}
+		timeouts: map[string]int{}, retries: map[string]int{}, statuses: map[int]int{}}
 }
 
 func (o *countingObserver) Refused(r string) { o.mu.Lock(); o.refused[r]++; o.mu.Unlock() }
@@ -150,6 +44,11 @@ func (o *countingObserver) AppAborted(p string) {
 func (o *countingObserver) UpstreamTimeout(p string) {
 	o.mu.Lock()
 	o.timeouts[p]++
+	o.mu.Unlock()
+}
+func (o *countingObserver) Retry(reason string) {
+	o.mu.Lock()
+	o.retries[reason]++
 	o.mu.Unlock()
 }
 func (o *countingObserver) Request(status int, _ time.Duration, _ int) {
@@ -178,7 +77,7 @@ func TestIncompleteBodyNeverReachesUpstream(t *testing.T) {
 	for _, how := range []string{"fin", "rst"} {
 		for _, size := range []int{20000, 200000} { // buffered, streamed
 			t.Run(fmt.Sprintf("%s/%d", how, size), func(t *testing.T) {
-				up := startScripted(t, serveHTTP(func(*http.Request) string {
+				up := startPeer(t, serveHTTP(func(*http.Request) string {
 					return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 				}))
 				obs := newCountingObserver()
@@ -220,7 +119,7 @@ func TestHTTP10AppGetsRawBody(t *testing.T) {
 		"close":   "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello world",
 	} {
 		t.Run(name, func(t *testing.T) {
-			up := startScripted(t, func(c net.Conn, br *bufio.Reader) {
+			up := startPeer(t, func(c net.Conn, br *bufio.Reader) {
 				if _, err := http.ReadRequest(br); err != nil {
 					return
 				}
@@ -257,7 +156,7 @@ func TestAppGivingUpOnStalledResponse(t *testing.T) {
 		t.Run(phase, func(t *testing.T) {
 			release := make(chan struct{})
 			upstreamEOF := make(chan struct{}, 1)
-			up := startScripted(t, func(c net.Conn, br *bufio.Reader) {
+			up := startPeer(t, func(c net.Conn, br *bufio.Reader) {
 				if _, err := http.ReadRequest(br); err != nil {
 					return
 				}
@@ -303,7 +202,7 @@ func TestAppGivingUpOnStalledResponse(t *testing.T) {
 // read_header_timeout ends a request whose headers trickle in; an idle
 // connection between requests is not affected by it.
 func TestReadHeaderTimeout(t *testing.T) {
-	up := startScripted(t, serveHTTP(func(*http.Request) string {
+	up := startPeer(t, serveHTTP(func(*http.Request) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	}))
 	obs := newCountingObserver()
@@ -346,7 +245,7 @@ func TestReadHeaderTimeout(t *testing.T) {
 // body_read_timeout ends an upload that stops; the upstream connection it
 // held is discarded and the request counted.
 func TestBodyReadTimeout(t *testing.T) {
-	up := startScripted(t, serveHTTP(func(*http.Request) string {
+	up := startPeer(t, serveHTTP(func(*http.Request) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	}))
 	obs := newCountingObserver()
@@ -364,7 +263,7 @@ func TestBodyReadTimeout(t *testing.T) {
 
 // timeouts.response_idle ends a response body that stops mid-way.
 func TestResponseIdleTimeout(t *testing.T) {
-	up := startScripted(t, func(c net.Conn, br *bufio.Reader) {
+	up := startPeer(t, func(c net.Conn, br *bufio.Reader) {
 		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
@@ -396,7 +295,7 @@ func TestResponseIdleTimeout(t *testing.T) {
 // request once.
 func TestResponseHeaderTimeoutNotRetried(t *testing.T) {
 	var requests atomic.Int32
-	up := startScripted(t, func(c net.Conn, br *bufio.Reader) {
+	up := startPeer(t, func(c net.Conn, br *bufio.Reader) {
 		for {
 			if _, err := http.ReadRequest(br); err != nil {
 				return
@@ -420,7 +319,7 @@ func TestResponseHeaderTimeoutNotRetried(t *testing.T) {
 // after a failure on a reused connection goes to a new connection, so no
 // GET fails.
 func TestRetryAfterStaleConnectionDials(t *testing.T) {
-	up := startScripted(t, func(c net.Conn, br *bufio.Reader) {
+	up := startPeer(t, func(c net.Conn, br *bufio.Reader) {
 		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
@@ -467,7 +366,7 @@ func TestRetryAfterStaleConnectionDials(t *testing.T) {
 // headers, and what the app receives is what the upstream sent: header
 // names in their case, no Date, Server or Content-Type added.
 func TestHeadersPassAsSent(t *testing.T) {
-	up := startScripted(t, func(c net.Conn, br *bufio.Reader) {
+	up := startPeer(t, func(c net.Conn, br *bufio.Reader) {
 		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
@@ -531,7 +430,7 @@ func readRawResponse(br *bufio.Reader) (head, body string, err error) {
 // Large header blocks pass: a 6 KB cookie (over fasthttp's 4 KiB default)
 // by default; a request over limits.request_header_bytes gets 431.
 func TestRequestHeaderLimit(t *testing.T) {
-	up := startScripted(t, serveHTTP(func(*http.Request) string {
+	up := startPeer(t, serveHTTP(func(*http.Request) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	}))
 	addr := startProxy(t, proxyOpts{}, up.addr())
@@ -558,7 +457,7 @@ func TestRequestHeaderLimit(t *testing.T) {
 // reads up to 8 KiB of a body before the handler sees the request, so the
 // test sends the bodies.
 func TestRequestBodyLimit(t *testing.T) {
-	up := startScripted(t, serveHTTP(func(*http.Request) string {
+	up := startPeer(t, serveHTTP(func(*http.Request) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	}))
 	addr := startProxy(t, proxyOpts{listener: Config{MaxRequestBodyBytes: 1000}}, up.addr())
@@ -580,7 +479,7 @@ func TestRequestBodyLimit(t *testing.T) {
 // limits.max_conns: at the cap the listener stops accepting until an app
 // connection closes.
 func TestMaxConns(t *testing.T) {
-	up := startScripted(t, serveHTTP(func(*http.Request) string {
+	up := startPeer(t, serveHTTP(func(*http.Request) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	}))
 	obs := newCountingObserver()
@@ -602,7 +501,7 @@ func TestMaxConns(t *testing.T) {
 // A response header block over 8 KiB (a large Set-Cookie) passes: it gets
 // 502 only over limits.response_header_bytes.
 func TestLargeResponseHeaderPasses(t *testing.T) {
-	up := startScripted(t, serveHTTP(func(*http.Request) string {
+	up := startPeer(t, serveHTTP(func(*http.Request) string {
 		return "HTTP/1.1 200 OK\r\nSet-Cookie: " + strings.Repeat("s", 20000) + "\r\nContent-Length: 2\r\n\r\nok"
 	}))
 	addr := startProxy(t, proxyOpts{}, up.addr())
@@ -616,5 +515,38 @@ func TestLargeResponseHeaderPasses(t *testing.T) {
 	c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp, _ := c.response("GET"); resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("over the limit: %d; want 502", resp.StatusCode)
+	}
+}
+
+// send_timeout ends an app connection whose app stopped reading a response:
+// the app's window full, unstuck's write waits, and after send_timeout the
+// exchange ends and the upstream connection is closed.
+func TestSendTimeout(t *testing.T) {
+	upstreamDone := make(chan error, 1)
+	up := startPeer(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+		chunk := make([]byte, 64<<10)
+		c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				upstreamDone <- err
+				return
+			}
+		}
+	})
+	obs := newCountingObserver()
+	addr := startProxy(t, proxyOpts{listener: Config{Observer: obs, SendTimeout: 300 * time.Millisecond}}, up.addr())
+	c := dialRaw(t, addr)
+	c.send("GET /big HTTP/1.1\r\nHost: x\r\n\r\n") // and never read
+	select {
+	case err := <-upstreamDone:
+		if isTimeout(err) {
+			t.Fatal("the upstream's write timed out: unstuck kept the exchange open")
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the exchange did not end")
 	}
 }
