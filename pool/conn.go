@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/sockopt"
@@ -86,15 +87,25 @@ type Conn struct {
 	id      uint64
 	ep      *endpoint
 	nc      net.Conn
-	fd      int // nc's descriptor; valid until nc is closed, which only the pool does
 	created time.Time
 	readers *readerPool // the pool's, for br
+	// raw is nc's descriptor. Every syscall the pool makes on it (peek,
+	// linger, SO_ERROR, epoll_ctl) runs inside raw.Control, which holds it
+	// open: a number kept outside may be closed and reused by another
+	// socket. nil only when a dial's SyscallConn failed.
+	raw    syscall.RawConn
+	peekFn func(fd uintptr) // c.peekFD, bound once at dial: a peek allocates nothing
 
 	// Owned by the holder (the caller between Acquire and Release).
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	io       countingIO
-	requests atomic.Int32 // requests completed on this connection; atomic for Snapshot
+	peeked   sockopt.PeekResult // peekFn's result
+	requests atomic.Int32       // requests completed on this connection; atomic for Snapshot
+
+	// released is set by the first Release or Discard, cleared when the
+	// pool hands c out again: a second call finds it set and does nothing.
+	released atomic.Bool
 
 	// Guarded by Pool.mu. Flags, not maps by id, keep the request path
 	// free of map writes.
@@ -162,6 +173,13 @@ func (c *Conn) attachBuffers() {
 	}
 }
 
+// handOut readies c for its next holder: a Release or Discard counts
+// again, and its buffers are attached.
+func (c *Conn) handOut() {
+	c.released.Store(false)
+	c.attachBuffers()
+}
+
 // detachBuffers returns the buffers to their pools. Holder only.
 func (c *Conn) detachBuffers() {
 	if c.br != nil {
@@ -175,19 +193,35 @@ func (c *Conn) detachBuffers() {
 	}
 }
 
-// closeSocket closes the socket with the given linger. A bounded linger makes
-// close(2) block while the kernel flushes, so that close runs on its own
-// goroutine and never holds up a request or the watcher.
-func (c *Conn) closeSocket(l sockopt.Linger) {
-	if l.Mode != sockopt.Graceful {
-		// Best effort: if this fails the close is a plain FIN close.
-		_ = sockopt.ApplyLinger(c.fd, l)
+// peek is sockopt.Peek on c's socket, for the holder (or the pool before
+// it hands c out): the one syscall of a hand-out. A socket closed
+// underneath reads as PeekError.
+func (c *Conn) peek() sockopt.PeekResult {
+	if err := c.raw.Control(c.peekFn); err != nil {
+		return sockopt.PeekError
 	}
-	if l.Blocks() {
-		go c.nc.Close()
-		return
+	return c.peeked
+}
+
+func (c *Conn) peekFD(fd uintptr) { c.peeked = sockopt.Peek(int(fd)) }
+
+// control runs f with c's descriptor, held open until f returns. It is
+// for the pool's rarer syscalls (f may allocate); an error means the
+// socket is already closed.
+func (c *Conn) control(f func(fd int)) error {
+	if c.raw == nil {
+		return net.ErrClosed
 	}
-	c.nc.Close()
+	return c.raw.Control(func(fd uintptr) { f(int(fd)) })
+}
+
+// applyLinger sets the pool's linger on c's socket before its close. Best
+// effort: if it fails, the close is a plain FIN close.
+func (c *Conn) applyLinger(l sockopt.Linger) {
+	if l.Mode == sockopt.Graceful {
+		return // the socket's default
+	}
+	_ = c.control(func(fd int) { _ = sockopt.ApplyLinger(fd, l) })
 }
 
 // connList is an intrusive doubly linked list of idle connections, most

@@ -13,6 +13,7 @@
 package pool
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -118,10 +120,24 @@ type Pool struct {
 	closeq  chan victim    // the watcher's closes, for the closers
 	closers sync.WaitGroup
 
+	// dialCtx ends with Close, cancelling the dials in flight.
+	dialCtx     context.Context
+	cancelDials context.CancelFunc
+
 	mu     sync.Mutex
 	closed bool
 	nextID uint64
 	all    map[uint64]*Conn // every open connection, by watcher id
+	// dialing counts the dials in flight, from the check of closed to the
+	// socket's registration with the watcher: Close waits for them before
+	// it closes the epoll set. Add only under mu while !closed.
+	dialing sync.WaitGroup
+	// lingering counts the bounded-linger closes running on their own
+	// goroutines (closeLingering). Add only under mu while !lingerWaited;
+	// Close sets lingerWaited and waits for them, and closes after that
+	// run on their caller's goroutine.
+	lingering    sync.WaitGroup
+	lingerWaited bool
 
 	victims  []victim // onReadable's buffer; the watcher goroutine owns it
 	cleaning bool     // the cleaner goroutine runs
@@ -165,6 +181,7 @@ func New(cfg Config) (*Pool, error) {
 		done:   make(chan struct{}),
 		all:    make(map[uint64]*Conn),
 	}
+	p.dialCtx, p.cancelDials = context.WithCancel(context.Background())
 	p.readers.size = cfg.ResponseHeaderBytes
 	for _, addr := range cfg.Endpoints {
 		p.eps = append(p.eps, &endpoint{addr: addr})
@@ -175,11 +192,14 @@ func New(cfg Config) (*Pool, error) {
 		go p.closer()
 	}
 	p.runWG.Add(1)
-	go func() {
-		defer p.runWG.Done()
-		w.run(p.onReadable)
-	}()
+	go p.watchLoop()
 	return p, nil
+}
+
+// watchLoop runs the watcher until Close closes its epoll set.
+func (p *Pool) watchLoop() {
+	defer p.runWG.Done()
+	p.watch.run(p.onReadable)
 }
 
 // SettleTime is how long a released connection must have been idle before
@@ -244,29 +264,39 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 	if careful {
 		now = time.Now()
 	}
-	if c := p.acquireIdle(start, careful, now); c != nil {
-		return c, nil
-	}
-
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil, ErrClosed
-	}
-	if ep := p.reserveSlotLocked(start); ep != nil {
-		p.mu.Unlock()
-		return p.dial(ep)
-	}
-	if careful {
-		// No room to dial: an unsettled connection beats waiting.
-		p.mu.Unlock()
-		if c := p.acquireIdle(start, false, now); c != nil {
+	settled := careful
+	for {
+		if c := p.acquireIdle(start, settled, now); c != nil {
 			return c, nil
 		}
+		if hook := testHookAcquireRelock.Load(); hook != nil {
+			(*hook)()
+		}
+		// Between acquireIdle's unlock and this lock, a Close, a freed
+		// slot or a Release may have landed: each is seen here, before
+		// queueing, since nothing would tell a waiter queued after it.
 		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if ep := p.reserveSlotLocked(start); ep != nil {
+			p.mu.Unlock()
+			return p.dial(ep)
+		}
+		if !settled && !p.anyIdleLocked() {
+			return p.waitUnlock(start, false)
+		}
+		// No room to dial: an unsettled connection beats waiting (careful),
+		// and one released since acquireIdle looked is taken now.
+		p.mu.Unlock()
+		settled = false
 	}
-	return p.waitUnlock(start, false)
 }
+
+// testHookAcquireRelock runs in Acquire between an acquireIdle that found
+// nothing and the lock that decides to dial or wait.
+var testHookAcquireRelock atomic.Pointer[func()]
 
 // AcquireNew returns a newly dialed connection, never an idle one. It is
 // for a retry after a failure on a reused connection: the idle ones may be
@@ -353,9 +383,9 @@ func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 		// wake the watcher (see watchEvents): here, not on arrival, is
 		// where an idle connection that received bytes nobody asked for
 		// is closed (CauseUnsolicited), before a request goes on it.
-		r := sockopt.Peek(c.fd)
+		r := c.peek()
 		if r == sockopt.Open {
-			c.attachBuffers()
+			c.handOut()
 			return c
 		}
 		p.mu.Lock()
@@ -439,9 +469,9 @@ func (p *Pool) wait(ep *endpoint, w *waiter, fresh bool) (c *Conn, err error) {
 // dials into its slot instead, which stays counted in ep.conns. The waiter
 // owns c from the moment it received it.
 func (p *Pool) handedOver(c *Conn) (*Conn, error) {
-	r := sockopt.Peek(c.fd)
+	r := c.peek()
 	if r == sockopt.Open {
-		c.attachBuffers()
+		c.handOut()
 		return c, nil
 	}
 	p.mu.Lock()
@@ -451,9 +481,29 @@ func (p *Pool) handedOver(c *Conn) (*Conn, error) {
 	return p.dial(c.ep)
 }
 
-// dial opens a connection on a slot already counted in ep.conns.
+// dial opens a connection on a slot already counted in ep.conns; on
+// failure the slot is freed. Close waits for it (p.dialing) and cancels its
+// connect; a dial that Close overtakes closes its socket (CauseShutdown)
+// and returns ErrClosed, so no socket is registered with a closed watcher.
+// Every failure after the connect closes the socket through closeConn.
 func (p *Pool) dial(ep *endpoint) (*Conn, error) {
-	nc, err := p.dialer.Dial("tcp", ep.addr)
+	p.mu.Lock()
+	if p.closed {
+		p.forgetLocked(ep)
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	p.dialing.Add(1)
+	p.mu.Unlock()
+	defer p.dialing.Done()
+
+	nc, err := p.dialer.DialContext(p.dialCtx, "tcp", ep.addr)
+	if err != nil && p.dialCtx.Err() != nil {
+		p.mu.Lock()
+		p.forgetLocked(ep)
+		p.mu.Unlock()
+		return nil, ErrClosed // cancelled by Close: no dial error to count
+	}
 	p.cfg.Observer.Dialed(ep.addr, err)
 	if err != nil {
 		p.mu.Lock()
@@ -464,17 +514,25 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		}
 		return nil, &DialError{Addr: ep.addr, Err: err}
 	}
-	fd, err := sockopt.FD(nc)
-	if err != nil {
-		nc.Close()
-		p.mu.Lock()
+	c := &Conn{ep: ep, nc: nc, created: time.Now(), readers: &p.readers}
+	c.io.nc = nc
+	c.peekFn = c.peekFD
+	if hook := testHookDialed.Load(); hook != nil {
+		(*hook)(c)
+	}
+	raw, err := rawConn(nc)
+	c.raw = raw
+	p.mu.Lock()
+	if err != nil || p.closed {
 		p.forgetLocked(ep)
 		p.mu.Unlock()
-		return nil, &DialError{Addr: ep.addr, Err: err}
+		if err != nil {
+			p.closeConn(c, CauseError)
+			return nil, &DialError{Addr: ep.addr, Err: err}
+		}
+		p.closeConn(c, CauseShutdown) // Close is waiting for this dial
+		return nil, ErrClosed
 	}
-	c := &Conn{ep: ep, nc: nc, fd: fd, created: time.Now(), readers: &p.readers}
-	c.io.nc = nc
-	p.mu.Lock()
 	p.nextID++
 	c.id = p.nextID
 	// In p.all before it is registered, so that a FIN the watcher reports
@@ -482,18 +540,34 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 	// noted for Release, not dropped as an event for a closed connection.
 	p.all[c.id] = c
 	p.mu.Unlock()
-	if err := p.watch.register(fd, c.id); err != nil {
-		nc.Close()
+	var werr error
+	if err := c.control(func(fd int) { werr = p.watch.register(fd, c.id) }); err != nil {
+		werr = err
+	}
+	if werr != nil {
 		p.mu.Lock()
 		p.dropLocked(c)
 		p.mu.Unlock()
-		return nil, &DialError{Addr: ep.addr, Err: fmt.Errorf("watch: %w", err)}
+		p.closeConn(c, CauseError)
+		return nil, &DialError{Addr: ep.addr, Err: fmt.Errorf("watch: %w", werr)}
 	}
 	c.attachBuffers()
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection opened"); ce != nil {
 		ce.Write(zap.String("endpoint", ep.addr), zap.Stringer("local", nc.LocalAddr()))
 	}
 	return c, nil
+}
+
+// testHookDialed runs in dial between the connect and the check of closed.
+var testHookDialed atomic.Pointer[func(*Conn)]
+
+// rawConn returns nc's descriptor, for use inside its Control only.
+func rawConn(nc net.Conn) (syscall.RawConn, error) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("pool: %T has no file descriptor", nc)
+	}
+	return sc.SyscallConn()
 }
 
 // Release takes back a connection whose request and response completed
@@ -516,17 +590,23 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 //
 // A FIN cannot be read away (EOF is returned again to every read and
 // peek), so a peek any time after the FIN sees it.
+//
+// A second Release or Discard of c does nothing, as long as no Acquire has
+// handed c out again since (then c is someone else's).
 func (p *Pool) Release(c *Conn) {
+	if c.released.Swap(true) {
+		return // released or discarded already
+	}
 	c.requests.Add(1)
 	switch {
 	case p.cfg.MaxRequests > 0 && int(c.requests.Load()) >= p.cfg.MaxRequests:
-		p.Discard(c, CauseMaxRequests)
+		p.discard(c, CauseMaxRequests)
 		return
 	case p.cfg.MaxLifetime > 0 && time.Since(c.created) >= p.cfg.MaxLifetime:
-		p.Discard(c, CauseMaxLifetime)
+		p.discard(c, CauseMaxLifetime)
 		return
 	case c.br != nil && c.br.Buffered() > 0:
-		p.Discard(c, CauseUnsolicited) // bytes beyond the response
+		p.discard(c, CauseUnsolicited) // bytes beyond the response
 		return
 	}
 	c.detachBuffers()
@@ -534,7 +614,7 @@ func (p *Pool) Release(c *Conn) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		p.Discard(c, CauseShutdown)
+		p.discard(c, CauseShutdown)
 		return
 	}
 	missed := c.missed
@@ -547,7 +627,7 @@ func (p *Pool) Release(c *Conn) {
 	}
 	if ep.idle.len >= p.cfg.MaxIdle {
 		p.mu.Unlock()
-		p.Discard(c, CauseMaxIdle)
+		p.discard(c, CauseMaxIdle)
 		return
 	}
 	c.idleSince = time.Now()
@@ -566,9 +646,12 @@ func (p *Pool) Release(c *Conn) {
 
 // recheck peeks at a connection just made idle that the watcher saw ended
 // while it was busy (a note in c.missed), and closes it if its peer has
-// gone. The watcher will not report that FIN or RST again.
+// gone. The watcher will not report that FIN or RST again. c is idle, so
+// another goroutine may take it meanwhile: the peek runs inside
+// c.control, which keeps the descriptor open, with a result of its own.
 func (p *Pool) recheck(c *Conn) {
-	r := sockopt.Peek(c.fd)
+	r := sockopt.PeekError
+	_ = c.control(func(fd int) { r = sockopt.Peek(fd) })
 	if r == sockopt.Open {
 		return
 	}
@@ -584,8 +667,17 @@ func (p *Pool) recheck(c *Conn) {
 }
 
 // Discard closes a connection that must not be reused, for the given
-// cause, and frees its slot. After Discard the caller must not touch c.
+// cause, and frees its slot. After Discard the caller must not touch c. A
+// second Release or Discard of c does nothing, as for Release.
 func (p *Pool) Discard(c *Conn, cause Cause) {
+	if c.released.Swap(true) {
+		return // released or discarded already
+	}
+	p.discard(c, cause)
+}
+
+// discard is Discard, for a c already marked released.
+func (p *Pool) discard(c *Conn, cause Cause) {
 	if cause == CauseServerClose {
 		c.requests.Add(1) // the exchange completed; the server ended the connection with it
 	}
@@ -596,16 +688,42 @@ func (p *Pool) Discard(c *Conn, cause Cause) {
 	p.closeConn(c, cause)
 }
 
-// closeConn closes a connection nobody holds any more (the pool has
-// already forgotten it, with dropLocked or handedOver). Closing the socket
-// also takes it out of the watcher's epoll set.
+// closeConn is the one close of an upstream socket, dial failures
+// included: it applies the upstream's linger, closes, and reports the
+// close. c is a connection nobody holds any more (the pool has already
+// forgotten it, with dropLocked, forgetLocked or handedOver), so the
+// closing goroutine owns it. Closing the socket also takes it out of the
+// watcher's epoll set.
+//
+// A bounded linger makes close(2) block while the kernel flushes, so until
+// Close has waited for them such closes run on their own goroutine
+// (closeLingering) and never hold up a request or the watcher; after
+// that, on the caller's.
 func (p *Pool) closeConn(c *Conn, cause Cause) {
-	c.closeSocket(p.cfg.Linger)
+	c.applyLinger(p.cfg.Linger)
 	p.cfg.Observer.Closed(c.ep.addr, cause)
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection closed"); ce != nil {
 		ce.Write(zap.String("endpoint", c.ep.addr), zap.String("cause", string(cause)),
 			zap.Int32("requests", c.requests.Load()), zap.Duration("age", time.Since(c.created)))
 	}
+	if p.cfg.Linger.Blocks() {
+		p.mu.Lock()
+		if !p.lingerWaited {
+			p.lingering.Add(1)
+			p.mu.Unlock()
+			go p.closeLingering(c.nc)
+			return
+		}
+		p.mu.Unlock()
+	}
+	c.nc.Close()
+}
+
+// closeLingering closes a socket with a bounded linger: it returns when
+// the kernel has flushed it or the linger is over. Close waits for it.
+func (p *Pool) closeLingering(nc net.Conn) {
+	defer p.lingering.Done()
+	nc.Close()
 }
 
 // onReadable runs on the watcher goroutine with the sockets whose peer
@@ -652,7 +770,7 @@ const inlineCloses = 32
 // closeHalfClosed closes a connection the watcher found ended.
 func (p *Pool) closeHalfClosed(v victim) {
 	if v.cause == CauseRST {
-		v.cause = causeOfError(v.c.fd) // nobody else holds c: its error is ours to read
+		v.cause = causeOfError(v.c) // nobody else holds c: its error is ours to read
 	}
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream half-close detected"); ce != nil {
 		ce.Write(zap.String("endpoint", v.c.ep.addr), zap.String("cause", string(v.cause)),
@@ -795,8 +913,12 @@ func (p *Pool) deadline(c *Conn) (time.Time, Cause) {
 }
 
 // Close closes every idle connection, fails waiting Acquires with
-// ErrClosed, and stops the watcher and cleaner. Connections in use are
-// closed when they are released. Close waits for the pool's goroutines.
+// ErrClosed, cancels the dials in flight, and stops the watcher and
+// cleaner. Connections in use are closed when they are released. Close
+// waits for the pool's goroutines, for the dials in flight (one that
+// connected anyway closes its socket, CauseShutdown, and its Acquire gets
+// ErrClosed) and for the bounded-linger closes begun before it returns
+// (at most the linger); later closes run on their caller's goroutine.
 func (p *Pool) Close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -818,14 +940,20 @@ func (p *Pool) Close() error {
 		ep.waiters = nil
 	}
 	p.mu.Unlock()
+	p.cancelDials()
 	for _, c := range idle {
 		p.closeConn(c, CauseShutdown)
 	}
 	close(p.done)
+	p.dialing.Wait() // no dial registers a socket from now on
 	err := p.watch.close()
 	p.runWG.Wait()
 	close(p.closeq) // the watcher has stopped: nothing sends any more
 	p.closers.Wait()
+	p.mu.Lock()
+	p.lingerWaited = true
+	p.mu.Unlock()
+	p.lingering.Wait()
 	return err
 }
 

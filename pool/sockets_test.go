@@ -70,7 +70,7 @@ func TestDialSocketOptionsReadBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Discard(c, CauseError)
-	fd := c.fd
+	fd := fdOf(t, c)
 	for _, o := range []struct {
 		name             string
 		level, opt, want int
@@ -107,7 +107,7 @@ func TestDialSocketOptionsReadBack(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer p.Discard(c, CauseError)
-		if got := getInt(t, c.fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE); got != 0 {
+		if got := getInt(t, fdOf(t, c), unix.SOL_SOCKET, unix.SO_KEEPALIVE); got != 0 {
 			t.Errorf("SO_KEEPALIVE = %d with keepalive idle 0; want 0", got)
 		}
 	})

@@ -180,7 +180,7 @@ func TestUnsolicitedBytesFoundAtAcquire(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the bytes reach the idle connection", func() bool {
-		return sockopt.Peek(dirty.fd) == sockopt.Unsolicited // does not consume them
+		return sockopt.Peek(fdOf(t, dirty)) == sockopt.Unsolicited // does not consume them
 	})
 	closeBarrier(t, p, obs, srv.conn(1))
 	if w := p.watch.wakes() - wakes; w != 1 {
@@ -323,7 +323,7 @@ func TestBusyConnectionDoesNotWakeWatcher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := witness.set.Add(busy.fd, unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, 0); err != nil {
+	if err := witness.set.Add(fdOf(t, busy), unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLET, 0); err != nil {
 		t.Fatal(err)
 	}
 	witnessDone := make(chan struct{})

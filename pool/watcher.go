@@ -47,8 +47,12 @@ func causeOfEvent(events uint32) Cause {
 // blackholed connection with ETIMEDOUT, which is no reset. Reading it
 // clears it, so only the pool's own closes call this, never while a
 // holder may still read the error.
-func causeOfError(fd int) Cause {
-	errno, err := sockopt.SocketError(fd)
+func causeOfError(c *Conn) Cause {
+	var errno unix.Errno
+	var err error
+	if cerr := c.control(func(fd int) { errno, err = sockopt.SocketError(fd) }); cerr != nil {
+		return CauseRST
+	}
 	if err == nil && sockopt.IsTimeout(errno) {
 		return CauseTimeout
 	}
@@ -82,7 +86,8 @@ func (w *watcher) wakes() uint64 { return w.set.Wakes() }
 const watchEvents = unix.EPOLLRDHUP | unix.EPOLLET
 
 // register adds a new connection's socket, for its whole life: closing the
-// socket removes it.
+// socket removes it. Call it inside the socket's RawConn.Control, and only
+// while the set is open (Pool.Close waits for the dials in flight).
 func (w *watcher) register(fd int, id uint64) error {
 	return w.set.Add(fd, watchEvents, id)
 }
