@@ -32,12 +32,11 @@ import (
 // CRC-32 (X-Body-Len, X-Body-Sum), a GET answer says the same of its
 // body, so a body cut short cannot pass as complete at either end.
 type chaosUpstream struct {
+	p    *peer // accepts, restarts, closes everything at the end
 	addr string
 	rng  *lockedRand
-	wg   sync.WaitGroup // accept loops and connection goroutines
 
 	mu        sync.Mutex // guards everything below
-	ln        net.Listener
 	conns     map[*chaosConn]struct{}
 	ends      []sockstate.Ends         // of every accepted connection, upstream side
 	down      []window                 // restarts: no listener in [from, to]
@@ -47,7 +46,6 @@ type chaosUpstream struct {
 	stalled   map[uint64]int           // /broken/stall-header id → times received
 	seen      map[uint64]int           // request id → times its head arrived
 	unended   map[uint64]time.Duration // stalls the proxy never ended, and how long they lasted
-	stopped   bool
 	accepted  int
 	closes    int // after a response, without Connection: close
 	resets    int // idle connections reset
@@ -88,14 +86,8 @@ func (l *lockedRand) IntN(n int) int {
 
 func startChaosUpstream(t testing.TB, seed uint64) *chaosUpstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	u := &chaosUpstream{
-		addr:    ln.Addr().String(),
 		rng:     &lockedRand{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))},
-		ln:      ln,
 		conns:   map[*chaosConn]struct{}{},
 		posts:   map[uint64]int{},
 		crossed: map[uint64]bool{},
@@ -104,87 +96,42 @@ func startChaosUpstream(t testing.TB, seed uint64) *chaosUpstream {
 		seen:    map[uint64]int{},
 		unended: map[uint64]time.Duration{},
 	}
-	u.wg.Add(1)
-	go u.accept(ln)
-	t.Cleanup(u.stop)
+	u.p = startPeer(t, func(c net.Conn, _ *bufio.Reader) {
+		cc := &chaosConn{c: c.(*net.TCPConn)}
+		u.mu.Lock()
+		u.conns[cc] = struct{}{}
+		u.ends = append(u.ends, sockstate.EndsOf(c))
+		u.accepted++
+		u.mu.Unlock()
+		u.serve(cc)
+	})
+	u.addr = u.p.addr()
 	return u
 }
 
 // stop closes the listener and every connection and waits for all
 // goroutines. It may run more than once.
-func (u *chaosUpstream) stop() {
-	u.mu.Lock()
-	u.stopped = true
-	if u.ln != nil {
-		u.ln.Close()
-		u.ln = nil
-	}
-	for cc := range u.conns {
-		cc.c.Close()
-	}
-	u.mu.Unlock()
-	u.wg.Wait()
-}
+func (u *chaosUpstream) stop() { u.p.close() }
 
 // restart closes the listener and every connection, stays down for
 // downFor, and listens again on the same address.
 func (u *chaosUpstream) restart(t testing.TB, downFor time.Duration) {
-	u.mu.Lock()
-	if u.stopped {
-		u.mu.Unlock()
-		return
-	}
-	from := time.Now()
-	u.ln.Close()
-	u.ln = nil
-	for cc := range u.conns {
-		cc.c.Close()
-	}
-	u.mu.Unlock()
-	<-time.After(downFor)     // the outage itself, not a synchronisation
-	ln, err := Listen(u.addr) // SO_REUSEADDR: the old connections' TIME_WAIT does not block it
+	from, to, err := u.p.restart(downFor)
 	if err != nil {
-		t.Errorf("restart: listen again on %s: %v", u.addr, err)
+		t.Error(err)
 		return
+	}
+	if from.IsZero() {
+		return // stopped
 	}
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.down = append(u.down, window{from, time.Now()})
-	if u.stopped {
-		ln.Close()
-		return
-	}
-	u.ln = ln
-	u.wg.Add(1)
-	go u.accept(ln)
+	u.down = append(u.down, window{from, to})
+	u.mu.Unlock()
 }
 
-func (u *chaosUpstream) accept(ln net.Listener) {
-	defer u.wg.Done()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		cc := &chaosConn{c: c.(*net.TCPConn)}
-		u.mu.Lock()
-		if u.stopped || u.ln != ln { // a restart began after Accept returned
-			u.mu.Unlock()
-			c.Close()
-			continue
-		}
-		u.conns[cc] = struct{}{}
-		u.ends = append(u.ends, sockstate.EndsOf(c))
-		u.accepted++
-		u.wg.Add(1)
-		u.mu.Unlock()
-		go u.serve(cc)
-	}
-}
-
-// serve owns cc until it closes it.
+// serve owns cc until it closes it. It reads the connection itself: the
+// peer's recording reader would keep every byte of the soak.
 func (u *chaosUpstream) serve(cc *chaosConn) {
-	defer u.wg.Done()
 	defer func() {
 		cc.c.Close()
 		u.mu.Lock()

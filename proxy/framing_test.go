@@ -254,15 +254,7 @@ func (c *guardConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-type guardListener struct{ net.Listener }
-
-func (l guardListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &guardConn{Conn: c}, nil
-}
+func newGuardConn(c net.Conn) net.Conn { return &guardConn{Conn: c} }
 
 // TestFramingGuardWithFasthttp: behind the guard, fasthttp answers a
 // pipelined bare-LF head with 400 instead of waiting for ever, refuses a
@@ -288,7 +280,7 @@ func TestFramingGuardWithFasthttp(t *testing.T) {
 		},
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(guardListener{ln}) }()
+	go func() { done <- srv.Serve(wrapListener{ln, newGuardConn}) }()
 	t.Cleanup(func() {
 		_ = srv.Shutdown()
 		if err := <-done; err != nil {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -74,24 +75,23 @@ type received struct {
 	err error // not nil: the bytes are no valid request
 }
 
-// recorder is a raw TCP upstream that parses what it receives with
-// refParse, answers each request with a 200 and records it.
+// recorder is a peer that parses what it receives with refParse,
+// answers each request with a 200 and records it.
 type recorder struct {
-	ln net.Listener
-	wg sync.WaitGroup
+	*peer
 
 	mu    sync.Mutex
-	conns map[*recConn]struct{}
+	conns map[*recConn]struct{} // open ones
 	got   []received
 }
 
-// recConn is one upstream connection. Its goroutine owns buf and reads;
+// recConn is one upstream connection. Its script owns buf and reads;
 // read counts the bytes it has taken in and parsed, so quiet can compare
 // it with what the kernel received.
 type recConn struct {
 	c    *net.TCPConn
 	mu   sync.Mutex // guards done, read, partial
-	done bool       // the goroutine closed c
+	done bool       // the script closed c
 	read uint64
 	// partial: bytes of an unfinished request wait in buf.
 	partial bool
@@ -99,47 +99,21 @@ type recConn struct {
 
 func startRecorder(tb testing.TB) *recorder {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	r := &recorder{ln: ln, conns: map[*recConn]struct{}{}}
-	r.wg.Add(1)
-	go r.accept()
-	tb.Cleanup(func() {
-		ln.Close()
+	r := &recorder{conns: map[*recConn]struct{}{}}
+	r.peer = startPeer(tb, func(c net.Conn, _ *bufio.Reader) {
+		rc := &recConn{c: c.(*net.TCPConn)}
 		r.mu.Lock()
-		for rc := range r.conns {
-			rc.c.Close()
-		}
+		r.conns[rc] = struct{}{}
 		r.mu.Unlock()
-		r.wg.Wait()
+		r.serve(rc)
 	})
 	return r
 }
 
-func (r *recorder) addr() string { return r.ln.Addr().String() }
-
-func (r *recorder) accept() {
-	defer r.wg.Done()
-	for {
-		c, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		rc := &recConn{c: c.(*net.TCPConn)}
-		r.mu.Lock()
-		r.conns[rc] = struct{}{}
-		r.wg.Add(1)
-		r.mu.Unlock()
-		go r.serve(rc)
-	}
-}
-
-// serve owns rc: it parses requests as their bytes arrive and answers
-// each, until the proxy closes the connection or collect ends it.
+// serve owns rc: it parses requests as their bytes arrive, read from the
+// connection itself (the peer's recording reader is left unused), and
+// answers each, until the proxy closes the connection or collect ends it.
 func (r *recorder) serve(rc *recConn) {
-	defer r.wg.Done()
 	defer func() {
 		rc.mu.Lock()
 		rc.done = true

@@ -1,111 +1,41 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/valyala/fasthttp"
 )
 
-// wireRecorder is an upstream on 127.0.0.1:0 that keeps every byte it
-// receives and answers each request that net/http's parser finds complete
-// (body included) with a 200, so a request forwarded by mistake is seen
-// as a 200 by the app, not as a hang.
+// wireRecorder is a peer that answers each request net/http's parser
+// finds complete (body included) with a 200, so a request forwarded by
+// mistake is seen as a 200 by the app, not as a hang; it counts them.
 type wireRecorder struct {
-	ln net.Listener
-	wg sync.WaitGroup
-
-	mu       sync.Mutex
-	got      []byte // every byte received, all connections; guarded by mu
-	complete int    // requests received whole; guarded by mu
-	open     int    // connections not yet closed by the proxy; guarded by mu
+	*peer
+	complete atomic.Int64 // requests received whole
 }
 
 func startWireRecorder(t testing.TB) *wireRecorder {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &wireRecorder{ln: ln}
-	r.wg.Add(1)
-	go r.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		r.wg.Wait()
-	})
+	r := &wireRecorder{}
+	r.peer = startPeer(t, serveHTTP(func(*http.Request) string {
+		r.complete.Add(1)
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	}))
 	return r
 }
 
-func (r *wireRecorder) addr() string { return r.ln.Addr().String() }
-
-func (r *wireRecorder) accept() {
-	defer r.wg.Done()
-	var conns sync.WaitGroup
-	defer conns.Wait()
-	for {
-		c, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		r.mu.Lock()
-		r.open++
-		r.mu.Unlock()
-		conns.Add(1)
-		go func() {
-			defer conns.Done()
-			r.serve(c)
-		}()
-	}
-}
-
-// serve owns c until the proxy closes it (or the test ends: the proxy's
-// pool closes its connections at shutdown).
-func (r *wireRecorder) serve(c net.Conn) {
-	defer func() {
-		c.Close()
-		r.mu.Lock()
-		r.open--
-		r.mu.Unlock()
-	}()
-	br := bufio.NewReader(io.TeeReader(c, wireRecordTo{r}))
-	for {
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			return
-		}
-		if _, err := io.Copy(io.Discard, req.Body); err != nil {
-			return
-		}
-		r.mu.Lock()
-		r.complete++
-		r.mu.Unlock()
-		if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
-			return
-		}
-	}
-}
-
-type wireRecordTo struct{ r *wireRecorder }
-
-func (w wireRecordTo) Write(p []byte) (int, error) {
-	w.r.mu.Lock()
-	w.r.got = append(w.r.got, p...)
-	w.r.mu.Unlock()
-	return len(p), nil
-}
-
+// state returns every byte received, on all connections; the requests
+// received whole; and the connections the proxy has not closed yet.
 func (r *wireRecorder) state() (got []byte, complete, open int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return bytes.Clone(r.got), r.complete, r.open
+	return r.gotAll(), int(r.complete.Load()), r.openConns()
 }
 
 // refusalLog is an Observer that keeps the Refused reasons.
@@ -329,15 +259,7 @@ func (c *headCheckConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-type headCheckListener struct{ net.Listener }
-
-func (l headCheckListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &headCheckConn{Conn: c}, nil
-}
+func newHeadCheckConn(c net.Conn) net.Conn { return &headCheckConn{Conn: c} }
 
 // The hook the proxy's read path needs, proved against fasthttp itself: a
 // Read returning errMalformedHead with the bytes makes fasthttp give up
@@ -350,7 +272,7 @@ func TestMalformedHeadHook(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- s.srv.Serve(headCheckListener{ln}) }()
+	go func() { done <- s.srv.Serve(wrapListener{ln, newHeadCheckConn}) }()
 	t.Cleanup(func() {
 		s.srv.Shutdown()
 		<-done

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -303,66 +302,20 @@ func BenchmarkReadResponseHead(b *testing.B) {
 	}
 }
 
-// badResponder is an upstream that answers every request head it reads
-// with the same bytes, then closes the connection if it was told to.
-type badResponder struct {
-	ln       net.Listener
-	response string
-	close    bool
-
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-}
-
-func startBadResponder(t *testing.T, response string, closeAfter bool) *badResponder {
+// startBadResponder starts a peer that answers every request head it
+// reads with response, then closes the connection if closeAfter.
+func startBadResponder(t *testing.T, response string, closeAfter bool) *peer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &badResponder{ln: ln, response: response, close: closeAfter}
-	u.wg.Add(1)
-	go u.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		u.mu.Lock()
-		for _, c := range u.conns {
-			c.Close()
+	return startPeer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			if _, err := http.ReadRequest(br); err != nil { // GETs: no body
+				return
+			}
+			if _, err := io.WriteString(c, response); err != nil || closeAfter {
+				return
+			}
 		}
-		u.mu.Unlock()
-		u.wg.Wait()
 	})
-	return u
-}
-
-func (u *badResponder) accept() {
-	defer u.wg.Done()
-	for {
-		c, err := u.ln.Accept()
-		if err != nil {
-			return
-		}
-		u.mu.Lock()
-		u.conns = append(u.conns, c)
-		u.mu.Unlock()
-		u.wg.Add(1)
-		go u.serve(c)
-	}
-}
-
-func (u *badResponder) serve(c net.Conn) {
-	defer u.wg.Done()
-	defer c.Close()
-	br := bufio.NewReader(c)
-	for {
-		if _, err := http.ReadRequest(br); err != nil { // GETs: no body
-			return
-		}
-		if _, err := io.WriteString(c, u.response); err != nil || u.close {
-			return
-		}
-	}
 }
 
 // appGet sends a GET through the proxy at addr as an app would and returns
@@ -411,7 +364,7 @@ func TestBadResponseHeadsGet502(t *testing.T) {
 	for _, tc := range respCases {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startBadResponder(t, tc.head, true)
-			addr := startProxy(t, proxyOpts{}, up.ln.Addr().String())
+			addr := startProxy(t, proxyOpts{}, up.addr())
 			got := appGet(t, addr)
 			status, body, complete := completeResponse(got)
 			if tc.by != "" {
@@ -455,7 +408,7 @@ func TestTruncatedResponseBodyIsNotComplete(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startBadResponder(t, tc.response, true)
-			addr := startProxy(t, proxyOpts{}, up.ln.Addr().String())
+			addr := startProxy(t, proxyOpts{}, up.addr())
 			status, body, complete := completeResponse(appGet(t, addr))
 			if status != fasthttp.StatusBadGateway && complete {
 				t.Fatalf("app got a complete %d with %d body bytes", status, len(body))
@@ -477,7 +430,7 @@ func TestTruncatedResponseBodyToHTTP10AppIsReset(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startBadResponder(t, tc.response, true)
-			addr := startProxy(t, proxyOpts{}, up.ln.Addr().String())
+			addr := startProxy(t, proxyOpts{}, up.addr())
 			got, err := appRequest(t, addr, "GET / HTTP/1.0\r\nHost: app\r\n\r\n")
 			if status, _, _ := completeResponse(got); status != fasthttp.StatusBadGateway && err == nil {
 				t.Fatalf("app got %q and a FIN: a complete response to HTTP/1.0", got)

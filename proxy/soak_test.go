@@ -82,26 +82,6 @@ type soakResult struct {
 	detail     string
 }
 
-// soakObserver counts what the proxy reports.
-type soakObserver struct {
-	nopObserver
-	mu       sync.Mutex
-	retries  map[string]int
-	timeouts map[string]int
-}
-
-func (o *soakObserver) Retry(reason string) {
-	o.mu.Lock()
-	o.retries[reason]++
-	o.mu.Unlock()
-}
-
-func (o *soakObserver) UpstreamTimeout(phase string) {
-	o.mu.Lock()
-	o.timeouts[phase]++
-	o.mu.Unlock()
-}
-
 // TestChaosSoak runs GETs and POSTs from several keep-alive clients
 // through one proxy while the upstream closes, resets, sends garbage,
 // stalls and restarts (see chaosUpstream). It asserts that no GET fails
@@ -126,7 +106,7 @@ func TestChaosSoak(t *testing.T) {
 	goroutinesBefore := goleak.IgnoreCurrent()
 
 	up := startChaosUpstream(t, seed)
-	obs := &soakObserver{retries: map[string]int{}, timeouts: map[string]int{}}
+	obs := newCountingObserver()
 	s, addr, stopProxy := startSoakProxy(t, up.addr, obs)
 
 	// Chaos: idle connections at a steady pace, restarts now and then.
@@ -534,7 +514,7 @@ func judge(results []soakResult, down []window, posts map[uint64]int, crossed ma
 	return sum
 }
 
-func logSoakSummary(t *testing.T, sum soakSummary, up *chaosUpstream, obs *soakObserver, restarts int) {
+func logSoakSummary(t *testing.T, sum soakSummary, up *chaosUpstream, obs *countingObserver, restarts int) {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "soak summary: %d requests\n", sum.total)

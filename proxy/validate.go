@@ -226,21 +226,12 @@ func nextFraming(raw []byte, i int) (field framingField, value []byte, next int)
 }
 
 // plainContentLength accepts what every client sends: an optional single
-// space and 1 to 18 digits (no sign, list or trailing whitespace; 18 digits
-// cannot overflow an int64). Equal duplicates, which RFC 9112 §6.3 lets a
-// recipient merge, are refused by the caller as nginx does: no client sends
-// them, and accepting them is one more way for two parsers to disagree.
+// space and digits (no sign, list or trailing whitespace). Equal
+// duplicates, which RFC 9112 §6.3 lets a recipient merge, are refused by
+// the caller as nginx does: no client sends them, and accepting them is one
+// more way for two parsers to disagree.
 func plainContentLength(v []byte) bool {
-	v = trimOneSpace(v)
-	if len(v) == 0 || len(v) > 18 {
-		return false
-	}
-	for _, c := range v {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
+	return digits(trimOneSpace(v))
 }
 
 // plainChunked accepts "chunked" in any case after an optional single
