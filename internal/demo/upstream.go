@@ -69,20 +69,22 @@ func (u *upstream) close() {
 func (u *upstream) acceptLoop() {
 	defer u.wg.Done()
 	for {
+		u.wg.Add(1) // for serveConn, before the blocking Accept
 		c, err := u.ln.Accept()
 		if err != nil {
-			return // closed: the demo's upstream has nothing to retry
+			u.wg.Done()
+			return // closed: on loopback nothing else is worth a retry
 		}
 		tc := c.(*net.TCPConn)
 		u.mu.Lock()
-		if u.closed {
+		if u.closed { // close ran between Accept and here
 			u.mu.Unlock()
 			tc.Close()
+			u.wg.Done()
 			return
 		}
 		u.accepted++
 		u.conns[tc] = struct{}{}
-		u.wg.Add(1)
 		u.mu.Unlock()
 		go u.serveConn(tc)
 	}
