@@ -77,9 +77,7 @@ func TestIncompleteBodyNeverReachesUpstream(t *testing.T) {
 	for _, how := range []string{"fin", "rst"} {
 		for _, size := range []int{20000, 200000} { // buffered, streamed
 			t.Run(fmt.Sprintf("%s/%d", how, size), func(t *testing.T) {
-				up := startPeer(t, serveHTTP(func(*http.Request) string {
-					return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-				}))
+				up := startPeer(t, serveOK)
 				obs := newCountingObserver()
 				addr := startProxy(t, proxyOpts{listener: Config{Observer: obs}}, up.addr())
 				c := dialRaw(t, addr)
@@ -202,9 +200,7 @@ func TestAppGivingUpOnStalledResponse(t *testing.T) {
 // read_header_timeout ends a request whose headers trickle in; an idle
 // connection between requests is not affected by it.
 func TestReadHeaderTimeout(t *testing.T) {
-	up := startPeer(t, serveHTTP(func(*http.Request) string {
-		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	}))
+	up := startPeer(t, serveOK)
 	obs := newCountingObserver()
 	addr := startProxy(t, proxyOpts{listener: Config{Observer: obs, ReadHeaderTimeout: 300 * time.Millisecond}}, up.addr())
 
@@ -245,9 +241,7 @@ func TestReadHeaderTimeout(t *testing.T) {
 // body_read_timeout ends an upload that stops; the upstream connection it
 // held is discarded and the request counted.
 func TestBodyReadTimeout(t *testing.T) {
-	up := startPeer(t, serveHTTP(func(*http.Request) string {
-		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	}))
+	up := startPeer(t, serveOK)
 	obs := newCountingObserver()
 	addr := startProxy(t, proxyOpts{listener: Config{Observer: obs, BodyReadTimeout: 200 * time.Millisecond}}, up.addr())
 	c := dialRaw(t, addr)
@@ -323,7 +317,7 @@ func TestRetryAfterStaleConnectionDials(t *testing.T) {
 		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		io.WriteString(c, okResponse)
 		// The deferred close ends the connection without Connection: close.
 	})
 	addr := startProxy(t, proxyOpts{upstream: Upstream{Retries: 1}, listener: Config{Logger: nopLogger}}, up.addr())
@@ -430,9 +424,7 @@ func readRawResponse(br *bufio.Reader) (head, body string, err error) {
 // Large header blocks pass: a 6 KB cookie (over fasthttp's 4 KiB default)
 // by default; a request over limits.request_header_bytes gets 431.
 func TestRequestHeaderLimit(t *testing.T) {
-	up := startPeer(t, serveHTTP(func(*http.Request) string {
-		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	}))
+	up := startPeer(t, serveOK)
 	addr := startProxy(t, proxyOpts{}, up.addr())
 	c := dialRaw(t, addr)
 	c.send("GET / HTTP/1.1\r\nHost: x\r\nCookie: " + strings.Repeat("c", 6000) + "\r\n\r\n")
@@ -457,9 +449,7 @@ func TestRequestHeaderLimit(t *testing.T) {
 // reads up to 8 KiB of a body before the handler sees the request, so the
 // test sends the bodies.
 func TestRequestBodyLimit(t *testing.T) {
-	up := startPeer(t, serveHTTP(func(*http.Request) string {
-		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	}))
+	up := startPeer(t, serveOK)
 	addr := startProxy(t, proxyOpts{listener: Config{MaxRequestBodyBytes: 1000}}, up.addr())
 	c := dialRaw(t, addr)
 	c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n" + strings.Repeat("a", 2000))
@@ -479,9 +469,7 @@ func TestRequestBodyLimit(t *testing.T) {
 // limits.max_conns: at the cap the listener stops accepting until an app
 // connection closes.
 func TestMaxConns(t *testing.T) {
-	up := startPeer(t, serveHTTP(func(*http.Request) string {
-		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-	}))
+	up := startPeer(t, serveOK)
 	obs := newCountingObserver()
 	addr := startProxy(t, proxyOpts{listener: Config{Observer: obs, MaxConns: 1}}, up.addr())
 	first := dialRaw(t, addr)

@@ -145,7 +145,7 @@ func (r *recorder) serve(rc *recConn) {
 				return
 			}
 			buf = buf[used:]
-			rc.c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+			rc.c.Write([]byte(okResponse))
 		}
 		rc.account(n, len(buf) > 0)
 		if err != nil {

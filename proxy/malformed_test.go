@@ -27,7 +27,7 @@ func startWireRecorder(t testing.TB) *wireRecorder {
 	r := &wireRecorder{}
 	r.peer = startPeer(t, serveHTTP(func(*http.Request) string {
 		r.complete.Add(1)
-		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+		return okResponse
 	}))
 	return r
 }

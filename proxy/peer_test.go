@@ -184,6 +184,14 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// okResponse is the answer of a peer that only needs requests to succeed.
+const okResponse = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+// serveOK is a peer script that answers every request with okResponse.
+func serveOK(c net.Conn, br *bufio.Reader) {
+	serveHTTP(func(*http.Request) string { return okResponse })(c, br)
+}
+
 // serveHTTP is a peer script that answers every request read from br
 // with respond's bytes, once its body is read whole.
 func serveHTTP(respond func(req *http.Request) string) func(net.Conn, *bufio.Reader) {
