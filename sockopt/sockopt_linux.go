@@ -12,7 +12,9 @@ import (
 
 // FD returns the file descriptor of a TCP or Unix connection. The number is
 // valid only while conn is open; the caller must own conn and must not use
-// the number after conn is closed.
+// the number after conn is closed. Where another goroutine may close conn,
+// make the syscall inside conn's RawConn.Control instead, which holds the
+// descriptor open (the pool does).
 func FD(conn net.Conn) (int, error) {
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
