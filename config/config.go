@@ -2,6 +2,24 @@
 // into typed values. It is the only package besides cmd/unstuck that knows
 // about viper; everything else takes a *Config or one of its parts.
 //
+// The structs below are the schema. Each field's tags say its key, its
+// default (as written in the file) and a one-line doc; decoding, defaults,
+// validation and the repository's config.yaml follow from them, and a test
+// holds config.yaml and the README's reference to them. Adding a key is
+// adding a field here and the code that uses it. The tags:
+//
+//	key      the key under its parent; no tag or "-": not a key
+//	default  the value when left out; no tag: none (Validate demands one)
+//	doc      one line for config.yaml
+//	example  the value config.yaml shows for a key without a default
+//	kind     "size": an integer written as a size such as 64KiB
+//	min/max  bounds, written as the value would be; kernel names the
+//	         socket option whose limit max is
+//	res      the resolution the kernel takes: a value that is not whole
+//	         at it is refused, never rounded
+//	oneof    the values allowed, case-insensitive
+//	env      "empty": UNSTUCK_KEY= sets "" (other empty variables are ignored)
+//
 // A zero duration in a Listener or Upstream means "no limit" or "off" (see
 // each field); Load never produces a negative one.
 package config
@@ -17,16 +35,12 @@ import (
 
 // Config is the validated configuration of one unstuck process.
 type Config struct {
-	Log             Log
-	Admin           Admin
-	ShutdownTimeout time.Duration // on SIGTERM, let in-flight requests finish for this long; more than 0
-
-	// ReleaseMemoryAfterIdle: when no request has come for this long,
-	// return the memory Go has freed to the OS, again at doubling
-	// intervals while idle; 0: leave it to Go's runtime.
-	ReleaseMemoryAfterIdle time.Duration
-	Listeners              map[string]Listener // by name; Listener.Name is the key
-	Upstreams              map[string]Upstream // by name; Upstream.Name is the key
+	Log                    Log                 `key:"log"`
+	Admin                  Admin               `key:"admin"`
+	ShutdownTimeout        time.Duration       `key:"shutdown_timeout" default:"10s" min:"1ns" doc:"on SIGTERM or SIGINT, let in-flight requests finish for up to this long; more than 0"`
+	ReleaseMemoryAfterIdle time.Duration       `key:"release_memory_after_idle" default:"2s" doc:"no request for this long: give memory Go has freed back to the OS, again after 2x, 4x... while idle; 0: leave it to Go's runtime"`
+	Listeners              map[string]Listener `key:"listeners" example:"app" doc:"where unstuck accepts connections from the app, by name"`
+	Upstreams              map[string]Upstream `key:"upstreams" example:"backend" doc:"the servers unstuck forwards to, by name"`
 
 	// File is the YAML file this configuration was read from, for the
 	// reload watcher; empty for the built-in default and dev mode.
@@ -35,63 +49,50 @@ type Config struct {
 
 // Log configures the process logger.
 type Log struct {
-	Level  string // debug, info, warn or error
-	Format string // console or json
-	Access bool   // one line per request (method, path, status, bytes, duration, endpoint, reused, retries)
+	Level  string `key:"level" default:"info" oneof:"debug,info,warn,error" doc:"debug, info, warn or error"`
+	Format string `key:"format" default:"console" oneof:"console,json" doc:"console for people; json for containers and log shippers"`
+	Access bool   `key:"access" default:"false" doc:"one line per request (method, path, status, bytes, duration, endpoint, reused, retries)"`
 }
 
 // Admin configures the admin listener.
 type Admin struct {
-	Listen string // "host:port"; empty: no admin listener
+	Listen string `key:"listen" default:"127.0.0.1:9901" env:"empty" doc:"host:port of the admin listener; \"\" turns it off. Must differ from every listener's address"`
 }
 
 // Listener is where unstuck accepts connections from the app.
 type Listener struct {
-	Name        string        // the key under listeners
-	Listen      string        // "host:port" or "unix:/path"
-	Protocol    string        // only "http" for now
-	Upstream    string        // the name of an entry in Config.Upstreams
-	IdleTimeout time.Duration // close an idle app connection after this; 0: never
+	Name             string         // the key under listeners
+	Listen           string         `key:"listen" example:"127.0.0.1:8080" doc:"host:port, or unix:/path/to.sock"`
+	Protocol         string         `key:"protocol" default:"http" oneof:"http" doc:"only http for now"`
+	Upstream         string         `key:"upstream" example:"backend" doc:"the upstream to forward to; may be left out when there is only one"`
+	IdleTimeout      time.Duration  `key:"idle_timeout" default:"0s" doc:"close an app connection idle this long; 0: keep it as long as the app wants"`
+	IdleReleaseAfter time.Duration  `key:"idle_release_after" default:"1s" doc:"an app connection waiting this long for its next request gives up its goroutine and buffers until the app sends again; 0: never"`
+	Linger           sockopt.Linger `key:"linger" default:"reset" res:"1s" kernel:"SO_LINGER" doc:"how unstuck closes app connections: graceful (FIN), reset (RST at once) or whole seconds such as 2s (flush unsent data for up to that long, then RST)"`
+	AppFinTimeout    time.Duration  `key:"app_fin_timeout" default:"5s" min:"1ns" doc:"after unstuck half-closes an app connection, wait this long for the app's FIN, then RST; more than 0"`
+	ReusePort        bool           `key:"reuse_port" default:"false" doc:"SO_REUSEPORT: another unstuck may bind the same address, for a zero-downtime replacement"`
+	SocketMode       os.FileMode    `key:"socket_mode" default:"0660" doc:"octal permissions of a unix: listener's socket file, 0 to 0777; unused for host:port"`
+	Keepalive        Keepalive      `key:"keepalive" doc:"TCP keepalive on app connections"`
+	UserTimeout      time.Duration  `key:"user_timeout" default:"0s" res:"1ms" max:"2147483647ms" kernel:"TCP_USER_TIMEOUT" doc:"TCP_USER_TIMEOUT: drop the connection when sent data stays unacknowledged this long, in whole milliseconds; 0: the kernel's default"`
 
-	// IdleReleaseAfter: an app connection that has waited this long for
-	// its next request gives up its goroutine and buffers until the app
-	// sends again; 0: never.
-	IdleReleaseAfter time.Duration
-	Linger           sockopt.Linger // how unstuck closes app connections
-
-	// AppFinTimeout is how long unstuck waits for the app's FIN after
-	// half-closing an app connection, before resetting it; more than 0.
-	AppFinTimeout time.Duration
-	ReusePort     bool          // set SO_REUSEPORT, so that another process can bind the same address
-	SocketMode    os.FileMode   // permission bits (0 to 0777) of a unix: listener's socket file; unused for host:port
-	Keepalive     Keepalive     // TCP keepalive on app connections
-	UserTimeout   time.Duration // TCP_USER_TIMEOUT on app connections, whole milliseconds; 0: the kernel's default
-
-	// ReadHeaderTimeout bounds a request from its first byte to the end of
-	// its headers; 0: none. A connection idle between requests is not
-	// affected.
-	ReadHeaderTimeout time.Duration
-	BodyReadTimeout   time.Duration // longest wait between reads of a request body; 0: none
-	SendTimeout       time.Duration // a write to the app that makes no progress this long ends the connection; 0: none
-	Limits            ListenerLimits
+	ReadHeaderTimeout time.Duration  `key:"read_header_timeout" default:"10s" doc:"from a request's first byte to the end of its headers (else 408); 0: none. A connection idle between requests is not affected"`
+	BodyReadTimeout   time.Duration  `key:"body_read_timeout" default:"60s" doc:"longest wait between reads of a request body (else 408); 0: none"`
+	SendTimeout       time.Duration  `key:"send_timeout" default:"60s" doc:"a write to the app that makes no progress this long ends the connection; 0: none"`
+	Limits            ListenerLimits `key:"limits"`
 }
 
 // ListenerLimits bounds what a listener takes from the app.
 type ListenerLimits struct {
-	RequestHeaderBytes int   // request line and headers; at least MinHeaderBytes
-	RequestBodyBytes   int64 // a request body; 0: no limit
-	MaxConns           int   // app connections open at once; 0: no limit
+	RequestHeaderBytes int   `key:"request_header_bytes" kind:"size" default:"64KiB" min:"4KiB" max:"1GiB" doc:"request line and headers; larger (a long URI included) gets 431. 4KiB to 1GiB"`
+	RequestBodyBytes   int64 `key:"request_body_bytes" kind:"size" default:"0" doc:"a request body; larger gets 413; 0: no limit"`
+	MaxConns           int   `key:"max_conns" default:"0" doc:"app connections open at once; at the cap unstuck stops accepting until one closes; 0: no limit"`
 }
 
-// MinHeaderBytes is the least a header limit may be: below it, ordinary
-// requests and responses would be refused.
-const MinHeaderBytes = 4096
-
-// Keepalive configures TCP keepalive on a connection.
+// Keepalive configures TCP keepalive on a connection. The kernel's limits
+// are MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL and MAX_TCP_KEEPCNT.
 type Keepalive struct {
-	Idle     time.Duration // TCP_KEEPIDLE, whole seconds; 0: keepalive off (SO_KEEPALIVE unset)
-	Interval time.Duration // TCP_KEEPINTVL, whole seconds; more than 0 when Idle is
-	Count    int           // TCP_KEEPCNT, 1 to 127 when Idle is more than 0
+	Idle     time.Duration `key:"idle" default:"30s" res:"1s" max:"32767s" kernel:"TCP_KEEPIDLE" doc:"first probe after this long idle, in whole seconds; 0s turns keepalive off"`
+	Interval time.Duration `key:"interval" default:"10s" res:"1s" max:"32767s" kernel:"TCP_KEEPINTVL" doc:"between probes, in whole seconds; more than 0 while keepalive is on"`
+	Count    int           `key:"count" default:"3" max:"127" kernel:"TCP_KEEPCNT" doc:"unanswered probes before the kernel drops the connection; 1 to 127"`
 }
 
 // PortRange is an inclusive range of ports. The zero PortRange means not
@@ -110,187 +111,61 @@ func (r PortRange) String() string {
 // Upstream is a set of backend servers and how unstuck talks to them.
 type Upstream struct {
 	Name       string
-	Endpoints  []string       // "host:port" each, at least one
-	Linger     sockopt.Linger // how unstuck closes upstream connections
-	Retries    int            // times a failed request is tried again; 0: never
-	HostHeader string         // empty: keep the client's Host; else the Host sent upstream
-	Pool       PoolLimits
-	Dial       Dial
-	Timeouts   Timeouts
-	Limits     UpstreamLimits
+	Endpoints  []string       `key:"endpoints" example:"127.0.0.1:9000" doc:"host:port of each server; at least one"`
+	HostHeader string         `key:"host_header" default:"" doc:"empty: keep the client's Host; else the Host sent upstream"`
+	Linger     sockopt.Linger `key:"linger" default:"graceful" res:"1s" kernel:"SO_LINGER" doc:"how unstuck closes upstream connections: graceful, reset or a duration, as for listeners"`
+	Retries    int            `key:"retries" default:"2" doc:"times a failed request is tried again; 0: never"`
+	Pool       PoolLimits     `key:"pool" doc:"the connections kept open to this upstream"`
+	Dial       Dial           `key:"dial"`
+	Timeouts   Timeouts       `key:"timeouts"`
+	Limits     UpstreamLimits `key:"limits"`
 }
 
 // PoolLimits bounds the connections kept to one upstream.
 type PoolLimits struct {
-	MaxConns       int           // connections open at once, busy or idle; at least 1
-	MaxIdle        int           // idle connections kept for reuse; at most MaxConns (Load: 128, or MaxConns if less, when left out)
-	IdleTimeout    time.Duration // close a connection idle this long; 0: no limit
-	MaxLifetime    time.Duration // close a connection this old; 0: no limit
-	MaxRequests    int           // close a connection after this many requests; 0: no limit
-	AcquireTimeout time.Duration // wait this long for a free connection; 0: no limit
+	MaxConns int `key:"max_conns" default:"512" min:"1" doc:"connections open at once, busy or idle; at least 1"`
+	// MaxIdle left out is its default or MaxConns, whichever is less, so
+	// that setting max_conns alone stays valid.
+	MaxIdle        int           `key:"max_idle" default:"128" doc:"idle connections kept for reuse; at most max_conns (left out: this, or max_conns if less)"`
+	IdleTimeout    time.Duration `key:"idle_timeout" default:"90s" doc:"close a connection idle this long; 0: no limit"`
+	MaxLifetime    time.Duration `key:"max_lifetime" default:"0s" doc:"close a connection this old; 0: no limit"`
+	MaxRequests    int           `key:"max_requests" default:"0" doc:"close a connection after this many requests; 0: no limit"`
+	AcquireTimeout time.Duration `key:"acquire_timeout" default:"1s" doc:"wait this long for a free connection when max_conns are busy; 0: no limit"`
 }
 
 // Dial configures new upstream connections.
 type Dial struct {
-	Timeout     time.Duration // give up connecting after this long; 0: no limit
-	Source      netip.Addr    // local IP to bind (with IP_BIND_ADDRESS_NO_PORT); the zero Addr: the kernel picks
-	SourcePorts PortRange     // local ports to use, with Source only; zero: the kernel picks
-	Keepalive   Keepalive     // TCP keepalive on upstream connections
-	UserTimeout time.Duration // TCP_USER_TIMEOUT on upstream connections, whole milliseconds; 0: the kernel's default
+	Timeout     time.Duration `key:"timeout" default:"2s" doc:"give up connecting to an endpoint after this long; 0: no limit"`
+	Source      netip.Addr    `key:"source" default:"" doc:"local IP address for connections to the endpoints, bound with IP_BIND_ADDRESS_NO_PORT; empty: the kernel picks"`
+	SourcePorts PortRange     `key:"source_ports" default:"" doc:"local port range such as 20000-29999, with source only; empty: the kernel picks"`
+	Keepalive   Keepalive     `key:"keepalive" doc:"TCP keepalive on upstream connections, as for listeners"`
+	UserTimeout time.Duration `key:"user_timeout" default:"0s" res:"1ms" max:"2147483647ms" kernel:"TCP_USER_TIMEOUT" doc:"TCP_USER_TIMEOUT on upstream connections; 0: the kernel's default"`
 }
 
 // Timeouts bounds the phases of an upstream exchange.
 type Timeouts struct {
-	ResponseHeader time.Duration // wait this long for the response headers; 0: no limit
-	ResponseIdle   time.Duration // longest wait between reads of a response body; 0: no limit
-	Write          time.Duration // a write of the request that makes no progress this long fails; 0: no limit
+	ResponseHeader time.Duration `key:"response_header" default:"30s" doc:"wait this long for the response headers (else 504); 0: no limit"`
+	ResponseIdle   time.Duration `key:"response_idle" default:"60s" doc:"longest wait between reads of a response body; 0: no limit"`
+	Write          time.Duration `key:"write" default:"60s" doc:"a write of the request that makes no progress this long fails; 0: no limit"`
 }
 
 // UpstreamLimits bounds what unstuck takes from an upstream.
 type UpstreamLimits struct {
-	ResponseHeaderBytes int // status line and headers; at least MinHeaderBytes
+	ResponseHeaderBytes int `key:"response_header_bytes" kind:"size" default:"64KiB" min:"4KiB" max:"1GiB" doc:"a response's status line and headers; larger gets 502. 4KiB to 1GiB"`
 }
-
-// kind is the type of a configuration key's value.
-type kind uint8
-
-const (
-	kString kind = iota
-	kInt
-	kBool
-	kDuration
-	kLinger
-	kList
-	kMode
-	kIP
-	kPorts
-	kSize
-)
-
-// want describes what a value of kind k looks like, for messages.
-func (k kind) want() string {
-	switch k {
-	case kInt:
-		return "an integer"
-	case kBool:
-		return "true or false"
-	case kDuration:
-		return "a duration such as 2s"
-	case kLinger:
-		return "graceful, reset or a duration such as 2s"
-	case kList:
-		return `a list such as ["127.0.0.1:9000"]`
-	case kMode:
-		return `an octal file mode such as "0660"`
-	case kIP:
-		return "an IP address such as 10.0.0.5"
-	case kPorts:
-		return "a port range such as 20000-29999"
-	case kSize:
-		return "a size such as 64KiB"
-	default:
-		return "a string"
-	}
-}
-
-// field is one key of the top level (outside listeners and upstreams), a
-// listener or an upstream.
-type field struct {
-	key   string // relative to the top level or entry; "." separates levels
-	kind  kind
-	def   string // the default, written as in the file
-	noDef bool   // the key has no default: Load or Validate fills or demands it
-	// emptyEnv: an empty environment variable sets the key to "" instead
-	// of being ignored, for keys where "" means off and is not the default.
-	emptyEnv bool
-}
-
-// The schema. Its defaults are the values in the repository's config.yaml;
-// TestEmbeddedDefaultMatchesSchema keeps the two in step.
-var (
-	topFields = []field{
-		{key: "log.level", kind: kString, def: "info"},
-		{key: "log.format", kind: kString, def: "console"},
-		{key: "log.access", kind: kBool, def: "false"},
-		{key: "admin.listen", kind: kString, def: "127.0.0.1:9901", emptyEnv: true},
-		{key: "shutdown_timeout", kind: kDuration, def: "10s"},
-		{key: "release_memory_after_idle", kind: kDuration, def: "2s"},
-	}
-	listenerFields = []field{
-		{key: "listen", kind: kString, noDef: true},
-		{key: "protocol", kind: kString, def: "http"},
-		{key: "upstream", kind: kString, noDef: true}, // the only upstream, if there is one
-		{key: "idle_timeout", kind: kDuration, def: "0s"},
-		{key: "idle_release_after", kind: kDuration, def: "1s"},
-		{key: "linger", kind: kLinger, def: "reset"},
-		{key: "app_fin_timeout", kind: kDuration, def: "5s"},
-		{key: "reuse_port", kind: kBool, def: "false"},
-		{key: "socket_mode", kind: kMode, def: "0660"},
-		{key: "keepalive.idle", kind: kDuration, def: "30s"},
-		{key: "keepalive.interval", kind: kDuration, def: "10s"},
-		{key: "keepalive.count", kind: kInt, def: "3"},
-		{key: "user_timeout", kind: kDuration, def: "0s"},
-		{key: "read_header_timeout", kind: kDuration, def: "10s"},
-		{key: "body_read_timeout", kind: kDuration, def: "60s"},
-		{key: "send_timeout", kind: kDuration, def: "60s"},
-		{key: "limits.request_header_bytes", kind: kSize, def: "64KiB"},
-		{key: "limits.request_body_bytes", kind: kSize, def: "0"},
-		{key: "limits.max_conns", kind: kInt, def: "0"},
-	}
-	upstreamFields = []field{
-		{key: "endpoints", kind: kList, noDef: true},
-		{key: "linger", kind: kLinger, def: "graceful"},
-		{key: "retries", kind: kInt, def: "2"},
-		{key: "host_header", kind: kString, def: ""},
-		{key: "pool.max_conns", kind: kInt, def: "512"},
-		{key: "pool.max_idle", kind: kInt, def: "128"},
-		{key: "pool.idle_timeout", kind: kDuration, def: "90s"},
-		{key: "pool.max_lifetime", kind: kDuration, def: "0s"},
-		{key: "pool.max_requests", kind: kInt, def: "0"},
-		{key: "pool.acquire_timeout", kind: kDuration, def: "1s"},
-		{key: "dial.timeout", kind: kDuration, def: "2s"},
-		{key: "dial.source", kind: kIP, def: ""},
-		{key: "dial.source_ports", kind: kPorts, def: ""},
-		{key: "dial.keepalive.idle", kind: kDuration, def: "30s"},
-		{key: "dial.keepalive.interval", kind: kDuration, def: "10s"},
-		{key: "dial.keepalive.count", kind: kInt, def: "3"},
-		{key: "dial.user_timeout", kind: kDuration, def: "0s"},
-		{key: "timeouts.response_header", kind: kDuration, def: "30s"},
-		{key: "timeouts.response_idle", kind: kDuration, def: "60s"},
-		{key: "timeouts.write", kind: kDuration, def: "60s"},
-		{key: "limits.response_header_bytes", kind: kSize, def: "64KiB"},
-	}
-)
 
 // DefaultListener returns a listener with every default filled in and no
 // Name, Listen or Upstream.
 func DefaultListener() Listener {
-	d := defaultsDecoder("listeners.x.", listenerFields)
-	l := d.listener("x")
-	l.Name = ""
+	var l Listener
+	fill(&l, listenerFields)
 	return l
 }
 
 // DefaultUpstream returns an upstream with every default filled in and no
 // Name or Endpoints.
 func DefaultUpstream() Upstream {
-	d := defaultsDecoder("upstreams.x.", upstreamFields)
-	u := d.upstream("x")
-	u.Name = ""
+	var u Upstream
+	fill(&u, upstreamFields)
 	return u
-}
-
-// defaultsDecoder decodes nothing but the defaults of fields under prefix.
-func defaultsDecoder(prefix string, fields []field) *decoder {
-	defs := make(map[string]string, len(fields))
-	for _, f := range fields {
-		if !f.noDef {
-			defs[prefix+f.key] = f.def
-		}
-	}
-	return &decoder{
-		get:  func(key string) any { return defs[key] },
-		defs: defs,
-		bad:  map[string]bool{},
-	}
 }

@@ -774,12 +774,12 @@ func TestNewKeys(t *testing.T) {
 
 		{key: "listeners.app.keepalive.idle", value: "0s", want: ka(0, 10*s, 3)},
 		{key: "listeners.app.keepalive.idle", value: "2m", want: ka(2*time.Minute, 10*s, 3)},
-		{key: "listeners.app.keepalive.idle", value: "1500ms", problem: `"1500ms": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`},
-		{key: "listeners.app.keepalive.idle", value: "500ms", problem: `"500ms": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`},
-		{key: "listeners.app.keepalive.idle", value: "10h", problem: `"10h": want at most 9h6m7s (the kernel's limit)`},
+		{key: "listeners.app.keepalive.idle", value: "1500ms", problem: `"1500ms": want whole seconds (the kernel counts TCP_KEEPIDLE in seconds)`},
+		{key: "listeners.app.keepalive.idle", value: "500ms", problem: `"500ms": want whole seconds (the kernel counts TCP_KEEPIDLE in seconds)`},
+		{key: "listeners.app.keepalive.idle", value: "10h", problem: `"10h": want at most 9h6m7s (the kernel's limit for TCP_KEEPIDLE)`},
 		{key: "listeners.app.keepalive.interval", value: "1s", want: ka(30*s, s, 3)},
 		{key: "listeners.app.keepalive.interval", value: "0s", problem: `"0s": must be more than 0 while keepalive is on (idle is not 0s)`},
-		{key: "listeners.app.keepalive.interval", value: "2.5s", problem: `"2.5s": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`},
+		{key: "listeners.app.keepalive.interval", value: "2.5s", problem: `"2.5s": want whole seconds (the kernel counts TCP_KEEPINTVL in seconds)`},
 		{key: "listeners.app.keepalive.count", value: "1", want: ka(30*s, 10*s, 1)},
 		{key: "listeners.app.keepalive.count", value: "127", want: ka(30*s, 10*s, 127)},
 		{key: "listeners.app.keepalive.count", value: "0", problem: `"0": want at least 1 while keepalive is on (idle is not 0s)`},
@@ -801,7 +801,7 @@ func TestNewKeys(t *testing.T) {
 		{key: "upstreams.backend.dial.source", value: "10.0.0.256", problem: `"10.0.0.256" is not an IP address; want one such as 10.0.0.5 or 2001:db8::5`},
 
 		{key: "upstreams.backend.dial.keepalive.idle", value: "0", want: ka(0, 10*s, 3)},
-		{key: "upstreams.backend.dial.keepalive.idle", value: "0.5s", problem: `"0.5s": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`},
+		{key: "upstreams.backend.dial.keepalive.idle", value: "0.5s", problem: `"0.5s": want whole seconds (the kernel counts TCP_KEEPIDLE in seconds)`},
 		{key: "upstreams.backend.dial.keepalive.interval", value: "32767s", want: ka(30*s, 32767*s, 3)},
 		{key: "upstreams.backend.dial.keepalive.interval", value: "0s", problem: `"0s": must be more than 0 while keepalive is on (idle is not 0s)`},
 		{key: "upstreams.backend.dial.keepalive.count", value: "200", problem: `"200": want at most 127 (the kernel's limit for TCP_KEEPCNT)`},
@@ -858,7 +858,7 @@ func TestKeepaliveOff(t *testing.T) {
 	lines := problemLines(t, LoadOptions{File: writeConfig(t, withKey("listeners.app.keepalive", "{idle: 0s, interval: 1500ms, count: 500}"))})
 	want := []string{
 		`listeners.app.keepalive.count: "500": want at most 127 (the kernel's limit for TCP_KEEPCNT)`,
-		`listeners.app.keepalive.interval: "1500ms": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`,
+		`listeners.app.keepalive.interval: "1500ms": want whole seconds (the kernel counts TCP_KEEPINTVL in seconds)`,
 	}
 	if !slices.Equal(lines, want) {
 		t.Errorf("problems:\n got %q\nwant %q", lines, want)

@@ -78,7 +78,7 @@ func TestValidate(t *testing.T) {
 		}, []string{
 			`listeners.app.app_fin_timeout: "0s": must be more than 0`,
 			`listeners.app.keepalive.count: "0": want at least 1 while keepalive is on (idle is not 0s)`,
-			`listeners.app.keepalive.idle: "1.5s": want whole seconds, at least 1s (the kernel counts keepalive times in seconds)`,
+			`listeners.app.keepalive.idle: "1.5s": want whole seconds (the kernel counts TCP_KEEPIDLE in seconds)`,
 			`listeners.app.keepalive.interval: "0s": must be more than 0 while keepalive is on (idle is not 0s)`,
 			`listeners.app.socket_mode: "0100000660": want 0 to 0777`,
 			`listeners.app.user_timeout: "1µs": want whole milliseconds (the kernel counts TCP_USER_TIMEOUT in milliseconds)`,
@@ -167,8 +167,8 @@ func TestListenOverlap(t *testing.T) {
 		{"unix:/a", "unix:/a/", true},
 		{"unix:/a", "127.0.0.1:80", false},
 	} {
-		a, msgA := parseListen(tt.a)
-		b, msgB := parseListen(tt.b)
+		a, msgA := parseListen("a", tt.a)
+		b, msgB := parseListen("b", tt.b)
 		if msgA != "" || msgB != "" {
 			t.Fatalf("parseListen: %q %q", msgA, msgB)
 		}

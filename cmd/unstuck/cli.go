@@ -74,7 +74,7 @@ built-in default; UNSTUCK_* environment variables override it (see
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
 
-			cfg, err := loadConfig(cmd, stderr, environ)
+			cfg, warnings, err := loadWarn(cmd, stderr, environ)
 			if err != nil {
 				return err
 			}
@@ -84,6 +84,9 @@ built-in default; UNSTUCK_* environment variables override it (see
 				return exitError(exitFailed)
 			}
 			defer func() { _ = log.Sync() }() // nothing to do if stderr cannot sync
+			for _, w := range warnings {
+				log.Warn("environment variable ignored", zap.String("variable", w.Key), zap.String("problem", w.Msg))
+			}
 
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -95,7 +98,7 @@ built-in default; UNSTUCK_* environment variables override it (see
 
 			log.Info("starting", zap.String("version", version),
 				zap.Int("listeners", len(cfg.Listeners)), zap.Int("upstreams", len(cfg.Upstreams)))
-			reload := func() (*config.Config, error) { return loadQuiet(cmd, environ) }
+			reload := func() (*config.Config, error) { return loadQuiet(cmd, environ, nil) }
 			if err := serveFunc(ctx, serveOptions{cfg: cfg, log: log, level: level, reload: reload, hup: hup}); err != nil {
 				log.Error("stopped", zap.Error(err))
 				fmt.Fprintf(stderr, "unstuck: %v\n", err)
@@ -120,7 +123,7 @@ func newCheckCmd(stdout, stderr io.Writer, environ []string) *cobra.Command {
 		Short: "Validate the configuration and exit",
 		Long: `check loads the configuration exactly as unstuck would, prints
 "ok: N listeners, M upstreams" and exits 0, or prints every problem and
-exits 1.
+exits 1. An UNSTUCK_ variable that names no key is a warning on stderr.
 
 Environment variables override the file: UNSTUCK_ and the key in upper
 case with "." and "-" written as "_", such as UNSTUCK_LOG_LEVEL=debug or
@@ -128,10 +131,11 @@ UNSTUCK_UPSTREAMS_BACKEND_POOL_MAX_CONNS=64. They can set any key of a
 listener or upstream the file names, but cannot add one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(cmd, stderr, environ)
+			cfg, warnings, err := loadWarn(cmd, stderr, environ)
 			if err != nil {
 				return err
 			}
+			printWarnings(stderr, warnings)
 			fmt.Fprintf(stdout, "ok: %d listeners, %d upstreams\n", len(cfg.Listeners), len(cfg.Upstreams))
 			return nil
 		},
@@ -150,27 +154,44 @@ func newVersionCmd(stdout io.Writer) *cobra.Command {
 }
 
 // loadQuiet loads the configuration cmd's flags select; the error, if
-// any, is a config.Problems.
-func loadQuiet(cmd *cobra.Command, environ []string) (*config.Config, error) {
+// any, is a config.Problems. warn, if not nil, is told of each UNSTUCK_
+// variable that names no key.
+func loadQuiet(cmd *cobra.Command, environ []string, warn func(config.Problem)) (*config.Config, error) {
 	return config.Load(config.LoadOptions{
 		Flags:   cmd.Flags(),
 		Environ: environ,
 		Default: unstuck.DefaultConfig,
+		Warn:    warn,
 	})
 }
 
 // loadConfig loads the configuration cmd's flags select. On problems it
 // prints them all to stderr and returns an exitError.
 func loadConfig(cmd *cobra.Command, stderr io.Writer, environ []string) (*config.Config, error) {
-	cfg, err := loadQuiet(cmd, environ)
+	cfg, _, err := loadWarn(cmd, stderr, environ)
+	return cfg, err
+}
+
+// loadWarn is loadConfig that also returns the environment's warnings; on
+// problems it prints the warnings too, as a misspelt variable may be why.
+func loadWarn(cmd *cobra.Command, stderr io.Writer, environ []string) (*config.Config, []config.Problem, error) {
+	var warnings []config.Problem
+	cfg, err := loadQuiet(cmd, environ, func(p config.Problem) { warnings = append(warnings, p) })
 	if err != nil {
 		fmt.Fprintln(stderr, "unstuck: invalid configuration:")
 		for _, p := range config.AsProblems(err) {
 			fmt.Fprintf(stderr, "  %s\n", p)
 		}
-		return nil, exitError(exitFailed)
+		printWarnings(stderr, warnings)
+		return nil, nil, exitError(exitFailed)
 	}
-	return cfg, nil
+	return cfg, warnings, nil
+}
+
+func printWarnings(w io.Writer, warnings []config.Problem) {
+	for _, p := range warnings {
+		fmt.Fprintf(w, "unstuck: warning: %s\n", p)
+	}
 }
 
 // newLogger builds the process logger described by l, writing to stderr.

@@ -87,6 +87,16 @@ func TestCheck(t *testing.T) {
 		{name: "bad env", args: []string{"check"}, env: []string{"UNSTUCK_LOG_LEVEL=loud"}, code: 1, stderrs: []string{
 			"unstuck: invalid configuration:", `  log.level: "loud": want debug, info, warn or error (env UNSTUCK_LOG_LEVEL)`,
 		}},
+		{name: "misspelt env", args: []string{"check"}, env: []string{"UNSTUCK_LOG_LEVLE=debug"}, stdout: "ok: 1 listeners, 1 upstreams\n", stderrs: []string{
+			"unstuck: warning: UNSTUCK_LOG_LEVLE: names no configuration key; ignored (did you mean UNSTUCK_LOG_LEVEL?)",
+		}},
+		{name: "service links are no warning", args: []string{"check"}, env: []string{
+			"UNSTUCK_PORT=tcp://10.0.0.1:9901", "UNSTUCK_SERVICE_HOST=10.0.0.1", "UNSTUCK_SERVICE_PORT=9901", "UNSTUCK_PORT_9901_TCP_ADDR=10.0.0.1",
+		}, stdout: "ok: 1 listeners, 1 upstreams\n"},
+		{name: "bad and misspelt env", args: []string{"check"}, env: []string{"UNSTUCK_LOG_LEVEL=loud", "UNSTUCK_LOG_FORAMT=json"}, code: 1, stderrs: []string{
+			"unstuck: invalid configuration:", `  log.level: "loud": want debug, info, warn or error (env UNSTUCK_LOG_LEVEL)`,
+			"unstuck: warning: UNSTUCK_LOG_FORAMT: names no configuration key; ignored (did you mean UNSTUCK_LOG_FORMAT?)",
+		}},
 		{name: "flag fixes env", args: []string{"check", "--log-level", "warn"}, env: []string{"UNSTUCK_LOG_LEVEL=loud"}, stdout: "ok: 1 listeners, 1 upstreams\n"},
 		{name: "listen without upstream", args: []string{"check", "--listen", "127.0.0.1:1"}, code: 1, stderrs: []string{
 			"unstuck: invalid configuration:", "  --upstream: missing; dev mode needs both --listen and --upstream",
@@ -166,6 +176,15 @@ func TestRootServes(t *testing.T) {
 	}
 	if !strings.Contains(errOut, `"msg":"serving"`) {
 		t.Errorf("stderr has no JSON log line from serve:\n%s", errOut)
+	}
+}
+
+// TestRootWarnsAboutEnv: a misspelt UNSTUCK_ variable is logged at start.
+func TestRootWarnsAboutEnv(t *testing.T) {
+	swapServe(t, func(context.Context, *config.Config, *zap.Logger) error { return nil })
+	code, _, errOut := runCmd(t, []string{"UNSTUCK_LOG_FORMAT=json", "UNSTUCK_LOG_LEVLE=debug"}, "--listen", "127.0.0.1:7000", "--upstream", "127.0.0.1:7001")
+	if code != 0 || !strings.Contains(errOut, `"msg":"environment variable ignored","variable":"UNSTUCK_LOG_LEVLE","problem":"names no configuration key; ignored (did you mean UNSTUCK_LOG_LEVEL?)"`) {
+		t.Errorf("code %d; want 0 and a warning for UNSTUCK_LOG_LEVLE; stderr:\n%s", code, errOut)
 	}
 }
 
