@@ -287,12 +287,12 @@ func (t *tree) parse(data []byte) bool {
 	if len(doc.Content) == 0 || isNull(resolve(doc.Content[0])) {
 		return true // an empty file: Validate says what is missing
 	}
-	if root := resolve(doc.Content[0]); root.Kind != yaml.MappingNode {
+	root := resolve(doc.Content[0])
+	if root.Kind != yaml.MappingNode {
 		t.problem(t.file, root, "want a mapping with log, listeners and upstreams at the top level, got %s", describe(root))
 		return false
-	} else {
-		t.walk(root, "", t.values)
 	}
+	t.walk(root, "", t.values)
 	return true
 }
 

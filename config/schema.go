@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -271,7 +272,7 @@ var sizeUnits = []struct {
 }{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}}
 
 // parseSize parses a number of bytes, plain ("65536") or with a KiB, MiB
-// or GiB suffix ("64KiB").
+// or GiB suffix ("64KiB"). A negative size is left to check.
 func parseSize(s string) (int64, string) {
 	num, mult := s, int64(1)
 	for _, u := range sizeUnits {
@@ -280,25 +281,19 @@ func parseSize(s string) (int64, string) {
 			break
 		}
 	}
-	digits := strings.TrimPrefix(num, "-")
-	end := strings.IndexFunc(digits, func(r rune) bool { return r < '0' || r > '9' })
-	rest := strings.TrimSpace(digits[max(end, 0):])
+	n, err := strconv.ParseInt(num, 10, 64)
+	unit := strings.TrimSpace(strings.TrimLeft(num, "-0123456789"))
 	switch {
-	case digits == "" || end == 0:
-		return 0, fmt.Sprintf("%q is not a size; want one such as 65536, 64KiB or 1MiB", s)
-	case end > 0 && mult == 1 && strings.Trim(rest, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") == "":
-		return 0, fmt.Sprintf("%q: unknown unit %q; want KiB, MiB or GiB, or none for bytes", s, rest)
-	case end > 0:
-		return 0, fmt.Sprintf("%q is not a size; want a whole number such as 65536, 64KiB or 1MiB", s)
-	}
-	n, err := strconv.ParseInt(digits, 10, 64)
-	switch {
-	case digits != num && n != 0:
-		return 0, fmt.Sprintf("%q: must not be negative", s)
-	case err != nil || n > math.MaxInt64/mult:
+	case errors.Is(err, strconv.ErrRange) || n > math.MaxInt64/mult || n < math.MinInt64/mult:
 		return 0, fmt.Sprintf("%q: too large", s)
+	case err == nil:
+		return n * mult, ""
+	case unit == strings.TrimLeft(num, "-"):
+		return 0, fmt.Sprintf("%q is not a size; want one such as 65536, 64KiB or 1MiB", s)
+	case mult == 1 && strings.Trim(unit, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") == "":
+		return 0, fmt.Sprintf("%q: unknown unit %q; want KiB, MiB or GiB, or none for bytes", s, unit)
 	}
-	return n * mult, ""
+	return 0, fmt.Sprintf("%q is not a size; want a whole number such as 65536, 64KiB or 1MiB", s)
 }
 
 // formatSize writes n with the largest unit that divides it, else in bytes.
@@ -351,11 +346,7 @@ func parsePortRange(s string) (PortRange, string) {
 	case errLo != nil || errHi != nil:
 		return PortRange{}, fmt.Sprintf("%q: port out of range (want 1-65535)", s)
 	}
-	r := PortRange{Lo: uint16(lo), Hi: uint16(hi)}
-	if msg := r.check(); msg != "" {
-		return PortRange{}, fmt.Sprintf("%q: %s", s, msg)
-	}
-	return r, ""
+	return PortRange{Lo: uint16(lo), Hi: uint16(hi)}, "" // check does the rest
 }
 
 // check checks a range that is not the zero PortRange. The message is

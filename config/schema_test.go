@@ -15,7 +15,7 @@ import (
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
-var update = flag.Bool("update", false, "rewrite ../config.yaml from the schema")
+var update = flag.Bool("update", false, "rewrite ../config.yaml, and the README's reference table, from the schema")
 
 const yamlHeader = `# unstuck configuration. Every key is shown with its default value; a file
 # may leave out any key of a listener or upstream and gets that default.
@@ -106,9 +106,10 @@ func TestConfigYAML(t *testing.T) {
 	}
 }
 
-// schemaKeys returns every key of the schema, as the README writes it
-// (listeners.<name>.listen), with its struct field.
-func schemaKeys() map[string]reflect.StructField {
+// schemaKeys returns every key of the schema, in order, as the README
+// writes it (listeners.<name>.listen), with its struct field.
+func schemaKeys() ([]string, map[string]reflect.StructField) {
+	var order []string
 	keys := map[string]reflect.StructField{}
 	var walk func(t reflect.Type, prefix string)
 	walk = func(t reflect.Type, prefix string) {
@@ -122,50 +123,71 @@ func schemaKeys() map[string]reflect.StructField {
 			case kinds[sf.Type] == nil:
 				walk(sf.Type, prefix+key+".")
 			default:
+				order = append(order, prefix+key)
 				keys[prefix+key] = sf
 			}
 		}
 	}
 	walk(reflect.TypeFor[Config](), "")
-	return keys
+	return order, keys
 }
 
 // TestREADMEReference holds the README's configuration reference table to
 // the schema: a row for every key and none for a key that does not exist,
-// each with the schema's default.
+// each with the schema's default. With -update it sets the defaults and
+// adds a row, from the key's doc, for each key that has none.
 func TestREADMEReference(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
+	b, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, _ := strings.Cut(string(readme), "\n## Configuration reference\n")
-	section, _, _ = strings.Cut(section, "\n### Linger\n")
-	rows := map[string]string{} // key → default cell
-	for _, line := range strings.Split(section, "\n") {
+	text := string(b)
+	start, end := strings.Index(text, "\n## Configuration reference\n"), strings.Index(text, "\n### Linger\n")
+	if start < 0 || end < start {
+		t.Fatal("README: no section ## Configuration reference before ### Linger")
+	}
+	order, keys := schemaKeys()
+	lines := strings.Split(text[start:end], "\n")
+	seen, last := map[string]bool{}, -1
+	for i, line := range lines {
 		cells := strings.Split(line, "|")
 		if !strings.HasPrefix(line, "| `") || len(cells) < 4 {
 			continue
 		}
 		key := strings.Trim(strings.TrimSpace(cells[1]), "`")
-		if _, dup := rows[key]; dup {
-			t.Errorf("README: %s has two rows", key)
-		}
-		rows[key] = strings.TrimSpace(cells[2])
-	}
-	keys := schemaKeys()
-	for key, sf := range keys {
-		cell, ok := rows[key]
+		sf, ok := keys[key]
 		_, hasDef := sf.Tag.Lookup("default")
-		switch {
+		switch last = i; {
+		case seen[key]:
+			t.Errorf("README: %s has two rows", key)
 		case !ok:
-			t.Errorf("README: no row for %s", key)
-		case hasDef && cell != "`"+shown(sf)+"`":
-			t.Errorf("README: %s's default is %s; the schema's is `%s`", key, cell, shown(sf))
+			t.Errorf("README: a row for %s, which is no key", key)
+		case hasDef && strings.TrimSpace(cells[2]) != "`"+shown(sf)+"`" && *update:
+			cells[2] = " `" + shown(sf) + "` "
+			lines[i] = strings.Join(cells, "|")
+		case hasDef && strings.TrimSpace(cells[2]) != "`"+shown(sf)+"`":
+			t.Errorf("README: %s's default is %s; the schema's is `%s` (go test ./config -update)", key, strings.TrimSpace(cells[2]), shown(sf))
+		}
+		seen[key] = true
+	}
+	var missing []string
+	for _, key := range order {
+		if sf := keys[key]; !seen[key] && *update {
+			def := ""
+			if _, ok := sf.Tag.Lookup("default"); ok {
+				def = "`" + shown(sf) + "`"
+			}
+			doc := sf.Tag.Get("doc")
+			missing = append(missing, fmt.Sprintf("| `%s` | %s | %s. |", key, def, strings.ToUpper(doc[:1])+doc[1:]))
+		} else if !seen[key] {
+			t.Errorf("README: no row for %s (go test ./config -update adds one)", key)
 		}
 	}
-	for key := range rows {
-		if _, ok := keys[key]; !ok {
-			t.Errorf("README: a row for %s, which is no key", key)
+	if *update && last >= 0 {
+		lines = slices.Insert(lines, last+1, missing...)
+		text = text[:start] + strings.Join(lines, "\n") + text[end:]
+		if err := os.WriteFile("../README.md", []byte(text), 0o644); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
@@ -173,7 +195,8 @@ func TestREADMEReference(t *testing.T) {
 // TestSchemaTags checks what the tags themselves must hold: every key has
 // a doc, and every default parses and passes its own checks.
 func TestSchemaTags(t *testing.T) {
-	for key, sf := range schemaKeys() {
+	_, keys := schemaKeys()
+	for key, sf := range keys {
 		if sf.Tag.Get("doc") == "" {
 			t.Errorf("%s: no doc", key)
 		}
