@@ -384,8 +384,10 @@ func (at place) suggest(k string) string {
 			here = append(here, strings.SplitN(rest, ".", 2)[0])
 		}
 	}
-	if parent == "" && at.base == "" {
-		here = append(here, "listeners", "upstreams")
+	for _, e := range entryKinds {
+		if parent == "" && at.base == "" {
+			here = append(here, e.key)
+		}
 	}
 	if s := suggest(k, here); s != "" {
 		return s
