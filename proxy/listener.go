@@ -149,17 +149,19 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	set := l.sockets.Load()
-	c := &appConn{Conn: nc, l: l, fd: -1, clientIP: remoteIP(nc.RemoteAddr()),
+	c := &appConn{Conn: nc, l: l, clientIP: remoteIP(nc.RemoteAddr()),
 		headerTimeout: set.readHeaderTimeout, sendTimeout: set.sendTimeout}
 	c.guard.maxHead = l.maxHead
-	if _, ok := nc.(*net.TCPConn); ok {
-		if fd, err := sockopt.FD(nc); err == nil {
-			c.fd = fd
-			// Best effort: a connection without keepalive still works.
-			_ = sockopt.SetKeepalive(fd, set.keepalive)
-			if set.userTimeout > 0 {
-				_ = sockopt.SetUserTimeout(fd, set.userTimeout)
-			}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			c.raw = raw
+			c.control(func(fd int) {
+				// Best effort: a connection without keepalive still works.
+				_ = sockopt.SetKeepalive(fd, set.keepalive)
+				if set.userTimeout > 0 {
+					_ = sockopt.SetUserTimeout(fd, set.userTimeout)
+				}
+			})
 			l.parker.track(c)
 		}
 		l.watch.add(c)
@@ -225,8 +227,10 @@ func (l *lingerListener) wait() {
 // socket until the app's FIN or finTimeout.
 type appConn struct {
 	net.Conn
-	l    *lingerListener
-	fd   int // -1 for unix sockets: no TCP states to manage
+	l *lingerListener
+	// raw reaches the TCP socket's descriptor (see control); nil for unix
+	// sockets: no TCP states to manage.
+	raw  syscall.RawConn
 	once sync.Once
 	// clientIP is the app's address for X-Forwarded-For; invalid for
 	// unix sockets.
@@ -353,7 +357,7 @@ func (c *appConn) close() error {
 	l := c.l
 	l.parker.forget(c)
 	l.watch.forget(c)
-	if c.fd < 0 {
+	if c.raw == nil {
 		l.connClosed("graceful")
 		return c.Conn.Close()
 	}
@@ -366,7 +370,7 @@ func (c *appConn) close() error {
 		return c.closeBounded(set.linger)
 	case stopping:
 		return c.closeAtShutdown()
-	case set.linger.Mode == sockopt.Reset && !unacknowledged(c.fd):
+	case set.linger.Mode == sockopt.Reset && !c.unacknowledged():
 		return c.reset()
 	}
 	if err := c.Conn.(*net.TCPConn).CloseWrite(); err != nil {
@@ -396,7 +400,7 @@ func (c *appConn) close() error {
 // still unacknowledged get a plain close instead: the kernel delivers
 // them.
 func (c *appConn) closeAtShutdown() error {
-	if !unacknowledged(c.fd) {
+	if !c.unacknowledged() {
 		return c.reset()
 	}
 	c.l.connClosed("graceful")
@@ -425,7 +429,7 @@ func (c *appConn) awaitFIN(finTimeout time.Duration) {
 	_, err := io.Copy(io.Discard, c.Conn)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		_ = sockopt.ApplyLinger(c.fd, sockopt.Linger{Mode: sockopt.Reset})
+		c.linger(sockopt.Linger{Mode: sockopt.Reset})
 		l.connClosed("escalated")
 	} else {
 		l.connClosed("graceful")
@@ -433,11 +437,30 @@ func (c *appConn) awaitFIN(finTimeout time.Duration) {
 	c.Conn.Close()
 }
 
-// unacknowledged reports bytes written to fd that the app has not
-// acknowledged yet (or that it cannot tell).
-func unacknowledged(fd int) bool {
-	n, err := sockopt.UnsentBytes(fd)
+// control runs f on c's descriptor while the socket holds it open, so
+// that f never acts on a number a closed socket left for another; false
+// for a unix socket (no TCP state) or a socket already closed.
+func (c *appConn) control(f func(fd int)) bool {
+	if c.raw == nil {
+		return false
+	}
+	return c.raw.Control(func(fd uintptr) { f(int(fd)) }) == nil
+}
+
+// unacknowledged reports bytes written that the app has not acknowledged
+// yet (or that it cannot tell).
+func (c *appConn) unacknowledged() bool {
+	n, err := 0, error(nil)
+	if !c.control(func(fd int) { n, err = sockopt.UnsentBytes(fd) }) {
+		return true
+	}
 	return err != nil || n > 0
+}
+
+// linger sets SO_LINGER for the close that follows; best effort: without
+// it the close is a plain FIN close.
+func (c *appConn) linger(l sockopt.Linger) {
+	c.control(func(fd int) { _ = sockopt.ApplyLinger(fd, l) })
 }
 
 // abort ends c with an RST, at once and for good, so that the app cannot
@@ -456,7 +479,7 @@ func (c *appConn) abort() error {
 
 // reset closes with an RST.
 func (c *appConn) reset() error {
-	_ = sockopt.ApplyLinger(c.fd, sockopt.Linger{Mode: sockopt.Reset})
+	c.linger(sockopt.Linger{Mode: sockopt.Reset})
 	c.l.connClosed("reset")
 	return c.Conn.Close()
 }
@@ -464,7 +487,7 @@ func (c *appConn) reset() error {
 // closeBounded closes with SO_LINGER N; close(2) blocks while the kernel
 // flushes, so it runs on its own goroutine, which ends within N.
 func (c *appConn) closeBounded(linger sockopt.Linger) error {
-	_ = sockopt.ApplyLinger(c.fd, linger)
+	c.linger(linger)
 	c.l.connClosed("bounded")
 	go c.Conn.Close()
 	return nil

@@ -178,13 +178,15 @@ func (p *parker) park(c *appConn) bool {
 	// and then the socket is off until parked again. Level-triggered, so a
 	// byte that arrived while the serve loop was ending fires at once.
 	const events = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
-	var err error
-	if c.registered {
-		err = p.set.Mod(c.fd, events, c.id)
-	} else {
-		err = p.set.Add(c.fd, events, c.id)
-		c.registered = err == nil
-	}
+	err := net.ErrClosed
+	c.control(func(fd int) {
+		if c.registered {
+			err = p.set.Mod(fd, events, c.id)
+		} else {
+			err = p.set.Add(fd, events, c.id)
+			c.registered = err == nil
+		}
+	})
 	if err != nil {
 		p.log.Warn("cannot release idle app connection", zap.Error(err))
 		return false

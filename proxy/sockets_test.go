@@ -85,7 +85,7 @@ func TestListenerSocketOptionsReadBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sc.Close()
-	afd := sc.(*appConn).fd
+	afd := fdOf(t, sc)
 	for _, o := range []struct {
 		name             string
 		level, opt, want int
