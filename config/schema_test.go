@@ -20,7 +20,7 @@ var update = flag.Bool("update", false, "rewrite ../config.yaml, and the README'
 const yamlHeader = `# unstuck configuration. Every key is shown with its default value; a file
 # may leave out any key of a listener or upstream and gets that default.
 # Generated from the schema in config/config.go: after changing it, run
-#   go test ./config -run TestConfigYAML -update
+#   go test ./config -update
 #
 # Environment variables override the file: UNSTUCK_ followed by the key in
 # upper case, with "." and "-" written as "_", for example
@@ -102,7 +102,7 @@ func TestConfigYAML(t *testing.T) {
 		}
 	}
 	if got := string(unstuck.DefaultConfig); got != want && !*update {
-		t.Errorf("config.yaml is not what the schema says; run: go test ./config -run TestConfigYAML -update\n got:\n%s\nwant:\n%s", got, want)
+		t.Errorf("config.yaml is not what the schema says; run: go test ./config -update\n got:\n%s\nwant:\n%s", got, want)
 	}
 }
 
