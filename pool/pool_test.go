@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
@@ -175,17 +176,12 @@ func (p *Pool) counts() (open, idle int) {
 // waitCounts polls until the pool holds want open and idle connections.
 func waitCounts(t *testing.T, p *Pool, open, idle int, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		o, i := p.counts()
-		if o == open && i == idle {
-			return
+	wait.UntilNil(t, within, "the pool's counts", func() error {
+		if o, i := p.counts(); o != open || i != idle {
+			return fmt.Errorf("pool holds %d open, %d idle; want %d, %d", o, i, open, idle)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pool holds %d open, %d idle; want %d, %d", o, i, open, idle)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestReuseIsLIFOAndPeeked(t *testing.T) {
@@ -225,17 +221,11 @@ func acquireQueued(t *testing.T, p *Pool) <-chan *Conn {
 
 func waitForWaiter(t *testing.T, p *Pool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+	wait.Until(t, 5*time.Second, "an Acquire queued", func() bool {
 		p.mu.Lock()
-		n := len(p.eps[0].waiters)
-		p.mu.Unlock()
-		if n == 1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("waiter never queued")
-		}
-	}
+		defer p.mu.Unlock()
+		return len(p.eps[0].waiters) == 1
+	})
 }
 
 func TestMaxConnsWaitsThenHandsOver(t *testing.T) {

@@ -3,6 +3,7 @@ package pool
 import (
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
@@ -117,8 +119,12 @@ func TestDialSocketOptionsReadBack(t *testing.T) {
 // address, each closed by unstuck first (so each leaves a TIME_WAIT on
 // unstuck's side): the kernel picks the port at connect time
 // (IP_BIND_ADDRESS_NO_PORT), so none fails with EADDRINUSE or
-// EADDRNOTAVAIL.
+// EADDRNOTAVAIL. In a namespace of its own, so its TIME_WAIT sockets are
+// no other test's.
 func TestSourceAddressSurvivesConnectionChurn(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	const n = 20000
 	addr := eofServer(t, "127.0.0.1:0")
 	p := newTestPool(t, Config{Endpoints: []string{addr}, Source: netip.MustParseAddr("127.0.0.2")})
@@ -153,9 +159,12 @@ func portOf(t *testing.T, addr string) uint16 {
 }
 
 // When unstuck closes upstream connections first (here: idle_timeout),
-// graceful leaves them in TIME_WAIT on unstuck's side and reset leaves
-// nothing.
+// graceful leaves every one in TIME_WAIT on unstuck's side and reset
+// leaves nothing. In a namespace of its own, so the count is exact.
 func TestLingerDecidesWhoKeepsTimeWait(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	const n = 50
 	for _, tc := range []struct {
 		linger string
@@ -181,30 +190,16 @@ func TestLingerDecidesWhoKeepsTimeWait(t *testing.T) {
 				p.Release(c)
 			}
 			waitCounts(t, p, 0, 0, 5*time.Second)
-			// Polled: one read of /proc/net/tcp can miss sockets that
-			// other tests' churn moves while it is read. A miss can only
-			// hide a socket, so "none" (reset) is read three times.
-			//
-			// With graceful, all of them, give or take the odd one: in
-			// the full suite, beside other packages' churn, 1 to 4 of 50
-			// have been seen missing from TIME_WAIT although the server
-			// read a clean FIN from each (unstuck closed gracefully; the
-			// kernel dropped the socket later). Never when this package
-			// runs alone.
-			enough, reads := func(tw int) bool { return tw >= tc.want*9/10 }, 1
-			if tc.want == 0 {
-				enough, reads = func(tw int) bool { return tw == 0 }, 3
+			want := map[sockstate.State]int{}
+			if tc.want > 0 {
+				want[sockstate.TimeWait] = tc.want
 			}
-			mine := sockstate.Conns(ends...)
-			var states map[sockstate.State]int
-			for range reads {
-				var err error
-				states, err = sockstate.WaitFor(t.Context(), mine, func(m map[sockstate.State]int) bool {
-					return enough(m[sockstate.TimeWait]) && m[sockstate.Established]+m[sockstate.FinWait1]+m[sockstate.FinWait2] == 0
-				})
-				if err != nil {
-					t.Fatalf("linger %s: TIME_WAIT = %d on unstuck's side; want %d (states %v): %v", tc.linger, states[sockstate.TimeWait], tc.want, states, err)
-				}
+			// Polled: the last close may still be on its way.
+			states, err := sockstate.WaitFor(t.Context(), sockstate.Conns(ends...), func(m map[sockstate.State]int) bool {
+				return maps.Equal(m, want)
+			})
+			if err != nil {
+				t.Fatalf("linger %s: unstuck's side holds %v; want %v: %v", tc.linger, states, want, err)
 			}
 			t.Logf("linger %s: %d of %d connections unstuck closed first are in TIME_WAIT on its side", tc.linger, states[sockstate.TimeWait], n)
 		})
@@ -212,12 +207,15 @@ func TestLingerDecidesWhoKeepsTimeWait(t *testing.T) {
 }
 
 // IP_BIND_ADDRESS_NO_PORT makes only the four-tuple unique: 3 upstream
-// endpoints × 80 open connections (240) fit in a 100-port source range,
-// local ports shared across endpoints. A bind-time port choice runs out
-// after 100 (EADDRINUSE). (80, not 100: other tests running at the same
-// time may hold a few ports of the range.)
+// endpoints × 100 open connections (300) fit in a 100-port source range,
+// every port shared across endpoints. A bind-time port choice runs out
+// after 100 (EADDRINUSE). In a namespace of its own: no other test holds
+// a port of the range.
 func TestSourcePortsSharedAcrossEndpoints(t *testing.T) {
-	const perEndpoint, rangeSize = 80, 100
+	if !netns.Isolated(t) {
+		return
+	}
+	const perEndpoint, rangeSize = 100, 100
 	var endpoints []string
 	for range 3 {
 		endpoints = append(endpoints, eofServer(t, "127.0.0.1:0"))

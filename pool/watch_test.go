@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
@@ -47,21 +48,11 @@ func (o *recObserver) counts(cause Cause) (closed, byWatcher int) {
 	return o.closed[cause], o.half[cause]
 }
 
-// waitFor polls cond until it holds or within passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(within); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", within, what)
-		}
-	}
-}
-
 // watcherWakes returns how often p's watcher has woken, once it has run
 // its first round (so that round is not counted later as a wake-up).
 func watcherWakes(t *testing.T, p *Pool) uint64 {
 	t.Helper()
-	waitFor(t, 5*time.Second, "watcher started", func() bool { return p.watch.wakes() > 0 })
+	wait.Until(t, 5*time.Second, "watcher started", func() bool { return p.watch.wakes() > 0 })
 	return p.watch.wakes()
 }
 
@@ -133,7 +124,7 @@ func TestIdleConnectionClosedByWatcher(t *testing.T) {
 			p.Release(acquireN(t, p, srv, 1)[0])
 			wakes := watcherWakes(t, p)
 			tc.end(srv.conn(0))
-			waitFor(t, 5*time.Second, "the watcher closes the idle connection", func() bool {
+			wait.Until(t, 5*time.Second, "the watcher closes the idle connection", func() bool {
 				_, byWatcher := obs.counts(tc.cause)
 				return byWatcher == 1
 			})
@@ -156,7 +147,7 @@ func closeBarrier(t *testing.T, p *Pool, obs *recObserver, server net.Conn) {
 	t.Helper()
 	_, before := obs.counts(CauseFIN)
 	server.(*net.TCPConn).CloseWrite()
-	waitFor(t, 5*time.Second, "the watcher closes the barrier connection", func() bool {
+	wait.Until(t, 5*time.Second, "the watcher closes the barrier connection", func() bool {
 		_, byWatcher := obs.counts(CauseFIN)
 		return byWatcher == before+1
 	})
@@ -179,7 +170,7 @@ func TestUnsolicitedBytesFoundAtAcquire(t *testing.T) {
 	if _, err := srv.conn(0).Write([]byte("HTTP/1.1 408 Request Timeout\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the bytes reach the idle connection", func() bool {
+	wait.Until(t, 5*time.Second, "the bytes reach the idle connection", func() bool {
 		return sockopt.Peek(fdOf(t, dirty)) == sockopt.Unsolicited // does not consume them
 	})
 	closeBarrier(t, p, obs, srv.conn(1))
@@ -221,7 +212,7 @@ func TestFINWhileBusyHandledAtRelease(t *testing.T) {
 		p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, Observer: obs})
 		c := acquireN(t, p, srv, 1)[0]
 		srv.conn(0).(*net.TCPConn).CloseWrite()
-		waitFor(t, 5*time.Second, "the watcher notes the busy connection's FIN", func() bool { return p.noted(c.id) })
+		wait.Until(t, 5*time.Second, "the watcher notes the busy connection's FIN", func() bool { return p.noted(c.id) })
 		p.Release(c)
 		// Release's peek closed it before returning: never idle.
 		if open, idle := p.counts(); open != 0 || idle != 0 {
@@ -260,7 +251,7 @@ func TestFINWhileBusyHandledAtRelease(t *testing.T) {
 		p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, Observer: obs, MaxConns: 1, AcquireTimeout: 10 * time.Second})
 		held := acquireN(t, p, srv, 1)[0]
 		srv.conn(0).(*net.TCPConn).CloseWrite()
-		waitFor(t, 5*time.Second, "the watcher notes the busy connection's FIN", func() bool { return p.noted(held.id) })
+		wait.Until(t, 5*time.Second, "the watcher notes the busy connection's FIN", func() bool { return p.noted(held.id) })
 		got := acquireQueued(t, p)
 		p.Release(held)
 		c := <-got
@@ -335,7 +326,7 @@ func TestBusyConnectionDoesNotWakeWatcher(t *testing.T) {
 	p.Release(barrier)
 	p.Release(busy) // at the front: every Acquire below takes it
 	wakes := watcherWakes(t, p)
-	waitFor(t, 5*time.Second, "witness started", func() bool { return witness.wakes() > 0 })
+	wait.Until(t, 5*time.Second, "witness started", func() bool { return witness.wakes() > 0 })
 	witnessWakes := witness.wakes()
 
 	buf := make([]byte, size)
@@ -374,7 +365,7 @@ func (s *finServer) peerOf(t *testing.T, c *Conn) net.Conn {
 	t.Helper()
 	local := c.NetConn().LocalAddr().String()
 	var peer net.Conn
-	waitFor(t, 5*time.Second, "the server accepts "+local, func() bool {
+	wait.Until(t, 5*time.Second, "the server accepts "+local, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for _, sc := range s.conns {
