@@ -9,22 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/pool"
 )
-
-// waitUntil polls cond until it holds or the bound passes.
-func waitUntil(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
 
 func closeWaits(t testing.TB, match func(sockstate.Socket) bool) int {
 	t.Helper()
@@ -57,14 +47,17 @@ func burst(c *testpeer.LegacyClient, conns, round int) {
 // arrives twice, and unstuck closes each upstream connection within
 // milliseconds of its FIN (event-driven, not at next use or on a timer).
 func TestLegacyAppBehindUnstuckLeavesNoCloseWait(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	const conns, rounds = 20, 4
 
 	t.Run("direct, the problem", func(t *testing.T) {
 		up := testpeer.StartIdleCloser(t, testpeer.IdleCloserOptions{IdleTimeout: 200 * time.Millisecond})
 		app := testpeer.StartLegacyClient(t, up.Addr(), testpeer.LegacyClientOptions{Conns: conns})
 		burst(app, conns, 0)
-		waitUntil(t, 5*time.Second, "the upstream to FIN every idle connection", func() bool { return up.Fins() >= conns })
-		waitUntil(t, 5*time.Second, "the app's sockets to reach CLOSE_WAIT", func() bool {
+		wait.Until(t, 5*time.Second, "the upstream to FIN every idle connection", func() bool { return up.Fins() >= conns })
+		wait.Until(t, 5*time.Second, "the app's sockets to reach CLOSE_WAIT", func() bool {
 			n, _ := app.CloseWaitCount()
 			return n == conns
 		})
@@ -86,7 +79,7 @@ func TestLegacyAppBehindUnstuckLeavesNoCloseWait(t *testing.T) {
 			// Idle: the upstream FINs every connection unstuck pooled;
 			// unstuck must close each at once, so the upstream sees all
 			// of them closed long before its 5 s bound.
-			waitUntil(t, 5*time.Second, "the upstream to see every connection closed", func() bool {
+			wait.Until(t, 5*time.Second, "the upstream to see every connection closed", func() bool {
 				return up.Fins() > 0 && up.OpenConns() == 0
 			})
 			if n := closeWaits(t, sockstate.End(upEnd)); n != 0 {

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/pool"
 )
 
@@ -89,7 +91,7 @@ func TestIncompleteBodyNeverReachesUpstream(t *testing.T) {
 				c.c.Close()
 				// Counted as a refusal if the body's read failed first,
 				// as an abort if the abort watch saw the app go first.
-				waitUntil(t, 5*time.Second, "the refusal or abort to be counted", func() bool {
+				wait.Until(t, 5*time.Second, "the refusal or abort to be counted", func() bool {
 					return obs.count(&obs.refused, RefuseBodyIncomplete)+obs.count(&obs.aborted, "request") == 1
 				})
 				// Whatever reached the upstream is not a complete request.
@@ -150,6 +152,9 @@ func TestHTTP10AppGetsRawBody(t *testing.T) {
 // nothing of unstuck's stays in CLOSE_WAIT, the upstream connection is
 // closed, and the request is counted as 499.
 func TestAppGivingUpOnStalledResponse(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	for _, phase := range []string{"response_header", "response_body"} {
 		t.Run(phase, func(t *testing.T) {
 			release := make(chan struct{})
@@ -176,7 +181,7 @@ func TestAppGivingUpOnStalledResponse(t *testing.T) {
 					t.Fatal(err)
 				}
 			} else {
-				waitUntil(t, 5*time.Second, "the upstream to get the request", func() bool { return up.accepted() == 1 && up.got(0) != "" })
+				wait.Until(t, 5*time.Second, "the upstream to get the request", func() bool { return up.accepted() == 1 && up.got(0) != "" })
 			}
 			mine := sockstate.Conn(addrPort(c.c.RemoteAddr()), addrPort(c.c.LocalAddr()))
 			c.c.Close()
@@ -186,10 +191,10 @@ func TestAppGivingUpOnStalledResponse(t *testing.T) {
 				t.Fatal("the upstream connection was not closed after the app left")
 			}
 			defer func() { t.Logf("aborted %v statuses %v timeouts %v", obs.aborted, obs.statuses, obs.timeouts) }()
-			waitUntil(t, 5*time.Second, "the abort to be counted", func() bool {
+			wait.Until(t, 5*time.Second, "the abort to be counted", func() bool {
 				return obs.count(&obs.aborted, phase) == 1 && obs.status(StatusClientClosed) == 1
 			})
-			waitUntil(t, 5*time.Second, "unstuck's app socket to be gone", func() bool {
+			wait.Until(t, 5*time.Second, "unstuck's app socket to be gone", func() bool {
 				n, _ := sockstate.Count(mine)
 				return n[sockstate.CloseWait]+n[sockstate.Established] == 0
 			})
@@ -279,7 +284,7 @@ func TestResponseIdleTimeout(t *testing.T) {
 	if err == nil || n == 100000 {
 		t.Fatalf("read %d bytes, %v; want a truncated body", n, err)
 	}
-	waitUntil(t, 5*time.Second, "the timeout to be counted", func() bool {
+	wait.Until(t, 5*time.Second, "the timeout to be counted", func() bool {
 		return obs.count(&obs.timeouts, "response_idle") == 1
 	})
 }
@@ -384,7 +389,7 @@ func TestHeadersPassAsSent(t *testing.T) {
 			t.Errorf("response has %q:\n%s", unwanted, head)
 		}
 	}
-	waitUntil(t, 5*time.Second, "the request upstream", func() bool { return strings.HasSuffix(up.got(0), "hi") })
+	wait.Until(t, 5*time.Second, "the request upstream", func() bool { return strings.HasSuffix(up.got(0), "hi") })
 	got := up.got(0)
 	if !strings.Contains(got, "\r\nx-foo: bar\r\n") {
 		t.Errorf("header name not kept as sent:\n%s", got)
@@ -477,7 +482,7 @@ func TestMaxConns(t *testing.T) {
 	first.response("GET")
 	second := dialRaw(t, addr) // connects: the kernel's backlog holds it
 	second.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-	waitUntil(t, 5*time.Second, "the limit to be counted", func() bool {
+	wait.Until(t, 5*time.Second, "the limit to be counted", func() bool {
 		return obs.count(&obs.refused, RefuseConnLimit) == 1
 	})
 	first.c.Close()

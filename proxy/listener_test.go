@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
@@ -66,6 +68,9 @@ func addrPort(a net.Addr) netip.AddrPort { return a.(*net.TCPAddr).AddrPort() }
 // reset: nothing stays in TIME_WAIT on unstuck's side, and the app, which
 // might never call close(), is not left in CLOSE_WAIT.
 func TestResetCloseWhenNothingUnsent(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	sc, cc := tcpPair(t, sockopt.Linger{Mode: sockopt.Reset})
 	server := addrPort(sc.LocalAddr())
 	client := addrPort(cc.LocalAddr())
@@ -77,7 +82,7 @@ func TestResetCloseWhenNothingUnsent(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait for the ACK of those bytes: then nothing is unsent.
-	waitUntil(t, 2*time.Second, "the app's ACK", func() bool {
+	wait.Until(t, 2*time.Second, "the app's ACK", func() bool {
 		n, err := sockopt.UnsentBytes(fdOf(t, sc))
 		return err == nil && n == 0
 	})
@@ -130,6 +135,9 @@ func TestResetCloseNeverDropsUnreadResponse(t *testing.T) {
 // socket is never in CLOSE_WAIT, with graceful it is until app_fin_timeout
 // (5 s here; TestAppIgnoringFINIsReset covers what happens then).
 func TestIdleAppConnectionClosedWithListenerLinger(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	for _, tc := range []struct {
 		linger        string
 		wantCloseWait bool
@@ -147,7 +155,7 @@ func TestIdleAppConnectionClosedWithListenerLinger(t *testing.T) {
 			}
 			// unstuck's side of each app connection is gone (reset) or
 			// in FIN_WAIT2 (graceful) once it closed them.
-			waitUntil(t, 5*time.Second, "unstuck to close the idle app connections", func() bool {
+			wait.Until(t, 5*time.Second, "unstuck to close the idle app connections", func() bool {
 				n, _ := sockstate.Count(app.PeerMatch())
 				return n[sockstate.Established] == 0
 			})

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
 
 // wireRecorder is a peer that answers each request net/http's parser
@@ -194,7 +196,7 @@ func TestMalformedChunkedBodies(t *testing.T) {
 			if !c.eof() {
 				t.Error("app connection left open: the body's framing is in doubt")
 			}
-			waitUntil(t, 2*time.Second, "the upstream connection closed", func() bool {
+			wait.Until(t, 2*time.Second, "the upstream connection closed", func() bool {
 				_, _, open := rec.state()
 				return open == 0
 			})

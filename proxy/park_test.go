@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
@@ -46,11 +48,11 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	warm := dialRaw(t, addr) // starts the pool and the upstream's goroutines
 	warm.send(get("/warm"))
 	warm.response("GET")
-	waitUntil(t, 5*time.Second, "the warm-up connection released", func() bool { return obs.released.Load() == 1 })
+	wait.Until(t, 5*time.Second, "the warm-up connection released", func() bool { return obs.released.Load() == 1 })
 	// The proxy's fasthttp worker pool keeps a worker for its
 	// MaxIdleWorkerDuration, which idle release sets to its own time.
 	base := runtime.NumGoroutine()
-	waitUntil(t, 5*time.Second, "a steady goroutine count", func() bool {
+	wait.Until(t, 5*time.Second, "a steady goroutine count", func() bool {
 		g := runtime.NumGoroutine()
 		defer func() { base = g }()
 		return g <= base
@@ -74,8 +76,8 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	if g < base+serving-1 { // the warm-up's worker may serve one
 		t.Fatalf("%d goroutines with %d connections being served; base %d", g, serving, base)
 	}
-	waitUntil(t, 5*time.Second, "every connection released", func() bool { return obs.released.Load() == n+1 })
-	waitUntil(t, 5*time.Second, "the goroutines gone", func() bool { return runtime.NumGoroutine() <= base+2 })
+	wait.Until(t, 5*time.Second, "every connection released", func() bool { return obs.released.Load() == n+1 })
+	wait.Until(t, 5*time.Second, "the goroutines gone", func() bool { return runtime.NumGoroutine() <= base+2 })
 
 	for i, c := range conns {
 		c.send(get(fmt.Sprintf("/second/%d", i)))
@@ -83,7 +85,7 @@ func TestIdleConnectionsHoldNoGoroutine(t *testing.T) {
 			t.Fatalf("conn %d after release: %q", i, body)
 		}
 	}
-	waitUntil(t, 5*time.Second, "every connection released again", func() bool { return obs.released.Load() == n+1 })
+	wait.Until(t, 5*time.Second, "every connection released again", func() bool { return obs.released.Load() == n+1 })
 	if c := obs.closed.Load(); c != 0 {
 		t.Fatalf("%d app connections closed; want none", c)
 	}
@@ -179,6 +181,9 @@ func TestReleaseRacesRequests(t *testing.T) {
 // linger (reset here: the app sees an RST, and nothing is left in
 // CLOSE_WAIT or TIME_WAIT on either side).
 func TestReleasedConnectionStillTimesOut(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	obs := &releaseCounter{}
 	addr := startProxy(t, proxyOpts{listener: Config{
 		IdleReleaseAfter: 20 * time.Millisecond, IdleTimeout: 300 * time.Millisecond,
@@ -188,7 +193,7 @@ func TestReleasedConnectionStillTimesOut(t *testing.T) {
 	c.send(get("/x"))
 	c.response("GET")
 	start := time.Now()
-	waitUntil(t, 5*time.Second, "the connection released", func() bool { return obs.released.Load() == 1 })
+	wait.Until(t, 5*time.Second, "the connection released", func() bool { return obs.released.Load() == 1 })
 	c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err := c.br.ReadByte()
 	if err == nil || isTimeout(err) {
@@ -203,7 +208,7 @@ func TestReleasedConnectionStillTimesOut(t *testing.T) {
 	local, remote := addrPort(c.c.LocalAddr()), addrPort(c.c.RemoteAddr())
 	var n map[sockstate.State]int
 	defer func() { t.Logf("sockets of the connection: %v", n) }()
-	waitUntil(t, 2*time.Second, "no socket of the connection left", func() bool {
+	wait.Until(t, 2*time.Second, "no socket of the connection left", func() bool {
 		var err error
 		n, err = sockstate.Count(sockstate.Either(sockstate.Conn(local, remote), sockstate.Conn(remote, local)))
 		if err != nil {
@@ -217,20 +222,23 @@ func TestReleasedConnectionStillTimesOut(t *testing.T) {
 // An app that closes a released connection gets it closed at once: no
 // socket of unstuck's waits in CLOSE_WAIT for a request that never comes.
 func TestAppClosingReleasedConnectionLeavesNoCloseWait(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	obs := &releaseCounter{}
 	addr := startProxy(t, proxyOpts{listener: Config{IdleReleaseAfter: 20 * time.Millisecond, Observer: obs}},
 		echoUpstream(t))
 	c := dialRaw(t, addr)
 	c.send(get("/x"))
 	c.response("GET")
-	waitUntil(t, 5*time.Second, "the connection released", func() bool { return obs.released.Load() == 1 })
+	wait.Until(t, 5*time.Second, "the connection released", func() bool { return obs.released.Load() == 1 })
 	unstucks := sockstate.Conns(sockstate.EndsOf(c.c).Peer())
 	c.c.Close()
-	waitUntil(t, 2*time.Second, "unstuck's side closed", func() bool {
+	wait.Until(t, 2*time.Second, "unstuck's side closed", func() bool {
 		n, err := sockstate.Count(unstucks)
 		return err == nil && n[sockstate.CloseWait] == 0 && n[sockstate.Established] == 0
 	})
-	waitUntil(t, 2*time.Second, "the close counted", func() bool { return obs.closed.Load() == 1 })
+	wait.Until(t, 2*time.Second, "the close counted", func() bool { return obs.closed.Load() == 1 })
 	if r := obs.released.Load(); r != 0 {
 		t.Fatalf("released gauge %d; want 0", r)
 	}
@@ -245,7 +253,7 @@ func TestShutdownClosesReleasedConnections(t *testing.T) {
 	c := dialRaw(t, addr)
 	c.send(get("/x"))
 	c.response("GET")
-	waitUntil(t, 5*time.Second, "the connection released", func() bool { return obs.released.Load() == 1 })
+	wait.Until(t, 5*time.Second, "the connection released", func() bool { return obs.released.Load() == 1 })
 	ctx, cancel := contextWithTimeout(5 * time.Second)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {

@@ -27,9 +27,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if addr := os.Getenv(blackholeServerEnv); addr != "" {
-		serveInNamespace(addr) // this process is the blackhole test's upstream
-	}
 	goleak.VerifyTestMain(m,
 		// fasthttp's process-wide clock and its worker pool's cleaner,
 		// which sleeps out its period after Shutdown.

@@ -23,7 +23,9 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/pool"
 )
 
@@ -91,6 +93,9 @@ type soakResult struct {
 // short), nothing waits without end; and afterwards no CLOSE_WAIT on any
 // side of the soak's connections and goroutines and fds as before.
 func TestChaosSoak(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	if testing.Short() {
 		t.Skip("soak: skipped in -short")
 	}
@@ -196,15 +201,16 @@ func TestChaosSoak(t *testing.T) {
 	if err := stopProxy(); err != nil {
 		t.Errorf("proxy shutdown: %v (open app connections: %d)", err, s.OpenConnections())
 	}
-	waitFor(t, 10*time.Second, func() (bool, string) { // Find itself retries for about 2 s
-		err := goleak.Find(goroutinesBefore,
+	wait.UntilNil(t, 10*time.Second, "no goroutine left after the soak", func() error { // Find itself retries for about 2 s
+		return goleak.Find(goroutinesBefore,
 			goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
 			goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"))
-		return err == nil, fmt.Sprintf("goroutines left after the soak: %v", err)
 	})
-	waitFor(t, 10*time.Second, func() (bool, string) {
-		n := openFDs(t)
-		return n <= fdsBefore, fmt.Sprintf("open fds %d, %d before the soak", n, fdsBefore)
+	wait.UntilNil(t, 10*time.Second, "open fds back to before the soak", func() error {
+		if n := openFDs(t); n > fdsBefore {
+			return fmt.Errorf("open fds %d, %d before the soak", n, fdsBefore)
+		}
+		return nil
 	})
 }
 
@@ -568,7 +574,7 @@ func checkNoCloseWait(t *testing.T, clientEnds, upEnds []sockstate.Ends) {
 	}
 	match := sockstate.Conns(all...)
 	var left []string
-	waitFor(t, 10*time.Second, func() (bool, string) {
+	wait.UntilNil(t, 10*time.Second, "no CLOSE_WAIT on any side of the soak's connections", func() error {
 		socks, err := sockstate.List()
 		if err != nil {
 			t.Fatal(err)
@@ -579,26 +585,11 @@ func checkNoCloseWait(t *testing.T, clientEnds, upEnds []sockstate.Ends) {
 				left = append(left, fmt.Sprintf("%s %v->%v", side[sockstate.Ends{Local: s.Local, Remote: s.Remote}], s.Local, s.Remote))
 			}
 		}
-		return len(left) == 0, fmt.Sprintf("%d sockets in CLOSE_WAIT: %v", len(left), left[:min(len(left), 20)])
+		if len(left) > 0 {
+			return fmt.Errorf("%d sockets in CLOSE_WAIT: %v", len(left), left[:min(len(left), 20)])
+		}
+		return nil
 	})
-}
-
-// waitFor polls cond until it holds or within passes; then the test fails
-// with cond's last description.
-func waitFor(t *testing.T, within time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ok, what := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("after %v: %s", within, what)
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func openFDs(t *testing.T) int {

@@ -16,8 +16,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
@@ -172,6 +174,9 @@ func (c *closeCounter) count(how string) int {
 // app_fin_timeout unstuck resets the connection, so the app's socket is no
 // longer in CLOSE_WAIT and unstuck holds no FIN_WAIT2.
 func TestAppIgnoringFINIsReset(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	const conns = 10
 	const idle, finTimeout = 50 * time.Millisecond, 300 * time.Millisecond
 	up := testpeer.StartServer(t, testpeer.Options{})
@@ -189,7 +194,7 @@ func TestAppIgnoringFINIsReset(t *testing.T) {
 		}
 	}
 	lastRequest := time.Now()
-	waitUntil(t, 10*time.Second, "unstuck to reset every app connection", func() bool {
+	wait.Until(t, 10*time.Second, "unstuck to reset every app connection", func() bool {
 		return closes.count("escalated") == conns
 	})
 	took := time.Since(lastRequest)
@@ -231,6 +236,9 @@ func TestAppAnsweringFINClosesCleanly(t *testing.T) {
 // answer, then a close at once: nothing lingers in CLOSE_WAIT on unstuck's
 // side.
 func TestAppHalfCloseGetsAnswerThenClose(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	up := upstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "answer") })
 	addr := startProxy(t, proxyOpts{}, addrOf(up))
 	c := dialRaw(t, addr)
@@ -243,7 +251,7 @@ func TestAppHalfCloseGetsAnswerThenClose(t *testing.T) {
 		t.Fatal("unstuck did not close after answering a half-closed app")
 	}
 	mine := sockstate.Conn(addrPort(c.c.RemoteAddr()), addrPort(c.c.LocalAddr()))
-	waitUntil(t, 5*time.Second, "unstuck's side to be gone", func() bool {
+	wait.Until(t, 5*time.Second, "unstuck's side to be gone", func() bool {
 		n, _ := sockstate.Count(mine)
 		return n[sockstate.CloseWait]+n[sockstate.Established] == 0
 	})
@@ -252,6 +260,9 @@ func TestAppHalfCloseGetsAnswerThenClose(t *testing.T) {
 // Shutdown does not wait out app_fin_timeout: closes still waiting for an
 // app's FIN are reset at once.
 func TestShutdownResetsWaitingCloses(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	up := testpeer.StartServer(t, testpeer.Options{})
 	p, err := pool.New(pool.Config{Endpoints: []string{up.Addr()}})
 	if err != nil {
@@ -272,7 +283,7 @@ func TestShutdownResetsWaitingCloses(t *testing.T) {
 	for slot := 1; slot <= 3; slot++ {
 		app.DoOn(slot, "GET", "/", nil)
 	}
-	waitUntil(t, 5*time.Second, "the half-closes", func() bool {
+	wait.Until(t, 5*time.Second, "the half-closes", func() bool {
 		n, _ := app.CloseWaitCount()
 		return n == 3
 	})
@@ -284,7 +295,7 @@ func TestShutdownResetsWaitingCloses(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Fatalf("Shutdown took %v", took)
 	}
-	waitUntil(t, 5*time.Second, "the app's sockets to leave CLOSE_WAIT", func() bool {
+	wait.Until(t, 5*time.Second, "the app's sockets to leave CLOSE_WAIT", func() bool {
 		n, _ := app.CloseWaitCount()
 		return n == 0
 	})
@@ -331,7 +342,7 @@ func TestCloseOvertakenByShutdownResets(t *testing.T) {
 	testHookHalfClosed.Store(&startShutdown)
 	defer testHookHalfClosed.Store(nil)
 	c.c.(*net.TCPConn).CloseWrite() // the app's FIN ends the serve loop: unstuck closes
-	waitUntil(t, 5*time.Second, "the close counted", func() bool {
+	wait.Until(t, 5*time.Second, "the close counted", func() bool {
 		return closes.count("reset")+closes.count("graceful")+closes.count("escalated") == 1
 	})
 	select {
