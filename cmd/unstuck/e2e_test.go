@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 )
 
 // Bounds of every wait on the child.
@@ -34,6 +36,11 @@ const (
 // e2eVersion is the version the binary is built with, through the same
 // -X main.version the Dockerfile uses.
 const e2eVersion = "e2e-test"
+
+// e2eBinEnv holds the binary's path for a test re-run in a network
+// namespace of its own (see isolated), which uses the binary its parent
+// built.
+const e2eBinEnv = "UNSTUCK_TEST_E2E_BIN"
 
 var e2eBin struct {
 	once sync.Once
@@ -58,6 +65,10 @@ func unstuckBinary(t *testing.T) string {
 		t.Skip("builds and runs the binary; skipped with -short")
 	}
 	e2eBin.once.Do(func() {
+		if bin := os.Getenv(e2eBinEnv); bin != "" {
+			e2eBin.path = bin
+			return
+		}
 		dir, err := os.MkdirTemp("", "unstuck-e2e-")
 		if err != nil {
 			e2eBin.err = err
@@ -78,11 +89,20 @@ func unstuckBinary(t *testing.T) string {
 			return
 		}
 		e2eBin.path = bin
+		os.Setenv(e2eBinEnv, bin) // for the re-runs in namespaces
 	})
 	if e2eBin.err != nil {
 		t.Fatalf("building unstuck: %v", e2eBin.err)
 	}
 	return e2eBin.path
+}
+
+// isolated is netns.Isolated for an end-to-end test: the binary is built
+// (or the -short skip taken) first, here, and the re-run uses it.
+func isolated(t *testing.T) bool {
+	t.Helper()
+	unstuckBinary(t)
+	return netns.Isolated(t)
 }
 
 // raceEnabled reports whether the test binary was built with -race.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
 
 // listenerUp is in the stderr line a listener logs once it is bound (the
@@ -56,21 +57,10 @@ func replaceFile(t *testing.T, path, data string) {
 	}
 }
 
-// eventually polls cond every 10ms until it holds, and fails the test if
-// it does not within d.
+// eventually is wait.Until.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("%s: not within %v", what, d)
-		case <-tick.C:
-		}
-	}
+	wait.Until(t, d, what, cond)
 }
 
 var adminAddrRE = regexp.MustCompile(`admin listening\t\{"addr": "([^"]+)"\}`)
@@ -188,9 +178,9 @@ func TestE2EShutdown(t *testing.T) {
 	c.waitStderr(t, "shutting down")
 	// The listener closes right after the log line: poll, with a bound,
 	// while the request is still held.
-	eventually(t, 2*time.Second, "listener refusing new connections during the drain",
+	wait.Until(t, 2*time.Second, "listener refusing new connections during the drain",
 		func() bool { return refused(listen) })
-	eventually(t, 2*time.Second, "/readyz 503 during the drain", func() bool {
+	wait.Until(t, 2*time.Second, "/readyz 503 during the drain", func() bool {
 		code, body := adminGet(t, admin, "/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "shutting down")
 	})
@@ -224,6 +214,9 @@ func TestE2EShutdown(t *testing.T) {
 // leaving the app's socket out of CLOSE_WAIT.
 func TestE2EShutdownIdleLegacyConn(t *testing.T) {
 	t.Parallel()
+	if !isolated(t) {
+		return
+	}
 	upstream := startUpstream(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	path := writeConfig(t, "unstuck.yaml", fmt.Sprintf(`listeners:
@@ -315,11 +308,17 @@ func receivedBy(srv *testpeer.Server, id string) bool {
 // sockets are the ones it had (a reload drops no app connection).
 func TestE2EReloadFileChange(t *testing.T) {
 	t.Parallel()
+	if !isolated(t) {
+		return
+	}
 	testReload(t, false)
 }
 
 func TestE2EReloadSIGHUP(t *testing.T) {
 	t.Parallel()
+	if !isolated(t) {
+		return
+	}
 	testReload(t, true)
 }
 
@@ -341,7 +340,7 @@ func testReload(t *testing.T, sighup bool) {
 	ports := app.LocalPorts()
 	stop := appTraffic(app, conns, 20000)
 	t.Cleanup(stop)
-	eventually(t, e2eStartTimeout, "30 requests at A", func() bool { return len(a.Received()) >= 30 })
+	wait.Until(t, e2eStartTimeout, "30 requests at A", func() bool { return len(a.Received()) >= 30 })
 
 	toB := reloadYAML(listen, b.Addr(), "64")
 	if sighup {
@@ -357,7 +356,7 @@ func testReload(t *testing.T, sighup bool) {
 		// again every half second until a reload shows (the same content
 		// reloads as a no-op).
 		polls := 0
-		eventually(t, e2eStopTimeout, "a reload after the file changed", func() bool {
+		wait.Until(t, e2eStopTimeout, "a reload after the file changed", func() bool {
 			if strings.Contains(c.stderr.String(), "configuration reloaded") {
 				return true
 			}
@@ -368,7 +367,7 @@ func testReload(t *testing.T, sighup bool) {
 			return false
 		})
 	}
-	eventually(t, e2eStopTimeout, "30 requests at B", func() bool { return len(b.Received()) >= 30 })
+	wait.Until(t, e2eStopTimeout, "30 requests at B", func() bool { return len(b.Received()) >= 30 })
 	stop()
 
 	// Every request from now on goes to B.
@@ -394,7 +393,7 @@ func testReload(t *testing.T, sighup bool) {
 	if after := app.LocalPorts(); st.Dials != conns || !slices.Equal(after, ports) {
 		t.Errorf("app dialed %d times, local ports %v → %v; want its %d connections kept", st.Dials, ports, after, conns)
 	}
-	// Polled: a read of /proc/net/tcp may see a socket twice under churn.
+	// Polled: the last request's socket states may still change.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if _, err := sockstate.WaitFor(ctx, app.Match(), func(m map[sockstate.State]int) bool {
@@ -488,7 +487,7 @@ func TestE2EAdmin(t *testing.T) {
 		}
 		const ok = `unstuck_requests_total{code="2xx",listener="app",upstream="backend"} 1`
 		var metrics string
-		eventually(t, e2eStopTimeout, "/metrics counting the request", func() bool {
+		wait.Until(t, e2eStopTimeout, "/metrics counting the request", func() bool {
 			_, metrics = adminGet(t, admin, "/metrics")
 			return strings.Contains(metrics, ok)
 		})
