@@ -3,12 +3,14 @@ package metrics
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/unstuck-proxy/unstuck/internal/netns"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
 
 // TestSocketCollectorFixture checks the matching against fixed tables (see
@@ -106,33 +108,26 @@ func TestResolve(t *testing.T) {
 	}
 }
 
-// waitFor scrapes until cond holds for the series name{labels}, or fails
-// the test after a deadline.
-func waitFor(t *testing.T, m *Metrics, what, name string, labels l, cond func(float64) bool) {
+// waitFor scrapes until the series name{labels} exists with value want,
+// or fails the test after a deadline.
+func waitFor(t *testing.T, m *Metrics, what, name string, labels l, want float64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		v, ok := value(t, m.Registry(), name, labels)
-		if ok && cond(v) {
-			return
+	wait.UntilNil(t, 10*time.Second, what, func() error {
+		if v, ok := value(t, m.Registry(), name, labels); !ok || v != want {
+			return fmt.Errorf("%s%v = %v (exists: %v); want %v", name, labels, v, ok, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s%v = %v (exists: %v) after 10s", what, name, labels, v, ok)
-		}
-		time.Sleep(10 * time.Millisecond) // poll interval, not synchronisation
-	}
+		return nil
+	})
 }
 
 // TestSocketCollectorCloseWait puts a real loopback socket in CLOSE_WAIT:
-// the server side closes, the client does not.
-//
-// The server listens on an address of its own in 127.0.0.0/8: on
-// 127.0.0.1, a TIME_WAIT socket left by another test (one whose listener
-// once had the port this one gets) would count as a second local port
-// towards the endpoint.
+// the server side closes, the client does not. In a namespace of its own,
+// so the host-wide counts are exactly this test's sockets.
 func TestSocketCollectorCloseWait(t *testing.T) {
-	own := fmt.Sprintf("127.%d.%d.%d:0", 100+rand.IntN(100), rand.IntN(256), 1+rand.IntN(254))
-	ln, err := net.Listen("tcp", own)
+	if !netns.Isolated(t) {
+		return
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,15 +170,14 @@ func TestSocketCollectorCloseWait(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	atLeast1 := func(v float64) bool { return v >= 1 }
-	is := func(n float64) func(float64) bool { return func(v float64) bool { return v == n } }
-	waitFor(t, m, "server closed", "unstuck_host_close_wait_sockets", l{}, atLeast1)
-	waitFor(t, m, "server closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "listener"}, atLeast1)
-	waitFor(t, m, "server closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "upstream"}, is(1))
-	waitFor(t, m, "server closed", "unstuck_upstream_local_ports", l{"upstream": "up", "endpoint": server}, is(1))
+	waitFor(t, m, "server closed", "unstuck_host_close_wait_sockets", l{}, 1)
+	waitFor(t, m, "server closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "listener"}, 1)
+	waitFor(t, m, "server closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "upstream"}, 1)
+	waitFor(t, m, "server closed", "unstuck_upstream_local_ports", l{"upstream": "up", "endpoint": server}, 1)
 
 	client.Close()
-	waitFor(t, m, "client closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "listener"}, is(0))
-	waitFor(t, m, "client closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "upstream"}, is(0))
-	waitFor(t, m, "client closed", "unstuck_upstream_local_ports", l{"upstream": "up", "endpoint": server}, is(0))
+	waitFor(t, m, "client closed", "unstuck_host_close_wait_sockets", l{}, 0)
+	waitFor(t, m, "client closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "listener"}, 0)
+	waitFor(t, m, "client closed", "unstuck_tcp_sockets", l{"state": "CLOSE_WAIT", "side": "upstream"}, 0)
+	waitFor(t, m, "client closed", "unstuck_upstream_local_ports", l{"upstream": "up", "endpoint": server}, 0)
 }

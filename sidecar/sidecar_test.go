@@ -17,7 +17,9 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/unstuck-proxy/unstuck/config"
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
 
 func TestMain(m *testing.M) {
@@ -174,18 +176,7 @@ func TestReloadUnderLoadKeepsAppConnections(t *testing.T) {
 	}
 	t.Logf("%d requests, %d before the switch on the old endpoint, %d after on the new; 0 failed",
 		conns*perConn, len(oldUp.Received()), len(newUp.Received()))
-	waitFor(t, "the old endpoint to drain", func() bool { return oldUp.OpenConns() == 0 })
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wait.Until(t, 10*time.Second, "the old endpoint to drain", func() bool { return oldUp.OpenConns() == 0 })
 }
 
 // A reload that cannot be applied (its new address is taken) changes
@@ -247,7 +238,7 @@ func TestReloadRebindsOnlyTheChangedListener(t *testing.T) {
 	if code, _ := get(t, moved, "/"); code != 200 {
 		t.Fatalf("rebound listener answers %d", code)
 	}
-	waitFor(t, "the old address to be free", func() bool {
+	wait.Until(t, 10*time.Second, "the old address to be free", func() bool {
 		ln, err := net.Listen("tcp", otherAddr)
 		if err == nil {
 			ln.Close()
@@ -285,6 +276,9 @@ func TestReloadNewServerOnSameSocket(t *testing.T) {
 // The half-close counter and the CLOSE_WAIT gauges move as a misbehaving
 // upstream and a never-closing client make them move.
 func TestMetricsSeeHalfClosesAndCloseWait(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	up := testpeer.StartIdleCloser(t, testpeer.IdleCloserOptions{IdleTimeout: 100 * time.Millisecond})
 	cfg := testConfig(up.Addr())
 	sc := start(t, cfg)
@@ -298,7 +292,7 @@ func TestMetricsSeeHalfClosesAndCloseWait(t *testing.T) {
 		go func() { defer wg.Done(); app.DoOn(slot, "GET", "/", nil) }()
 	}
 	wg.Wait()
-	waitFor(t, "the upstream's FINs to be counted as half-closes", func() bool {
+	wait.Until(t, 10*time.Second, "the upstream's FINs to be counted as half-closes", func() bool {
 		return up.OpenConns() == 0 && scrape(t, sc, `unstuck_upstream_closes_total{cause="fin",upstream="backend"}`) >= 1
 	})
 	if v := scrape(t, sc, `unstuck_requests_total{code="2xx",listener="app",upstream="backend"}`); v < 1 {
@@ -309,16 +303,15 @@ func TestMetricsSeeHalfClosesAndCloseWait(t *testing.T) {
 	}
 
 	// A never-closing client of the app's own, bypassing the sidecar, left
-	// in CLOSE_WAIT shows in the host-wide gauge. (Other test processes
-	// share this network namespace, so the gauge is checked against what
-	// this client holds, not for an exact value.)
+	// in CLOSE_WAIT shows in the host-wide gauge: exactly its sockets, in
+	// the test's own network namespace.
 	direct := testpeer.StartLegacyClient(t, up.Addr(), testpeer.LegacyClientOptions{Conns: 3})
 	for slot := 1; slot <= 3; slot++ {
 		direct.DoOn(slot, "GET", "/", nil)
 	}
-	waitFor(t, "the direct client's sockets in CLOSE_WAIT, counted by the host gauge", func() bool {
+	wait.Until(t, 10*time.Second, "the direct client's sockets in CLOSE_WAIT, counted by the host gauge", func() bool {
 		n, _ := direct.CloseWaitCount()
-		return n == 3 && scrape(t, sc, "unstuck_host_close_wait_sockets") >= 3
+		return n == 3 && scrape(t, sc, "unstuck_host_close_wait_sockets") == 3
 	})
 }
 

@@ -49,8 +49,9 @@ const EnvNoNetns = "UNSTUCK_TEST_NO_NETNS"
 //	}
 //
 // Everything the test does, from its first line to its cleanups, then
-// happens in the namespace, processes it starts included. Call it before
-// t.Parallel: other tests keep running beside the re-run either way.
+// happens in the namespace, processes it starts included. A test that
+// calls t.Parallel first has its re-run run beside the other parallel
+// tests.
 //
 // Without CAP_SYS_ADMIN (not root), or with UNSTUCK_TEST_NO_NETNS set, the
 // test is skipped. As root, a namespace that cannot be made fails the

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -16,26 +17,12 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// eventually polls cond every 5ms until it holds, failing t after timeout.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("after %v: still not %s", timeout, what)
-		case <-tick.C:
-		}
-	}
-}
 
 func waitCtx(t *testing.T) context.Context {
 	t.Helper()
@@ -194,7 +181,7 @@ func TestCloseOnDemand(t *testing.T) {
 	if !resp.Close {
 		t.Error("response without Connection: close")
 	}
-	eventually(t, 5*time.Second, "closed by server", func() bool { return s.OpenConns() == 0 })
+	wait.Until(t, 5*time.Second, "closed by server", func() bool { return s.OpenConns() == 0 })
 	if _, err := lc.Do("GET", "/", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +222,7 @@ func TestCloseInterruptsSleep(t *testing.T) {
 		_, err := lc.Do("GET", "/sleep/1m", nil)
 		errc <- err
 	}()
-	eventually(t, 5*time.Second, "request received", func() bool { return len(s.Received()) == 1 })
+	wait.Until(t, 5*time.Second, "request received", func() bool { return len(s.Received()) == 1 })
 	start := time.Now()
 	s.Close()
 	if d := time.Since(start); d > 2*time.Second {
@@ -362,7 +349,7 @@ func TestIdleCloserFINsIdleConn(t *testing.T) {
 	if waited := eof.Sub(answered); waited < idle/2 || waited > idle+time.Second {
 		t.Errorf("FIN after %v idle, want about %v", waited, idle)
 	}
-	eventually(t, 5*time.Second, "peer close measured", func() bool { return len(s.CloseLatencies()) == 1 })
+	wait.Until(t, 5*time.Second, "peer close measured", func() bool { return len(s.CloseLatencies()) == 1 })
 	if lat := s.CloseLatencies()[0]; lat > time.Second {
 		t.Errorf("close latency %v for a client that closes on EOF", lat)
 	}
@@ -383,8 +370,12 @@ func TestIdleCloserBusyConnNotClosed(t *testing.T) {
 }
 
 // TestIdleCloserPeerNeverCloses: a peer that ignores the FIN sits in
-// CLOSE_WAIT and is counted once PeerCloseBound passes.
+// CLOSE_WAIT and is counted once PeerCloseBound passes. In a namespace of
+// its own, so one read of the socket table is exact.
 func TestIdleCloserPeerNeverCloses(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	s := StartIdleCloser(t, IdleCloserOptions{IdleTimeout: 50 * time.Millisecond, PeerCloseBound: 200 * time.Millisecond})
 	c := dialRaw(t, s.Addr())
 	c.roundTrip(t, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -392,13 +383,12 @@ func TestIdleCloserPeerNeverCloses(t *testing.T) {
 	if _, err := sockstate.WaitFor(waitCtx(t), mine, func(m map[sockstate.State]int) bool { return m[sockstate.CloseWait] == 1 }); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "peer counted as never closing", func() bool { return s.PeerNeverClosed() == 1 })
+	wait.Until(t, 5*time.Second, "peer counted as never closing", func() bool { return s.PeerNeverClosed() == 1 })
 	if len(s.CloseLatencies()) != 0 {
 		t.Errorf("latencies %v", s.CloseLatencies())
 	}
-	// Polled, not read once: one read of /proc/net/tcp can miss a socket
-	// while other tests' sockets churn, and only a close ends CLOSE_WAIT.
-	if m, err := sockstate.WaitFor(waitCtx(t), mine, func(m map[sockstate.State]int) bool { return m[sockstate.CloseWait] == 1 }); err != nil {
+	// Only a close ends CLOSE_WAIT.
+	if m, err := sockstate.Count(mine); err != nil || !maps.Equal(m, map[sockstate.State]int{sockstate.CloseWait: 1}) {
 		t.Errorf("client socket %v, %v; want still CLOSE_WAIT", m, err)
 	}
 }
@@ -406,7 +396,11 @@ func TestIdleCloserPeerNeverCloses(t *testing.T) {
 // TestLegacyClientLeaksCloseWait is the problem unstuck solves: a legacy
 // client talking straight to an upstream that closes idle connections ends
 // up with its sockets in CLOSE_WAIT, loses requests and leaks the sockets.
+// In a namespace of its own, so one read of the socket table is exact.
 func TestLegacyClientLeaksCloseWait(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
 	const n = 4
 	s := StartIdleCloser(t, IdleCloserOptions{IdleTimeout: 100 * time.Millisecond})
 	lc := StartLegacyClient(t, s.Addr(), LegacyClientOptions{Conns: n})
@@ -419,7 +413,7 @@ func TestLegacyClientLeaksCloseWait(t *testing.T) {
 	if _, err := sockstate.WaitFor(waitCtx(t), first, func(m map[sockstate.State]int) bool { return m[sockstate.CloseWait] == n }); err != nil {
 		t.Fatal("legacy sockets:", err)
 	}
-	eventually(t, 5*time.Second, "CloseWaitCount() to agree", func() bool {
+	wait.Until(t, 5*time.Second, "CloseWaitCount() to agree", func() bool {
 		cw, err := lc.CloseWaitCount()
 		return err == nil && cw == n
 	})
@@ -439,10 +433,10 @@ func TestLegacyClientLeaksCloseWait(t *testing.T) {
 	if st.Failed["POST"] != n || st.OK["GET"] != 2*n || st.Abandoned != n || st.Dials != 2*n || len(lc.LocalPorts()) != 2*n {
 		t.Errorf("stats %+v, %d ports", st, len(lc.LocalPorts()))
 	}
-	if m, err := sockstate.WaitFor(waitCtx(t), first, func(m map[sockstate.State]int) bool { return m[sockstate.CloseWait] == n }); err != nil {
+	if m, err := sockstate.Count(first); err != nil || !maps.Equal(m, map[sockstate.State]int{sockstate.CloseWait: n}) {
 		t.Errorf("abandoned sockets %v, %v; want %d still in CLOSE_WAIT", m, err, n)
 	}
-	eventually(t, 5*time.Second, "late writes seen", func() bool { return s.LateWrites() == n })
+	wait.Until(t, 5*time.Second, "late writes seen", func() bool { return s.LateWrites() == n })
 	for _, r := range s.Received() {
 		if r.Method == "POST" {
 			t.Errorf("lost POST was processed: %+v", r)
@@ -466,7 +460,7 @@ func TestRaceCloser(t *testing.T) {
 	}
 	// The server counts a response once its write returns, which can be
 	// after the client has read it all: wait for the count to catch up.
-	eventually(t, 5*time.Second, "the server to count every response", func() bool { return s.Responses() == requests-failed })
+	wait.Until(t, 5*time.Second, "the server to count every response", func() bool { return s.Responses() == requests-failed })
 	closes, responses := s.Closes(), s.Responses()
 	if got := float64(closes) / float64(responses); got < fraction/2 || got > fraction*1.5 {
 		t.Errorf("closed after %d of %d responses (%.2f), want about %.2f", closes, responses, got, fraction)
