@@ -1,6 +1,7 @@
 package sockopt
 
 import (
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
 
 func TestParseLinger(t *testing.T) {
@@ -72,17 +74,12 @@ func TestApplyLingerReadsBack(t *testing.T) {
 // be in flight on loopback) or a bound passes.
 func waitPeek(t *testing.T, c net.Conn, want PeekResult) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		got := Peek(fd(t, c))
-		if got == want {
-			return
+	wait.UntilNil(t, 2*time.Second, "Peek's answer", func() error {
+		if got := Peek(fd(t, c)); got != want {
+			return fmt.Errorf("Peek = %v; want %v", got, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Peek = %v; want %v", got, want)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestPeek(t *testing.T) {
@@ -129,20 +126,16 @@ func TestUnsentBytes(t *testing.T) {
 	if _, err := b.Read(buf); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for {
+	wait.UntilNil(t, 2*time.Second, "the peer's ACK", func() error {
 		n, err := UnsentBytes(fd(t, a))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n == 0 {
-			return
+		if n != 0 {
+			return fmt.Errorf("%d bytes still unacknowledged after the peer read them", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d bytes still unacknowledged after the peer read them", n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // Keepalive idle times are spread per socket, within a fifth above Idle,
