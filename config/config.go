@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"reflect"
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/sockopt"
@@ -158,7 +159,7 @@ type UpstreamLimits struct {
 // Name, Listen or Upstream.
 func DefaultListener() Listener {
 	var l Listener
-	fill(&l, listenerFields)
+	fill(reflect.ValueOf(&l).Elem(), listenerFields)
 	return l
 }
 
@@ -166,6 +167,6 @@ func DefaultListener() Listener {
 // Name or Endpoints.
 func DefaultUpstream() Upstream {
 	var u Upstream
-	fill(&u, upstreamFields)
+	fill(reflect.ValueOf(&u).Elem(), upstreamFields)
 	return u
 }

@@ -70,36 +70,23 @@ type LoadOptions struct {
 // is just one. Load finds every problem it can before giving up; the
 // error, if any, is a Problems sorted by key.
 func Load(opts LoadOptions) (*Config, error) {
-	t := &tree{values: map[string]any{}, origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
+	t := &tree{values: map[string]any{}, written: map[string]string{}, origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
 	if !t.read(opts) {
 		return nil, t.probs.err()
 	}
-	v := viper.New()
-	if err := v.MergeConfigMap(t.values); err != nil {
-		return nil, Problems{{Key: t.file, Msg: err.Error()}}
-	}
-	// A default for every key of every named entry, so that the
-	// environment can set keys the source left out.
-	keys := map[string]field{}
-	t.each(func(key string, f field) {
-		if keys[key] = f; f.hasDef {
-			v.SetDefault(key, f.def)
-		}
-	})
 	env := opts.Environ
 	if env == nil {
 		env = os.Environ()
 	}
-	if err := v.MergeConfigMap(t.envLayer(env, keys, opts.Warn)); err != nil {
-		return nil, Problems{{Msg: "environment: " + err.Error()}}
+	v := viper.New()
+	for _, layer := range []map[string]any{t.values, t.envLayer(env, opts.Warn)} {
+		if err := v.MergeConfigMap(nest(layer)); err != nil {
+			return nil, Problems{{Key: t.file, Msg: err.Error()}}
+		}
 	}
-	if f := flagNamed(opts.Flags, FlagLogLevel); f != nil {
-		if err := v.BindPFlag("log.level", f); err != nil {
-			return nil, Problems{{Key: "--" + FlagLogLevel, Msg: err.Error()}}
-		}
-		if f.Changed {
-			t.origin["log.level"] = "flag --" + FlagLogLevel
-		}
+	if f := flagNamed(opts.Flags, FlagLogLevel); f != nil && f.Changed {
+		v.Set("log.level", f.Value.String())
+		t.origin["log.level"] = "flag --" + FlagLogLevel
 	}
 
 	cfg := &Config{}
@@ -127,20 +114,8 @@ func Load(opts LoadOptions) (*Config, error) {
 			cfg.Upstreams[name] = u
 		}
 	}
-
-	ps := t.probs
-	for _, p := range cfg.problems(t.isBad) {
-		if !t.isBad(p.Key) {
-			ps = append(ps, p)
-		}
-	}
-	for i, p := range ps {
-		if k, _, _ := strings.Cut(p.Key, "["); p.Source == "" {
-			ps[i].Source = cmp.Or(t.origin[p.Key], t.origin[k]) // an item, or its list
-		}
-	}
-	if err := ps.err(); err != nil {
-		return nil, err
+	if t.check(cfg); len(t.probs) > 0 {
+		return nil, t.probs.err()
 	}
 	if t.onDisk {
 		cfg.File = t.file
@@ -155,61 +130,45 @@ func flagNamed(fs *pflag.FlagSet, name string) *pflag.Flag {
 	return fs.Lookup(name)
 }
 
-// tree is the YAML source checked against the schema: the values of known
-// keys only, where each came from, and the problems found on the way.
+// tree is one reading of a configuration: the source's values of known
+// keys, where each value came from and how it was written, and the
+// problems found. Validate uses an empty one.
 type tree struct {
-	onDisk bool                // file is a file on disk (not the built-in default)
-	file   string              // the source's name in messages
-	values map[string]any      // nested maps of strings and []string, for viper
-	origin map[string]string   // full key → where its value came from
-	names  map[string][]string // "listeners", "upstreams" → names in source order
-	bad    map[string]bool     // keys (or prefixes) already reported
-	probs  Problems
+	onDisk  bool                // file is a file on disk (not the built-in default)
+	file    string              // the source's name in messages
+	values  map[string]any      // full key → a string, or []string for a list
+	written map[string]string   // full key → its value as written, once it parsed
+	origin  map[string]string   // full key → where its value came from
+	names   map[string][]string // "listeners", "upstreams" → names in source order
+	bad     map[string]bool     // keys (or prefixes) already reported
+	probs   Problems
 }
 
-// each calls fn for every key of the top level and of every named entry.
-func (t *tree) each(fn func(key string, f field)) {
-	for _, f := range topFields {
-		fn(f.key, f)
-	}
-	for _, e := range entryKinds {
-		for _, name := range t.names[e.key] {
-			for _, f := range e.fields {
-				fn(e.key+"."+name+"."+f.key, f)
-			}
-		}
-	}
-}
-
-// decode sets each key of fields in the struct dst to its value from get.
-// A value that does not parse or check is reported, and dst keeps the
-// default.
+// decode sets each key of fields in the struct dst to its default, then
+// to its value from get. A value that does not parse is reported, and dst
+// keeps the default.
 func (t *tree) decode(get func(string) any, dst reflect.Value, prefix string, fields []field) {
+	fill(dst, fields)
 	for _, f := range fields {
 		key, s := prefix+f.key, ""
 		switch raw := get(key).(type) {
 		case nil:
 			continue
-		case []string: // a list from the file or a flag
+		case []string: // a list from the file
 			if len(raw) > 0 {
 				dst.FieldByIndex(f.index).Set(reflect.ValueOf(raw))
 			}
 			continue
-		case string:
-			s = strings.TrimSpace(raw)
 		default:
-			s = fmt.Sprint(raw)
+			s = strings.TrimSpace(fmt.Sprint(raw))
 		}
 		x, msg := f.parse(s)
-		if m := f.check(x); msg == "" && m != "" {
-			msg = fmt.Sprintf("%q: %s", s, m)
-		}
-		if msg != "" {
-			t.probs = append(t.probs, Problem{Key: key, Msg: msg})
+		switch {
+		case msg != "":
+			t.add(key, "%s", msg)
 			t.bad[key] = true
-			x, _ = f.parse(f.def)
-		}
-		if f.kind != kList || x.Len() > 0 {
+		case f.typ.Kind() != reflect.Slice || x.Len() > 0:
+			t.written[key] = s
 			dst.FieldByIndex(f.index).Set(x)
 		}
 	}
@@ -233,18 +192,18 @@ func (t *tree) read(opts LoadOptions) bool {
 	switch {
 	case listen == "" && upstream == "":
 	case listen == "":
-		t.probs.add("--"+FlagListen, needBoth)
+		t.add("--"+FlagListen, needBoth)
 		return false
 	case upstream == "":
-		t.probs.add("--"+FlagUpstream, needBoth)
+		t.add("--"+FlagUpstream, needBoth)
 		return false
 	case file != "":
-		t.probs.add("--"+FlagConfig, "%q: cannot be combined with --listen and --upstream, which read no file", file)
+		t.add("--"+FlagConfig, "%q: cannot be combined with --listen and --upstream, which read no file", file)
 		return false
 	default:
 		t.file = "dev mode"
-		t.values["listeners"] = map[string]any{"app": map[string]any{"listen": listen, "upstream": "backend"}}
-		t.values["upstreams"] = map[string]any{"backend": map[string]any{"endpoints": splitList(upstream)}}
+		t.values["listeners.app.listen"], t.values["listeners.app.upstream"] = listen, "backend"
+		t.values["upstreams.backend.endpoints"] = upstream
 		t.names = map[string][]string{"listeners": {"app"}, "upstreams": {"backend"}}
 		t.origin["listeners.app.listen"] = "flag --" + FlagListen
 		t.origin["upstreams.backend.endpoints"] = "flag --" + FlagUpstream
@@ -265,11 +224,11 @@ func (t *tree) read(opts LoadOptions) bool {
 	var pe *fs.PathError
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		t.probs.add(t.file, "file not found")
+		t.add(t.file, "file not found")
 	case errors.As(err, &pe):
-		t.probs.add(t.file, "%s", pe.Err)
+		t.add(t.file, "%s", pe.Err)
 	case err != nil:
-		t.probs.add(t.file, "%s", err)
+		t.add(t.file, "%s", err)
 	default:
 		return t.parse(data)
 	}
@@ -281,154 +240,144 @@ func (t *tree) parse(data []byte) bool {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		msg := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: "), "\n", "; ")
-		t.probs.add(t.file, "%s", strings.Join(strings.Fields(msg), " "))
+		t.add(t.file, "%s", strings.Join(strings.Fields(msg), " "))
 		return false
 	}
 	if len(doc.Content) == 0 || isNull(resolve(doc.Content[0])) {
-		return true // an empty file: Validate says what is missing
+		return true // an empty file: check says what is missing
 	}
 	root := resolve(doc.Content[0])
 	if root.Kind != yaml.MappingNode {
 		t.problem(t.file, root, "want a mapping with log, listeners and upstreams at the top level, got %s", describe(root))
 		return false
 	}
-	t.walk(root, "", t.values)
+	t.walk(root, "", "", topFields)
 	return true
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 
-// walk copies the known keys of mapping n, which is at path, into dst and
-// reports the others.
-func (t *tree) walk(n *yaml.Node, path string, dst map[string]any) {
-	for _, kv := range t.pairs(n, path) {
+// walk records the known keys of mapping n and reports the others. n is
+// at rel in base, which is "" or an entry such as upstreams.backend;
+// fields are base's keys.
+func (t *tree) walk(n *yaml.Node, base, rel string, fields []field) {
+	for _, kv := range t.pairs(n, join(base, rel)) {
 		k, val := kv.key.Value, resolve(kv.val)
-		key := join(path, k)
-		at := lookup(key)
-		e := at.entries
+		r := join(rel, k)
+		key := join(base, r)
+		i := slices.IndexFunc(fields, func(f field) bool { return f.key == r })
+		e := slices.IndexFunc(entryKinds, func(e entries) bool { return e.key == key })
 		switch {
-		case at.field != nil:
-			t.leaf(kv, key, *at.field, dst)
-			continue
-		case !at.section:
-			t.problem(key, kv.key, "unknown key%s", at.suggest(k))
-			continue
-		case e != nil && path == e.key && !nameRE.MatchString(k):
-			t.problem(key, kv.key, "bad %s name; use lower case letters, digits, '-' and '_'", e.what)
-			continue
-		case e != nil && path == e.key:
-			t.names[e.key] = append(t.names[e.key], k)
-			if !isNull(val) && val.Kind != yaml.MappingNode {
-				hint := ""
-				if slices.ContainsFunc(e.fields, func(f field) bool { return strings.HasPrefix(f.key+".", k+".") }) {
-					hint = fmt.Sprintf("; settings go under a name, such as %s.%s.%s", e.key, e.example, k)
-				}
-				t.problem(key, kv.key, "want a mapping of %s settings, got %s%s", e.what, describe(val), hint)
-				continue
-			}
+		case i >= 0:
+			t.leaf(kv, key, fields[i])
+		case e >= 0:
+			t.walkEntries(val, &entryKinds[e])
+		case !slices.ContainsFunc(fields, func(f field) bool { return strings.HasPrefix(f.key, r+".") }):
+			t.problem(key, kv.key, "unknown key%s", suggestKey(k, base, rel, fields))
 		case isNull(val):
-			continue
-		case e != nil && key == e.key && val.Kind != yaml.MappingNode:
-			t.problem(key, val, "want a mapping of name to %s settings, such as %s: {%s: {...}}, got %s", e.what, e.key, e.example, describe(val))
-			continue
 		case val.Kind != yaml.MappingNode:
 			t.problem(key, val, "want a mapping, got %s", describe(val))
+		default:
+			t.walk(val, base, r, fields)
+		}
+	}
+}
+
+// walkEntries records the names in n, the value of listeners or upstreams,
+// and walks the settings of each.
+func (t *tree) walkEntries(n *yaml.Node, e *entries) {
+	if isNull(n) {
+		return
+	} else if n.Kind != yaml.MappingNode {
+		t.problem(e.key, n, "want a mapping of name to %s settings, such as %s: {%s: {...}}, got %s", e.what, e.key, e.example, describe(n))
+		return
+	}
+	for _, kv := range t.pairs(n, e.key) {
+		name, val, key := kv.key.Value, resolve(kv.val), e.key+"."+kv.key.Value
+		if !nameRE.MatchString(name) {
+			t.problem(key, kv.key, "bad %s name; use lower case letters, digits, '-' and '_'", e.what)
 			continue
 		}
-		sub := map[string]any{}
-		dst[k] = sub
-		if !isNull(val) {
-			t.walk(val, key, sub)
-		}
-	}
-}
-
-// place is where a key is in the schema.
-type place struct {
-	field     *field   // the key has a value
-	section   bool     // the key holds other keys
-	entries   *entries // the key is listeners or upstreams, or under them
-	fields    []field  // the top level's or the entry's
-	base, rel string   // the entry ("upstreams.backend") and the key in it
-}
-
-func lookup(key string) place {
-	at := place{fields: topFields, rel: key}
-	parts := strings.SplitN(key, ".", 3)
-	for i, e := range entryKinds {
-		if parts[0] == e.key {
-			at.entries = &entryKinds[i]
-			if len(parts) < 3 {
-				at.section = true
-				return at
+		t.names[e.key] = append(t.names[e.key], name)
+		switch {
+		case isNull(val):
+		case val.Kind != yaml.MappingNode:
+			hint := ""
+			if slices.ContainsFunc(e.fields, func(f field) bool { return strings.HasPrefix(f.key+".", name+".") }) {
+				hint = fmt.Sprintf("; settings go under a name, such as %s.%s.%s", e.key, e.example, name)
 			}
-			at.fields, at.base, at.rel = e.fields, parts[0]+"."+parts[1], parts[2]
+			t.problem(key, kv.key, "want a mapping of %s settings, got %s%s", e.what, describe(val), hint)
+		default:
+			t.walk(val, key, "", e.fields)
 		}
 	}
-	for i, f := range at.fields {
-		if f.key == at.rel {
-			at.field = &at.fields[i]
-		}
-		at.section = at.section || strings.HasPrefix(f.key, at.rel+".")
-	}
-	return at
 }
 
-// suggest suggests, for the unknown key k at at, a key of the same level,
-// else one at another level of the same entry, that k may have meant.
-func (at place) suggest(k string) string {
-	parent, _ := strings.CutSuffix(at.rel, k)
+// suggestKey suggests, for the unknown key k in the mapping at rel in
+// base, a key of the same mapping, else one elsewhere in base, that k may
+// have meant.
+func suggestKey(k, base, rel string, fields []field) string {
 	var here []string
-	for _, f := range at.fields {
-		if rest, ok := strings.CutPrefix(f.key, parent); ok {
+	for _, f := range fields {
+		if rest, ok := strings.CutPrefix(f.key, rel+"."); ok || rel == "" {
 			here = append(here, strings.SplitN(rest, ".", 2)[0])
 		}
 	}
 	for _, e := range entryKinds {
-		if parent == "" && at.base == "" {
+		if base+rel == "" { // listeners and upstreams are keys of the top level too
 			here = append(here, e.key)
 		}
 	}
 	if s := suggest(k, here); s != "" {
 		return s
 	}
-	for _, f := range at.fields {
+	for _, f := range fields {
 		if f.key == k || strings.HasSuffix(f.key, "."+k) {
-			return " (did you mean " + join(at.base, f.key) + "?)"
+			return " (did you mean " + join(base, f.key) + "?)"
 		}
 	}
 	return ""
 }
 
-// leaf copies the value of one known key into dst, as a string or, for
-// lists, a []string.
-func (t *tree) leaf(kv pair, full string, f field, dst map[string]any) {
-	t.origin[full] = t.pos(kv.key)
+// leaf records the value of one known key: a string or, for a list, a
+// []string.
+func (t *tree) leaf(kv pair, key string, f field) {
+	t.origin[key] = t.pos(kv.key)
 	n := resolve(kv.val)
-	switch {
+	switch isList := f.typ.Kind() == reflect.Slice; {
 	case isNull(n): // as if the key were left out
-	case n.Kind == yaml.ScalarNode && f.kind != kList:
-		dst[kv.key.Value] = n.Value
-	case n.Kind == yaml.SequenceNode && f.kind == kList:
-		items := make([]string, 0, len(n.Content))
+	case n.Kind == yaml.ScalarNode && !isList:
+		t.values[key] = n.Value
+	case n.Kind == yaml.SequenceNode && isList:
+		items := []string{}
 		for i, item := range n.Content {
-			key := fmt.Sprintf("%s[%d]", full, i)
-			t.origin[key] = t.pos(item)
+			ikey := fmt.Sprintf("%s[%d]", key, i)
+			t.origin[ikey] = t.pos(item)
 			if item = resolve(item); item.Kind != yaml.ScalarNode || isNull(item) {
-				t.problem(key, item, "want host:port, got %s", describe(item))
-				continue
+				t.problem(ikey, item, "want host:port, got %s", describe(item))
+			} else {
+				items = append(items, item.Value)
 			}
-			items = append(items, item.Value)
 		}
-		dst[kv.key.Value] = items
+		t.values[key] = items
 	default:
-		t.problem(full, n, "want %s, got %s", f.kind.want, describe(n))
+		t.problem(key, n, "want %s, got %s", f.want, describe(n))
+	}
+}
+
+// add records a problem with key, unless key or a key it is under was
+// reported already. Its source is where key's value came from.
+func (t *tree) add(key, format string, args ...any) {
+	if !t.isBad(key) {
+		k, _, _ := strings.Cut(key, "[") // an item, or its list
+		t.probs = append(t.probs, Problem{key, fmt.Sprintf(format, args...), cmp.Or(t.origin[key], t.origin[k])})
 	}
 }
 
 // problem records a problem with key at node n and marks key as reported.
 func (t *tree) problem(key string, n *yaml.Node, format string, args ...any) {
-	t.probs = append(t.probs, Problem{Key: key, Msg: fmt.Sprintf(format, args...), Source: t.pos(n)})
+	t.origin[key] = t.pos(n)
+	t.add(key, format, args...)
 	t.bad[key] = true
 }
 
@@ -451,13 +400,22 @@ func (t *tree) isBad(key string) bool {
 	}
 }
 
+// quote quotes the value of key as written, else as formatted.
+func (t *tree) quote(key, formatted string) string {
+	if s, ok := t.written[key]; ok {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(formatted)
+}
+
 // serviceLink matches the variables Kubernetes sets for a Service, which
 // a Service named unstuck starts with UNSTUCK_.
 var serviceLink = regexp.MustCompile(`^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)?)$`)
 
-// envLayer returns the values env sets for keys, as nested maps for viper,
-// and tells warn of each UNSTUCK_ variable that names no key.
-func (t *tree) envLayer(env []string, keys map[string]field, warn func(Problem)) map[string]any {
+// envLayer returns the values env sets for the keys of the top level and
+// of every named entry, and tells warn of each UNSTUCK_ variable that
+// names no key.
+func (t *tree) envLayer(env []string, warn func(Problem)) map[string]any {
 	vars := map[string]string{}
 	for _, kv := range env {
 		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
@@ -465,12 +423,21 @@ func (t *tree) envLayer(env []string, keys map[string]field, warn func(Problem))
 		}
 	}
 	layer, known := map[string]any{}, map[string]bool{}
-	for key, f := range keys {
-		name := EnvName(key)
-		known[name] = true
-		if val, ok := vars[name]; ok && (val != "" || f.tag.Get("env") == "empty") {
-			setPath(layer, key, val)
-			t.origin[key] = "env " + name
+	set := func(prefix string, fields []field) {
+		for _, f := range fields {
+			key := prefix + f.key
+			name := EnvName(key)
+			val, ok := vars[name]
+			if known[name] = true; ok && (val != "" || f.tag.Get("env") == "empty") {
+				layer[key] = val
+				t.origin[key] = "env " + name
+			}
+		}
+	}
+	set("", topFields)
+	for _, e := range entryKinds {
+		for _, name := range t.names[e.key] {
+			set(e.key+"."+name+".", e.fields)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(vars)) {
@@ -492,17 +459,20 @@ func EnvName(key string) string {
 	return EnvPrefix + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(key))
 }
 
-func setPath(m map[string]any, key string, v any) {
-	parts := strings.Split(key, ".")
-	for _, p := range parts[:len(parts)-1] {
-		sub, ok := m[p].(map[string]any)
-		if !ok {
-			sub = map[string]any{}
-			m[p] = sub
+// nest turns a map of full keys into the nested maps viper merges.
+func nest(flat map[string]any) map[string]any {
+	top := map[string]any{}
+	for key, v := range flat {
+		m, parts := top, strings.Split(key, ".")
+		for _, p := range parts[:len(parts)-1] {
+			if m[p] == nil {
+				m[p] = map[string]any{}
+			}
+			m = m[p].(map[string]any)
 		}
-		m = sub
+		m[parts[len(parts)-1]] = v
 	}
-	m[parts[len(parts)-1]] = v
+	return top
 }
 
 // join joins two parts of a key with ".", skipping an empty one.

@@ -16,32 +16,20 @@ import (
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
-// kind is how a key's value is written: what it looks like, for
-// messages, and its parser, whose message quotes the text.
-type kind struct {
-	want  string
-	parse func(string) (any, string)
+// wants says how a value of each type is written, for messages. A struct
+// type that is not here holds keys of its own.
+var wants = map[reflect.Type]string{
+	reflect.TypeFor[string]():         "a string",
+	reflect.TypeFor[[]string]():       `a list such as ["127.0.0.1:9000"]`,
+	reflect.TypeFor[int]():            "an integer",
+	reflect.TypeFor[int64]():          "an integer",
+	reflect.TypeFor[bool]():           "true or false",
+	reflect.TypeFor[time.Duration]():  "a duration such as 2s",
+	reflect.TypeFor[sockopt.Linger](): "graceful, reset or a duration such as 2s",
+	reflect.TypeFor[os.FileMode]():    `an octal file mode such as "0660"`,
+	reflect.TypeFor[netip.Addr]():     "an IP address such as 10.0.0.5",
+	reflect.TypeFor[PortRange]():      "a port range such as 20000-29999",
 }
-
-func parser[T any](p func(string) (T, string)) func(string) (any, string) {
-	return func(s string) (any, string) { return p(s) }
-}
-
-var (
-	kString = &kind{"a string", func(s string) (any, string) { return s, "" }}
-	kList   = &kind{`a list such as ["127.0.0.1:9000"]`, func(s string) (any, string) { return splitList(s), "" }}
-	kSize   = &kind{"a size such as 64KiB", parser(parseSize)} // an int with the tag kind:"size"
-	kinds   = map[reflect.Type]*kind{
-		reflect.TypeFor[string](): kString, reflect.TypeFor[[]string](): kList,
-		reflect.TypeFor[int](): {"an integer", parser(parseInt)}, reflect.TypeFor[int64](): {"an integer", parser(parseInt)},
-		reflect.TypeFor[bool]():           {"true or false", parser(parseBool)},
-		reflect.TypeFor[time.Duration]():  {"a duration such as 2s", parser(parseDuration)},
-		reflect.TypeFor[sockopt.Linger](): {"graceful, reset or a duration such as 2s", parser(parseLinger)},
-		reflect.TypeFor[os.FileMode]():    {`an octal file mode such as "0660"`, parser(parseMode)},
-		reflect.TypeFor[netip.Addr]():     {"an IP address such as 10.0.0.5", parser(parseIP)},
-		reflect.TypeFor[PortRange]():      {"a port range such as 20000-29999", parser(parsePortRange)},
-	}
-)
 
 // field is one key with a value, relative to the top level, a listener or
 // an upstream.
@@ -49,8 +37,9 @@ type field struct {
 	key    string // "." separates levels
 	index  []int  // of the struct field, for reflect's FieldByIndex
 	typ    reflect.Type
-	kind   *kind
 	tag    reflect.StructTag
+	want   string
+	size   bool // an integer written as a size (kind:"size")
 	def    string
 	hasDef bool
 }
@@ -80,13 +69,13 @@ func fieldsOf(t reflect.Type, prefix string, index []int) []field {
 		if key == "" || sf.Type.Kind() == reflect.Map {
 			continue
 		}
-		f := field{key: prefix + key, index: append(slices.Clip(index), i), typ: sf.Type, tag: sf.Tag, kind: kinds[sf.Type]}
-		if f.kind == nil {
+		f := field{key: prefix + key, index: append(slices.Clip(index), i), typ: sf.Type, tag: sf.Tag, want: wants[sf.Type]}
+		if f.want == "" {
 			fs = append(fs, fieldsOf(sf.Type, f.key+".", f.index)...)
 			continue
 		}
-		if sf.Tag.Get("kind") == "size" {
-			f.kind = kSize
+		if f.size = sf.Tag.Get("kind") == "size"; f.size {
+			f.want = "a size such as 64KiB"
 		}
 		f.def, f.hasDef = sf.Tag.Lookup("default")
 		fs = append(fs, f)
@@ -105,9 +94,8 @@ func entriesOf(t reflect.Type) []entries {
 	return es
 }
 
-// fill sets every key of fields in the struct dst points to its default.
-func fill(dst any, fields []field) {
-	v := reflect.ValueOf(dst).Elem()
+// fill sets every key of fields in the struct v to its default.
+func fill(v reflect.Value, fields []field) {
 	for _, f := range fields {
 		if f.hasDef {
 			x, _ := f.parse(f.def)
@@ -116,13 +104,76 @@ func fill(dst any, fields []field) {
 	}
 }
 
+var plainNumber = regexp.MustCompile(`^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$`)
+
 // parse parses s, as written in the file or a variable, into a value of
-// the field's type. The message, empty when s is good, quotes s.
+// the field's type. The message, empty when s is good, quotes s. What is
+// wrong with a value of the right type (a bound, a range) is left to check.
 func (f field) parse(s string) (reflect.Value, string) {
-	if f.tag.Get("oneof") != "" {
-		s = strings.ToLower(s)
+	var x any
+	msg := ""
+	switch reflect.Zero(f.typ).Interface().(type) {
+	case string:
+		x = s
+		if f.tag.Get("oneof") != "" {
+			x = strings.ToLower(s)
+		}
+	case []string:
+		x = strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
+	case int, int64:
+		if f.size {
+			x, msg = parseSize(s)
+		} else if n, err := strconv.ParseInt(s, 10, 64); err != nil {
+			x, msg = n, fmt.Sprintf("%q is not an integer", s)
+		} else {
+			x = n
+		}
+	case bool:
+		b, err := strconv.ParseBool(s)
+		if x = b; err != nil {
+			msg = fmt.Sprintf("%q: want true or false", s)
+		}
+	case time.Duration:
+		x, msg = parseDuration(s)
+	case sockopt.Linger: // graceful, reset or a duration
+		mode, named := map[string]sockopt.LingerMode{"graceful": sockopt.Graceful, "reset": sockopt.Reset}[strings.ToLower(s)]
+		d, m := parseDuration(s)
+		if _, err := time.ParseDuration(s); !named && m != "" && err != nil && !plainNumber.MatchString(s) {
+			m = fmt.Sprintf("%q: want graceful, reset or a duration such as 2s", s)
+		}
+		x = sockopt.Linger{Mode: mode}
+		if !named {
+			x, msg = sockopt.Linger{Mode: sockopt.Bounded, Timeout: d}, m
+		}
+	case os.FileMode: // in octal, as for chmod: "0660" or "660"
+		n, err := strconv.ParseUint(s, 8, 32)
+		switch x = os.FileMode(n); {
+		case s == "" || strings.Trim(s, "01234567") != "":
+			msg = fmt.Sprintf("%q is not an octal file mode; want one such as 0660", s)
+		case err != nil || n > uint64(os.ModePerm):
+			msg = fmt.Sprintf("%q: want 0 to 0777", s)
+		}
+	case netip.Addr: // "" is the zero Addr
+		a, err := netip.ParseAddr(s)
+		x = a
+		if _, errPort := netip.ParseAddrPort(s); s != "" && err != nil && errPort == nil {
+			msg = fmt.Sprintf("%q: want an IP address without a port (set ports with dial.source_ports)", s)
+		} else if s != "" && err != nil {
+			msg = fmt.Sprintf("%q is not an IP address; want one such as 10.0.0.5 or 2001:db8::5", s)
+		}
+	case PortRange: // "lo-hi"; "" is the zero PortRange
+		los, his, ok := strings.Cut(s, "-")
+		lo, errLo := strconv.ParseUint(strings.TrimSpace(los), 10, 16)
+		hi, errHi := strconv.ParseUint(strings.TrimSpace(his), 10, 16)
+		isNum := func(s string) bool { s = strings.TrimSpace(s); return s != "" && strings.Trim(s, "0123456789") == "" }
+		switch x = (PortRange{uint16(lo), uint16(hi)}); {
+		case s == "":
+		case !ok || !isNum(los) || !isNum(his):
+			msg = fmt.Sprintf("%q: want a port range such as 20000-29999", s)
+		case errLo != nil || errHi != nil:
+			msg = fmt.Sprintf("%q: port out of range (want 1-65535)", s)
+		}
 	}
-	x, msg := f.kind.parse(s)
 	return reflect.ValueOf(x).Convert(f.typ), msg
 }
 
@@ -143,8 +194,12 @@ func (f field) check(v reflect.Value) string {
 			return "want 0 to 0777"
 		}
 	case PortRange:
-		if x != (PortRange{}) {
-			return x.check()
+		switch {
+		case x == PortRange{}:
+		case x.Lo == 0 || x.Hi == 0:
+			return "port out of range (want 1-65535)"
+		case x.Lo > x.Hi:
+			return "the first port is more than the last"
 		}
 	case string:
 		if all := strings.Split(f.tag.Get("oneof"), ","); all[0] != "" && !slices.Contains(all, x) {
@@ -192,7 +247,7 @@ func (f field) checkNumber(n int64) string {
 
 // show writes a bound n of f for a message, a size in bytes and units.
 func (f field) show(n int64) string {
-	if u := formatSize(n); f.kind == kSize && u != strconv.FormatInt(n, 10) {
+	if u := formatSize(n); f.size && u != strconv.FormatInt(n, 10) {
 		return fmt.Sprintf("%d (%s)", n, u)
 	}
 	return f.format(reflect.ValueOf(n).Convert(f.typ))
@@ -204,30 +259,12 @@ func (f field) format(v reflect.Value) string {
 	case os.FileMode:
 		return fmt.Sprintf("0%o", uint32(x))
 	case int, int64:
-		if f.kind == kSize {
+		if f.size {
 			return formatSize(v.Int())
 		}
 	}
 	return fmt.Sprint(v.Interface())
 }
-
-func parseInt(s string) (int, string) {
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		return 0, fmt.Sprintf("%q is not an integer", s)
-	}
-	return n, ""
-}
-
-func parseBool(s string) (bool, string) {
-	b, err := strconv.ParseBool(s)
-	if err != nil {
-		return false, fmt.Sprintf("%q: want true or false", s)
-	}
-	return b, ""
-}
-
-var plainNumber = regexp.MustCompile(`^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$`)
 
 // parseDuration accepts Go durations ("90s", "1m30s") and a plain 0. It is
 // the one parser of durations, linger's included.
@@ -246,22 +283,6 @@ func parseDuration(s string) (time.Duration, string) {
 		return 0, fmt.Sprintf("%q: must not be negative", s)
 	}
 	return d, ""
-}
-
-// parseLinger parses graceful, reset or a duration; check holds the
-// duration to the field's tags (positive, whole seconds).
-func parseLinger(s string) (sockopt.Linger, string) {
-	switch strings.ToLower(s) {
-	case "graceful":
-		return sockopt.Linger{Mode: sockopt.Graceful}, ""
-	case "reset":
-		return sockopt.Linger{Mode: sockopt.Reset}, ""
-	}
-	d, msg := parseDuration(s)
-	if _, err := time.ParseDuration(s); err != nil && !plainNumber.MatchString(s) {
-		msg = fmt.Sprintf("%q: want graceful, reset or a duration such as 2s", s)
-	}
-	return sockopt.Linger{Mode: sockopt.Bounded, Timeout: d}, msg
 }
 
 // sizeUnits are the suffixes a size may have: binary multiples only, so
@@ -304,65 +325,4 @@ func formatSize(n int64) string {
 		}
 	}
 	return strconv.FormatInt(n, 10)
-}
-
-// parseMode parses a file mode written in octal, as for chmod: "0660" or
-// "660".
-func parseMode(s string) (os.FileMode, string) {
-	if s == "" || strings.Trim(s, "01234567") != "" {
-		return 0, fmt.Sprintf("%q is not an octal file mode; want one such as 0660", s)
-	}
-	n, err := strconv.ParseUint(s, 8, 32)
-	if err != nil || n > uint64(os.ModePerm) {
-		return 0, fmt.Sprintf("%q: want 0 to 0777", s)
-	}
-	return os.FileMode(n), ""
-}
-
-// parseIP parses an IP address; "" is the zero Addr.
-func parseIP(s string) (netip.Addr, string) {
-	a, err := netip.ParseAddr(s)
-	if s == "" || err == nil {
-		return a, ""
-	}
-	if _, err := netip.ParseAddrPort(s); err == nil {
-		return a, fmt.Sprintf("%q: want an IP address without a port (set ports with dial.source_ports)", s)
-	}
-	return a, fmt.Sprintf("%q is not an IP address; want one such as 10.0.0.5 or 2001:db8::5", s)
-}
-
-// parsePortRange parses "lo-hi"; "" is the zero PortRange.
-func parsePortRange(s string) (PortRange, string) {
-	if s == "" {
-		return PortRange{}, ""
-	}
-	los, his, ok := strings.Cut(s, "-")
-	lo, errLo := strconv.ParseUint(strings.TrimSpace(los), 10, 16)
-	hi, errHi := strconv.ParseUint(strings.TrimSpace(his), 10, 16)
-	isNum := func(s string) bool { s = strings.TrimSpace(s); return s != "" && strings.Trim(s, "0123456789") == "" }
-	switch {
-	case !ok || !isNum(los) || !isNum(his):
-		return PortRange{}, fmt.Sprintf("%q: want a port range such as 20000-29999", s)
-	case errLo != nil || errHi != nil:
-		return PortRange{}, fmt.Sprintf("%q: port out of range (want 1-65535)", s)
-	}
-	return PortRange{Lo: uint16(lo), Hi: uint16(hi)}, "" // check does the rest
-}
-
-// check checks a range that is not the zero PortRange. The message is
-// empty when r is good.
-func (r PortRange) check() string {
-	switch {
-	case r.Lo == 0 || r.Hi == 0:
-		return "port out of range (want 1-65535)"
-	case r.Lo > r.Hi:
-		return "the first port is more than the last"
-	}
-	return ""
-}
-
-// splitList splits a list written on one line, separated by commas or
-// spaces.
-func splitList(s string) []string {
-	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
 }

@@ -58,7 +58,7 @@ func renderKeys(b *strings.Builder, t reflect.Type, indent string) {
 	for i := range t.NumField() {
 		sf := t.Field(i)
 		key, doc := sf.Tag.Get("key"), sf.Tag.Get("doc")
-		if key != "" && indent == "" && (kinds[sf.Type] == nil || i == 0 || kinds[t.Field(i-1).Type] == nil) {
+		if key != "" && indent == "" && (wants[sf.Type] == "" || i == 0 || wants[t.Field(i-1).Type] == "") {
 			b.WriteString("\n") // a blank line around each section at the top level
 		}
 		switch {
@@ -67,7 +67,7 @@ func renderKeys(b *strings.Builder, t reflect.Type, indent string) {
 			line(indent+key+":", doc)
 			line(indent+"  "+sf.Tag.Get("example")+":", "")
 			renderKeys(b, sf.Type.Elem(), indent+"    ")
-		case kinds[sf.Type] == nil:
+		case wants[sf.Type] == "":
 			line(indent+key+":", doc)
 			renderKeys(b, sf.Type, indent+"  ")
 		default:
@@ -120,7 +120,7 @@ func schemaKeys() ([]string, map[string]reflect.StructField) {
 			case key == "":
 			case sf.Type.Kind() == reflect.Map:
 				walk(sf.Type.Elem(), prefix+key+".<name>.")
-			case kinds[sf.Type] == nil:
+			case wants[sf.Type] == "":
 				walk(sf.Type, prefix+key+".")
 			default:
 				order = append(order, prefix+key)

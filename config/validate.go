@@ -44,10 +44,6 @@ func (ps Problems) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-func (ps *Problems) add(key, format string, args ...any) {
-	*ps = append(*ps, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
-}
-
 // err returns ps sorted as an error, or nil if there are none.
 func (ps Problems) err() error {
 	if len(ps) == 0 {
@@ -72,111 +68,117 @@ func AsProblems(err error) Problems {
 // Validate checks the values of c, which Load has already done. It is for
 // configurations built in code. The error, if any, is a Problems.
 func (c *Config) Validate() error {
-	return c.problems(func(string) bool { return false }).err()
+	t := &tree{}
+	t.check(c)
+	return t.probs.err()
 }
 
-// checkFields checks each value of fields in the struct v against the
-// schema's tags, unless reported says its key was reported already.
-func checkFields(ps *Problems, v reflect.Value, prefix string, fields []field, reported func(string) bool) {
-	for _, f := range fields {
-		fv := v.FieldByIndex(f.index)
-		if m := f.check(fv); m != "" && !reported(prefix+f.key) {
-			ps.add(prefix+f.key, "%q: %s", f.format(fv), m)
-		}
-	}
-}
-
-// problems checks every value in c and the references between them. A
-// check that compares a key with another skips it if reported(other).
-func (c *Config) problems(reported func(key string) bool) Problems {
-	var ps Problems
-	checkFields(&ps, reflect.ValueOf(c).Elem(), "", topFields, reported)
+// check checks each value in c against the schema's tags, and the
+// references between values.
+func (t *tree) check(c *Config) {
+	t.checkFields(reflect.ValueOf(c).Elem(), "", topFields)
 	upstreams := slices.Sorted(maps.Keys(c.Upstreams))
 	if len(c.Listeners) == 0 {
-		ps.add("listeners", "none defined; want at least one listener")
+		t.add("listeners", "none defined; want at least one listener")
 	}
 	if len(upstreams) == 0 {
-		ps.add("upstreams", "none defined; want at least one upstream")
+		t.add("upstreams", "none defined; want at least one upstream")
 	}
 
 	var seen []listenAddr
-	conflict := func(key string, a listenAddr) bool {
-		for _, b := range seen {
-			if a.overlaps(b) {
-				ps.add(key, "%q: conflicts with %s (%q)", a.text, b.key, b.text)
-				return true
-			}
+	listen := func(key, s string) {
+		a, msg := parseListen(key, s)
+		if i := slices.IndexFunc(seen, a.overlaps); msg == "" && i >= 0 {
+			msg = fmt.Sprintf("conflicts with %s (%q)", seen[i].key, seen[i].text)
 		}
-		return false
+		if msg != "" {
+			t.add(key, "%q: %s", s, msg)
+		} else {
+			seen = append(seen, a)
+		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Listeners)) {
 		l, p := c.Listeners[name], "listeners."+name+"."
-		checkFields(&ps, reflect.ValueOf(&l).Elem(), p, listenerFields, reported)
+		t.checkFields(reflect.ValueOf(l), p, listenerFields)
 		if l.Listen == "" {
-			ps.add(p+"listen", "missing; want host:port or unix:/path")
-		} else if addr, msg := parseListen(p+"listen", l.Listen); msg != "" {
-			ps.add(p+"listen", "%q: %s", l.Listen, msg)
-		} else if !conflict(p+"listen", addr) {
-			seen = append(seen, addr)
+			t.add(p+"listen", "missing; want host:port or unix:/path")
+		} else {
+			listen(p+"listen", l.Listen)
 		}
 		switch _, ok := c.Upstreams[l.Upstream]; {
 		case l.Upstream == "" && len(upstreams) > 0:
-			ps.add(p+"upstream", "missing; want one of: %s", strings.Join(upstreams, ", "))
+			t.add(p+"upstream", "missing; want one of: %s", strings.Join(upstreams, ", "))
 		case l.Upstream == "":
-			ps.add(p+"upstream", "missing; want the name of an upstream")
+			t.add(p+"upstream", "missing; want the name of an upstream")
 		case !ok:
-			ps.add(p+"upstream", "%q names no upstream (have: %s)", l.Upstream, cmp.Or(strings.Join(upstreams, ", "), "none"))
+			t.add(p+"upstream", "%q names no upstream (have: %s)", l.Upstream, cmp.Or(strings.Join(upstreams, ", "), "none"))
 		}
-		checkKeepalive(&ps, p+"keepalive.", l.Keepalive, reported)
+		t.checkKeepalive(p+"keepalive.", l.Keepalive)
 	}
-
 	if a := c.Admin.Listen; strings.HasPrefix(a, "unix:") {
-		ps.add("admin.listen", "%q: unix sockets are not supported for admin.listen; want host:port", a)
-	} else if addr, msg := parseListen("admin.listen", a); a != "" && msg != "" {
-		ps.add("admin.listen", "%q: %s", a, msg)
+		t.add("admin.listen", "%q: unix sockets are not supported for admin.listen; want host:port", a)
 	} else if a != "" {
-		conflict("admin.listen", addr)
+		listen("admin.listen", a)
 	}
 
 	for _, name := range upstreams {
 		u, p := c.Upstreams[name], "upstreams."+name+"."
-		checkFields(&ps, reflect.ValueOf(&u).Elem(), p, upstreamFields, reported)
+		t.checkFields(reflect.ValueOf(u), p, upstreamFields)
 		if len(u.Endpoints) == 0 {
-			ps.add(p+"endpoints", "empty; want at least one host:port")
+			t.add(p+"endpoints", "empty; want at least one host:port")
 		}
 		for i, e := range u.Endpoints {
-			key := fmt.Sprintf("%sendpoints[%d]", p, i)
-			if msg := checkEndpoint(e); msg != "" {
-				ps.add(key, "%q: %s", e, msg)
-			} else if j := slices.Index(u.Endpoints[:i], e); j >= 0 {
-				ps.add(key, "%q: same as endpoints[%d]", e, j)
+			host, port, msg := splitHostPort(e)
+			switch j := slices.Index(u.Endpoints[:i], e); {
+			case strings.HasPrefix(e, "unix:"):
+				msg = "unix sockets are not supported for upstreams; want host:port"
+			case msg != "":
+			case host == "":
+				msg = "missing host"
+			case port == 0:
+				msg = "port out of range (want 1-65535)"
+			case j >= 0:
+				msg = fmt.Sprintf("same as endpoints[%d]", j)
+			}
+			if msg != "" {
+				t.add(fmt.Sprintf("%sendpoints[%d]", p, i), "%q: %s", e, msg)
 			}
 		}
 		if strings.ContainsFunc(u.HostHeader, badHostRune) {
-			ps.add(p+"host_header", "%q: not a host; want a name such as example.com or example.com:8080", u.HostHeader)
+			t.add(p+"host_header", "%q: not a host; want a name such as example.com or example.com:8080", u.HostHeader)
 		}
-		if pl := u.Pool; pl.MaxIdle > pl.MaxConns && pl.MaxConns >= 1 && !reported(p+"pool.max_conns") && !reported(p+"pool.max_idle") {
-			ps.add(p+"pool.max_idle", "%q: more than pool.max_conns (%d)", strconv.Itoa(pl.MaxIdle), pl.MaxConns)
+		if pl := u.Pool; pl.MaxIdle > pl.MaxConns && pl.MaxConns >= 1 && !t.isBad(p+"pool.max_conns") {
+			t.add(p+"pool.max_idle", "%s: more than pool.max_conns (%d)", t.quote(p+"pool.max_idle", strconv.Itoa(pl.MaxIdle)), pl.MaxConns)
 		}
-		if r := u.Dial.SourcePorts; r != (PortRange{}) && r.check() == "" && !u.Dial.Source.IsValid() && !reported(p+"dial.source") {
-			ps.add(p+"dial.source_ports", "%q: dial.source_ports needs dial.source", r.String())
+		if r := u.Dial.SourcePorts; r.Lo != 0 && r.Lo <= r.Hi && !u.Dial.Source.IsValid() && !t.isBad(p+"dial.source") {
+			t.add(p+"dial.source_ports", "%s: dial.source_ports needs dial.source", t.quote(p+"dial.source_ports", r.String()))
 		}
-		checkKeepalive(&ps, p+"dial.keepalive.", u.Dial.Keepalive, reported)
+		t.checkKeepalive(p+"dial.keepalive.", u.Dial.Keepalive)
 	}
-	return ps
+}
+
+// checkFields checks each value of fields in the struct v against the
+// schema's tags.
+func (t *tree) checkFields(v reflect.Value, prefix string, fields []field) {
+	for _, f := range fields {
+		fv := v.FieldByIndex(f.index)
+		if m := f.check(fv); m != "" {
+			t.add(prefix+f.key, "%s: %s", t.quote(prefix+f.key, f.format(fv)), m)
+		}
+	}
 }
 
 // checkKeepalive checks what keepalive on (idle not 0s) needs beyond each
 // value's own range.
-func checkKeepalive(ps *Problems, p string, k Keepalive, reported func(key string) bool) {
-	if k.Idle <= 0 || reported(p+"idle") {
+func (t *tree) checkKeepalive(p string, k Keepalive) {
+	if k.Idle <= 0 || t.isBad(p+"idle") {
 		return
 	}
-	if k.Interval == 0 && !reported(p+"interval") {
-		ps.add(p+"interval", "%q: must be more than 0 while keepalive is on (idle is not 0s)", fmt.Sprint(k.Interval))
+	if k.Interval == 0 {
+		t.add(p+"interval", "%s: must be more than 0 while keepalive is on (idle is not 0s)", t.quote(p+"interval", "0s"))
 	}
-	if k.Count == 0 && !reported(p+"count") {
-		ps.add(p+"count", "%q: want at least 1 while keepalive is on (idle is not 0s)", "0")
+	if k.Count == 0 {
+		t.add(p+"count", "%s: want at least 1 while keepalive is on (idle is not 0s)", t.quote(p+"count", "0"))
 	}
 }
 
@@ -215,23 +217,6 @@ func parseListen(key, s string) (listenAddr, string) {
 	}
 	host, port, msg := splitHostPort(s)
 	return listenAddr{key: key, text: s, host: strings.ToLower(host), port: port}, msg
-}
-
-// checkEndpoint checks an upstream "host:port". The message is empty when
-// s is good.
-func checkEndpoint(s string) string {
-	host, port, msg := splitHostPort(s)
-	switch {
-	case strings.HasPrefix(s, "unix:"):
-		return "unix sockets are not supported for upstreams; want host:port"
-	case msg != "":
-		return msg
-	case host == "":
-		return "missing host"
-	case port == 0:
-		return "port out of range (want 1-65535)"
-	}
-	return ""
 }
 
 func badHostRune(r rune) bool { return r <= ' ' || r == 0x7f || r == '/' }
