@@ -70,7 +70,11 @@ type LoadOptions struct {
 // is just one. Load finds every problem it can before giving up; the
 // error, if any, is a Problems sorted by key.
 func Load(opts LoadOptions) (*Config, error) {
-	t := &tree{values: map[string]any{}, written: map[string]string{}, origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
+	if opts.Flags == nil {
+		opts.Flags = pflag.NewFlagSet("", pflag.ContinueOnError)
+		AddFlags(opts.Flags)
+	}
+	t := newTree()
 	if !t.read(opts) {
 		return nil, t.probs.err()
 	}
@@ -78,26 +82,27 @@ func Load(opts LoadOptions) (*Config, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	v := viper.New()
+	v := viper.New() // finds a key such as log.level in a flat map as in nested ones
 	for _, layer := range []map[string]any{t.values, t.envLayer(env, opts.Warn)} {
-		if err := v.MergeConfigMap(nest(layer)); err != nil {
+		if err := v.MergeConfigMap(layer); err != nil {
 			return nil, Problems{{Key: t.file, Msg: err.Error()}}
 		}
 	}
-	if f := flagNamed(opts.Flags, FlagLogLevel); f != nil && f.Changed {
+	if f := opts.Flags.Lookup(FlagLogLevel); f.Changed {
 		v.Set("log.level", f.Value.String())
 		t.origin["log.level"] = "flag --" + FlagLogLevel
 	}
 
 	cfg := &Config{}
 	cv := reflect.ValueOf(cfg).Elem()
-	t.decode(v.Get, cv, "", topFields)
+	t.get = v.Get
+	t.decode(cv, "", topFields)
 	for _, e := range entryKinds {
 		m := reflect.MakeMap(cv.Field(e.index).Type())
 		for _, name := range t.names[e.key] {
 			ev := reflect.New(m.Type().Elem()).Elem()
 			ev.FieldByName("Name").SetString(name)
-			t.decode(v.Get, ev, e.key+"."+name+".", e.fields)
+			t.decode(ev, e.key+"."+name+".", e.fields)
 			m.SetMapIndex(reflect.ValueOf(name), ev)
 		}
 		cv.Field(e.index).Set(m)
@@ -123,35 +128,32 @@ func Load(opts LoadOptions) (*Config, error) {
 	return cfg, nil
 }
 
-func flagNamed(fs *pflag.FlagSet, name string) *pflag.Flag {
-	if fs == nil {
-		return nil
-	}
-	return fs.Lookup(name)
+// tree is one reading of a configuration: the source's values of known
+// keys, where each value came from, and the problems found. Validate uses
+// an empty one.
+type tree struct {
+	onDisk bool                // file is a file on disk (not the built-in default)
+	file   string              // the source's name in messages
+	values map[string]any      // full key → a string, or []string for a list
+	get    func(string) any    // full key → its value as written, layers merged
+	origin map[string]string   // full key → where its value came from
+	names  map[string][]string // "listeners", "upstreams" → names in source order
+	bad    map[string]bool     // keys (or prefixes) already reported
+	probs  Problems
 }
 
-// tree is one reading of a configuration: the source's values of known
-// keys, where each value came from and how it was written, and the
-// problems found. Validate uses an empty one.
-type tree struct {
-	onDisk  bool                // file is a file on disk (not the built-in default)
-	file    string              // the source's name in messages
-	values  map[string]any      // full key → a string, or []string for a list
-	written map[string]string   // full key → its value as written, once it parsed
-	origin  map[string]string   // full key → where its value came from
-	names   map[string][]string // "listeners", "upstreams" → names in source order
-	bad     map[string]bool     // keys (or prefixes) already reported
-	probs   Problems
+func newTree() *tree {
+	return &tree{values: map[string]any{}, origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
 }
 
 // decode sets each key of fields in the struct dst to its default, then
-// to its value from get. A value that does not parse is reported, and dst
+// to its value, if any. A value that does not parse is reported, and dst
 // keeps the default.
-func (t *tree) decode(get func(string) any, dst reflect.Value, prefix string, fields []field) {
+func (t *tree) decode(dst reflect.Value, prefix string, fields []field) {
 	fill(dst, fields)
 	for _, f := range fields {
 		key, s := prefix+f.key, ""
-		switch raw := get(key).(type) {
+		switch raw := t.get(key).(type) {
 		case nil:
 			continue
 		case []string: // a list from the file
@@ -168,7 +170,6 @@ func (t *tree) decode(get func(string) any, dst reflect.Value, prefix string, fi
 			t.add(key, "%s", msg)
 			t.bad[key] = true
 		case f.typ.Kind() != reflect.Slice || x.Len() > 0:
-			t.written[key] = s
 			dst.FieldByIndex(f.index).Set(x)
 		}
 	}
@@ -177,16 +178,9 @@ func (t *tree) decode(get func(string) any, dst reflect.Value, prefix string, fi
 // read fills t from the source opts select. It returns false if there is
 // nothing to decode.
 func (t *tree) read(opts LoadOptions) bool {
-	file := opts.File
-	if f := flagNamed(opts.Flags, FlagConfig); f != nil && f.Changed {
+	file, listen, upstream := opts.File, opts.Flags.Lookup(FlagListen).Value.String(), opts.Flags.Lookup(FlagUpstream).Value.String()
+	if f := opts.Flags.Lookup(FlagConfig); f.Changed {
 		file = f.Value.String()
-	}
-	var listen, upstream string
-	if f := flagNamed(opts.Flags, FlagListen); f != nil {
-		listen = f.Value.String()
-	}
-	if f := flagNamed(opts.Flags, FlagUpstream); f != nil {
-		upstream = f.Value.String()
 	}
 	const needBoth = "missing; dev mode needs both --listen and --upstream"
 	switch {
@@ -324,7 +318,7 @@ func suggestKey(k, base, rel string, fields []field) string {
 		}
 	}
 	for _, e := range entryKinds {
-		if base+rel == "" { // listeners and upstreams are keys of the top level too
+		if base+rel == "" {
 			here = append(here, e.key)
 		}
 	}
@@ -390,20 +384,18 @@ func (t *tree) pos(n *yaml.Node) string {
 
 // isBad reports whether key, or a key it is under, was already reported.
 func (t *tree) isBad(key string) bool {
-	for ; ; key = key[:strings.LastIndexAny(key, ".[")] {
-		if t.bad[key] {
+	for i := len(key); i > 0; i = strings.LastIndexAny(key[:i], ".[") {
+		if t.bad[key[:i]] {
 			return true
 		}
-		if !strings.ContainsAny(key, ".[") {
-			return false
-		}
 	}
+	return false
 }
 
 // quote quotes the value of key as written, else as formatted.
 func (t *tree) quote(key, formatted string) string {
-	if s, ok := t.written[key]; ok {
-		return strconv.Quote(s)
+	if s, ok := t.get(key).(string); ok {
+		formatted = strings.TrimSpace(s)
 	}
 	return strconv.Quote(formatted)
 }
@@ -459,22 +451,6 @@ func EnvName(key string) string {
 	return EnvPrefix + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(key))
 }
 
-// nest turns a map of full keys into the nested maps viper merges.
-func nest(flat map[string]any) map[string]any {
-	top := map[string]any{}
-	for key, v := range flat {
-		m, parts := top, strings.Split(key, ".")
-		for _, p := range parts[:len(parts)-1] {
-			if m[p] == nil {
-				m[p] = map[string]any{}
-			}
-			m = m[p].(map[string]any)
-		}
-		m[parts[len(parts)-1]] = v
-	}
-	return top
-}
-
 // join joins two parts of a key with ".", skipping an empty one.
 func join(a, b string) string {
 	if a == "" || b == "" {
@@ -502,7 +478,7 @@ func (t *tree) pairs(n *yaml.Node, path string) []pair {
 			}
 			for _, s := range srcs {
 				if s = resolve(s); s.Kind == yaml.MappingNode {
-					merged = append(merged, (&tree{}).pairs(s, "")...)
+					merged = append(merged, newTree().pairs(s, "")...) // reported where s is written
 				}
 			}
 		} else if f, ok := first[k.Value]; ok {

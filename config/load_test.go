@@ -536,6 +536,8 @@ func TestProblems(t *testing.T) {
 			nil, []string{`listeners.b.listen: "127.0.0.1:8080": conflicts with listeners.a.listen (":8080")`}},
 		{"same unix socket", "listeners: {a: {listen: 'unix:/tmp/x.sock'}, b: {listen: 'unix:/tmp//x.sock'}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000']}}",
 			nil, []string{`listeners.b.listen: "unix:/tmp//x.sock": conflicts with listeners.a.listen ("unix:/tmp/x.sock")`}},
+		{"key written twice in a merged mapping", "listeners: {app: {listen: 127.0.0.1:8080, upstream: b}}\nupstreams: {a: &a {endpoints: ['h:1'], retries: 1, retries: 2}, b: {<<: *a}}",
+			nil, []string{`upstreams.a.retries: written twice; first at line 2`}},
 		{"key written twice", "listeners: {app: {listen: 127.0.0.1:8080, listen: 127.0.0.1:8081}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000']}}",
 			nil, []string{`listeners.app.listen: written twice; first at line 1`}},
 		{"top level is a list", "- a\n- b\n",

@@ -216,19 +216,18 @@ func (f field) check(v reflect.Value) string {
 func (f field) checkNumber(n int64) string {
 	bound := func(tag string) (int64, bool) {
 		s, ok := f.tag.Lookup(tag)
-		if f.typ == reflect.TypeFor[sockopt.Linger]() || tag == "res" {
-			d, _ := parseDuration(s)
-			return int64(d), ok
+		if !ok {
+			return 0, false
 		}
-		x, _ := f.parse(s)
-		return x.Int(), ok
+		x, _ := f.parse(s) // of a duration, size or count: linger has neither min nor max
+		return x.Int(), true
 	}
 	kernel := f.tag.Get("kernel")
 	if n < 0 {
 		return "must not be negative"
 	}
-	if res, ok := bound("res"); ok && n%res != 0 {
-		unit := map[time.Duration]string{time.Second: "seconds", time.Millisecond: "milliseconds"}[time.Duration(res)]
+	if res, err := time.ParseDuration(f.tag.Get("res")); err == nil && n%int64(res) != 0 {
+		unit := map[time.Duration]string{time.Second: "seconds", time.Millisecond: "milliseconds"}[res]
 		return fmt.Sprintf("want whole %s (the kernel counts %s in %s)", unit, kernel, unit)
 	}
 	if min, ok := bound("min"); ok && n < min {

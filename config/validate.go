@@ -68,7 +68,7 @@ func AsProblems(err error) Problems {
 // Validate checks the values of c, which Load has already done. It is for
 // configurations built in code. The error, if any, is a Problems.
 func (c *Config) Validate() error {
-	t := &tree{}
+	t := &tree{get: func(string) any { return nil }} // values as built, not as written
 	t.check(c)
 	return t.probs.err()
 }
