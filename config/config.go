@@ -1,6 +1,6 @@
 // Package config turns unstuck's configuration file, environment and flags
-// into typed values. It is the only package besides cmd/unstuck that knows
-// about viper; everything else takes a *Config or one of its parts.
+// into typed values. It is the only package that knows about viper;
+// everything else takes a *Config or one of its parts.
 //
 // The structs below are the schema. Each field's tags say its key, its
 // default (as written in the file) and a one-line doc; decoding, defaults,
@@ -8,7 +8,7 @@
 // holds config.yaml and the README's reference to them. Adding a key is
 // adding a field here and the code that uses it. The tags:
 //
-//	key      the key under its parent; no tag or "-": not a key
+//	key      the key under its parent; no tag: not a key
 //	default  the value when left out; no tag: none (Validate demands one)
 //	doc      one line for config.yaml
 //	example  the value config.yaml shows for a key without a default
@@ -157,16 +157,14 @@ type UpstreamLimits struct {
 
 // DefaultListener returns a listener with every default filled in and no
 // Name, Listen or Upstream.
-func DefaultListener() Listener {
-	var l Listener
+func DefaultListener() (l Listener) {
 	fill(reflect.ValueOf(&l).Elem(), listenerFields)
 	return l
 }
 
 // DefaultUpstream returns an upstream with every default filled in and no
 // Name or Endpoints.
-func DefaultUpstream() Upstream {
-	var u Upstream
+func DefaultUpstream() (u Upstream) {
 	fill(reflect.ValueOf(&u).Elem(), upstreamFields)
 	return u
 }

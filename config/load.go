@@ -264,28 +264,25 @@ func (t *tree) walk(n *yaml.Node, base, rel string, fields []field) {
 		switch {
 		case i >= 0:
 			t.leaf(kv, key, fields[i])
-		case e >= 0:
-			t.walkEntries(val, &entryKinds[e])
-		case !slices.ContainsFunc(fields, func(f field) bool { return strings.HasPrefix(f.key, r+".") }):
+		case e < 0 && !slices.ContainsFunc(fields, func(f field) bool { return strings.HasPrefix(f.key, r+".") }):
 			t.problem(key, kv.key, "unknown key%s", suggestKey(k, base, rel, fields))
 		case isNull(val):
+		case e >= 0 && val.Kind != yaml.MappingNode:
+			ek := entryKinds[e]
+			t.problem(key, val, "want a mapping of name to %s settings, such as %s: {%s: {...}}, got %s", ek.what, key, ek.example, describe(val))
 		case val.Kind != yaml.MappingNode:
 			t.problem(key, val, "want a mapping, got %s", describe(val))
+		case e >= 0:
+			t.walkNames(val, &entryKinds[e])
 		default:
 			t.walk(val, base, r, fields)
 		}
 	}
 }
 
-// walkEntries records the names in n, the value of listeners or upstreams,
-// and walks the settings of each.
-func (t *tree) walkEntries(n *yaml.Node, e *entries) {
-	if isNull(n) {
-		return
-	} else if n.Kind != yaml.MappingNode {
-		t.problem(e.key, n, "want a mapping of name to %s settings, such as %s: {%s: {...}}, got %s", e.what, e.key, e.example, describe(n))
-		return
-	}
+// walkNames records the names in n, the mapping under listeners or
+// upstreams, and walks the settings of each.
+func (t *tree) walkNames(n *yaml.Node, e *entries) {
 	for _, kv := range t.pairs(n, e.key) {
 		name, val, key := kv.key.Value, resolve(kv.val), e.key+"."+kv.key.Value
 		if !nameRE.MatchString(name) {

@@ -121,12 +121,11 @@ func (f field) parse(s string) (reflect.Value, string) {
 	case []string:
 		x = strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
 	case int, int64:
-		if f.size {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if x = n; f.size {
 			x, msg = parseSize(s)
-		} else if n, err := strconv.ParseInt(s, 10, 64); err != nil {
-			x, msg = n, fmt.Sprintf("%q is not an integer", s)
-		} else {
-			x = n
+		} else if err != nil {
+			msg = fmt.Sprintf("%q is not an integer", s)
 		}
 	case bool:
 		b, err := strconv.ParseBool(s)
@@ -136,22 +135,18 @@ func (f field) parse(s string) (reflect.Value, string) {
 	case time.Duration:
 		x, msg = parseDuration(s)
 	case sockopt.Linger: // graceful, reset or a duration
-		mode, named := map[string]sockopt.LingerMode{"graceful": sockopt.Graceful, "reset": sockopt.Reset}[strings.ToLower(s)]
 		d, m := parseDuration(s)
-		if _, err := time.ParseDuration(s); !named && m != "" && err != nil && !plainNumber.MatchString(s) {
+		if _, err := time.ParseDuration(s); err != nil && !plainNumber.MatchString(s) {
 			m = fmt.Sprintf("%q: want graceful, reset or a duration such as 2s", s)
 		}
-		x = sockopt.Linger{Mode: mode}
-		if !named {
-			x, msg = sockopt.Linger{Mode: sockopt.Bounded, Timeout: d}, m
+		x, msg = sockopt.Linger{Mode: sockopt.Bounded, Timeout: d}, m
+		if mode, ok := map[string]sockopt.LingerMode{"graceful": sockopt.Graceful, "reset": sockopt.Reset}[strings.ToLower(s)]; ok {
+			x, msg = sockopt.Linger{Mode: mode}, ""
 		}
-	case os.FileMode: // in octal, as for chmod: "0660" or "660"
-		n, err := strconv.ParseUint(s, 8, 32)
-		switch x = os.FileMode(n); {
-		case s == "" || strings.Trim(s, "01234567") != "":
+	case os.FileMode: // in octal, as for chmod: "0660" or "660"; check refuses more than 0777
+		n, _ := strconv.ParseUint(s, 8, 32)
+		if x = os.FileMode(n); s == "" || strings.Trim(s, "01234567") != "" {
 			msg = fmt.Sprintf("%q is not an octal file mode; want one such as 0660", s)
-		case err != nil || n > uint64(os.ModePerm):
-			msg = fmt.Sprintf("%q: want 0 to 0777", s)
 		}
 	case netip.Addr: // "" is the zero Addr
 		a, err := netip.ParseAddr(s)
