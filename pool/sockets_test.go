@@ -2,6 +2,7 @@ package pool
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"net"
@@ -210,15 +211,16 @@ func TestLingerDecidesWhoKeepsTimeWait(t *testing.T) {
 // endpoints × 100 open connections (300) fit in a 100-port source range,
 // every port shared across endpoints. A bind-time port choice runs out
 // after 100 (EADDRINUSE). In a namespace of its own: no other test holds
-// a port of the range.
+// a port of the range, and the endpoints listen on fixed ports outside it
+// (a port a listener bound is not one connect may share).
 func TestSourcePortsSharedAcrossEndpoints(t *testing.T) {
 	if !netns.Isolated(t) {
 		return
 	}
 	const perEndpoint, rangeSize = 100, 100
 	var endpoints []string
-	for range 3 {
-		endpoints = append(endpoints, eofServer(t, "127.0.0.1:0"))
+	for i := range 3 {
+		endpoints = append(endpoints, eofServer(t, fmt.Sprintf("127.0.0.1:%d", 42001+i)))
 	}
 	p := newTestPool(t, Config{
 		Endpoints:   endpoints,

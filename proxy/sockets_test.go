@@ -188,12 +188,13 @@ func TestAppIgnoringFINIsReset(t *testing.T) {
 		Observer:      closes,
 	}}, up.Addr())
 	app := testpeer.StartLegacyClient(t, addr, testpeer.LegacyClientOptions{Conns: conns})
+	var lastRequest time.Time
 	for slot := 1; slot <= conns; slot++ {
+		lastRequest = time.Now() // before it is sent: its connection's idle time starts later
 		if _, err := app.DoOn(slot, "GET", "/", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	lastRequest := time.Now()
 	wait.Until(t, 10*time.Second, "unstuck to reset every app connection", func() bool {
 		return closes.count("escalated") == conns
 	})

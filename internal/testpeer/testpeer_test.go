@@ -402,7 +402,10 @@ func TestLegacyClientLeaksCloseWait(t *testing.T) {
 		return
 	}
 	const n = 4
-	s := StartIdleCloser(t, IdleCloserOptions{IdleTimeout: 100 * time.Millisecond})
+	// Idle 500ms: the client dials its connections before its first
+	// requests, and on a loaded machine 100ms between the two was seen to
+	// pass (the first GET then read the FIN).
+	s := StartIdleCloser(t, IdleCloserOptions{IdleTimeout: 500 * time.Millisecond})
 	lc := StartLegacyClient(t, s.Addr(), LegacyClientOptions{Conns: n})
 	for range n {
 		if _, err := lc.Do("GET", "/", nil); err != nil {
