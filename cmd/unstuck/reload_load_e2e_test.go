@@ -164,7 +164,7 @@ func TestE2EReloadUnderLoadSIGHUP(t *testing.T) {
 		sleeperConns = 4
 		perConn      = 20000              // a bound; the test stops the load long before
 		progress     = 16 * conns         // requests to see between reloads, at each
-		phaseWait    = 2 * e2eStopTimeout // for a reload's line, and for its progress
+		phaseWait    = 4 * e2eStopTimeout // for a reload's line, and for its progress: ~2s on a loaded 2-CPU machine under -race
 	)
 	a := testpeer.StartServer(t, testpeer.Options{})
 	b := testpeer.StartServer(t, testpeer.Options{})
