@@ -129,8 +129,8 @@ func Load(opts LoadOptions) (*Config, error) {
 }
 
 // tree is one reading of a configuration: the source's values of known
-// keys, where each value came from, and the problems found. Validate uses
-// an empty one.
+// keys, where each came from, and the problems found. Validate uses one
+// with only problems.
 type tree struct {
 	onDisk bool                // file is a file on disk (not the built-in default)
 	file   string              // the source's name in messages
@@ -146,9 +146,8 @@ func newTree() *tree {
 	return &tree{values: map[string]any{}, origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
 }
 
-// decode sets each key of fields in the struct dst to its default, then
-// to its value, if any. A value that does not parse is reported, and dst
-// keeps the default.
+// decode sets each key of fields in the struct dst to its value, else its
+// default; a value that does not parse is reported and leaves the default.
 func (t *tree) decode(dst reflect.Value, prefix string, fields []field) {
 	fill(dst, fields)
 	for _, f := range fields {
@@ -304,9 +303,8 @@ func (t *tree) walkNames(n *yaml.Node, e *entries) {
 	}
 }
 
-// suggestKey suggests, for the unknown key k in the mapping at rel in
-// base, a key of the same mapping, else one elsewhere in base, that k may
-// have meant.
+// suggestKey suggests what the unknown key k at rel in base may have meant:
+// a key of the same mapping, else one elsewhere in base.
 func suggestKey(k, base, rel string, fields []field) string {
 	var here []string
 	for _, f := range fields {
@@ -330,8 +328,7 @@ func suggestKey(k, base, rel string, fields []field) string {
 	return ""
 }
 
-// leaf records the value of one known key: a string or, for a list, a
-// []string.
+// leaf records the value of one known key: a string, or a list's []string.
 func (t *tree) leaf(kv pair, key string, f field) {
 	t.origin[key] = t.pos(kv.key)
 	n := resolve(kv.val)
@@ -402,8 +399,7 @@ func (t *tree) quote(key, formatted string) string {
 var serviceLink = regexp.MustCompile(`^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)?)$`)
 
 // envLayer returns the values env sets for the keys of the top level and
-// of every named entry, and tells warn of each UNSTUCK_ variable that
-// names no key.
+// the named entries, and tells warn of each UNSTUCK_ variable naming none.
 func (t *tree) envLayer(env []string, warn func(Problem)) map[string]any {
 	vars := map[string]string{}
 	for _, kv := range env {
@@ -459,38 +455,42 @@ func join(a, b string) string {
 // pair is a key and its value in a YAML mapping.
 type pair struct{ key, val *yaml.Node }
 
-// pairs returns the entries of mapping n, which is at path, with merge keys
-// (<<) expanded, an explicit key winning over a merged one, and reports
-// keys written twice.
+// pairs returns the entries of mapping n, which is at path, and reports
+// keys written twice. Merge keys (<<) are expanded as YAML says: an
+// explicit key wins over a merged one, an earlier mapping over a later.
 func (t *tree) pairs(n *yaml.Node, path string) []pair {
-	var own, merged []pair
+	var own []pair
 	first := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" {
-			v = resolve(v)
-			srcs := []*yaml.Node{v}
-			if v.Kind == yaml.SequenceNode {
-				srcs = v.Content
-			}
-			for _, s := range srcs {
-				if s = resolve(s); s.Kind == yaml.MappingNode {
-					merged = append(merged, newTree().pairs(s, "")...) // reported where s is written
+	seen := map[*yaml.Node]bool{n: true} // a mapping merged twice adds nothing the second time: no blow-up
+	var merge func(srcs []*yaml.Node, explicit bool)
+	merge = func(srcs []*yaml.Node, explicit bool) {
+		for _, m := range srcs {
+			var merged []*yaml.Node
+			for i := 0; i+1 < len(m.Content); i += 2 {
+				k, v := m.Content[i], resolve(m.Content[i+1])
+				switch f := first[k.Value]; {
+				case k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" && v.Kind == yaml.SequenceNode:
+					merged = append(merged, v.Content...)
+				case k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge":
+					merged = append(merged, v)
+				case f != nil && explicit:
+					t.problem(join(path, k.Value), k, "written twice; first at line %d", f.Line)
+				case f == nil:
+					first[k.Value] = k
+					own = append(own, pair{k, v})
 				}
 			}
-		} else if f, ok := first[k.Value]; ok {
-			t.problem(join(path, k.Value), k, "written twice; first at line %d", f.Line)
-		} else {
-			first[k.Value] = k
-			own = append(own, pair{k, v})
+			var next []*yaml.Node
+			for _, s := range merged {
+				if s = resolve(s); s.Kind == yaml.MappingNode && !seen[s] {
+					seen[s] = true
+					next = append(next, s)
+				}
+			}
+			merge(next, false)
 		}
 	}
-	for _, m := range merged {
-		if first[m.key.Value] == nil {
-			first[m.key.Value] = m.key
-			own = append(own, m)
-		}
-	}
+	merge([]*yaml.Node{n}, true)
 	return own
 }
 
@@ -505,8 +505,7 @@ func isNull(n *yaml.Node) bool {
 	return n == nil || n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
 }
 
-// describe names a node's value for messages: a quoted scalar, "a list"
-// or "a mapping".
+// describe names a node's value for messages.
 func describe(n *yaml.Node) string {
 	switch {
 	case n.Kind == yaml.SequenceNode:

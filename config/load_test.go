@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -213,6 +214,19 @@ upstreams:
 	b := cfg.Upstreams["b"]
 	if b.Retries != 5 || b.Pool.MaxConns != 7 || !slices.Equal(b.Endpoints, []string{"127.0.0.1:9000"}) {
 		t.Errorf("upstream b = %+v; want retries 5, max_conns 7 and a's endpoints", b)
+	}
+
+	// Each mapping merges the one before twice: expanded naively, 2^40
+	// merges; read once each, a few dozen.
+	var y strings.Builder
+	y.WriteString("x: &m0 {access: true}\n")
+	for i := 1; i <= 40; i++ {
+		fmt.Fprintf(&y, "x%d: &m%d {<<: [*m%d, *m%d]}\n", i, i, i-1, i-1)
+	}
+	y.WriteString("log: {<<: *m40}\n")
+	lines := problemLines(t, LoadOptions{File: writeConfig(t, y.String())})
+	if want := "listeners: none defined; want at least one listener"; !slices.Contains(lines, want) {
+		t.Errorf("problems %q; want %q among them", lines, want)
 	}
 }
 

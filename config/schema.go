@@ -44,8 +44,7 @@ type field struct {
 	hasDef bool
 }
 
-// entries is a map of names to settings at the top level: listeners or
-// upstreams.
+// entries is listeners or upstreams: a map of names to settings.
 type entries struct {
 	key, what, example string // "listeners", "listener", "app"
 	index              int    // of the map in Config
@@ -172,8 +171,8 @@ func (f field) parse(s string) (reflect.Value, string) {
 	return reflect.ValueOf(x).Convert(f.typ), msg
 }
 
-// check says what is wrong with the value v of f, which parse let
-// through or code built; "" if nothing.
+// check says what is wrong with the value v of f, parsed or built; "" if
+// nothing.
 func (f field) check(v reflect.Value) string {
 	switch x := v.Interface().(type) {
 	case time.Duration, int, int64:

@@ -73,8 +73,8 @@ func (c *Config) Validate() error {
 	return t.probs.err()
 }
 
-// check checks each value in c against the schema's tags, and the
-// references between values.
+// check checks each value in c against the schema's tags, and the values
+// against each other.
 func (t *tree) check(c *Config) {
 	t.checkFields(reflect.ValueOf(c).Elem(), "", topFields)
 	upstreams := slices.Sorted(maps.Keys(c.Upstreams))
@@ -157,8 +157,7 @@ func (t *tree) check(c *Config) {
 	}
 }
 
-// checkFields checks each value of fields in the struct v against the
-// schema's tags.
+// checkFields checks each value of fields in the struct v against its tags.
 func (t *tree) checkFields(v reflect.Value, prefix string, fields []field) {
 	for _, f := range fields {
 		fv := v.FieldByIndex(f.index)
