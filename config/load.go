@@ -74,7 +74,7 @@ func Load(opts LoadOptions) (*Config, error) {
 		opts.Flags = pflag.NewFlagSet("", pflag.ContinueOnError)
 		AddFlags(opts.Flags)
 	}
-	t := newTree()
+	t := &tree{values: map[string]any{}, origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
 	if !t.read(opts) {
 		return nil, t.probs.err()
 	}
@@ -140,10 +140,6 @@ type tree struct {
 	names  map[string][]string // "listeners", "upstreams" → names in source order
 	bad    map[string]bool     // keys (or prefixes) already reported
 	probs  Problems
-}
-
-func newTree() *tree {
-	return &tree{values: map[string]any{}, origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
 }
 
 // decode sets each key of fields in the struct dst to its value, else its
