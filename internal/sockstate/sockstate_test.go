@@ -306,3 +306,65 @@ func BenchmarkList20000(b *testing.B) {
 		}
 	}
 }
+
+// Counters reads the namespace's own counters: a connection closed first
+// by one side counts one TIME_WAIT entered, whatever the table shows later.
+func TestCountersLive(t *testing.T) {
+	if !netns.Isolated(t) {
+		return
+	}
+	before, err := Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.Close() // first: the client keeps the TIME_WAIT
+	if _, err := server.Read(make([]byte, 1)); err == nil {
+		t.Fatal("server read data; want EOF")
+	}
+	server.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := WaitFor(ctx, nil, func(m map[State]int) bool { return m[TimeWait] == 1 && len(m) == 2 }); err != nil {
+		t.Fatal(err) // the TIME_WAIT and the listener
+	}
+	after, err := Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after["TcpExt.TW"] - before["TcpExt.TW"]; d != 1 {
+		t.Errorf("TcpExt.TW rose by %d; want 1", d)
+	}
+	if d := after["Tcp.ActiveOpens"] - before["Tcp.ActiveOpens"]; d != 1 {
+		t.Errorf("Tcp.ActiveOpens rose by %d; want 1", d)
+	}
+}
+
+func TestCountersFromFixture(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "snmp"), []byte("Tcp: RtoAlgorithm MaxConn OutRsts\nTcp: 1 -1 3\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "netstat"), []byte("TcpExt: TW TWKilled\nTcpExt: 50 0\n"), 0o644)
+	got, err := CountersFrom(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["Tcp.OutRsts"] != 3 || got["TcpExt.TW"] != 50 || len(got) != 5 {
+		t.Fatalf("CountersFrom = %v", got)
+	}
+	os.WriteFile(filepath.Join(dir, "netstat"), []byte("TcpExt: TW\nIpExt: 1\n"), 0o644)
+	if _, err := CountersFrom(dir); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("mismatched groups: %v; want ErrMalformed", err)
+	}
+}
