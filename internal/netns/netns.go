@@ -34,6 +34,9 @@ import (
 // namespace differs is isolated.
 const envParent = "UNSTUCK_TEST_NETNS_PARENT"
 
+// why is the first half of the skip message.
+const why = "this test runs in a network namespace of its own (it counts socket states, or drops packets)"
+
 // EnvNoNetns, set to any value, makes Isolated skip as it does without
 // CAP_SYS_ADMIN: how to see a non-root run's skips as root.
 const EnvNoNetns = "UNSTUCK_TEST_NO_NETNS"
@@ -65,7 +68,7 @@ func Isolated(t *testing.T) bool {
 		return true
 	}
 	if os.Getenv(EnvNoNetns) != "" {
-		t.Skipf("netns: counts socket states, so it runs in a network namespace of its own; %s is set", EnvNoNetns)
+		t.Skipf("netns: %s; %s is set", why, EnvNoNetns)
 	}
 	rerun(t)
 	return false
@@ -116,8 +119,7 @@ func rerun(t *testing.T) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		if errors.Is(err, syscall.EPERM) && os.Geteuid() != 0 {
-			t.Skipf("netns: counts socket states, so it runs in a network namespace of its own, "+
-				"and creating one needs root (CAP_SYS_ADMIN); uid %d: %v", os.Geteuid(), err)
+			t.Skipf("netns: %s, and creating one needs root (CAP_SYS_ADMIN); uid %d: %v", why, os.Geteuid(), err)
 		}
 		t.Fatalf("netns: re-running the test in a new network namespace: %v", err)
 	}
