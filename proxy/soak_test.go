@@ -93,11 +93,11 @@ type soakResult struct {
 // short), nothing waits without end; and afterwards no CLOSE_WAIT on any
 // side of the soak's connections and goroutines and fds as before.
 func TestChaosSoak(t *testing.T) {
-	if !netns.Isolated(t) {
-		return
-	}
 	if testing.Short() {
 		t.Skip("soak: skipped in -short")
+	}
+	if !netns.Isolated(t) {
+		return
 	}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d, duration %v", seed, *soakDuration)
