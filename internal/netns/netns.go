@@ -172,8 +172,20 @@ func passOn(args []string) []string {
 		case "test.short", "test.paniconexit0":
 			out = append(out, a)
 		}
+		// "-test.run X": the value is the next argument, and passed on it
+		// would end the child's flags (a test's own flags after it, such
+		// as -soak.duration, would be lost).
+		if !strings.Contains(a, "=") && !testBoolFlags[name] {
+			i++
+		}
 	}
 	return out
+}
+
+// testBoolFlags are the testing package's flags that take no value.
+var testBoolFlags = map[string]bool{
+	"test.v": true, "test.short": true, "test.failfast": true, "test.paniconexit0": true,
+	"test.benchmem": true, "test.fullpath": true,
 }
 
 // loopbackUp sets IFF_UP on lo, as `ip link set lo up` does: a new network

@@ -114,4 +114,11 @@ func TestPassOn(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("passOn = %q; want %q", got, want)
 	}
+	// A test flag's value as the next argument is dropped with it: left
+	// in, it would end the child's flags before -soak.duration.
+	got = passOn([]string{"-test.run", "TestChaosSoak", "-test.v", "-soak.duration", "12m", "-test.timeout", "30m"})
+	want = []string{"-soak.duration", "12m"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("passOn = %q; want %q", got, want)
+	}
 }
