@@ -55,6 +55,10 @@ type appBody struct {
 }
 
 func newAppBody(r io.Reader, app *appConn, want int, lim *requestLimits) *appBody {
+	if lim.bodyReadTimeout <= 0 {
+		// No body timeout: the headers' deadline must not bound the body.
+		app.bodyDeadline(0)
+	}
 	return &appBody{r: r, app: app, want: want, max: lim.maxBody, timeout: lim.bodyReadTimeout}
 }
 
@@ -62,8 +66,8 @@ func (b *appBody) Read(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
-	if b.timeout > 0 && b.app != nil {
-		_ = b.app.SetReadDeadline(time.Now().Add(b.timeout))
+	if b.timeout > 0 {
+		b.app.bodyDeadline(b.timeout) // cleared at the request's end
 	}
 	n, err := b.r.Read(p)
 	b.got += int64(n)

@@ -543,3 +543,35 @@ func TestSendTimeout(t *testing.T) {
 		t.Fatal("the exchange did not end")
 	}
 }
+
+// The deadlines of one request end with it. After an upload under
+// body_read_timeout, a connection idle for longer still serves its next
+// request; and read_header_timeout does not bound the body that follows
+// the headers (idle release off, so that nothing else resets the socket's
+// deadline).
+func TestRequestDeadlinesEndWithTheRequest(t *testing.T) {
+	up := startPeer(t, serveOK)
+	t.Run("body timeout, then idle", func(t *testing.T) {
+		addr := startProxy(t, proxyOpts{listener: Config{BodyReadTimeout: 200 * time.Millisecond}}, up.addr())
+		c := dialRaw(t, addr)
+		c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + strings.Repeat("a", 20000))
+		if resp, _ := c.response("POST"); resp.StatusCode != 200 {
+			t.Fatalf("upload: %d", resp.StatusCode)
+		}
+		<-time.After(600 * time.Millisecond) // idle three times the body timeout: what is tested
+		c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp, _ := c.response("GET"); resp.StatusCode != 200 {
+			t.Fatalf("after idling: %d", resp.StatusCode)
+		}
+	})
+	t.Run("header timeout, slow body", func(t *testing.T) {
+		addr := startProxy(t, proxyOpts{listener: Config{ReadHeaderTimeout: 200 * time.Millisecond}}, up.addr())
+		c := dialRaw(t, addr)
+		c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + strings.Repeat("a", 10000))
+		<-time.After(600 * time.Millisecond) // a pause in the body longer than the header timeout
+		c.send(strings.Repeat("a", 10000))
+		if resp, _ := c.response("POST"); resp.StatusCode != 200 {
+			t.Fatalf("upload: %d", resp.StatusCode)
+		}
+	})
+}
