@@ -12,7 +12,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o unstuck ./cmd/unstuck
 
 test:
-	go vet ./... && go test -race -count=1 -timeout 12m ./... && (cd deploy && go vet ./... && go test -race -count=1 ./...) && go test -count=1 -run 'DoesNotAllocate' ./... && go test -run '^$$' -fuzz '^FuzzRequestPath$$' -fuzztime 20s ./proxy && go test -run '^$$' -fuzz '^FuzzFramingGuard$$' -fuzztime 10s ./proxy && go test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 10s ./config
+	go vet ./... && go test -race -count=1 -timeout 12m ./... && (cd deploy && go vet ./... && go test -race -count=1 ./...) && go test -count=1 -run 'DoesNotAllocate' ./... && go test -run '^$$' -fuzz '^FuzzRequestPath$$' -fuzztime 3000x ./proxy && go test -run '^$$' -fuzz '^FuzzFramingGuard$$' -fuzztime 100000x ./proxy && go test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 5000x ./config
 
 release:
 	VERSION=$(VERSION) GO=$(GO) scripts/release.sh

@@ -371,6 +371,7 @@ func (g *framingGuard) trailerName(seg []byte, ends bool) (int, bool) {
 	if g.line == 0 {
 		g.inName, g.nameLen = true, 0
 	}
+scan:
 	for i, c := range seg {
 		if !g.inName {
 			break
@@ -381,10 +382,13 @@ func (g *framingGuard) trailerName(seg []byte, ends bool) (int, bool) {
 				return i, false
 			}
 			g.inName = false
-		case c == '\r' && g.line+i == 0:
-			g.inName = false // the empty line that ends the trailers
 		case c == '\r':
-			return i, false // the line ends with no ':' (chunkLine wants LF next)
+			// The line's end, or a stray CR: chunkLine's rules decide
+			// which, whatever bytes this feed ends with.
+			if g.line+i == 0 {
+				g.inName = false // the empty line that ends the trailers
+			}
+			break scan
 		case !tokenByte[c]:
 			return i, false
 		default:
@@ -392,7 +396,7 @@ func (g *framingGuard) trailerName(seg []byte, ends bool) (int, bool) {
 		}
 	}
 	if ends && g.inName && g.line+len(seg) > 0 {
-		return len(seg), false // a line with no ':'
+		return len(seg), false // a line with no ':' (an empty one ends the trailers)
 	}
 	return 0, true
 }
