@@ -337,13 +337,16 @@ func (g *framingGuard) chunkLine(b []byte) (int, error) {
 	if g.cr && j != 0 {
 		return 0, errChunkCRLF
 	}
-	if k := bytes.IndexByte(seg, '\r'); k >= 0 && k != len(seg)-1 {
-		return k + 1, errChunkCRLF // the byte after the CR
-	}
+	// A trailer's name first: its bytes come before any CR later in seg,
+	// and the earliest fault is reported however the bytes were split.
 	if g.state == guardTrailer {
 		if k, ok := g.trailerName(seg, j >= 0); !ok {
 			return k, errTrailerName
 		}
+	}
+
+	if k := bytes.IndexByte(seg, '\r'); k >= 0 && k != len(seg)-1 {
+		return k + 1, errChunkCRLF // the byte after the CR
 	}
 	if j < 0 {
 		g.line += len(w)
@@ -382,9 +385,11 @@ scan:
 				return i, false
 			}
 			g.inName = false
+		case c == '\r' && i != len(seg)-1:
+			return 0, true // a stray CR: chunkLine reports it
 		case c == '\r':
-			// The line's end, or a stray CR: chunkLine's rules decide
-			// which, whatever bytes this feed ends with.
+			// The line's end, or a stray CR that the next feed shows:
+			// chunkLine's rules decide which.
 			if g.line+i == 0 {
 				g.inName = false // the empty line that ends the trailers
 			}
