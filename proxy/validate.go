@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -26,7 +25,7 @@ import (
 // that are not tokens, control bytes, obs-fold and bare LF.
 //
 // The request line's own line ending is not in RawHeaders: a bare LF
-// there is only seen by malformedHead.
+// there is only seen by the framing guard (framing.go).
 func checkRequest(req *fasthttp.Request) (status int, reason string) {
 	h := &req.Header
 	if h.IsConnect() {
@@ -313,33 +312,9 @@ var valueByte = func() (t [256]bool) {
 }()
 
 // errMalformedHead is what the app connection's read path returns for a
-// head malformedHead condemns; requestError answers it with 400.
+// head the framing guard condemns (framing.go); requestError answers it
+// with 400.
 var errMalformedHead = errors.New("malformed request head: bare LF line ending")
-
-// malformedHead reports whether head, the bytes of a request from its
-// first byte as far as they have arrived, already has a line ended by a
-// bare LF before the CRLFCRLF that ends a head.
-//
-// fasthttp ends a head only once the buffer holds CRLFCRLF, so a head
-// written with bare LFs alone waits, unanswered, until the app closes;
-// and whether it accepts a bare LF at all depends on whether CRLFCRLF
-// happens to be in the buffer already, later in the head or in the body.
-// A read at a request boundary that sees this can fail at once instead.
-func malformedHead(head []byte) bool {
-	for i := 0; ; i++ {
-		n := bytes.IndexByte(head[i:], '\n')
-		if n < 0 {
-			return false
-		}
-		i += n
-		if i == 0 || head[i-1] != '\r' {
-			return true
-		}
-		if i >= 3 && head[i-2] == '\n' && head[i-3] == '\r' {
-			return false // CRLFCRLF: the rest is body or the next request
-		}
-	}
-}
 
 // requestStatus maps an error fasthttp met reading a request to the status
 // the app gets and the reason it is counted under; reason "" means the app

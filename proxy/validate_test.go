@@ -166,31 +166,6 @@ func TestBareLFHeadIsIncompleteToFasthttp(t *testing.T) {
 		if err == nil || !errors.Is(err, io.EOF) {
 			t.Errorf("%q: %v; want fasthttp to have waited for more (EOF)", head, err)
 		}
-		if !malformedHead([]byte(head)) {
-			t.Errorf("malformedHead(%q) = false", head)
-		}
-	}
-}
-
-func TestMalformedHead(t *testing.T) {
-	for _, tc := range []struct {
-		head string
-		want bool
-	}{
-		{"", false},
-		{"GET / HTTP/1.1\r\nHo", false}, // incomplete but fine so far
-		{"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false},
-		{"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody\nwith\nLFs", false},
-		{"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", false},
-		{"\n", true},
-		{"GET / HTTP/1.1\n", true},
-		{"GET / HTTP/1.1\r\nHost: x\n", true},
-		{"GET / HTTP/1.1\r\nHost: x\r\n\n", true},
-		{"GET / HTTP/1.1\r\nHost: x\r\n\nbody\r\n\r\n", true},
-	} {
-		if got := malformedHead([]byte(tc.head)); got != tc.want {
-			t.Errorf("malformedHead(%q) = %v, want %v", tc.head, got, tc.want)
-		}
 	}
 }
 
