@@ -134,11 +134,12 @@ func (c *appConn) attach(up net.Conn) bool {
 	c.xmu.Lock()
 	defer c.xmu.Unlock()
 	if gone {
-		c.gone, c.aborted = true, true
+		c.gone = true
+		c.aborted.Store(true)
 		return false
 	}
 	c.upstream = up
-	c.aborted = false
+	c.aborted.Store(false)
 	return true
 }
 
@@ -159,9 +160,7 @@ func (c *appConn) wasAborted() bool {
 	if c == nil {
 		return false
 	}
-	c.xmu.Lock()
-	defer c.xmu.Unlock()
-	return c.aborted
+	return c.aborted.Load()
 }
 
 // appEnded runs on the abort watch's goroutine when the app's FIN or RST
@@ -185,7 +184,7 @@ func (c *appConn) appEnded(rst bool) {
 	defer c.xmu.Unlock()
 	c.gone = true
 	if c.upstream != nil {
-		c.aborted = true
+		c.aborted.Store(true) // before the deadline: see upstreamDeadline
 		_ = c.upstream.SetDeadline(longAgo)
 	}
 }
@@ -204,7 +203,10 @@ func (c *appConn) appClosed() bool {
 
 // upstreamReadDeadline and upstreamWriteDeadline set the exchange's
 // upstream deadlines, d from now (0: none), unless the app has aborted
-// it: an abort's deadline in the past must not be undone.
+// it: an abort's deadline in the past must not be undone. No lock on the
+// request path: the deadline is set, then the flag read; appEnded sets the
+// flag, then the deadline. Whichever comes second, the past deadline
+// stands.
 func (c *appConn) upstreamReadDeadline(up net.Conn, d time.Duration) {
 	c.upstreamDeadline(up, d, up.SetReadDeadline)
 }
@@ -222,9 +224,8 @@ func (c *appConn) upstreamDeadline(up net.Conn, d time.Duration, set func(time.T
 		_ = set(t)
 		return
 	}
-	c.xmu.Lock()
-	if !c.aborted {
-		_ = set(t)
+	_ = set(t)
+	if c.aborted.Load() {
+		_ = set(longAgo)
 	}
-	c.xmu.Unlock()
 }

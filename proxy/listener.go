@@ -267,10 +267,10 @@ type appConn struct {
 	// guarded by xmu.
 	watchID  uint64
 	xmu      sync.Mutex
-	upstream net.Conn // the upstream socket of the exchange in flight
-	ended    bool     // the app's FIN or RST arrived
-	gone     bool     // and the app has closed its socket (not just half-closed it)
-	aborted  bool     // the exchange in flight was aborted for it
+	upstream net.Conn    // the upstream socket of the exchange in flight
+	ended    bool        // the app's FIN or RST arrived
+	gone     bool        // and the app has closed its socket (not just half-closed it)
+	aborted  atomic.Bool // the exchange in flight was aborted for it; set under xmu, read without
 }
 
 // requestStarted runs at a request's first byte (fasthttp's StateActive):
