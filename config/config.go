@@ -64,9 +64,9 @@ type Admin struct {
 type Listener struct {
 	Name             string         // the key under listeners
 	Listen           string         `key:"listen" example:"127.0.0.1:8080" doc:"host:port, or unix:/path/to.sock"`
-	Protocol         string         `key:"protocol" default:"http" oneof:"http" doc:"only http for now"`
+	Protocol         string         `key:"protocol" default:"http" oneof:"http,tcp" doc:"http: HTTP/1.x requests over pooled upstream connections; tcp: each app connection paired with its own upstream connection, bytes passed as they are"`
 	Upstream         string         `key:"upstream" example:"backend" doc:"the upstream to forward to; may be left out when there is only one"`
-	IdleTimeout      time.Duration  `key:"idle_timeout" default:"0s" doc:"close an app connection idle this long; 0: keep it as long as the app wants"`
+	IdleTimeout      time.Duration  `key:"idle_timeout" default:"0s" doc:"close an app connection idle this long (tcp: no byte either way); 0: keep it as long as the app wants"`
 	IdleReleaseAfter time.Duration  `key:"idle_release_after" default:"1s" doc:"an app connection waiting this long for its next request gives up its goroutine and buffers until the app sends again; 0: never"`
 	Linger           sockopt.Linger `key:"linger" default:"reset" res:"1s" kernel:"SO_LINGER" doc:"how unstuck closes app connections: graceful (FIN), reset (RST at once) or whole seconds such as 2s (flush unsent data for up to that long, then RST)"`
 	AppFinTimeout    time.Duration  `key:"app_fin_timeout" default:"5s" min:"1ns" doc:"after unstuck half-closes an app connection, wait this long for the app's FIN, then RST; more than 0"`
@@ -79,13 +79,17 @@ type Listener struct {
 	BodyReadTimeout   time.Duration  `key:"body_read_timeout" default:"60s" doc:"longest wait between reads of a request body (else 408); 0: none"`
 	SendTimeout       time.Duration  `key:"send_timeout" default:"60s" doc:"a write to the app that makes no progress this long ends the connection; 0: none"`
 	Limits            ListenerLimits `key:"limits"`
+
+	HalfClose        string        `key:"half_close" default:"propagate" oneof:"propagate,close" doc:"tcp: when one side sends FIN, propagate (FIN the other side, let the other direction finish) or close (close both at once, each with its linger)"`
+	HalfCloseTimeout time.Duration `key:"half_close_timeout" default:"5s" min:"1ns" doc:"tcp, half_close propagate: after one side's FIN, close both (RST) if the other direction has not ended within this long; more than 0"`
+	Upgrade          bool          `key:"upgrade" default:"true" doc:"http: forward Connection: Upgrade requests (WebSocket) on a fresh upstream connection and, on 101, pass bytes both ways as in tcp mode; false: answer them 501"`
 }
 
 // ListenerLimits bounds what a listener takes from the app.
 type ListenerLimits struct {
 	RequestHeaderBytes int   `key:"request_header_bytes" kind:"size" default:"64KiB" min:"4KiB" max:"1GiB" doc:"request line and headers; larger (a long URI included) gets 431. 4KiB to 1GiB"`
 	RequestBodyBytes   int64 `key:"request_body_bytes" kind:"size" default:"0" doc:"a request body; larger gets 413; 0: no limit"`
-	MaxConns           int   `key:"max_conns" default:"0" doc:"app connections open at once; at the cap unstuck stops accepting until one closes; 0: no limit"`
+	MaxConns           int   `key:"max_conns" default:"0" doc:"app connections open at once; at the cap an http listener stops accepting until one closes, a tcp listener accepts and resets; 0: no limit"`
 }
 
 // Keepalive configures TCP keepalive on a connection. The kernel's limits
@@ -124,10 +128,11 @@ type Upstream struct {
 
 // PoolLimits bounds the connections kept to one upstream.
 type PoolLimits struct {
-	MaxConns int `key:"max_conns" default:"512" min:"1" doc:"connections open at once, busy or idle; at least 1"`
+	MaxConns int `key:"max_conns" default:"512" min:"1" doc:"connections open at once to each endpoint, busy or idle; at least 1"`
 	// MaxIdle left out is its default or MaxConns, whichever is less, so
 	// that setting max_conns alone stays valid.
 	MaxIdle        int           `key:"max_idle" default:"128" doc:"idle connections kept for reuse; at most max_conns (left out: this, or max_conns if less)"`
+	MinIdle        int           `key:"min_idle" default:"0" doc:"connections kept dialed and ready across the endpoints (a warm pool), replaced in the background as they close; at most max_idle"`
 	IdleTimeout    time.Duration `key:"idle_timeout" default:"90s" doc:"close a connection idle this long; 0: no limit"`
 	MaxLifetime    time.Duration `key:"max_lifetime" default:"0s" doc:"close a connection this old; 0: no limit"`
 	MaxRequests    int           `key:"max_requests" default:"0" doc:"close a connection after this many requests; 0: no limit"`

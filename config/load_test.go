@@ -96,6 +96,9 @@ func wantDefaultConfig() *Config {
 			BodyReadTimeout:   time.Minute,
 			SendTimeout:       time.Minute,
 			Limits:            ListenerLimits{RequestHeaderBytes: 64 << 10},
+			HalfClose:         "propagate",
+			HalfCloseTimeout:  5 * time.Second,
+			Upgrade:           true,
 		}},
 		Upstreams: map[string]Upstream{"backend": {
 			Name: "backend", Endpoints: []string{"127.0.0.1:9000"},
@@ -166,7 +169,8 @@ func TestFullFile(t *testing.T) {
 				Keepalive:         Keepalive{Interval: 10 * time.Second, Count: 3},
 				UserTimeout:       1500 * time.Millisecond,
 				ReadHeaderTimeout: 2 * time.Second, BodyReadTimeout: 0, SendTimeout: 30 * time.Second,
-				Limits: ListenerLimits{RequestHeaderBytes: 16 << 10, RequestBodyBytes: 8 << 20, MaxConns: 1000}},
+				Limits:    ListenerLimits{RequestHeaderBytes: 16 << 10, RequestBodyBytes: 8 << 20, MaxConns: 1000},
+				HalfClose: "propagate", HalfCloseTimeout: 5 * time.Second, Upgrade: true},
 			"admin": func() Listener {
 				l := DefaultListener()
 				l.Name, l.Listen, l.Upstream, l.Linger = "admin", "[::1]:8081", "static", sockopt.Linger{Mode: sockopt.Graceful}
@@ -532,8 +536,12 @@ func TestProblems(t *testing.T) {
 			nil, []string{`upstreams.backend.pool.max_conns: "x" is not an integer`}},
 		{"max_conns below 1", "listeners: {app: {listen: 127.0.0.1:8080}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000'], pool: {max_conns: 0, max_idle: 0}}}",
 			nil, []string{`upstreams.backend.pool.max_conns: "0": want at least 1`}},
+		{"min_idle above max_idle", "listeners: {app: {listen: 127.0.0.1:8080}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000'], pool: {max_idle: 4, min_idle: 5}}}",
+			nil, []string{`upstreams.backend.pool.min_idle: "5": more than pool.max_idle (4)`}},
+		{"one upstream for tcp and http", "listeners: {a: {listen: 127.0.0.1:8080}, b: {listen: 127.0.0.1:8081, protocol: tcp}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000']}}",
+			nil, []string{`listeners.b.upstream: "backend" is also the upstream of listener a, whose protocol is http; an upstream serves http listeners or tcp listeners, not both`}},
 		{"protocol", "listeners: {app: {listen: 127.0.0.1:8080, protocol: grpc}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000']}}",
-			nil, []string{`listeners.app.protocol: "grpc": want http`}},
+			nil, []string{`listeners.app.protocol: "grpc": want http or tcp`}},
 		{"log level and format", ok + "log: {level: loud, format: xml, access: maybe}\n",
 			nil, []string{`log.access: "maybe": want true or false`, `log.format: "xml": want console or json`, `log.level: "loud": want debug, info, warn or error`}},
 		{"no listeners", "upstreams: {backend: {endpoints: ['127.0.0.1:9000']}}",

@@ -114,6 +114,13 @@ func (t *tree) check(c *Config) {
 			t.add(p+"upstream", "%q names no upstream (have: %s)", l.Upstream, cmp.Or(strings.Join(upstreams, ", "), "none"))
 		}
 		t.checkKeepalive(p+"keepalive.", l.Keepalive)
+		// A tcp pair keeps its upstream connection for good; an http
+		// listener's pool hands its connections back: one pool cannot do both.
+		for _, other := range slices.Sorted(maps.Keys(c.Listeners)) {
+			if o := c.Listeners[other]; other < name && o.Upstream == l.Upstream && l.Upstream != "" && o.Protocol != l.Protocol {
+				t.add(p+"upstream", "%q is also the upstream of listener %s, whose protocol is %s; an upstream serves http listeners or tcp listeners, not both", l.Upstream, other, o.Protocol)
+			}
+		}
 	}
 	if a := c.Admin.Listen; strings.HasPrefix(a, "unix:") {
 		t.add("admin.listen", "%q: unix sockets are not supported for admin.listen; want host:port", a)
@@ -149,6 +156,9 @@ func (t *tree) check(c *Config) {
 		}
 		if pl := u.Pool; pl.MaxIdle > pl.MaxConns && pl.MaxConns >= 1 && !t.isBad(p+"pool.max_conns") {
 			t.add(p+"pool.max_idle", "%s: more than pool.max_conns (%d)", t.quote(p+"pool.max_idle", strconv.Itoa(pl.MaxIdle)), pl.MaxConns)
+		}
+		if pl := u.Pool; pl.MinIdle > pl.MaxIdle && pl.MaxIdle >= 0 {
+			t.add(p+"pool.min_idle", "%s: more than pool.max_idle (%d)", t.quote(p+"pool.min_idle", strconv.Itoa(pl.MinIdle)), pl.MaxIdle)
 		}
 		if r := u.Dial.SourcePorts; r.Lo != 0 && r.Lo <= r.Hi && !u.Dial.Source.IsValid() && !t.isBad(p+"dial.source") {
 			t.add(p+"dial.source_ports", "%s: dial.source_ports needs dial.source", t.quote(p+"dial.source_ports", r.String()))
