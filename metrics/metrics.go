@@ -29,7 +29,7 @@ var (
 		pool.CauseFIN, pool.CauseRST, pool.CauseUnsolicited, pool.CauseIdleTimeout,
 		pool.CauseMaxLifetime, pool.CauseMaxRequests, pool.CauseMaxIdle,
 		pool.CauseServerClose, pool.CauseError, pool.CauseShutdown,
-		pool.CauseReplaced, pool.CauseTimeout,
+		pool.CauseReplaced, pool.CauseTimeout, pool.CausePairEnd, pool.CauseRetired,
 	}
 	retryReasons = []string{"dial", "stale"}
 	// closeHows are the ways an app connection ends; "escalated" (the app
@@ -83,6 +83,7 @@ type Metrics struct {
 
 	pools   *poolCollector
 	sockets *socketCollector
+	pairs   *pairMetrics // tcp mode and upgrades (pairs.go)
 }
 
 // New creates every metric and registers it, with the Go runtime and
@@ -177,6 +178,7 @@ func New() *Metrics {
 		m.reloads, m.reloadErrors,
 		m.pools, m.sockets,
 	)
+	m.pairs = registerPairMetrics(m.reg)
 	return m
 }
 

@@ -100,6 +100,8 @@ func (o *upstreamObserver) HalfClosed(_ pool.Cause, reaction time.Duration) {
 	o.reaction.Observe(reaction.Seconds())
 }
 
+func (o *upstreamObserver) Warm(hit bool) { o.m.pairs.warm(o.upstream, hit) }
+
 // Listener returns the proxy.Observer for listener name, which forwards to
 // upstream. Its label children are created here, with zeros for status
 // classes 2xx to 5xx, retry reasons dial and stale, every way an app
@@ -138,6 +140,7 @@ func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 	for _, p := range timeoutPhases {
 		o.timeouts[p] = m.upTimeouts.WithLabelValues(name, upstream, p)
 	}
+	m.pairs.forListener(name)
 	return o
 }
 

@@ -29,6 +29,8 @@ const (
 	CauseShutdown    Cause = "shutdown"     // the pool was closed
 	CauseReplaced    Cause = "replaced"     // closed to make room for AcquireNew's new connection
 	CauseTimeout     Cause = "timeout"      // the kernel gave up on the upstream (keepalive, user_timeout)
+	CausePairEnd     Cause = "pair_end"     // a TCP pair ended from the app's side or by its timeouts
+	CauseRetired     Cause = "retired"      // idle nearly as long as the server lets idle connections live
 )
 
 func causeOfPeek(r sockopt.PeekResult) Cause {
@@ -113,6 +115,9 @@ type Conn struct {
 	prev, next *Conn // the endpoint's idle list
 	idle       bool  // in the idle list: the watcher closes it on a FIN or RST
 	missed     bool  // busy, and the watcher saw a FIN or RST: Release peeks
+
+	// reset, set by Pool.Reset before the close, makes it an RST.
+	reset bool
 }
 
 // countingIO sits between the buffers and the socket, so the proxy can tell
@@ -171,13 +176,6 @@ func (c *Conn) attachBuffers() {
 			c.bw = bufio.NewWriterSize(&c.io, writeBufferSize)
 		}
 	}
-}
-
-// handOut readies c for its next holder: a Release or Discard counts
-// again, and its buffers are attached.
-func (c *Conn) handOut() {
-	c.released.Store(false)
-	c.attachBuffers()
 }
 
 // detachBuffers returns the buffers to their pools. Holder only.

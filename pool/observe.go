@@ -19,6 +19,9 @@ type Observer interface {
 	// returning. Unsolicited bytes never wake the watcher: the peek before
 	// reuse finds them, and only Closed reports that close.
 	HalfClosed(cause Cause, reaction time.Duration)
+	// Warm reports, for a pool with MinIdle, whether an Acquire found a
+	// warm connection (hit) or had to dial (miss).
+	Warm(hit bool)
 }
 
 type nopObserver struct{}
@@ -27,6 +30,7 @@ func (nopObserver) Dialed(string, error)            {}
 func (nopObserver) Waited(time.Duration, bool)      {}
 func (nopObserver) Closed(string, Cause)            {}
 func (nopObserver) HalfClosed(Cause, time.Duration) {}
+func (nopObserver) Warm(bool)                       {}
 
 // ConnInfo describes one connection, for /debug/pool.
 type ConnInfo struct {

@@ -70,6 +70,16 @@ type Config struct {
 	AcquireTimeout time.Duration // wait for a free slot at MaxConns; 0: no limit
 	DialTimeout    time.Duration // 0: the kernel's own connect timeout
 
+	// MinIdle connections, across the endpoints, are kept dialed and idle
+	// (a warm pool): a background goroutine replaces each one taken or
+	// closed, backing off while dials fail. 0: none.
+	MinIdle int
+	// Stream pools serve TCP pairs: a connection is handed out once, for
+	// good, and bytes a server sends first (a banner, a greeting) are the
+	// app's, not unsolicited: they stay in the socket for the pair.
+	// Connections get no buffers.
+	Stream bool
+
 	// ResponseHeaderBytes caps a response's status line and headers: it is
 	// the size of each busy connection's read buffer
 	// (limits.response_header_bytes); 0: 64 KiB.
@@ -141,6 +151,10 @@ type Pool struct {
 
 	victims  []victim // onReadable's buffer; the watcher goroutine owns it
 	cleaning bool     // the cleaner goroutine runs
+
+	// warmKick wakes the warmer (buffered 1) when a connection leaves the
+	// idle list; nil without MinIdle.
+	warmKick chan struct{}
 }
 
 // endpoint is one host:port. All fields but addr are guarded by Pool.mu.
@@ -149,6 +163,7 @@ type endpoint struct {
 	conns   int       // open or being dialed; at most MaxConns
 	idle    connList  // most recently released at the front
 	waiters []*waiter // FIFO of Acquire calls waiting for a slot
+	finAges idleFINs  // how long idle connections lasted before the server's FIN (warm.go)
 }
 
 // waiter is an Acquire blocked at MaxConns. It receives either a released
@@ -193,6 +208,11 @@ func New(cfg Config) (*Pool, error) {
 	}
 	p.runWG.Add(1)
 	go p.watchLoop()
+	if cfg.MinIdle > 0 {
+		p.warmKick = make(chan struct{}, 1)
+		p.runWG.Add(1)
+		go p.warmer()
+	}
 	return p, nil
 }
 
@@ -267,6 +287,7 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 	settled := careful
 	for {
 		if c := p.acquireIdle(start, settled, now); c != nil {
+			p.warmHit()
 			return c, nil
 		}
 		if hook := testHookAcquireRelock.Load(); hook != nil {
@@ -276,13 +297,9 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 		// slot or a Release may have landed: each is seen here, before
 		// queueing, since nothing would tell a waiter queued after it.
 		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			return nil, ErrClosed
-		}
-		if ep := p.reserveSlotLocked(start); ep != nil {
-			p.mu.Unlock()
-			return p.dial(ep)
+		if done, c, err := p.dialFreeSlotLocked(start); done {
+			p.warmMiss()
+			return c, err
 		}
 		if !settled && !p.anyIdleLocked() {
 			return p.waitUnlock(start, false)
@@ -314,13 +331,8 @@ var testHookAcquireRelock atomic.Pointer[func()]
 func (p *Pool) AcquireNew() (*Conn, error) {
 	start := int(p.rr.Add(1))
 	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil, ErrClosed
-	}
-	if ep := p.reserveSlotLocked(start); ep != nil {
-		p.mu.Unlock()
-		return p.dial(ep)
+	if done, c, err := p.dialFreeSlotLocked(start); done {
+		return c, err
 	}
 	for i := range p.eps {
 		ep := p.eps[(start+i)%len(p.eps)]
@@ -333,6 +345,24 @@ func (p *Pool) AcquireNew() (*Conn, error) {
 		}
 	}
 	return p.waitUnlock(start, true)
+}
+
+// dialFreeSlotLocked, with p.mu held, ends an acquire that need not
+// wait: ErrClosed if the pool is closed, else a dial into a free slot;
+// both unlock p.mu. With every endpoint at MaxConns it returns done false
+// and p.mu still held.
+func (p *Pool) dialFreeSlotLocked(start int) (done bool, c *Conn, err error) {
+	if p.closed {
+		p.mu.Unlock()
+		return true, nil, ErrClosed
+	}
+	ep := p.reserveSlotLocked(start)
+	if ep == nil {
+		return false, nil, nil
+	}
+	p.mu.Unlock()
+	c, err = p.dial(ep)
+	return true, c, err
 }
 
 // reserveSlotLocked counts a new connection on the first endpoint from
@@ -372,9 +402,17 @@ func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 			return nil
 		}
 		c := p.popIdleLocked(start, settled, now)
+		retire := c != nil && p.cfg.Stream && c.ep.finAges.outlived(c, time.Now())
+		if retire {
+			p.dropLocked(c)
+		}
 		p.mu.Unlock()
 		if c == nil {
 			return nil
+		}
+		if retire {
+			p.closeConn(c, CauseRetired)
+			continue
 		}
 		// Taken out of the idle list under the lock: from now on the watcher
 		// only notes a FIN or RST for Release (see Release). Peek before
@@ -383,9 +421,9 @@ func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 		// wake the watcher (see watchEvents): here, not on arrival, is
 		// where an idle connection that received bytes nobody asked for
 		// is closed (CauseUnsolicited), before a request goes on it.
-		r := c.peek()
+		r := p.peek(c)
 		if r == sockopt.Open {
-			c.handOut()
+			p.handOut(c)
 			return c
 		}
 		p.mu.Lock()
@@ -469,9 +507,9 @@ func (p *Pool) wait(ep *endpoint, w *waiter, fresh bool) (c *Conn, err error) {
 // dials into its slot instead, which stays counted in ep.conns. The waiter
 // owns c from the moment it received it.
 func (p *Pool) handedOver(c *Conn) (*Conn, error) {
-	r := c.peek()
+	r := p.peek(c)
 	if r == sockopt.Open {
-		c.handOut()
+		p.handOut(c)
 		return c, nil
 	}
 	p.mu.Lock()
@@ -551,7 +589,9 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		p.closeConn(c, CauseError)
 		return nil, &DialError{Addr: ep.addr, Err: fmt.Errorf("watch: %w", werr)}
 	}
-	c.attachBuffers()
+	if !p.cfg.Stream {
+		c.attachBuffers()
+	}
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection opened"); ce != nil {
 		ce.Write(zap.String("endpoint", ep.addr), zap.Stringer("local", nc.LocalAddr()))
 	}
@@ -610,7 +650,12 @@ func (p *Pool) Release(c *Conn) {
 		return
 	}
 	c.detachBuffers()
+	p.putIdle(c)
+}
 
+// putIdle hands c, released or newly dialed by the warmer, to a waiting
+// Acquire or makes it idle under watch.
+func (p *Pool) putIdle(c *Conn) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -676,6 +721,18 @@ func (p *Pool) Discard(c *Conn, cause Cause) {
 	p.discard(c, cause)
 }
 
+// Reset closes c at once with an RST (SO_LINGER 0), whatever the
+// upstream's linger: for a TCP pair whose app reset its side, so that the
+// upstream sees an error, never a clean end of stream. After Reset the
+// caller must not touch c; a second Release, Discard or Reset does nothing.
+func (p *Pool) Reset(c *Conn, cause Cause) {
+	if c.released.Swap(true) {
+		return
+	}
+	c.reset = true
+	p.discard(c, cause)
+}
+
 // discard is Discard, for a c already marked released.
 func (p *Pool) discard(c *Conn, cause Cause) {
 	if cause == CauseServerClose {
@@ -700,13 +757,17 @@ func (p *Pool) discard(c *Conn, cause Cause) {
 // (closeLingering) and never hold up a request or the watcher; after
 // that, on the caller's.
 func (p *Pool) closeConn(c *Conn, cause Cause) {
-	c.applyLinger(p.cfg.Linger)
+	linger := p.cfg.Linger
+	if c.reset {
+		linger = sockopt.Linger{Mode: sockopt.Reset}
+	}
+	c.applyLinger(linger)
 	p.cfg.Observer.Closed(c.ep.addr, cause)
 	if ce := p.log.Check(zapcore.DebugLevel, "upstream connection closed"); ce != nil {
 		ce.Write(zap.String("endpoint", c.ep.addr), zap.String("cause", string(cause)),
 			zap.Int32("requests", c.requests.Load()), zap.Duration("age", time.Since(c.created)))
 	}
-	if p.cfg.Linger.Blocks() {
+	if linger.Blocks() {
 		p.mu.Lock()
 		if !p.lingerWaited {
 			p.lingering.Add(1)
@@ -746,6 +807,9 @@ func (p *Pool) onReadable(events []readable, woke time.Time) {
 		if !c.idle {
 			c.missed = true
 			continue
+		}
+		if ev.cause == CauseFIN {
+			c.ep.finAges.add(woke.Sub(c.idleSince))
 		}
 		p.takeLocked(c)
 		p.dropLocked(c)
@@ -802,6 +866,12 @@ type victim struct {
 func (p *Pool) takeLocked(c *Conn) {
 	c.ep.idle.remove(c)
 	c.idle, c.missed = false, false
+	if p.warmKick != nil {
+		select {
+		case p.warmKick <- struct{}{}:
+		default: // a kick is pending already
+		}
+	}
 }
 
 // anyIdleLocked reports whether some endpoint has an idle connection.

@@ -99,6 +99,21 @@ type appSockets struct {
 	sendTimeout       time.Duration // a write to the app that makes no progress this long fails; 0: none
 }
 
+// newAppSockets takes a listener's app-socket settings from cfg.
+func newAppSockets(cfg Config) *appSockets {
+	if cfg.AppFinTimeout <= 0 {
+		cfg.AppFinTimeout = 5 * time.Second
+	}
+	return &appSockets{
+		linger:            cfg.Linger,
+		keepalive:         cfg.Keepalive,
+		userTimeout:       cfg.UserTimeout,
+		finTimeout:        cfg.AppFinTimeout,
+		readHeaderTimeout: cfg.ReadHeaderTimeout,
+		sendTimeout:       cfg.SendTimeout,
+	}
+}
+
 // lingerListener applies appSockets to every accepted connection. It owns
 // the goroutines that wait for the app's FIN after a graceful close, and
 // the abort watch over its connections.
@@ -117,6 +132,10 @@ type lingerListener struct {
 	// maxHead is the request header limit, where the framing guard stops
 	// following a head (fasthttp answers 431).
 	maxHead int
+	// stream: a tcp listener's. Its connections are neither parked nor
+	// abort-watched (parker and watch are nil: the pair reads both sides
+	// itself), and at max_conns a connection is accepted and reset.
+	stream bool
 
 	mu       sync.Mutex
 	waiting  map[*appConn]struct{} // closes waiting for the app's FIN
@@ -124,14 +143,19 @@ type lingerListener struct {
 	wg       sync.WaitGroup
 }
 
+// newLingerListener wraps ln. A nil parker makes a tcp listener's (see
+// lingerListener.stream).
 func newLingerListener(ln net.Listener, sockets *atomic.Pointer[appSockets], obs Observer, p *parker, maxConns int, log *zap.Logger) (*lingerListener, error) {
-	w, err := newAbortWatch(log)
-	if err != nil {
-		return nil, err
-	}
 	l := &lingerListener{
-		Listener: ln, sockets: sockets, obs: obs, log: log, parker: p, watch: w,
+		Listener: ln, sockets: sockets, obs: obs, log: log, parker: p, stream: p == nil,
 		done: make(chan struct{}), waiting: make(map[*appConn]struct{}),
+	}
+	if !l.stream {
+		w, err := newAbortWatch(log)
+		if err != nil {
+			return nil, err
+		}
+		l.watch = w
 	}
 	if maxConns > 0 {
 		l.slots = make(chan struct{}, maxConns)
@@ -140,6 +164,9 @@ func newLingerListener(ln net.Listener, sockets *atomic.Pointer[appSockets], obs
 }
 
 func (l *lingerListener) Accept() (net.Conn, error) {
+	if l.stream {
+		return l.acceptOrReset()
+	}
 	if err := l.takeSlot(); err != nil {
 		return nil, err
 	}
@@ -148,6 +175,40 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 		l.giveSlot()
 		return nil, err
 	}
+	return l.wrap(nc), nil
+}
+
+// acceptOrReset is a tcp listener's Accept: at limits.max_conns a new
+// connection is accepted and reset at once, and counted, so that the app's
+// connect fails now instead of hanging in the backlog.
+func (l *lingerListener) acceptOrReset() (net.Conn, error) {
+	for {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.slots == nil {
+			return l.wrap(nc), nil
+		}
+		select {
+		case l.slots <- struct{}{}:
+			return l.wrap(nc), nil
+		default:
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		nc.Close()
+		l.obs.Refused(RefuseConnLimit)
+		if ce := l.log.Check(zap.WarnLevel, "limits.max_conns reached: app connection reset"); ce != nil {
+			ce.Write(zap.Int("max_conns", cap(l.slots)), zap.Stringer("app", nc.RemoteAddr()))
+		}
+	}
+}
+
+// wrap applies the listener's socket options to an accepted connection,
+// which holds a slot already (where there is a cap), and counts it.
+func (l *lingerListener) wrap(nc net.Conn) *appConn {
 	set := l.sockets.Load()
 	c := &appConn{Conn: nc, l: l, clientIP: remoteIP(nc.RemoteAddr()),
 		headerTimeout: set.readHeaderTimeout, sendTimeout: set.sendTimeout}
@@ -162,13 +223,17 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 					_ = sockopt.SetUserTimeout(fd, set.userTimeout)
 				}
 			})
-			l.parker.track(c)
+			if !l.stream {
+				l.parker.track(c)
+			}
 		}
-		l.watch.add(c)
+		if !l.stream {
+			l.watch.add(c)
+		}
 	}
 	l.open.Add(1)
 	l.obs.AppConnOpened()
-	return c, nil
+	return c
 }
 
 // takeSlot waits, at limits.max_conns, until a connection closes. The
@@ -218,7 +283,17 @@ func (l *lingerListener) stop() {
 // wait waits for the closes still in progress, then ends the abort watch.
 func (l *lingerListener) wait() {
 	l.wg.Wait()
-	l.watch.close()
+	if !l.stream {
+		l.watch.close()
+	}
+}
+
+// untrack takes c out of the parker and the abort watch, before its close.
+func (l *lingerListener) untrack(c *appConn) {
+	if !l.stream {
+		l.parker.forget(c)
+		l.watch.forget(c)
+	}
 }
 
 // appConn is an app connection whose Close applies the listener's close
@@ -355,8 +430,7 @@ func (c *appConn) Close() error {
 
 func (c *appConn) close() error {
 	l := c.l
-	l.parker.forget(c)
-	l.watch.forget(c)
+	l.untrack(c)
 	if c.raw == nil {
 		l.connClosed("graceful")
 		return c.Conn.Close()
@@ -412,7 +486,9 @@ func (c *appConn) closeAtShutdown() error {
 var testHookHalfClosed atomic.Pointer[func()]
 
 // awaitFIN runs after a half-close: it discards what the app still sends
-// until its FIN (a clean end) or finTimeout (reset).
+// until its FIN (a clean end) or finTimeout (reset). On a tcp listener a
+// byte the app sends is reset at once: its pair is over, and only an
+// error tells a streaming app that what it sends goes nowhere.
 func (c *appConn) awaitFIN(finTimeout time.Duration) {
 	l := c.l
 	defer l.wg.Done()
@@ -426,7 +502,17 @@ func (c *appConn) awaitFIN(finTimeout time.Duration) {
 		c.Conn.SetReadDeadline(time.Now().Add(finTimeout))
 	}
 	l.mu.Unlock()
-	_, err := io.Copy(io.Discard, c.Conn)
+	var err error
+	if l.stream {
+		var b [1]byte
+		if n, rerr := c.Conn.Read(b[:]); n > 0 {
+			err = os.ErrDeadlineExceeded // escalate: the app is still sending
+		} else if rerr != io.EOF {
+			err = rerr
+		}
+	} else {
+		_, err = io.Copy(io.Discard, c.Conn)
+	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		c.linger(sockopt.Linger{Mode: sockopt.Reset})
@@ -470,8 +556,7 @@ func (c *appConn) linger(l sockopt.Linger) {
 func (c *appConn) abort() error {
 	err := net.ErrClosed
 	c.once.Do(func() {
-		c.l.parker.forget(c)
-		c.l.watch.forget(c)
+		c.l.untrack(c)
 		err = c.reset()
 	})
 	return err

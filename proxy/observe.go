@@ -33,6 +33,12 @@ type Observer interface {
 	// AppConnReleased reports app connections released while idle (+1)
 	// and handed back or closed (-1); see park.go.
 	AppConnReleased(delta int)
+	// PairOpened and PairEnded bracket every TCP pair (tcp mode, or an
+	// HTTP Upgrade): cause is one of the Pair* constants, and the bytes
+	// moved each way. A pair that never got an upstream connection ends
+	// (PairDialError) without opening.
+	PairOpened()
+	PairEnded(cause string, toUpstream, toApp int64)
 }
 
 type nopObserver struct{}
@@ -45,6 +51,8 @@ func (nopObserver) UpstreamTimeout(string)          {}
 func (nopObserver) AppConnOpened()                  {}
 func (nopObserver) AppConnClosed(string)            {}
 func (nopObserver) AppConnReleased(int)             {}
+func (nopObserver) PairOpened()                     {}
+func (nopObserver) PairEnded(string, int64, int64)  {}
 
 // Reasons for Observer.Refused; metric label values, keep them stable.
 const (

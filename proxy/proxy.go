@@ -70,12 +70,20 @@ type Config struct {
 	// MaxConns caps the app connections open at once on this listener
 	// (limits.max_conns); 0: no limit. At the cap the listener stops
 	// accepting until one closes; the kernel's backlog holds the rest.
-	MaxConns  int
-	AccessLog bool           // one info line per request
-	Activity  *atomic.Uint64 // if set, counted up once per request (idle memory release watches it)
-	Upstream  Upstream
-	Logger    *zap.Logger
-	Observer  Observer // default: none
+	MaxConns int
+	// CloseOnHalfClose ends a TCP pair at the first FIN (half_close:
+	// close); false: the FIN is passed on (propagate), and the other
+	// direction has HalfCloseTimeout (0: 5s) to end.
+	CloseOnHalfClose bool
+	HalfCloseTimeout time.Duration
+	// RefuseUpgrade answers Connection: Upgrade requests 501 (upgrade:
+	// false); otherwise they are forwarded and a 101 makes a TCP pair.
+	RefuseUpgrade bool
+	AccessLog     bool           // one info line per request
+	Activity      *atomic.Uint64 // if set, counted up once per request (idle memory release watches it)
+	Upstream      Upstream
+	Logger        *zap.Logger
+	Observer      Observer // default: none
 }
 
 // Server serves one listener. Its upstream, app-socket settings and access
@@ -190,17 +198,7 @@ func connStateChanged(nc net.Conn, st fasthttp.ConnState) {
 func (s *Server) Update(cfg Config) {
 	up := cfg.Upstream
 	s.up.Store(&up)
-	if cfg.AppFinTimeout <= 0 {
-		cfg.AppFinTimeout = 5 * time.Second
-	}
-	s.sockets.Store(&appSockets{
-		linger:            cfg.Linger,
-		keepalive:         cfg.Keepalive,
-		userTimeout:       cfg.UserTimeout,
-		finTimeout:        cfg.AppFinTimeout,
-		readHeaderTimeout: cfg.ReadHeaderTimeout,
-		sendTimeout:       cfg.SendTimeout,
-	})
+	s.sockets.Store(newAppSockets(cfg))
 	s.requests.Store(&requestLimits{
 		bodyReadTimeout: cfg.BodyReadTimeout,
 		maxBody:         cfg.MaxRequestBodyBytes,

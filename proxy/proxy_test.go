@@ -144,11 +144,6 @@ func (r *rawConn) eof() bool {
 	return err != nil && !isTimeout(err)
 }
 
-func isTimeout(err error) bool {
-	ne, ok := err.(net.Error)
-	return ok && ne.Timeout()
-}
-
 func TestForwardsRequestAndResponse(t *testing.T) {
 	up := upstream(t, func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)

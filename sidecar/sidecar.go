@@ -54,16 +54,25 @@ type Sidecar struct {
 }
 
 type upstream struct {
-	cfg  config.Upstream
-	pool *pool.Pool
+	cfg    config.Upstream
+	stream bool // its listeners are tcp listeners: a stream pool
+	pool   *pool.Pool
 }
 
 type listener struct {
 	cfg    config.Listener
 	socket *sharedSocket // may pass from an old listener to its replacement
 	view   *socketView   // this server's view of socket
-	srv    *proxy.Server
+	srv    server
 	done   chan struct{} // closed when Serve has returned
+}
+
+// server is a listener's server: proxy.Server (http) or proxy.TCPServer.
+type server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+	Update(proxy.Config)
+	OpenConnections() int
 }
 
 // New builds and starts everything cfg describes. Every listener and the
@@ -183,15 +192,18 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 
 	for _, name := range slices.Sorted(maps.Keys(cfg.Upstreams)) {
 		uc := cfg.Upstreams[name]
-		if old := s.upstreams[name]; old != nil && reflect.DeepEqual(old.cfg, uc) {
+		stream := servesTCP(cfg, name)
+		if old := s.upstreams[name]; old != nil && reflect.DeepEqual(old.cfg, uc) && old.stream == stream {
 			newUps[name] = old
 			continue
 		}
-		p, err := pool.New(poolConfig(name, uc, s.log, s.metrics.Upstream(name)))
+		pc := poolConfig(name, uc, s.log, s.metrics.Upstream(name))
+		pc.Stream = stream
+		p, err := pool.New(pc)
 		if err != nil {
 			return fmt.Errorf("upstream %s: %w", name, err)
 		}
-		u := &upstream{cfg: uc, pool: p}
+		u := &upstream{cfg: uc, stream: stream, pool: p}
 		created = append(created, u)
 		newUps[name] = u
 	}
@@ -244,7 +256,11 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 			continue
 		}
 		pc.Observer = s.metrics.Listener(name, lc.Upstream)
-		l.srv = proxy.New(pc)
+		if lc.Protocol == "tcp" {
+			l.srv = proxy.NewTCP(pc)
+		} else {
+			l.srv = proxy.New(pc)
+		}
 		l.view = l.socket.view()
 		go s.serve(name, l)
 		s.log.Info("listening", zap.String("listener", name), zap.Stringer("addr", l.socket.ln.Addr()),
@@ -479,6 +495,17 @@ func (s *Sidecar) watchSockets() {
 	}
 }
 
+// servesTCP reports whether upstream name is a tcp listener's (config
+// validation makes an upstream serve tcp or http listeners, not both).
+func servesTCP(cfg *config.Config, name string) bool {
+	for _, l := range cfg.Listeners {
+		if l.Upstream == name && l.Protocol == "tcp" {
+			return true
+		}
+	}
+	return false
+}
+
 // needsNewServer reports listener changes, at the same address, that a
 // running server cannot take: its fasthttp settings (the header limit is
 // its read buffer size), its accept cap and its metric labels. The
@@ -498,6 +525,7 @@ func poolConfig(name string, u config.Upstream, log *zap.Logger, obs pool.Observ
 		Linger:         u.Linger,
 		MaxConns:       u.Pool.MaxConns,
 		MaxIdle:        u.Pool.MaxIdle,
+		MinIdle:        u.Pool.MinIdle,
 		IdleTimeout:    u.Pool.IdleTimeout,
 		MaxLifetime:    u.Pool.MaxLifetime,
 		MaxRequests:    u.Pool.MaxRequests,
@@ -534,6 +562,9 @@ func proxyConfig(name string, l config.Listener, cfg *config.Config, p *pool.Poo
 		MaxRequestHeaderBytes: l.Limits.RequestHeaderBytes,
 		MaxRequestBodyBytes:   l.Limits.RequestBodyBytes,
 		MaxConns:              l.Limits.MaxConns,
+		CloseOnHalfClose:      l.HalfClose == "close",
+		HalfCloseTimeout:      l.HalfCloseTimeout,
+		RefuseUpgrade:         !l.Upgrade,
 
 		AccessLog: cfg.Log.Access,
 		Logger:    log,

@@ -1,0 +1,271 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/unstuck-proxy/unstuck/pool"
+	"github.com/unstuck-proxy/unstuck/sockopt"
+)
+
+// TCPServer serves a protocol: tcp listener. Each app connection is paired
+// with an upstream connection of its own, taken from the upstream's stream
+// pool (warm, with pool.min_idle), and bytes pass both ways untouched until
+// the pair ends (pair.go). The server owns every pair: one goroutine each
+// (servePair), which closes both sides.
+type TCPServer struct {
+	name     string
+	log      *zap.Logger
+	obs      Observer
+	maxConns int // limits.max_conns; fixed for the server's life
+
+	up        atomic.Pointer[Upstream]
+	sockets   atomic.Pointer[appSockets]
+	policy    atomic.Pointer[pairPolicy]
+	accessLog atomic.Bool
+
+	mu    sync.Mutex
+	ln    *lingerListener    // set by Serve
+	shut  bool               // Shutdown began
+	pairs map[*pair]struct{} // running pairs, for Shutdown
+	wg    sync.WaitGroup     // servePair goroutines; Add under mu while !shut
+}
+
+// NewTCP returns a tcp-mode server for cfg; Serve starts it. Of Config it
+// uses the app-socket settings, IdleTimeout, HalfClose, HalfCloseTimeout,
+// MaxConns, AccessLog and Upstream (whose pool should be a Stream pool).
+func NewTCP(cfg Config) *TCPServer {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
+	s := &TCPServer{
+		name:     cfg.Name,
+		log:      cfg.Logger.Named("tcp").With(zap.String("listener", cfg.Name)),
+		obs:      cfg.Observer,
+		maxConns: cfg.MaxConns,
+		pairs:    map[*pair]struct{}{},
+	}
+	s.Update(cfg)
+	return s
+}
+
+// Update applies a new configuration to pairs made from now on; running
+// pairs keep theirs.
+func (s *TCPServer) Update(cfg Config) {
+	up := cfg.Upstream
+	s.up.Store(&up)
+	s.sockets.Store(newAppSockets(cfg))
+	hc := cfg.HalfCloseTimeout
+	if hc <= 0 {
+		hc = DefaultHalfCloseTimeout
+	}
+	s.policy.Store(&pairPolicy{propagate: !cfg.CloseOnHalfClose, halfCloseTimeout: hc, idleTimeout: cfg.IdleTimeout})
+	s.accessLog.Store(cfg.AccessLog)
+}
+
+// DefaultHalfCloseTimeout is half_close_timeout's default.
+const DefaultHalfCloseTimeout = 5 * time.Second
+
+// Serve accepts app connections on ln until Shutdown.
+func (s *TCPServer) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shut {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	l, err := newLingerListener(ln, &s.sockets, s.obs, nil, s.maxConns, s.log)
+	if err != nil {
+		s.mu.Unlock()
+		ln.Close()
+		return err
+	}
+	s.ln = l
+	s.mu.Unlock()
+
+	var backoff time.Duration // after a temporary accept error, as net/http's Serve
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.isShut() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		c := nc.(*appConn)
+		s.mu.Lock()
+		if s.shut {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.servePair(c)
+	}
+}
+
+func (s *TCPServer) isShut() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shut
+}
+
+// servePair owns one app connection from accept to close: it takes an
+// upstream connection, runs the pair, and closes both sides as the pair's
+// end says. The upstream connection goes back to the pool only to be
+// closed (Discard or Reset): a pair's connection is never reused.
+func (s *TCPServer) servePair(c *appConn) {
+	defer s.wg.Done()
+	start := time.Now()
+	up, pc, err := s.acquire()
+	if err != nil {
+		s.log.Warn("no upstream connection: closing the app connection",
+			zap.String("upstream", up.Name), zap.Stringer("app", c.RemoteAddr()), zap.Error(err))
+		c.Close()
+		s.obs.PairEnded(PairDialError, 0, 0)
+		return
+	}
+	p := newPair(c.Conn, pc.NetConn().(*net.TCPConn), *s.policy.Load())
+	if !s.track(p) {
+		p.stop() // Shutdown came first: run returns at once
+	}
+	s.obs.PairOpened()
+	end := p.run()
+	s.untrack(p)
+
+	if end.resetApp {
+		c.abort()
+	} else {
+		c.Close()
+	}
+	if end.cause == PairShutdown {
+		end.resetUp = true // unstuck is going away: it cannot wait for the upstream's FIN
+	}
+	if !end.resetUp && !end.upstreamFIN && up.Pool.Linger().Mode == sockopt.Graceful {
+		// Our FIN must be answered, as the app's is: an upstream that
+		// never closes would keep our socket in FIN_WAIT2 and its own in
+		// CLOSE_WAIT.
+		end.resetUp = !awaitFIN(pc.NetConn(), s.policy.Load().halfCloseTimeout)
+	}
+	if end.resetUp {
+		up.Pool.Reset(pc, upstreamCause(end.cause))
+	} else {
+		up.Pool.Discard(pc, upstreamCause(end.cause))
+	}
+	s.obs.PairEnded(end.cause, end.toUpstream, end.toApp)
+	if s.accessLog.Load() {
+		s.log.Info("pair",
+			zap.Stringer("app", c.RemoteAddr()), zap.String("upstream", up.Name),
+			zap.String("endpoint", pc.Endpoint()), zap.String("end", end.cause),
+			zap.Int64("to_upstream", end.toUpstream), zap.Int64("to_app", end.toApp),
+			zap.Duration("duration", time.Since(start)))
+	}
+}
+
+// acquire takes an upstream connection for a new pair. A pool closed by a
+// reload is replaced by then: the current upstream is tried once more.
+func (s *TCPServer) acquire() (*Upstream, *pool.Conn, error) {
+	up := s.up.Load()
+	pc, err := up.Pool.Acquire(false)
+	if errors.Is(err, pool.ErrClosed) {
+		if next := s.up.Load(); next != up {
+			up = next
+			pc, err = up.Pool.Acquire(false)
+		}
+	}
+	return up, pc, err
+}
+
+// awaitFIN half-closes c and discards what it still sends until its FIN
+// (true) or timeout (false).
+func awaitFIN(c net.Conn, timeout time.Duration) bool {
+	closeWrite(c)
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	_, err := io.Copy(io.Discard, c)
+	return err == nil
+}
+
+// upstreamCause is how the pool counts the close of a pair's upstream
+// connection.
+func upstreamCause(pairCause string) pool.Cause {
+	switch pairCause {
+	case PairUpstreamFIN:
+		return pool.CauseFIN
+	case PairUpstreamRST:
+		return pool.CauseRST
+	case PairIdleTimeout:
+		return pool.CauseIdleTimeout
+	case PairShutdown:
+		return pool.CauseShutdown
+	}
+	return pool.CausePairEnd
+}
+
+func (s *TCPServer) track(p *pair) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shut {
+		return false
+	}
+	s.pairs[p] = struct{}{}
+	return true
+}
+
+func (s *TCPServer) untrack(p *pair) {
+	s.mu.Lock()
+	delete(s.pairs, p)
+	s.mu.Unlock()
+}
+
+// Shutdown stops accepting and lets running pairs go on until ctx ends;
+// then it ends them (both sides reset: unstuck is going away and cannot
+// wait for either peer) and waits for their closes.
+func (s *TCPServer) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shut = true
+	l := s.ln
+	s.mu.Unlock()
+	if l != nil {
+		l.Close()
+	}
+	waitCtx(ctx, s.wg.Wait)
+	if l != nil {
+		l.stop() // from now on an app close waits for no FIN
+	}
+	s.mu.Lock()
+	for p := range s.pairs {
+		p.stop()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	if l != nil {
+		l.wait()
+	}
+	return ctx.Err()
+}
+
+// OpenConnections returns the app connections open: paired, or closing.
+func (s *TCPServer) OpenConnections() int {
+	s.mu.Lock()
+	l := s.ln
+	s.mu.Unlock()
+	if l == nil {
+		return 0
+	}
+	return int(l.open.Load())
+}
