@@ -36,7 +36,7 @@ func (nopObserver) Warm(bool)                       {}
 type ConnInfo struct {
 	Endpoint string        `json:"endpoint"`
 	Local    string        `json:"local"`
-	State    string        `json:"state"` // "idle" or "active"
+	State    string        `json:"state"` // "idle", "active", or in a stream pool "paired"
 	Age      time.Duration `json:"age_ns"`
 	Idle     time.Duration `json:"idle_ns,omitempty"` // idle connections only
 	Requests int           `json:"requests"`          // completed before the current one

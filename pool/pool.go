@@ -1037,12 +1037,14 @@ func (p *Pool) Snapshot() []ConnInfo {
 		ci := ConnInfo{
 			Endpoint: c.ep.addr,
 			Local:    c.nc.LocalAddr().String(),
-			State:    "active",
+			State:    "active", // "paired" in a stream pool: a TCP pair holds it for good
 			Age:      now.Sub(c.created),
 			Requests: int(c.requests.Load()),
 		}
 		if c.idle {
 			ci.State, ci.Idle = "idle", now.Sub(c.idleSince)
+		} else if p.cfg.Stream {
+			ci.State = "paired"
 		}
 		out = append(out, ci)
 	}

@@ -10,6 +10,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -557,6 +559,55 @@ func slicesMax(ds []time.Duration) time.Duration {
 	var m time.Duration
 	for _, d := range ds {
 		m = max(m, d)
+	}
+	return m
+}
+
+// TestPairSplices: a pair moves bytes in the kernel (splice), not through
+// a user-space buffer. /proc/self/io's rchar and wchar count the bytes a
+// process passes through read and write calls; the test's own app and
+// upstream read and write size bytes each way, so a copy through user
+// space would add as much again, and splice adds nothing.
+func TestPairSplices(t *testing.T) {
+	const size = 32 << 20
+	up := startTCPPeer(t, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		io.Copy(io.Discard, c)
+	})
+	addr, _, _ := startTCP(t, pool.Config{}, Config{}, up.addr())
+	app := dialTCP(t, addr)
+	app.SetDeadline(time.Now().Add(30 * time.Second))
+	// One warm-up byte, so the pair is made before counting.
+	app.Write([]byte("x"))
+	wait.Until(t, 5*time.Second, "the upstream's accept", func() bool { return up.accepted.Load() == 1 })
+	before := procIO(t)
+	buf := make([]byte, size)
+	if _, err := app.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	app.CloseWrite()
+	app.Read(make([]byte, 1)) // the pair's end
+	after := procIO(t)
+	read, written := after["rchar"]-before["rchar"], after["wchar"]-before["wchar"]
+	t.Logf("moving %d bytes: rchar +%d, wchar +%d", size, read, written)
+	if read > size*3/2 || written > size*3/2 {
+		t.Errorf("the process read %d and wrote %d bytes through user space to move %d: the pair copies, it does not splice", read, written, size)
+	}
+}
+
+func procIO(t *testing.T) map[string]int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		t.Skipf("no /proc/self/io: %v", err)
+	}
+	m := map[string]int64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		var k string
+		var v int64
+		if n, _ := fmt.Sscanf(line, "%s %d", &k, &v); n == 2 {
+			m[strings.TrimSuffix(k, ":")] = v
+		}
 	}
 	return m
 }
