@@ -611,3 +611,33 @@ func procIO(t *testing.T) map[string]int64 {
 	}
 	return m
 }
+
+// TestTCPShutdownEndsPairs: Shutdown lets pairs run until its context
+// ends, then resets both sides of each and returns once they are closed.
+func TestTCPShutdownEndsPairs(t *testing.T) {
+	upErr := make(chan error, 1)
+	up := startTCPPeer(t, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.Copy(io.Discard, c)
+		upErr <- err
+	})
+	addr, _, s := startTCP(t, pool.Config{}, Config{}, up.addr())
+	app := dialTCP(t, addr)
+	app.SetDeadline(time.Now().Add(10 * time.Second))
+	app.Write([]byte("x"))
+	wait.Until(t, 5*time.Second, "the pair", func() bool { return up.accepted.Load() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown: %v; want the context's deadline (a pair was still open)", err)
+	}
+	if n := s.OpenConnections(); n != 0 {
+		t.Errorf("%d app connections open after Shutdown", n)
+	}
+	if _, err := app.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("app read %v; want a reset", err)
+	}
+	if err := <-upErr; !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("upstream read %v; want a reset", err)
+	}
+}
