@@ -84,6 +84,7 @@ type Metrics struct {
 	pools   *poolCollector
 	sockets *socketCollector
 	pairs   *pairMetrics // tcp mode and upgrades (pairs.go)
+	tls     *tlsMetrics  // TLS to upstreams (tls.go)
 }
 
 // New creates every metric and registers it, with the Go runtime and
@@ -179,6 +180,7 @@ func New() *Metrics {
 		m.pools, m.sockets,
 	)
 	m.pairs = registerPairMetrics(m.reg)
+	m.tls = registerTLSMetrics(m.reg)
 	return m
 }
 

@@ -102,6 +102,10 @@ func (o *upstreamObserver) HalfClosed(_ pool.Cause, reaction time.Duration) {
 
 func (o *upstreamObserver) Warm(hit bool) { o.m.pairs.warm(o.upstream, hit) }
 
+func (o *upstreamObserver) TLSHandshake(_ string, resumed bool, d time.Duration) {
+	o.m.tls.handshake(o.upstream, resumed, d)
+}
+
 // Listener returns the proxy.Observer for listener name, which forwards to
 // upstream. Its label children are created here, with zeros for status
 // classes 2xx to 5xx, retry reasons dial and stale, every way an app

@@ -88,7 +88,8 @@ type Conn struct {
 	// Set at dial, never changed.
 	id      uint64
 	ep      *endpoint
-	nc      net.Conn
+	nc      net.Conn // a *tls.Conn over tcp with Config.TLS, else tcp itself
+	tcp     net.Conn // the TCP socket
 	created time.Time
 	readers *readerPool // the pool's, for br
 	// raw is nc's descriptor. Every syscall the pool makes on it (peek,

@@ -22,15 +22,19 @@ type Observer interface {
 	// Warm reports, for a pool with MinIdle, whether an Acquire found a
 	// warm connection (hit) or had to dial (miss).
 	Warm(hit bool)
+	// TLSHandshake reports a completed TLS handshake: whether it resumed
+	// a session, and how long it took.
+	TLSHandshake(endpoint string, resumed bool, d time.Duration)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) Dialed(string, error)            {}
-func (nopObserver) Waited(time.Duration, bool)      {}
-func (nopObserver) Closed(string, Cause)            {}
-func (nopObserver) HalfClosed(Cause, time.Duration) {}
-func (nopObserver) Warm(bool)                       {}
+func (nopObserver) Dialed(string, error)                     {}
+func (nopObserver) Waited(time.Duration, bool)               {}
+func (nopObserver) Closed(string, Cause)                     {}
+func (nopObserver) HalfClosed(Cause, time.Duration)          {}
+func (nopObserver) Warm(bool)                                {}
+func (nopObserver) TLSHandshake(string, bool, time.Duration) {}
 
 // ConnInfo describes one connection, for /debug/pool.
 type ConnInfo struct {

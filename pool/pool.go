@@ -14,6 +14,7 @@ package pool
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -79,6 +80,13 @@ type Config struct {
 	// app's, not unsolicited: they stay in the socket for the pair.
 	// Connections get no buffers.
 	Stream bool
+
+	// TLS, if not nil, makes every connection a TLS client connection
+	// (tls.go). An empty ServerName is each endpoint's host; give the
+	// config a ClientSessionCache for resumption. TLSHandshakeTimeout
+	// bounds the handshake; 0: 5s.
+	TLS                 *tls.Config
+	TLSHandshakeTimeout time.Duration
 
 	// ResponseHeaderBytes caps a response's status line and headers: it is
 	// the size of each busy connection's read buffer
@@ -160,10 +168,11 @@ type Pool struct {
 // endpoint is one host:port. All fields but addr are guarded by Pool.mu.
 type endpoint struct {
 	addr    string
-	conns   int       // open or being dialed; at most MaxConns
-	idle    connList  // most recently released at the front
-	waiters []*waiter // FIFO of Acquire calls waiting for a slot
-	finAges idleFINs  // how long idle connections lasted before the server's FIN (warm.go)
+	tls     *tls.Config // Config.TLS with this endpoint's ServerName; nil: plain TCP
+	conns   int         // open or being dialed; at most MaxConns
+	idle    connList    // most recently released at the front
+	waiters []*waiter   // FIFO of Acquire calls waiting for a slot
+	finAges idleFINs    // how long idle connections lasted before the server's FIN (warm.go)
 }
 
 // waiter is an Acquire blocked at MaxConns. It receives either a released
@@ -199,7 +208,7 @@ func New(cfg Config) (*Pool, error) {
 	p.dialCtx, p.cancelDials = context.WithCancel(context.Background())
 	p.readers.size = cfg.ResponseHeaderBytes
 	for _, addr := range cfg.Endpoints {
-		p.eps = append(p.eps, &endpoint{addr: addr})
+		p.eps = append(p.eps, &endpoint{addr: addr, tls: tlsFor(cfg.TLS, addr)})
 	}
 	p.closeq = make(chan victim, 1024)
 	for range 2 * runtime.GOMAXPROCS(0) { // close(2) on loopback also runs the peer's side
@@ -542,8 +551,8 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		p.mu.Unlock()
 		return nil, ErrClosed // cancelled by Close: no dial error to count
 	}
-	p.cfg.Observer.Dialed(ep.addr, err)
 	if err != nil {
+		p.cfg.Observer.Dialed(ep.addr, err)
 		p.mu.Lock()
 		p.forgetLocked(ep)
 		p.mu.Unlock()
@@ -552,7 +561,7 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		}
 		return nil, &DialError{Addr: ep.addr, Err: err}
 	}
-	c := &Conn{ep: ep, nc: nc, created: time.Now(), readers: &p.readers}
+	c := &Conn{ep: ep, nc: nc, tcp: nc, created: time.Now(), readers: &p.readers}
 	c.io.nc = nc
 	c.peekFn = c.peekFD
 	if hook := testHookDialed.Load(); hook != nil {
@@ -589,6 +598,19 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		p.closeConn(c, CauseError)
 		return nil, &DialError{Addr: ep.addr, Err: fmt.Errorf("watch: %w", werr)}
 	}
+	if ep.tls != nil {
+		if err := p.handshake(c); err != nil {
+			p.cfg.Observer.Dialed(ep.addr, err)
+			p.mu.Lock()
+			p.dropLocked(c)
+			p.mu.Unlock()
+			p.closeConn(c, CauseError)
+			p.log.Warn("upstream TLS handshake failed", zap.String("endpoint", ep.addr),
+				zap.String("reason", DialErrorReason(err)), zap.Error(err))
+			return nil, &DialError{Addr: ep.addr, Err: err}
+		}
+	}
+	p.cfg.Observer.Dialed(ep.addr, nil)
 	if !p.cfg.Stream {
 		c.attachBuffers()
 	}
@@ -767,17 +789,21 @@ func (p *Pool) closeConn(c *Conn, cause Cause) {
 		ce.Write(zap.String("endpoint", c.ep.addr), zap.String("cause", string(cause)),
 			zap.Int32("requests", c.requests.Load()), zap.Duration("age", time.Since(c.created)))
 	}
+	nc := c.nc
+	if peerGone(cause) {
+		nc = c.tcp // no close_notify for a peer that has gone: a TLS close would write to it
+	}
 	if linger.Blocks() {
 		p.mu.Lock()
 		if !p.lingerWaited {
 			p.lingering.Add(1)
 			p.mu.Unlock()
-			go p.closeLingering(c.nc)
+			go p.closeLingering(nc)
 			return
 		}
 		p.mu.Unlock()
 	}
-	c.nc.Close()
+	nc.Close()
 }
 
 // closeLingering closes a socket with a bounded linger: it returns when

@@ -79,10 +79,16 @@ func (p *Pool) fillWarm() error {
 // bytes its server sent first: those are the app's, so only a FIN, an RST
 // or an error makes it unfit. (Bytes followed by a FIN read as bytes here;
 // the FIN woke the watcher while the connection was idle.)
+//
+// On a TLS connection of a request pool the bytes may be TLS records of
+// no concern to a request (session tickets): settleTLS reads them.
 func (p *Pool) peek(c *Conn) sockopt.PeekResult {
 	r := c.peek()
-	if p.cfg.Stream && r == sockopt.Unsolicited {
+	switch {
+	case p.cfg.Stream && r == sockopt.Unsolicited:
 		return sockopt.Open
+	case r == sockopt.Unsolicited && c.nc != c.tcp:
+		return c.settleTLS()
 	}
 	return r
 }

@@ -1,0 +1,35 @@
+package metrics
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// tlsMetrics count TLS handshakes to upstreams.
+type tlsMetrics struct {
+	handshakes *prometheus.CounterVec   // upstream, resumed
+	seconds    *prometheus.HistogramVec // upstream
+}
+
+func registerTLSMetrics(reg *prometheus.Registry) *tlsMetrics {
+	m := &tlsMetrics{
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "unstuck_upstream_tls_handshakes_total",
+			Help: "TLS handshakes with upstream endpoints that completed; resumed=\"true\" reused a session (no certificate exchange).",
+		}, []string{"upstream", "resumed"}),
+		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "unstuck_upstream_tls_handshake_seconds",
+			Help:    "Time of completed TLS handshakes with upstream endpoints.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs to ~3s
+		}, []string{"upstream"}),
+	}
+	reg.MustRegister(m.handshakes, m.seconds)
+	return m
+}
+
+func (m *tlsMetrics) handshake(upstream string, resumed bool, d time.Duration) {
+	m.handshakes.WithLabelValues(upstream, strconv.FormatBool(resumed)).Inc()
+	m.seconds.WithLabelValues(upstream).Observe(d.Seconds())
+}
