@@ -213,4 +213,3 @@ func streamAndSample(t *testing.T, addr string, clients int, d time.Duration) in
 	}
 	return worst
 }
-
