@@ -17,12 +17,13 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 )
 
 // Bounds of every wait on a process in the jail.
@@ -137,25 +138,6 @@ func (j *jail) run(t *testing.T, argv ...string) (code int, stdout, stderr strin
 		t.Fatalf("%q in the jail: %v\nstderr: %s", argv, err, errOut.String())
 	}
 	return code, out.String(), errOut.String()
-}
-
-// syncBuffer is a bytes.Buffer that exec's copying goroutine may write
-// while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // freeAddr returns a loopback host:port that was free a moment ago.
@@ -293,7 +275,7 @@ func TestImageRunsInEmptyRoot(t *testing.T) {
 	}
 
 	// Start the image's command.
-	var stdout, stderr syncBuffer
+	var stdout, stderr testpeer.SyncBuffer
 	cmd := j.command(context.Background(), df.imageArgv()...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {

@@ -92,81 +92,58 @@ type Metrics struct {
 func New() *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
-		dials: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_upstream_dials_total",
-			Help: "Connections dialed to the upstream endpoint, failed dials included.",
-		}, []string{"upstream", "endpoint"}),
-		dialErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_upstream_dial_errors_total",
-			Help: "Dials to the upstream endpoint that failed.",
-		}, []string{"upstream", "endpoint"}),
-		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_pool_waits_total",
-			Help: "Acquires that found max_conns connections busy and had to wait for a slot.",
-		}, []string{"upstream"}),
-		waitSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "unstuck_pool_wait_seconds",
-			Help:    "How long an acquire waited at max_conns, until it got a slot or gave up.",
-			Buckets: waitBuckets,
-		}, []string{"upstream"}),
-		exhausted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_pool_exhausted_total",
-			Help: "Acquires that waited the whole acquire_timeout without getting a connection.",
-		}, []string{"upstream"}),
-		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_upstream_closes_total",
-			Help: "Upstream connections the pool closed, by cause.",
-		}, []string{"upstream", "cause"}),
-		reaction: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "unstuck_half_close_reaction_seconds",
-			Help:    "Time from the watcher noticing a FIN or RST on an idle upstream connection to its close returning.",
-			Buckets: reactionBuckets,
-		}, []string{"upstream"}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_retries_total",
-			Help: "Request retries, by reason: dial (connect failed, nothing sent) or stale (a reused connection failed before any response byte).",
-		}, []string{"listener", "upstream", "reason"}),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_requests_total",
-			Help: "Requests answered to the app, by status class of the answer.",
-		}, []string{"listener", "upstream", "code"}),
-		response: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "unstuck_upstream_response_seconds",
-			Help:    "Time from a request's first acquire to the end of the upstream's response header (or the failure), retries included.",
-			Buckets: responseBuckets,
-		}, []string{"listener", "upstream"}),
-		appOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "unstuck_app_connections_open",
-			Help: "App connections open on the listener.",
-		}, []string{"listener"}),
-		appReleased: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "unstuck_app_connections_released",
-			Help: "Open app connections idle long enough that their goroutine and buffers were released; an epoll set watches them for the next request.",
-		}, []string{"listener"}),
-		appClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_app_connections_closed_total",
-			Help: "App connections closed, by how: graceful (FIN), reset (RST), bounded (SO_LINGER timeout) or escalated (the app ignored our FIN and got an RST).",
-		}, []string{"listener", "how"}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_requests_refused_total",
-			Help: "Requests unstuck answered itself and never forwarded whole, by reason: bad_request, header_too_large, uri_too_long, body_too_large, header_timeout, body_timeout, body_incomplete, method, or conn_limit (accepts held back at limits.max_conns).",
-		}, []string{"listener", "reason"}),
-		appAborts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_app_aborts_total",
-			Help: "Requests whose app closed or reset its connection while they were in flight (logged as 499), by phase: request, response_header or response_body; the upstream exchange was aborted.",
-		}, []string{"listener", "upstream", "phase"}),
-		upTimeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_upstream_timeouts_total",
-			Help: "Upstream waits that ran out, by phase: response_header (timeouts.response_header), response_idle (timeouts.response_idle) or write (timeouts.write).",
-		}, []string{"listener", "upstream", "phase"}),
-		reloads: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "unstuck_config_reloads_total",
-			Help: "Config reloads applied.",
-		}),
-		reloadErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "unstuck_config_reload_errors_total",
-			Help: "Config reloads rejected; the previous config stays in force.",
-		}),
+		dials: counterVec("unstuck_upstream_dials_total",
+			"Connections dialed to the upstream endpoint, failed dials included.",
+			"upstream", "endpoint"),
+		dialErrors: counterVec("unstuck_upstream_dial_errors_total",
+			"Dials to the upstream endpoint that failed.",
+			"upstream", "endpoint"),
+		waits: counterVec("unstuck_pool_waits_total",
+			"Acquires that found max_conns connections busy and had to wait for a slot.",
+			"upstream"),
+		waitSeconds: histogramVec("unstuck_pool_wait_seconds",
+			"How long an acquire waited at max_conns, until it got a slot or gave up.",
+			waitBuckets, "upstream"),
+		exhausted: counterVec("unstuck_pool_exhausted_total",
+			"Acquires that waited the whole acquire_timeout without getting a connection.",
+			"upstream"),
+		closes: counterVec("unstuck_upstream_closes_total",
+			"Upstream connections the pool closed, by cause.",
+			"upstream", "cause"),
+		reaction: histogramVec("unstuck_half_close_reaction_seconds",
+			"Time from the watcher noticing a FIN or RST on an idle upstream connection to its close returning.",
+			reactionBuckets, "upstream"),
+		retries: counterVec("unstuck_retries_total",
+			"Request retries, by reason: dial (connect failed, nothing sent) or stale (a reused connection failed before any response byte).",
+			"listener", "upstream", "reason"),
+		requests: counterVec("unstuck_requests_total",
+			"Requests answered to the app, by status class of the answer.",
+			"listener", "upstream", "code"),
+		response: histogramVec("unstuck_upstream_response_seconds",
+			"Time from a request's first acquire to the end of the upstream's response header (or the failure), retries included.",
+			responseBuckets, "listener", "upstream"),
+		appOpen: gaugeVec("unstuck_app_connections_open",
+			"App connections open on the listener.",
+			"listener"),
+		appReleased: gaugeVec("unstuck_app_connections_released",
+			"Open app connections idle long enough that their goroutine and buffers were released; an epoll set watches them for the next request.",
+			"listener"),
+		appClosed: counterVec("unstuck_app_connections_closed_total",
+			"App connections closed, by how: graceful (FIN), reset (RST), bounded (SO_LINGER timeout) or escalated (the app ignored our FIN and got an RST).",
+			"listener", "how"),
+		refused: counterVec("unstuck_requests_refused_total",
+			"Requests unstuck answered itself and never forwarded whole, by reason: bad_request, header_too_large, uri_too_long, body_too_large, header_timeout, body_timeout, body_incomplete, method, or conn_limit (accepts held back at limits.max_conns).",
+			"listener", "reason"),
+		appAborts: counterVec("unstuck_app_aborts_total",
+			"Requests whose app closed or reset its connection while they were in flight (logged as 499), by phase: request, response_header or response_body; the upstream exchange was aborted.",
+			"listener", "upstream", "phase"),
+		upTimeouts: counterVec("unstuck_upstream_timeouts_total",
+			"Upstream waits that ran out, by phase: response_header (timeouts.response_header), response_idle (timeouts.response_idle) or write (timeouts.write).",
+			"listener", "upstream", "phase"),
+		reloads: counter("unstuck_config_reloads_total",
+			"Config reloads applied."),
+		reloadErrors: counter("unstuck_config_reload_errors_total",
+			"Config reloads rejected; the previous config stays in force."),
 		pools:   newPoolCollector(),
 		sockets: newSocketCollector(),
 	}
@@ -182,6 +159,24 @@ func New() *Metrics {
 	m.pairs = registerPairMetrics(m.reg)
 	m.tls = registerTLSMetrics(m.reg)
 	return m
+}
+
+// counter, counterVec, gaugeVec and histogramVec build a metric from its
+// name, help and label names: New declares many, and only those differ.
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+}
+
+func gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+}
+
+func histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
 }
 
 // Registry returns the registry every metric is in, for promhttp.HandlerFor.

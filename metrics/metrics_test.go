@@ -3,8 +3,10 @@ package metrics
 import (
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +70,16 @@ func want(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]
 }
 
 type l = map[string]string
+
+// wantBy checks several series of metric name that differ in one label:
+// labels(k) names the series that should have value values[k]. Keys are
+// checked in order, so failures read the same on every run.
+func wantBy(t *testing.T, reg prometheus.Gatherer, name string, labels func(string) l, values map[string]float64) {
+	t.Helper()
+	for _, k := range slices.Sorted(maps.Keys(values)) {
+		want(t, reg, name, labels(k), values[k])
+	}
+}
 
 func TestPrecreatedSeries(t *testing.T) {
 	m := New()
@@ -170,19 +182,16 @@ func TestListenerObserver(t *testing.T) {
 	o.AppConnClosed("reset")
 
 	lb := func(code string) l { return l{"listener": "in", "upstream": "app", "code": code} }
-	want(t, reg, "unstuck_requests_total", lb("2xx"), 2)
-	want(t, reg, "unstuck_requests_total", lb("3xx"), 1)
-	want(t, reg, "unstuck_requests_total", lb("4xx"), 1)
-	want(t, reg, "unstuck_requests_total", lb("5xx"), 3)
-	want(t, reg, "unstuck_requests_total", lb("1xx"), 1)
-	want(t, reg, "unstuck_requests_total", lb("other"), 2)
+	wantBy(t, reg, "unstuck_requests_total", lb,
+		map[string]float64{"2xx": 2, "3xx": 1, "4xx": 1, "5xx": 3, "1xx": 1, "other": 2})
 	want(t, reg, "unstuck_upstream_response_seconds", l{"listener": "in", "upstream": "app"}, 10)
-	want(t, reg, "unstuck_retries_total", l{"listener": "in", "upstream": "app", "reason": "dial"}, 1)
-	want(t, reg, "unstuck_retries_total", l{"listener": "in", "upstream": "app", "reason": "stale"}, 2)
+	wantBy(t, reg, "unstuck_retries_total",
+		func(r string) l { return l{"listener": "in", "upstream": "app", "reason": r} },
+		map[string]float64{"dial": 1, "stale": 2})
 	want(t, reg, "unstuck_app_connections_open", l{"listener": "in"}, 1)
-	want(t, reg, "unstuck_app_connections_closed_total", l{"listener": "in", "how": "graceful"}, 1)
-	want(t, reg, "unstuck_app_connections_closed_total", l{"listener": "in", "how": "reset"}, 1)
-	want(t, reg, "unstuck_app_connections_closed_total", l{"listener": "in", "how": "bounded"}, 0)
+	wantBy(t, reg, "unstuck_app_connections_closed_total",
+		func(how string) l { return l{"listener": "in", "how": how} },
+		map[string]float64{"graceful": 1, "reset": 1, "bounded": 0})
 }
 
 // TestRefusalsAbortsAndTimeouts counts each new observer call under its
@@ -205,18 +214,13 @@ func TestRefusalsAbortsAndTimeouts(t *testing.T) {
 	o.UpstreamTimeout("new_phase")
 
 	ref := func(r string) l { return l{"listener": "in", "reason": r} }
-	want(t, reg, "unstuck_requests_refused_total", ref("header_too_large"), 2)
-	want(t, reg, "unstuck_requests_refused_total", ref("body_incomplete"), 1)
-	want(t, reg, "unstuck_requests_refused_total", ref("bad_request"), 0)
-	want(t, reg, "unstuck_requests_refused_total", ref("new_reason"), 1)
+	wantBy(t, reg, "unstuck_requests_refused_total", ref,
+		map[string]float64{"header_too_large": 2, "body_incomplete": 1, "bad_request": 0, "new_reason": 1})
 	ph := func(p string) l { return l{"listener": "in", "upstream": "app", "phase": p} }
-	want(t, reg, "unstuck_app_aborts_total", ph("response_body"), 2)
-	want(t, reg, "unstuck_app_aborts_total", ph("request"), 1)
-	want(t, reg, "unstuck_app_aborts_total", ph("response_header"), 0)
-	want(t, reg, "unstuck_upstream_timeouts_total", ph("response_idle"), 1)
-	want(t, reg, "unstuck_upstream_timeouts_total", ph("write"), 2)
-	want(t, reg, "unstuck_upstream_timeouts_total", ph("response_header"), 0)
-	want(t, reg, "unstuck_upstream_timeouts_total", ph("new_phase"), 1)
+	wantBy(t, reg, "unstuck_app_aborts_total", ph,
+		map[string]float64{"response_body": 2, "request": 1, "response_header": 0})
+	wantBy(t, reg, "unstuck_upstream_timeouts_total", ph,
+		map[string]float64{"response_idle": 1, "write": 2, "response_header": 0, "new_phase": 1})
 
 	// A reload's new observer feeds the same series.
 	m.Listener("in", "app").Refused(proxy.RefuseHeaderTooLarge)

@@ -330,9 +330,7 @@ func TestRetryAfterStaleConnectionDials(t *testing.T) {
 	var failed atomic.Int32
 	var wg sync.WaitGroup
 	for range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				failed.Add(1)
@@ -353,7 +351,7 @@ func TestRetryAfterStaleConnectionDials(t *testing.T) {
 					failed.Add(1)
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if n := failed.Load(); n != 0 {

@@ -257,26 +257,31 @@ func (g *framingGuard) headLine(line []byte, full int) bool {
 		if !equalFold(name, "Content-Length") {
 			return false
 		}
-		if full > len(line) || g.hasCL || !plainContentLength(line[k+1:full-1]) {
-			g.state = guardLost
-			return false
-		}
-		g.hasCL = true
-		g.cl = 0
-		for _, c := range trimOneSpace(line[k+1 : full-1]) {
-			g.cl = g.cl*10 + int64(c-'0')
+		if v, ok := g.framingValue(line, k, full, &g.hasCL, plainContentLength); ok {
+			g.cl = 0
+			for _, c := range trimOneSpace(v) {
+				g.cl = g.cl*10 + int64(c-'0')
+			}
 		}
 	case len("Transfer-Encoding"):
-		if !equalFold(name, "Transfer-Encoding") {
-			return false
+		if equalFold(name, "Transfer-Encoding") {
+			g.framingValue(line, k, full, &g.hasTE, plainChunked)
 		}
-		if full > len(line) || g.hasTE || !plainChunked(line[k+1:full-1]) {
-			g.state = guardLost
-			return false
-		}
-		g.hasTE = true
 	}
 	return false
+}
+
+// framingValue takes a Content-Length or Transfer-Encoding line (name
+// line[:k], length full) as checkRequest would: it must be whole (not cut
+// at headPrefix), the first of its name (*seen, then set) and plain. It
+// returns the value without its CRLF, or sets guardLost.
+func (g *framingGuard) framingValue(line []byte, k, full int, seen *bool, plain func([]byte) bool) ([]byte, bool) {
+	if full > len(line) || *seen || !plain(line[k+1:full-1]) {
+		g.state = guardLost
+		return nil, false
+	}
+	*seen = true
+	return line[k+1 : full-1], true
 }
 
 // endHead starts what follows a head: its body, or the next head.

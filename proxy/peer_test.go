@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 )
 
 // peer is a raw TCP upstream on 127.0.0.1:0 for the wire tests: it
@@ -27,8 +28,8 @@ type peer struct {
 	mu       sync.Mutex // guards everything below
 	ln       net.Listener
 	stopped  bool
-	open     map[net.Conn]struct{} // connections whose script runs
-	received []*lockedBuffer       // of every connection accepted, in order
+	open     map[net.Conn]struct{}  // connections whose script runs
+	received []*testpeer.SyncBuffer // of every connection accepted, in order
 }
 
 func startPeer(tb testing.TB, script func(c net.Conn, br *bufio.Reader)) *peer {
@@ -53,7 +54,7 @@ func (p *peer) accept(ln net.Listener) {
 		if err != nil {
 			return
 		}
-		rec := &lockedBuffer{}
+		rec := &testpeer.SyncBuffer{}
 		p.mu.Lock()
 		if p.stopped || p.ln != ln { // a restart began after Accept returned
 			p.mu.Unlock()
@@ -69,7 +70,7 @@ func (p *peer) accept(ln net.Listener) {
 }
 
 // serve runs the script on c, then closes it.
-func (p *peer) serve(c net.Conn, rec *lockedBuffer) {
+func (p *peer) serve(c net.Conn, rec *testpeer.SyncBuffer) {
 	defer p.wg.Done()
 	defer func() {
 		c.Close()
@@ -165,23 +166,6 @@ func (p *peer) openConns() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.open)
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // okResponse is the answer of a peer that only needs requests to succeed.

@@ -176,31 +176,30 @@ func checkResponse(h *fasthttp.ResponseHeader, head []byte) error {
 
 	// The header lines: a request's rules (nextFraming), then a
 	// response's framing rules, lenient to OWS where a request's are not.
+	// The first fault found is the one returned.
 	var cl, te int
-walk:
-	for i := 0; i < len(raw); {
-		var field framingField
-		var value []byte
-		field, value, i = nextFraming(raw, i)
+	var err error
+	_, ok := walkFraming(raw, func(field framingField, value []byte) bool {
 		switch field {
-		case fieldBad:
-			return errRespLine
-		case fieldEnd:
-			break walk
 		case fieldContentLength:
 			if cl++; cl > 1 || !digits(trimOWS(value)) {
-				return errRespCL
+				err = errRespCL
 			}
 		case fieldTransferEncoding:
 			if !http11 {
-				return errRespTE10
-			}
-			if te++; te > 1 || !equalFold(trimOWS(value), "chunked") {
-				return errRespTE
+				err = errRespTE10
+			} else if te++; te > 1 || !equalFold(trimOWS(value), "chunked") {
+				err = errRespTE
 			}
 		}
-	}
-	if cl > 0 && te > 0 {
+		return err == nil
+	})
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return errRespLine
+	case cl > 0 && te > 0:
 		return errRespCLAndTE
 	}
 	return nil

@@ -130,28 +130,52 @@ func sameAuthority(a, host []byte, defaultPort string) bool {
 // It runs on every request: one pass, table lookups, no allocation.
 func validHeaderBlock(raw []byte) bool {
 	var host, cl, te int
+	end, ok := walkFraming(raw, func(field framingField, value []byte) bool {
+		switch field {
+		case fieldHost:
+			host++
+		case fieldContentLength:
+			cl++
+			return cl == 1 && plainContentLength(value)
+		case fieldTransferEncoding:
+			te++
+			return te == 1 && plainChunked(value)
+		}
+		return true
+	})
+	if !end {
+		return ok && len(raw) == 0 // no empty line after the last framing field
+	}
+	return host <= 1 && (cl == 0 || te == 0)
+}
+
+// walkFraming walks raw, a header block as received, with nextFraming,
+// the walk requests and responses share: it calls check on each Host,
+// Content-Length and Transfer-Encoding line in order, with the value as
+// received, and stops at the first one check refuses. end reports that
+// the walk reached the empty line ending raw; ok is false when it stopped
+// at a line nextFraming refuses or check refused. Both false and true
+// (a raw that ends without its empty line, or is empty) is for the caller
+// to judge.
+//
+// check must not let its arguments escape: the walk runs on every
+// exchange and allocates nothing.
+func walkFraming(raw []byte, check func(field framingField, value []byte) bool) (end, ok bool) {
 	for i := 0; i < len(raw); {
 		var field framingField
 		var value []byte
 		field, value, i = nextFraming(raw, i)
 		switch field {
 		case fieldBad:
-			return false
+			return false, false
 		case fieldEnd:
-			return host <= 1 && (cl == 0 || te == 0)
-		case fieldHost:
-			host++
-		case fieldContentLength:
-			if cl++; cl > 1 || !plainContentLength(value) {
-				return false
-			}
-		case fieldTransferEncoding:
-			if te++; te > 1 || !plainChunked(value) {
-				return false
-			}
+			return true, true
+		}
+		if !check(field, value) {
+			return false, false
 		}
 	}
-	return len(raw) == 0 // no empty line after the last framing field
+	return false, true
 }
 
 // framingField is what nextFraming stops at.

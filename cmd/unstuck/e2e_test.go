@@ -4,7 +4,6 @@ package main
 // process on 127.0.0.1, the way a pod or a person would.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/internal/netns"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 )
 
 // Bounds of every wait on the child.
@@ -119,30 +119,11 @@ func raceEnabled() bool {
 	return false
 }
 
-// syncBuffer is a bytes.Buffer that exec's copying goroutine may write
-// while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // child is a running unstuck process. It is killed in the test's cleanup
 // if it is still running, and its output is logged if the test failed.
 type child struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *testpeer.SyncBuffer
 	done           chan struct{} // closed when Wait has returned
 }
 
@@ -174,8 +155,8 @@ func startUnstuck(t *testing.T, o childOpts, args ...string) *child {
 	env = append(env, "UNSTUCK_ADMIN_LISTEN=127.0.0.1:0")
 	c := &child{
 		cmd:    exec.Command(bin, args...),
-		stdout: new(syncBuffer),
-		stderr: new(syncBuffer),
+		stdout: new(testpeer.SyncBuffer),
+		stderr: new(testpeer.SyncBuffer),
 		done:   make(chan struct{}),
 	}
 	c.cmd.Dir = o.dir

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/unstuck-proxy/unstuck/internal/tcpserve"
 )
 
 // peerCloseBound is how long, after its FIN, the upstream waits for the
@@ -25,14 +27,10 @@ const upstreamResponse = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent
 // do. It sends FIN (shutdown(SHUT_WR)), reads until the other end closes,
 // and records how long that took; only then does it close its socket.
 type upstream struct {
-	ln   net.Listener
+	loop *tcpserve.Loop // accepts, tracks and closes the connections
 	idle time.Duration
-	wg   sync.WaitGroup // the accept loop and one per connection
 
 	mu         sync.Mutex // guards everything below
-	closed     bool
-	conns      map[*net.TCPConn]struct{} // open, for close
-	accepted   int
 	fins       int
 	finToClose []time.Duration
 }
@@ -44,62 +42,22 @@ func newUpstream(idle time.Duration) (*upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &upstream{ln: ln, idle: idle, conns: map[*net.TCPConn]struct{}{}}
-	u.wg.Add(1)
-	go u.acceptLoop()
+	u := &upstream{loop: tcpserve.New(ln), idle: idle}
+	u.loop.Serve(func(c *net.TCPConn, _ int) { u.serveConn(c) })
 	return u, nil
 }
 
 // addr is the upstream's "127.0.0.1:port".
-func (u *upstream) addr() string { return u.ln.Addr().String() }
+func (u *upstream) addr() string { return u.loop.Addr().String() }
 
 // close stops accepting, closes every connection and waits for the
 // upstream's goroutines.
-func (u *upstream) close() {
-	u.ln.Close()
-	u.mu.Lock()
-	u.closed = true
-	for c := range u.conns {
-		c.Close()
-	}
-	u.mu.Unlock()
-	u.wg.Wait()
-}
-
-func (u *upstream) acceptLoop() {
-	defer u.wg.Done()
-	for {
-		u.wg.Add(1) // for serveConn, before the blocking Accept
-		c, err := u.ln.Accept()
-		if err != nil {
-			u.wg.Done()
-			return // closed: on loopback nothing else is worth a retry
-		}
-		tc := c.(*net.TCPConn)
-		u.mu.Lock()
-		if u.closed { // close ran between Accept and here
-			u.mu.Unlock()
-			tc.Close()
-			u.wg.Done()
-			return
-		}
-		u.accepted++
-		u.conns[tc] = struct{}{}
-		u.mu.Unlock()
-		go u.serveConn(tc)
-	}
-}
+func (u *upstream) close() { u.loop.Close() }
 
 // serveConn owns c from accept to close: it answers requests until c has
-// been idle for u.idle, then ends it with closeIdle.
+// been idle for u.idle, then ends it with closeIdle. The loop closes c on
+// return.
 func (u *upstream) serveConn(c *net.TCPConn) {
-	defer u.wg.Done()
-	defer func() {
-		u.mu.Lock()
-		delete(u.conns, c)
-		u.mu.Unlock()
-		c.Close()
-	}()
 	br := bufio.NewReader(c)
 	for {
 		c.SetReadDeadline(time.Now().Add(u.idle))
@@ -147,7 +105,8 @@ func (u *upstream) closeIdle(c *net.TCPConn) {
 // stats returns the connections accepted, the FINs sent on idle ones and,
 // for each FIN the other end answered with a close, how long that took.
 func (u *upstream) stats() (accepted, fins int, finToClose []time.Duration) {
+	accepted = u.loop.Accepted()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.accepted, u.fins, slices.Clone(u.finToClose)
+	return accepted, u.fins, slices.Clone(u.finToClose)
 }

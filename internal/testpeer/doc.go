@@ -21,5 +21,7 @@
 //
 // Servers: Server (well-behaved keep-alive), IdleCloser (FINs idle
 // connections), RaceCloser (FINs right after a response). Client:
-// LegacyClient (never closes a socket it gave up on).
+// LegacyClient (never closes a socket it gave up on). Helpers: TCPPair
+// (both ends of a loopback connection), SyncBuffer (a buffer written and
+// read at once).
 package testpeer

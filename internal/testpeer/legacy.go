@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/unstuck-proxy/unstuck/internal/legacyconn"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
 )
 
@@ -39,30 +39,19 @@ type LegacyClientOptions struct {
 // LegacyClient models the legacy application unstuck sits in front of: it
 // holds a few keep-alive HTTP/1.1 connections and, when one fails (or the
 // server answers Connection: close), it gives up on it and uses a new one
-// next time, but never closes the old socket. The abandoned sockets stay
-// open until Close, so those whose peer closed sit in CLOSE_WAIT, as in
-// production.
+// next time, but never closes the old socket (legacyconn, which the demo's
+// app shares). The abandoned sockets stay open until Close, so those whose
+// peer closed sit in CLOSE_WAIT, as in production. Requests on one
+// connection run one at a time.
 type LegacyClient struct {
 	addr  string
 	opts  LegacyClientOptions
-	slots []*slot
-	next  atomic.Uint64 // round robin over slots
+	conns *legacyconn.Conns
+	next  atomic.Uint64 // round robin over conns
 	ids   atomic.Uint64 // request id counter
 
-	closeOnce sync.Once
-	mu        sync.Mutex // guards everything below
-	closed    bool
-	all       []*net.TCPConn   // every connection ever opened, live or abandoned
-	ends      []sockstate.Ends // the client's side of each of all
-	stats     Stats
-}
-
-// slot is one of the client's connections. mu is held for a whole request,
-// so requests on one slot run one at a time.
-type slot struct {
-	mu   sync.Mutex
-	conn *net.TCPConn // nil: dial before the next request
-	br   *bufio.Reader
+	mu    sync.Mutex // guards stats
+	stats Stats      // Dials and Abandoned are conns'
 }
 
 // Stats are a LegacyClient's results so far.
@@ -120,20 +109,21 @@ func NewLegacyClient(addr string, opts LegacyClientOptions) (*LegacyClient, erro
 	if opts.IDPrefix == "" {
 		opts.IDPrefix = "legacy"
 	}
-	c := &LegacyClient{
+	conns, err := legacyconn.Dial(addr, legacyconn.Options{
+		Name:        "testpeer: legacy client",
+		Conns:       opts.Conns,
+		DialTimeout: opts.DialTimeout,
+		ReadBuffer:  32 << 10,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &LegacyClient{
 		addr:  addr,
 		opts:  opts,
+		conns: conns,
 		stats: Stats{OK: map[string]int{}, Failed: map[string]int{}},
-	}
-	for range opts.Conns {
-		sl := &slot{}
-		if err := c.dial(sl); err != nil {
-			c.Close()
-			return nil, err
-		}
-		c.slots = append(c.slots, sl)
-	}
-	return c, nil
+	}, nil
 }
 
 // StartLegacyClient is NewLegacyClient for a test: it fails tb on error and
@@ -146,35 +136,6 @@ func StartLegacyClient(tb testing.TB, addr string, opts LegacyClientOptions) *Le
 	}
 	tb.Cleanup(func() { c.Close() })
 	return c
-}
-
-// dial gives sl a new connection. The caller holds sl.mu (or owns sl).
-func (c *LegacyClient) dial(sl *slot) error {
-	nc, err := net.DialTimeout("tcp", c.addr, c.opts.DialTimeout)
-	if err != nil {
-		return fmt.Errorf("testpeer: legacy client: %w", err)
-	}
-	tc := nc.(*net.TCPConn)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		tc.Close()
-		return net.ErrClosed
-	}
-	c.all = append(c.all, tc)
-	c.ends = append(c.ends, sockstate.EndsOf(tc))
-	c.stats.Dials++
-	sl.conn, sl.br = tc, bufio.NewReaderSize(tc, 32<<10)
-	return nil
-}
-
-// abandon drops sl's connection without closing it: the leak being modelled.
-// The caller holds sl.mu.
-func (c *LegacyClient) abandon(sl *slot) {
-	sl.conn, sl.br = nil, nil
-	c.mu.Lock()
-	c.stats.Abandoned++
-	c.mu.Unlock()
 }
 
 // Do sends a request with a generated X-Request-Id on the next connection,
@@ -196,10 +157,10 @@ func (c *LegacyClient) Send(r Request) (*Response, error) {
 		r.ID = c.opts.IDPrefix + "-" + strconv.FormatUint(c.ids.Add(1), 10)
 	}
 	i := r.Slot - 1
-	if r.Slot <= 0 || r.Slot > len(c.slots) {
-		i = int((c.next.Add(1) - 1) % uint64(len(c.slots)))
+	if r.Slot <= 0 || r.Slot > c.conns.Len() {
+		i = int((c.next.Add(1) - 1) % uint64(c.conns.Len()))
 	}
-	resp, err := c.send(c.slots[i], r)
+	resp, err := c.send(i, r)
 	if resp != nil {
 		resp.Slot = i + 1
 	}
@@ -214,17 +175,26 @@ func (c *LegacyClient) Send(r Request) (*Response, error) {
 	return resp, err
 }
 
-func (c *LegacyClient) send(sl *slot, r Request) (*Response, error) {
-	sl.mu.Lock()
-	defer sl.mu.Unlock()
-	if sl.conn == nil {
-		if err := c.dial(sl); err != nil {
-			return nil, err
-		}
+// send runs r on connection i (from 0); the connection is given up on,
+// never closed, after an error or a "Connection: close".
+func (c *LegacyClient) send(i int, r Request) (*Response, error) {
+	var resp *Response
+	err := c.conns.Exchange(i, c.opts.Timeout, func(conn net.Conn, br *bufio.Reader) (bool, error) {
+		var err error
+		resp, err = c.roundTrip(conn, br, r)
+		return resp != nil && resp.Close, err
+	})
+	if err != nil {
+		return nil, err
 	}
-	conn, br := sl.conn, sl.br
-	conn.SetDeadline(time.Now().Add(c.opts.Timeout))
+	if resp.Status < 200 || resp.Status > 299 {
+		return resp, &StatusError{resp.Status}
+	}
+	return resp, nil
+}
 
+// roundTrip writes r on conn and reads the whole response through br.
+func (c *LegacyClient) roundTrip(conn net.Conn, br *bufio.Reader, r Request) (*Response, error) {
 	var head bytes.Buffer
 	fmt.Fprintf(&head, "%s %s HTTP/1.1\r\nHost: %s\r\nX-Request-Id: %s\r\n", r.Method, r.Path, c.addr, r.ID)
 	if r.Body != nil || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
@@ -238,13 +208,11 @@ func (c *LegacyClient) send(sl *slot, r Request) (*Response, error) {
 	head.WriteString("\r\n")
 	bufs := net.Buffers{head.Bytes(), r.Body}
 	if _, err := bufs.WriteTo(conn); err != nil {
-		c.abandon(sl)
 		return nil, fmt.Errorf("write: %w", err)
 	}
 
 	hr, err := http.ReadResponse(br, &http.Request{Method: r.Method})
 	if err != nil {
-		c.abandon(sl)
 		return nil, fmt.Errorf("read response: %w", err)
 	}
 	defer hr.Body.Close()
@@ -252,15 +220,9 @@ func (c *LegacyClient) send(sl *slot, r Request) (*Response, error) {
 	var kept bytes.Buffer
 	n, err := io.Copy(io.MultiWriter(h, &limitedBuffer{&kept, c.opts.KeepBody}), hr.Body)
 	if err != nil {
-		c.abandon(sl)
 		return nil, fmt.Errorf("read body: %w", err)
 	}
-	if hr.Close {
-		c.abandon(sl) // a legacy app drops the connection but never closes it
-	} else {
-		conn.SetDeadline(time.Time{})
-	}
-	resp := &Response{
+	return &Response{
 		Status:     hr.StatusCode,
 		Header:     hr.Header,
 		Body:       kept.Bytes(),
@@ -268,11 +230,7 @@ func (c *LegacyClient) send(sl *slot, r Request) (*Response, error) {
 		BodySha256: hex.EncodeToString(h.Sum(nil)),
 		RequestID:  r.ID,
 		Close:      hr.Close,
-	}
-	if hr.StatusCode < 200 || hr.StatusCode > 299 {
-		return resp, &StatusError{hr.StatusCode}
-	}
-	return resp, nil
+	}, nil
 }
 
 // limitedBuffer keeps the first max bytes written to it and accepts the rest.
@@ -293,6 +251,7 @@ func (c *LegacyClient) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := c.stats
+	st.Dials, st.Abandoned = c.conns.Counts()
 	st.OK, st.Failed = make(map[string]int), make(map[string]int)
 	for k, v := range c.stats.OK {
 		st.OK[k] = v
@@ -307,10 +266,9 @@ func (c *LegacyClient) Stats() Stats {
 // LocalPorts returns the local port of every connection the client has
 // opened, live or abandoned, in dial order.
 func (c *LegacyClient) LocalPorts() []uint16 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ports := make([]uint16, len(c.ends))
-	for i, e := range c.ends {
+	ends := c.conns.Ends()
+	ports := make([]uint16, len(ends))
+	for i, e := range ends {
 		ports[i] = e.Local.Port()
 	}
 	return ports
@@ -318,20 +276,15 @@ func (c *LegacyClient) LocalPorts() []uint16 {
 
 // Match returns a sockstate filter for the client's own sockets (those
 // opened so far, by local and remote address), for sockstate.WaitFor.
-func (c *LegacyClient) Match() func(sockstate.Socket) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return sockstate.Conns(c.ends...)
-}
+func (c *LegacyClient) Match() func(sockstate.Socket) bool { return c.conns.Match() }
 
 // PeerMatch returns a sockstate filter for the far side of each of the
 // client's connections opened so far: the sockets of the server (or proxy)
 // it talks to.
 func (c *LegacyClient) PeerMatch() func(sockstate.Socket) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	peers := make([]sockstate.Ends, len(c.ends))
-	for i, e := range c.ends {
+	ends := c.conns.Ends()
+	peers := make([]sockstate.Ends, len(ends))
+	for i, e := range ends {
 		peers[i] = e.Peer()
 	}
 	return sockstate.Conns(peers...)
@@ -351,17 +304,4 @@ func (c *LegacyClient) CloseWaitCount() (int, error) {
 
 // Close closes every connection the client ever opened, abandoned or not,
 // and interrupts requests in progress. Later calls return nil.
-func (c *LegacyClient) Close() error {
-	var errs []error
-	c.closeOnce.Do(func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		c.closed = true
-		for _, tc := range c.all {
-			if err := tc.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-				errs = append(errs, err)
-			}
-		}
-	})
-	return errors.Join(errs...)
-}
+func (c *LegacyClient) Close() error { return c.conns.Close() }

@@ -1,7 +1,9 @@
 package testpeer
 
 import (
+	"bytes"
 	"net"
+	"sync"
 	"testing"
 )
 
@@ -25,4 +27,25 @@ func TCPPair(tb testing.TB) (client, server net.Conn) {
 	}
 	tb.Cleanup(func() { client.Close(); server.Close() })
 	return client, server
+}
+
+// SyncBuffer is a bytes.Buffer that one goroutine (exec's output copier, a
+// connection's reader) may write while the test reads it. The zero value
+// is an empty buffer.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -32,10 +32,8 @@ type errBadRequest struct{ msg string }
 func (e errBadRequest) Error() string { return "bad request: " + e.msg }
 
 // serveConn owns cn from accept to close: it reads requests, answers them
-// and applies the server's close policy. It closes cn on return.
+// and applies the server's close policy. The loop closes cn on return.
 func (s *Server) serveConn(cn *conn) {
-	defer s.wg.Done()
-	defer s.untrack(cn)
 	br := bufio.NewReaderSize(cn.c, 32<<10)
 	bw := bufio.NewWriterSize(cn.c, 32<<10)
 	tp := textproto.NewReader(br)
@@ -61,7 +59,7 @@ func (s *Server) serveConn(cn *conn) {
 			return
 		}
 		if raceClose {
-			cn.close() // FIN right behind the last response byte, no Connection: close
+			cn.c.Close() // FIN right behind the last response byte, no Connection: close
 			return
 		}
 	}

@@ -1,7 +1,6 @@
 package testpeer
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -9,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/unstuck-proxy/unstuck/internal/tcpserve"
 )
 
 // Options are common to every server. The zero value is a prompt keep-alive
@@ -49,21 +50,14 @@ type HeaderRecord struct {
 // IdleCloser and RaceCloser are Servers that also close connections on
 // their own.
 type Server struct {
-	ln   net.Listener
+	loop *tcpserve.Loop // accepts, tracks and closes the connections
 	opts Options
 	// policy fields are set before the accept loop starts and never change.
 	idleTimeout    time.Duration // >0: IdleCloser
 	peerCloseBound time.Duration
 	race           *raceState // non-nil: RaceCloser
 
-	done      chan struct{} // closed by Close
-	closeOnce sync.Once
-	wg        sync.WaitGroup // accept loop and connection goroutines
-
 	mu         sync.Mutex // guards everything below
-	closed     bool
-	conns      map[*conn]struct{}
-	accepted   int
 	responses  int
 	records    []Record
 	headers    []HeaderRecord // ring of the last opts.KeepHeaders
@@ -74,13 +68,9 @@ type Server struct {
 // conn is one accepted connection. Its goroutine (serveConn) owns reads and
 // writes; Close may close it from another goroutine to unblock them.
 type conn struct {
-	id   int // immutable after track
-	c    *net.TCPConn
-	once sync.Once
+	id int // accept number, from 1
+	c  *net.TCPConn
 }
-
-// close closes the socket exactly once, from serveConn or Server.Close.
-func (cn *conn) close() { cn.once.Do(func() { cn.c.Close() }) }
 
 // NewServer starts a well-behaved keep-alive server on 127.0.0.1:0.
 // The caller owns it and must Close it.
@@ -108,98 +98,19 @@ func newServer(opts Options, policy func(*Server)) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testpeer: %w", err)
 	}
-	s := &Server{
-		ln:    ln,
-		opts:  opts,
-		done:  make(chan struct{}),
-		conns: make(map[*conn]struct{}),
-	}
+	s := &Server{loop: tcpserve.New(ln), opts: opts}
 	policy(s)
-	s.wg.Add(1)
-	go s.acceptLoop()
+	s.loop.Serve(func(c *net.TCPConn, n int) { s.serveConn(&conn{id: n, c: c}) })
 	return s, nil
 }
 
 // Addr is the server's "127.0.0.1:port".
-func (s *Server) Addr() string { return s.ln.Addr().String() }
+func (s *Server) Addr() string { return s.loop.Addr().String() }
 
 // Close stops accepting, closes every connection (interrupting any delay or
 // read in progress) and waits for all of the server's goroutines. It is safe
 // to call more than once; later calls return nil.
-func (s *Server) Close() error {
-	var err error
-	s.closeOnce.Do(func() {
-		close(s.done)
-		err = s.ln.Close()
-		s.mu.Lock()
-		s.closed = true
-		for cn := range s.conns {
-			cn.close()
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
-	})
-	return err
-}
-
-func (s *Server) acceptLoop() {
-	defer s.wg.Done()
-	var backoff time.Duration
-	for {
-		s.wg.Add(1) // for serveConn, before the blocking Accept
-		c, err := s.ln.Accept()
-		if err != nil {
-			s.wg.Done()
-			select {
-			case <-s.done:
-				return
-			default:
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// EMFILE and friends: back off, as net/http does.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			t := time.NewTimer(backoff)
-			select {
-			case <-s.done:
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			continue
-		}
-		backoff = 0
-		cn := s.track(c.(*net.TCPConn))
-		if cn == nil { // Close ran between Accept and track
-			s.wg.Done()
-			return
-		}
-		go s.serveConn(cn)
-	}
-}
-
-// track registers c so Close can close it; nil means the server is closed
-// and c has been closed.
-func (s *Server) track(c *net.TCPConn) *conn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		c.Close()
-		return nil
-	}
-	s.accepted++
-	cn := &conn{id: s.accepted, c: c}
-	s.conns[cn] = struct{}{}
-	return cn
-}
-
-func (s *Server) untrack(cn *conn) {
-	cn.close()
-	s.mu.Lock()
-	delete(s.conns, cn)
-	s.mu.Unlock()
-}
+func (s *Server) Close() error { return s.loop.Close() }
 
 func (s *Server) record(r Record, h http.Header) {
 	s.mu.Lock()
@@ -283,18 +194,10 @@ func (s *Server) HeadersFor(requestID string) http.Header {
 }
 
 // Conns returns how many connections the server has accepted.
-func (s *Server) Conns() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.accepted
-}
+func (s *Server) Conns() int { return s.loop.Accepted() }
 
 // OpenConns returns how many accepted connections are not closed yet.
-func (s *Server) OpenConns() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
+func (s *Server) OpenConns() int { return s.loop.Open() }
 
 // Responses returns how many responses the server has written in full.
 func (s *Server) Responses() int {
@@ -319,7 +222,7 @@ func (s *Server) sleep(d time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-s.done:
+	case <-s.loop.Done():
 		return false
 	}
 }

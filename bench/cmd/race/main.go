@@ -156,9 +156,7 @@ func drive(t rig.Target, n, workers int) *results {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			var cc *rig.ClientConn
 			defer func() {
 				if cc != nil {
@@ -198,7 +196,7 @@ func drive(t rig.Target, n, workers int) *results {
 				}
 				r.mu.Unlock()
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	return r

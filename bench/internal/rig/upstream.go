@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/unstuck-proxy/unstuck/internal/tcpserve"
 )
 
 // response is the answer to every request: small, fixed, keep-alive.
@@ -38,17 +40,14 @@ type UpstreamConfig struct {
 // goroutine (serve) that owns reads and the final Close; the program may
 // half-close a connection (FIN) from outside and learn when the peer closed.
 type Upstream struct {
-	cfg UpstreamConfig
-	ln  net.Listener
-	wg  sync.WaitGroup // accept loop and serve goroutines
+	cfg  UpstreamConfig
+	loop *tcpserve.Loop // accepts, runs serve per connection, closes them all
 
-	accepted   atomic.Int64
 	raceCloses atomic.Int64
 
-	mu     sync.Mutex // guards gate, live, closed
-	gate   *Gate
-	live   map[*Conn]struct{}
-	closed bool
+	mu   sync.Mutex // guards gate, live
+	gate *Gate
+	live map[*Conn]struct{}
 }
 
 // Conn is one accepted connection.
@@ -69,55 +68,29 @@ func Listen(addr string, cfg UpstreamConfig) (*Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &Upstream{cfg: cfg, ln: ln, live: make(map[*Conn]struct{})}
-	u.wg.Add(1)
-	go u.acceptLoop()
+	u := &Upstream{cfg: cfg, loop: tcpserve.New(ln), live: make(map[*Conn]struct{})}
+	u.loop.Serve(func(nc *net.TCPConn, _ int) { u.serve(nc) })
 	return u, nil
 }
 
 // Addr is the listening address.
-func (u *Upstream) Addr() string { return u.ln.Addr().String() }
+func (u *Upstream) Addr() string { return u.loop.Addr().String() }
 
 // Accepted returns how many connections were accepted so far.
-func (u *Upstream) Accepted() int64 { return u.accepted.Load() }
+func (u *Upstream) Accepted() int64 { return int64(u.loop.Accepted()) }
 
 // RaceCloses returns how many connections were closed right after a
 // response (CloseFraction).
 func (u *Upstream) RaceCloses() int64 { return u.raceCloses.Load() }
 
-func (u *Upstream) acceptLoop() {
-	defer u.wg.Done()
-	for {
-		u.wg.Add(1) // for serve, before the blocking Accept
-		nc, err := u.ln.Accept()
-		if err != nil {
-			u.wg.Done()
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			time.Sleep(10 * time.Millisecond) // EMFILE: back off
-			continue
-		}
-		c := &Conn{nc: nc.(*net.TCPConn), ended: make(chan struct{})}
-		u.mu.Lock()
-		if u.closed {
-			u.mu.Unlock()
-			nc.Close()
-			u.wg.Done()
-			return
-		}
-		u.live[c] = struct{}{}
-		u.mu.Unlock()
-		u.accepted.Add(1)
-		go u.serve(c)
-	}
-}
-
-// serve answers requests on c until the peer closes, the idle timeout
-// passes, a race close is drawn, or the program closes c. It owns c.nc's
-// Close.
-func (u *Upstream) serve(c *Conn) {
-	defer u.wg.Done()
+// serve answers requests on nc until the peer closes, the idle timeout
+// passes, a race close is drawn, or the program closes it. It owns the
+// Conn's Close, before Ended.
+func (u *Upstream) serve(nc *net.TCPConn) {
+	c := &Conn{nc: nc, ended: make(chan struct{})}
+	u.mu.Lock()
+	u.live[c] = struct{}{}
+	u.mu.Unlock()
 	defer func() {
 		u.mu.Lock()
 		delete(u.live, c)
@@ -207,14 +180,7 @@ func (u *Upstream) CloseAll() {
 }
 
 // Close stops accepting and closes every connection.
-func (u *Upstream) Close() {
-	u.mu.Lock()
-	u.closed = true
-	u.mu.Unlock()
-	u.ln.Close()
-	u.CloseAll()
-	u.wg.Wait()
-}
+func (u *Upstream) Close() { u.loop.Close() }
 
 // FIN half-closes c (shutdown SHUT_WR) and notes when: just before the
 // call, since on loopback the FIN reaches the peer inside it.
