@@ -3,6 +3,7 @@ module github.com/unstuck-proxy/unstuck
 go 1.26.8
 
 require (
+	github.com/agnivade/levenshtein v1.2.2
 	github.com/fsnotify/fsnotify v1.9.0
 	github.com/google/nftables v0.3.0
 	github.com/prometheus/client_golang v1.25.0

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/agnivade/levenshtein"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
@@ -519,7 +520,7 @@ func describe(n *yaml.Node) string {
 func suggest(k string, candidates []string) string {
 	best, bestD := "", 3
 	for _, c := range candidates {
-		if d := distance(strings.ToLower(k), strings.ToLower(c)); d < bestD && d < max(len(k), 2) {
+		if d := levenshtein.ComputeDistance(strings.ToLower(k), strings.ToLower(c)); d < bestD && d < max(len(k), 2) {
 			best, bestD = c, d
 		}
 	}
@@ -527,24 +528,4 @@ func suggest(k string, candidates []string) string {
 		return ""
 	}
 	return " (did you mean " + best + "?)"
-}
-
-// distance is the Levenshtein distance between a and b.
-func distance(a, b string) int {
-	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
