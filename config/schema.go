@@ -52,45 +52,34 @@ type entries struct {
 }
 
 var (
-	topFields      = fieldsOf(reflect.TypeFor[Config](), "", nil)
-	entryKinds     = entriesOf(reflect.TypeFor[Config]())
-	listenerFields = entryKinds[0].fields
-	upstreamFields = entryKinds[1].fields
+	topFields, entryKinds = fieldsOf(reflect.TypeFor[Config](), "", nil)
+	listenerFields        = entryKinds[0].fields
+	upstreamFields        = entryKinds[1].fields
 )
 
-// fieldsOf returns the keys of struct t and of the structs it holds,
-// except maps, each key prefixed with prefix.
-func fieldsOf(t reflect.Type, prefix string, index []int) []field {
-	var fs []field
+// fieldsOf returns the keys of struct t and of the structs it holds, each
+// prefixed with prefix, and the maps of names to settings it holds.
+func fieldsOf(t reflect.Type, prefix string, index []int) (fs []field, es []entries) {
 	for i := range t.NumField() {
 		sf := t.Field(i)
-		key := sf.Tag.Get("key")
-		if key == "" || sf.Type.Kind() == reflect.Map {
-			continue
-		}
-		f := field{key: prefix + key, index: append(slices.Clip(index), i), typ: sf.Type, tag: sf.Tag, want: wants[sf.Type]}
-		if f.want == "" {
-			fs = append(fs, fieldsOf(sf.Type, f.key+".", f.index)...)
-			continue
-		}
+		f := field{key: prefix + sf.Tag.Get("key"), index: append(slices.Clip(index), i), typ: sf.Type, tag: sf.Tag, want: wants[sf.Type]}
+		f.def, f.hasDef = sf.Tag.Lookup("default")
 		if f.size = sf.Tag.Get("kind") == "size"; f.size {
 			f.want = "a size such as 64KiB"
 		}
-		f.def, f.hasDef = sf.Tag.Lookup("default")
-		fs = append(fs, f)
-	}
-	return fs
-}
-
-func entriesOf(t reflect.Type) []entries {
-	var es []entries
-	for i := range t.NumField() {
-		if sf := t.Field(i); sf.Type.Kind() == reflect.Map {
-			key := sf.Tag.Get("key")
-			es = append(es, entries{key, strings.TrimSuffix(key, "s"), sf.Tag.Get("example"), i, fieldsOf(sf.Type.Elem(), "", nil)})
+		switch {
+		case f.key == prefix:
+		case sf.Type.Kind() == reflect.Map:
+			inner, _ := fieldsOf(sf.Type.Elem(), "", nil)
+			es = append(es, entries{f.key, strings.TrimSuffix(f.key, "s"), sf.Tag.Get("example"), i, inner})
+		case f.want == "":
+			inner, _ := fieldsOf(sf.Type, f.key+".", f.index)
+			fs = append(fs, inner...)
+		default:
+			fs = append(fs, f)
 		}
 	}
-	return es
+	return fs, es
 }
 
 // fill sets every key of fields in the struct v to its default.
@@ -103,70 +92,66 @@ func fill(v reflect.Value, fields []field) {
 	}
 }
 
+// plainNumber is a number written without a unit, such as 90 or 0.5.
 var plainNumber = regexp.MustCompile(`^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)$`)
 
 // parse parses s, as written in the file or a variable, into a value of
 // the field's type. The message, empty when s is good, quotes s. What is
 // wrong with a value of the right type (a bound, a range) is left to check.
 func (f field) parse(s string) (reflect.Value, string) {
-	var x any
-	msg := ""
-	switch reflect.Zero(f.typ).Interface().(type) {
+	x, msg := reflect.Zero(f.typ).Interface(), ""
+	var err error // s does not parse; without a message of its own, the one at the end
+	switch x.(type) {
 	case string:
-		x = s
-		if f.tag.Get("oneof") != "" {
+		if x = s; f.tag.Get("oneof") != "" {
 			x = strings.ToLower(s)
 		}
 	case []string:
 		x = strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
 	case int, int64:
-		n, err := strconv.ParseInt(s, 10, 64)
-		if x = n; f.size {
+		if f.size {
 			x, msg = parseSize(s)
-		} else if err != nil {
+		} else if x, err = strconv.ParseInt(s, 10, 64); err != nil {
 			msg = fmt.Sprintf("%q is not an integer", s)
 		}
 	case bool:
-		b, err := strconv.ParseBool(s)
-		if x = b; err != nil {
-			msg = fmt.Sprintf("%q: want true or false", s)
-		}
+		x, err = strconv.ParseBool(s)
 	case time.Duration:
 		x, msg = parseDuration(s)
 	case sockopt.Linger: // graceful, reset or a duration
 		d, m := parseDuration(s)
-		if _, err := time.ParseDuration(s); err != nil && !plainNumber.MatchString(s) {
-			m = fmt.Sprintf("%q: want graceful, reset or a duration such as 2s", s)
-		}
 		x, msg = sockopt.Linger{Mode: sockopt.Bounded, Timeout: d}, m
+		if _, errD := time.ParseDuration(s); errD != nil && !plainNumber.MatchString(s) {
+			msg, err = "", strconv.ErrSyntax // neither a duration nor a number
+		}
 		if mode, ok := map[string]sockopt.LingerMode{"graceful": sockopt.Graceful, "reset": sockopt.Reset}[strings.ToLower(s)]; ok {
-			x, msg = sockopt.Linger{Mode: mode}, ""
+			x, msg, err = sockopt.Linger{Mode: mode}, "", nil
 		}
 	case os.FileMode: // in octal, as for chmod: "0660" or "660"; check refuses more than 0777
-		n, _ := strconv.ParseUint(s, 8, 32)
-		if x = os.FileMode(n); s == "" || strings.Trim(s, "01234567") != "" {
+		if x, _ = strconv.ParseUint(s, 8, 32); s == "" || strings.Trim(s, "01234567") != "" {
 			msg = fmt.Sprintf("%q is not an octal file mode; want one such as 0660", s)
 		}
 	case netip.Addr: // "" is the zero Addr
-		a, err := netip.ParseAddr(s)
+		a, errA := netip.ParseAddr(s)
 		x = a
-		if _, errPort := netip.ParseAddrPort(s); s != "" && err != nil && errPort == nil {
+		if _, errPort := netip.ParseAddrPort(s); s != "" && errA != nil && errPort == nil {
 			msg = fmt.Sprintf("%q: want an IP address without a port (set ports with dial.source_ports)", s)
-		} else if s != "" && err != nil {
+		} else if s != "" && errA != nil {
 			msg = fmt.Sprintf("%q is not an IP address; want one such as 10.0.0.5 or 2001:db8::5", s)
 		}
 	case PortRange: // "lo-hi"; "" is the zero PortRange
-		los, his, ok := strings.Cut(s, "-")
-		lo, errLo := strconv.ParseUint(strings.TrimSpace(los), 10, 16)
-		hi, errHi := strconv.ParseUint(strings.TrimSpace(his), 10, 16)
-		isNum := func(s string) bool { s = strings.TrimSpace(s); return s != "" && strings.Trim(s, "0123456789") == "" }
-		switch x = (PortRange{uint16(lo), uint16(hi)}); {
+		lo, hi, _ := strings.Cut(s, "-")
+		a, errA := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+		b, errB := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+		switch x, err = (PortRange{uint16(a), uint16(b)}), errors.Join(errA, errB); {
 		case s == "":
-		case !ok || !isNum(los) || !isNum(his):
-			msg = fmt.Sprintf("%q: want a port range such as 20000-29999", s)
-		case errLo != nil || errHi != nil:
+			err = nil
+		case errors.Is(err, strconv.ErrRange) && !errors.Is(err, strconv.ErrSyntax):
 			msg = fmt.Sprintf("%q: port out of range (want 1-65535)", s)
 		}
+	}
+	if err != nil && msg == "" {
+		msg = fmt.Sprintf("%q: want %s", s, f.want)
 	}
 	return reflect.ValueOf(x).Convert(f.typ), msg
 }
@@ -188,19 +173,18 @@ func (f field) check(v reflect.Value) string {
 			return "want 0 to 0777"
 		}
 	case PortRange:
-		switch {
-		case x == PortRange{}:
-		case x.Lo == 0 || x.Hi == 0:
+		if x != (PortRange{}) && (x.Lo == 0 || x.Hi == 0) {
 			return "port out of range (want 1-65535)"
-		case x.Lo > x.Hi:
+		} else if x.Lo > x.Hi {
 			return "the first port is more than the last"
 		}
 	case string:
-		if all := strings.Split(f.tag.Get("oneof"), ","); all[0] != "" && !slices.Contains(all, x) {
-			if n := len(all); n > 1 {
-				return "want " + strings.Join(all[:n-1], ", ") + " or " + all[n-1]
+		if oneof := f.tag.Get("oneof"); oneof != "" && !slices.Contains(strings.Split(oneof, ","), x) {
+			want := strings.ReplaceAll(oneof, ",", ", ")
+			if i := strings.LastIndex(want, ", "); i >= 0 {
+				want = want[:i] + " or " + want[i+2:]
 			}
-			return "want " + all[0]
+			return "want " + want
 		}
 	}
 	return ""
@@ -208,74 +192,62 @@ func (f field) check(v reflect.Value) string {
 
 // checkNumber checks a duration, size or count against f's tags.
 func (f field) checkNumber(n int64) string {
-	bound := func(tag string) (int64, bool) {
-		s, ok := f.tag.Lookup(tag)
-		if !ok {
-			return 0, false
+	bound := func(tag string, none int64) int64 {
+		if s, ok := f.tag.Lookup(tag); ok {
+			x, _ := f.parse(s) // of a duration, size or count: linger has neither min nor max
+			return x.Int()
 		}
-		x, _ := f.parse(s) // of a duration, size or count: linger has neither min nor max
-		return x.Int(), true
+		return none
 	}
-	kernel := f.tag.Get("kernel")
-	if n < 0 {
+	min, max, kernel := bound("min", 0), bound("max", math.MaxInt64), f.tag.Get("kernel")
+	res, _ := time.ParseDuration(f.tag.Get("res"))
+	unit := map[time.Duration]string{time.Second: "seconds", time.Millisecond: "milliseconds"}[res]
+	switch {
+	case n < 0:
 		return "must not be negative"
-	}
-	if res, err := time.ParseDuration(f.tag.Get("res")); err == nil && n%int64(res) != 0 {
-		unit := map[time.Duration]string{time.Second: "seconds", time.Millisecond: "milliseconds"}[res]
+	case res > 0 && n%int64(res) != 0:
 		return fmt.Sprintf("want whole %s (the kernel counts %s in %s)", unit, kernel, unit)
-	}
-	if min, ok := bound("min"); ok && n < min {
-		if f.typ == reflect.TypeFor[time.Duration]() && min == 1 {
-			return "must be more than 0"
-		}
-		return "want at least " + f.show(min)
-	}
-	if max, ok := bound("max"); ok && n > max && kernel != "" {
-		return fmt.Sprintf("want at most %s (the kernel's limit for %s)", f.show(max), kernel)
-	} else if ok && n > max {
-		return "want at most " + formatSize(max) // only sizes have a max and no kernel
+	case n < min && min == 1 && f.typ == reflect.TypeFor[time.Duration]():
+		return "must be more than 0"
+	case n < min && f.size && formatSize(min) != strconv.FormatInt(min, 10):
+		return fmt.Sprintf("want at least %d (%s)", min, formatSize(min))
+	case n < min:
+		return "want at least " + f.format(reflect.ValueOf(min).Convert(f.typ))
+	case n > max && kernel != "":
+		return fmt.Sprintf("want at most %s (the kernel's limit for %s)", f.format(reflect.ValueOf(max).Convert(f.typ)), kernel)
+	case n > max:
+		return "want at most " + f.format(reflect.ValueOf(max).Convert(f.typ))
 	}
 	return ""
 }
 
-// show writes a bound n of f for a message, a size in bytes and units.
-func (f field) show(n int64) string {
-	if u := formatSize(n); f.size && u != strconv.FormatInt(n, 10) {
-		return fmt.Sprintf("%d (%s)", n, u)
-	}
-	return f.format(reflect.ValueOf(n).Convert(f.typ))
-}
-
 // format writes the value v of f as a configuration would.
 func (f field) format(v reflect.Value) string {
-	switch x := v.Interface().(type) {
-	case os.FileMode:
-		return fmt.Sprintf("0%o", uint32(x))
-	case int, int64:
-		if f.size {
-			return formatSize(v.Int())
-		}
+	switch x := v.Interface(); {
+	case f.size:
+		return formatSize(v.Int())
+	case f.typ == reflect.TypeFor[os.FileMode]():
+		return fmt.Sprintf("%#o", x)
+	default:
+		return fmt.Sprint(x)
 	}
-	return fmt.Sprint(v.Interface())
 }
 
 // parseDuration accepts Go durations ("90s", "1m30s") and a plain 0. It is
 // the one parser of durations, linger's included.
 func parseDuration(s string) (time.Duration, string) {
-	if plainNumber.MatchString(s) {
-		if f, err := strconv.ParseFloat(s, 64); err == nil && f == 0 {
-			return 0, ""
-		}
+	switch d, err := time.ParseDuration(s); {
+	case plainNumber.MatchString(s) && strings.Trim(s, "+-.0") != "":
 		return 0, fmt.Sprintf("%q has no unit; write %ss or %sms", s, s, s)
-	}
-	d, err := time.ParseDuration(s)
-	switch {
+	case plainNumber.MatchString(s): // 0, 0.0
+		return 0, ""
 	case err != nil:
 		return 0, fmt.Sprintf("%q is not a duration; want one such as 500ms, 2s or 1m30s", s)
 	case d < 0:
 		return 0, fmt.Sprintf("%q: must not be negative", s)
+	default:
+		return d, ""
 	}
-	return d, ""
 }
 
 // sizeUnits are the suffixes a size may have: binary multiples only, so
@@ -292,7 +264,6 @@ func parseSize(s string) (int64, string) {
 	for _, u := range sizeUnits {
 		if n, ok := strings.CutSuffix(s, u.suffix); ok {
 			num, mult = strings.TrimSpace(n), u.n
-			break
 		}
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
@@ -312,8 +283,8 @@ func parseSize(s string) (int64, string) {
 
 // formatSize writes n with the largest unit that divides it, else in bytes.
 func formatSize(n int64) string {
-	for i := len(sizeUnits) - 1; i >= 0; i-- {
-		if u := sizeUnits[i]; n != 0 && n%u.n == 0 {
+	for _, u := range slices.Backward(sizeUnits) {
+		if n != 0 && n%u.n == 0 {
 			return strconv.FormatInt(n/u.n, 10) + u.suffix
 		}
 	}
