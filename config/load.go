@@ -79,46 +79,39 @@ func Load(opts LoadOptions) (*Config, error) {
 	if !t.read(opts) {
 		return nil, t.probs.err()
 	}
-	env := opts.Environ
-	if env == nil {
-		env = os.Environ()
+	if opts.Environ == nil {
+		opts.Environ = os.Environ()
 	}
-	v := viper.New() // finds a key such as log.level in a flat map as in nested ones
-	for _, layer := range []map[string]any{t.values, t.envLayer(env, opts.Warn)} {
-		if err := v.MergeConfigMap(layer); err != nil {
+	// viper layers the sources: the file's values, then the
+	// environment's, then the flag.
+	t.layers = viper.New()
+	for _, layer := range []map[string]any{t.values, t.readEnv(opts.Environ, opts.Warn)} {
+		if err := t.layers.MergeConfigMap(layer); err != nil {
 			return nil, Problems{{Key: t.file, Msg: err.Error()}}
 		}
 	}
 	if f := opts.Flags.Lookup(FlagLogLevel); f.Changed {
-		v.Set("log.level", f.Value.String())
+		t.layers.Set("log.level", f.Value.String())
 		t.origin["log.level"] = "flag --" + FlagLogLevel
 	}
 
-	cfg := &Config{}
-	cv := reflect.ValueOf(cfg).Elem()
-	t.get = v.Get
-	t.decode(cv, "", topFields)
-	for _, e := range entryKinds {
-		m := reflect.MakeMap(cv.Field(e.index).Type())
-		for _, name := range t.names[e.key] {
-			ev := reflect.New(m.Type().Elem()).Elem()
-			ev.FieldByName("Name").SetString(name)
-			t.decode(ev, e.key+"."+name+".", e.fields)
-			m.SetMapIndex(reflect.ValueOf(name), ev)
-		}
-		cv.Field(e.index).Set(m)
-	}
-	for name, l := range cfg.Listeners {
+	cfg := &Config{Listeners: map[string]Listener{}, Upstreams: map[string]Upstream{}}
+	t.decode(cfg, "", topFields)
+	for _, name := range t.names["listeners"] {
+		l := Listener{Name: name}
+		t.decode(&l, "listeners."+name+".", listenerFields)
 		if ups := t.names["upstreams"]; l.Upstream == "" && len(ups) == 1 {
 			l.Upstream = ups[0]
-			cfg.Listeners[name] = l
 		}
+		cfg.Listeners[name] = l
 	}
-	for name, u := range cfg.Upstreams {
+	for _, name := range t.names["upstreams"] {
+		u := Upstream{Name: name}
+		t.decode(&u, "upstreams."+name+".", upstreamFields)
 		if _, set := t.origin["upstreams."+name+".pool.max_idle"]; !set {
 			u.Pool.MaxIdle = min(u.Pool.MaxIdle, max(u.Pool.MaxConns, 0))
-			cfg.Upstreams[name] = u
 		}
+		cfg.Upstreams[name] = u
 	}
 	if t.check(cfg); len(t.probs) > 0 {
 		return nil, t.probs.err()
@@ -129,44 +122,51 @@ func Load(opts LoadOptions) (*Config, error) {
 	return cfg, nil
 }
 
-// tree is one reading of a configuration: the source's values of known
-// keys, where each came from, and the problems found. Validate uses one
-// with only problems.
+// tree is one reading of a configuration: the values of known keys, each
+// layer over the one before, where each came from, and the problems found.
+// Validate uses one with only problems.
 type tree struct {
 	onDisk bool                // file is a file on disk (not the built-in default)
 	file   string              // the source's name in messages
-	values map[string]any      // full key → a string, or []string for a list
-	get    func(string) any    // full key → its value as written, layers merged
+	values map[string]any      // full key → a string, or []string for a list, as the source wrote it
+	layers *viper.Viper        // values, the environment and the flag, each over the one before; nil in Validate
 	origin map[string]string   // full key → where its value came from
 	names  map[string][]string // "listeners", "upstreams" → names in source order
 	bad    map[string]bool     // keys (or prefixes) already reported
 	probs  Problems
 }
 
-// decode sets each key of fields in the struct dst to its value, else its
+// get returns key's value, every layer applied: a string, a list's
+// []string, or nil.
+func (t *tree) get(key string) any {
+	if t.layers == nil {
+		return nil
+	}
+	return t.layers.Get(key)
+}
+
+// set sets key to v, which came from origin, over any value it had.
+func (t *tree) set(key string, v any, origin string) { t.values[key], t.origin[key] = v, origin }
+
+// decode sets each key of fields in the struct *dst to its value, else its
 // default; a value that does not parse is reported and leaves the default.
-func (t *tree) decode(dst reflect.Value, prefix string, fields []field) {
-	fill(dst, fields)
+func (t *tree) decode(dst any, prefix string, fields []field) {
+	v := reflect.ValueOf(dst).Elem()
+	fill(v, fields)
 	for _, f := range fields {
-		key, s := prefix+f.key, ""
-		switch raw := t.get(key).(type) {
+		x, msg := reflect.Value{}, ""
+		switch raw := t.get(prefix + f.key).(type) {
 		case nil:
 			continue
 		case []string: // a list from the file
-			if len(raw) > 0 {
-				dst.FieldByIndex(f.index).Set(reflect.ValueOf(raw))
-			}
-			continue
-		default:
-			s = strings.TrimSpace(fmt.Sprint(raw))
+			x = reflect.ValueOf(raw)
+		case string:
+			x, msg = f.parse(strings.TrimSpace(raw))
 		}
-		x, msg := f.parse(s)
-		switch {
-		case msg != "":
-			t.add(key, "%s", msg)
-			t.bad[key] = true
-		case f.typ.Kind() != reflect.Slice || x.Len() > 0:
-			dst.FieldByIndex(f.index).Set(x)
+		if msg != "" {
+			t.problem(prefix+f.key, nil, "%s", msg)
+		} else {
+			v.FieldByIndex(f.index).Set(x)
 		}
 	}
 }
@@ -174,104 +174,87 @@ func (t *tree) decode(dst reflect.Value, prefix string, fields []field) {
 // read fills t from the source opts select. It returns false if there is
 // nothing to decode.
 func (t *tree) read(opts LoadOptions) bool {
-	file, listen, upstream := opts.File, opts.Flags.Lookup(FlagListen).Value.String(), opts.Flags.Lookup(FlagUpstream).Value.String()
-	if f := opts.Flags.Lookup(FlagConfig); f.Changed {
-		file = f.Value.String()
+	flag := func(name string) string { return opts.Flags.Lookup(name).Value.String() }
+	file, listen, upstream := opts.File, flag(FlagListen), flag(FlagUpstream)
+	if opts.Flags.Changed(FlagConfig) {
+		file = flag(FlagConfig)
 	}
 	const needBoth = "missing; dev mode needs both --listen and --upstream"
 	switch {
 	case listen == "" && upstream == "":
+		return t.readFile(file, opts.Default)
 	case listen == "":
 		t.add("--"+FlagListen, needBoth)
-		return false
 	case upstream == "":
 		t.add("--"+FlagUpstream, needBoth)
-		return false
 	case file != "":
 		t.add("--"+FlagConfig, "%q: cannot be combined with --listen and --upstream, which read no file", file)
-		return false
 	default:
-		t.file = "dev mode"
-		t.values["listeners.app.listen"], t.values["listeners.app.upstream"] = listen, "backend"
-		t.values["upstreams.backend.endpoints"] = upstream
-		t.names = map[string][]string{"listeners": {"app"}, "upstreams": {"backend"}}
-		t.origin["listeners.app.listen"] = "flag --" + FlagListen
-		t.origin["upstreams.backend.endpoints"] = "flag --" + FlagUpstream
-		return true
+		t.file, t.names = "dev mode", map[string][]string{"listeners": {"app"}, "upstreams": {"backend"}}
+		t.set("listeners.app.listen", listen, "flag --"+FlagListen)
+		t.set("upstreams.backend.endpoints", upstream, "flag --"+FlagUpstream)
 	}
+	return len(t.probs) == 0
+}
 
-	t.file, t.onDisk = file, true
-	if file == "" {
-		t.file = ImplicitFile
-	}
+// readFile reads and walks file, else ./config.yaml if it exists, else def.
+func (t *tree) readFile(file string, def []byte) bool {
+	t.file, t.onDisk = cmp.Or(file, ImplicitFile), true
 	data, err := os.ReadFile(t.file)
 	if file == "" && errors.Is(err, fs.ErrNotExist) {
-		t.file, t.onDisk, data, err = "built-in config.yaml", false, opts.Default, nil
+		t.file, t.onDisk, data, err = "built-in config.yaml", false, def, nil
 		if data == nil {
 			data = unstuck.DefaultConfig
 		}
 	}
-	var pe *fs.PathError
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		t.add(t.file, "file not found")
-	case errors.As(err, &pe):
-		t.add(t.file, "%s", pe.Err)
-	case err != nil:
-		t.add(t.file, "%s", err)
-	default:
-		return t.parse(data)
-	}
-	return false
-}
-
-// parse parses the YAML source and walks it against the schema.
-func (t *tree) parse(data []byte) bool {
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		msg := strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: "), "\n", "; ")
-		t.add(t.file, "%s", strings.Join(strings.Fields(msg), " "))
+	if errors.Is(err, fs.ErrNotExist) {
+		err = errors.New("file not found")
+	} else if err == nil {
+		err = yaml.Unmarshal(data, &doc)
+	}
+	if err != nil { // the cause, without the file's name again, on one line
+		msg := strings.TrimPrefix(cmp.Or(errors.Unwrap(err), err).Error(), "yaml: ")
+		t.add(t.file, "%s", strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", "; ")), " "))
 		return false
 	}
-	if len(doc.Content) == 0 || isNull(resolve(doc.Content[0])) {
+	if len(doc.Content) == 0 || isNull(doc.Content[0]) {
 		return true // an empty file: check says what is missing
 	}
-	root := resolve(doc.Content[0])
-	if root.Kind != yaml.MappingNode {
+	if root := doc.Content[0]; root.Kind != yaml.MappingNode {
 		t.problem(t.file, root, "want a mapping with log, listeners and upstreams at the top level, got %s", describe(root))
 		return false
 	}
-	t.walk(root, "", "", topFields)
+	t.walk(doc.Content[0], "", "", topFields)
 	return true
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 
 // walk records the known keys of mapping n and reports the others. n is
-// at rel in base, which is "" or an entry such as upstreams.backend;
-// fields are base's keys.
+// at rel ("" or such as "pool.") in base ("" or an entry such as
+// "upstreams.backend."); fields are base's keys.
 func (t *tree) walk(n *yaml.Node, base, rel string, fields []field) {
-	for _, kv := range t.pairs(n, join(base, rel)) {
-		k, val := kv.key.Value, resolve(kv.val)
-		r := join(rel, k)
-		key := join(base, r)
+	for _, kv := range t.pairs(n, base+rel) {
+		k, val := kv.key.Value, kv.val
+		r := rel + k
 		i := slices.IndexFunc(fields, func(f field) bool { return f.key == r })
-		e := slices.IndexFunc(entryKinds, func(e entries) bool { return e.key == key })
+		e := slices.IndexFunc(entryKinds, func(e entries) bool { return e.key == base+r })
 		switch {
 		case i >= 0:
-			t.leaf(kv, key, fields[i])
+			t.leaf(kv, base+r, fields[i])
 		case e < 0 && !slices.ContainsFunc(fields, func(f field) bool { return strings.HasPrefix(f.key, r+".") }):
-			t.problem(key, kv.key, "unknown key%s", suggestKey(k, base, rel, fields))
+			t.problem(base+r, kv.key, "unknown key%s", suggestKey(k, base, rel, fields))
 		case isNull(val):
 		case e >= 0 && val.Kind != yaml.MappingNode:
 			ek := entryKinds[e]
-			t.problem(key, val, "want a mapping of name to %s settings, such as %s: {%s: {...}}, got %s", ek.what, key, ek.example, describe(val))
+			t.problem(base+r, val, "want a mapping of name to %s settings, such as %s: {%s: {...}}, got %s", ek.what, ek.key, ek.example, describe(val))
 		case val.Kind != yaml.MappingNode:
-			t.problem(key, val, "want a mapping, got %s", describe(val))
+			t.problem(base+r, val, "want a mapping, got %s", describe(val))
 		case e >= 0:
 			t.walkNames(val, &entryKinds[e])
 		default:
-			t.walk(val, base, r, fields)
+			t.walk(val, base, r+".", fields)
 		}
 	}
 }
@@ -279,24 +262,23 @@ func (t *tree) walk(n *yaml.Node, base, rel string, fields []field) {
 // walkNames records the names in n, the mapping under listeners or
 // upstreams, and walks the settings of each.
 func (t *tree) walkNames(n *yaml.Node, e *entries) {
-	for _, kv := range t.pairs(n, e.key) {
-		name, val, key := kv.key.Value, resolve(kv.val), e.key+"."+kv.key.Value
-		if !nameRE.MatchString(name) {
+	for _, kv := range t.pairs(n, e.key+".") {
+		name, val, key := kv.key.Value, kv.val, e.key+"."+kv.key.Value
+		hint := ""
+		if slices.ContainsFunc(e.fields, func(f field) bool { return strings.HasPrefix(f.key+".", name+".") }) {
+			hint = fmt.Sprintf("; settings go under a name, such as %s.%s.%s", e.key, e.example, name)
+		}
+		switch {
+		case !nameRE.MatchString(name):
 			t.problem(key, kv.key, "bad %s name; use lower case letters, digits, '-' and '_'", e.what)
 			continue
-		}
-		t.names[e.key] = append(t.names[e.key], name)
-		switch {
 		case isNull(val):
 		case val.Kind != yaml.MappingNode:
-			hint := ""
-			if slices.ContainsFunc(e.fields, func(f field) bool { return strings.HasPrefix(f.key+".", name+".") }) {
-				hint = fmt.Sprintf("; settings go under a name, such as %s.%s.%s", e.key, e.example, name)
-			}
 			t.problem(key, kv.key, "want a mapping of %s settings, got %s%s", e.what, describe(val), hint)
 		default:
-			t.walk(val, key, "", e.fields)
+			t.walk(val, key+".", "", e.fields)
 		}
+		t.names[e.key] = append(t.names[e.key], name)
 	}
 }
 
@@ -304,9 +286,13 @@ func (t *tree) walkNames(n *yaml.Node, e *entries) {
 // a key of the same mapping, else one elsewhere in base.
 func suggestKey(k, base, rel string, fields []field) string {
 	var here []string
+	elsewhere := ""
 	for _, f := range fields {
-		if rest, ok := strings.CutPrefix(f.key, rel+"."); ok || rel == "" {
+		if rest, ok := strings.CutPrefix(f.key, rel); ok {
 			here = append(here, strings.SplitN(rest, ".", 2)[0])
+		}
+		if strings.HasSuffix("."+f.key, "."+k) && elsewhere == "" {
+			elsewhere = " (did you mean " + base + f.key + "?)"
 		}
 	}
 	for _, e := range entryKinds {
@@ -314,22 +300,13 @@ func suggestKey(k, base, rel string, fields []field) string {
 			here = append(here, e.key)
 		}
 	}
-	if s := suggest(k, here); s != "" {
-		return s
-	}
-	for _, f := range fields {
-		if f.key == k || strings.HasSuffix(f.key, "."+k) {
-			return " (did you mean " + join(base, f.key) + "?)"
-		}
-	}
-	return ""
+	return cmp.Or(suggest(k, here), elsewhere)
 }
 
 // leaf records the value of one known key: a string, or a list's []string.
 func (t *tree) leaf(kv pair, key string, f field) {
 	t.origin[key] = t.pos(kv.key)
-	n := resolve(kv.val)
-	switch isList := f.typ.Kind() == reflect.Slice; {
+	switch n, isList := kv.val, f.typ.Kind() == reflect.Slice; {
 	case isNull(n): // as if the key were left out
 	case n.Kind == yaml.ScalarNode && !isList:
 		t.values[key] = n.Value
@@ -359,19 +336,17 @@ func (t *tree) add(key, format string, args ...any) {
 	}
 }
 
-// problem records a problem with key at node n and marks key as reported.
+// problem records a problem with key, at node n if not nil, and marks key
+// as reported.
 func (t *tree) problem(key string, n *yaml.Node, format string, args ...any) {
-	t.origin[key] = t.pos(n)
+	if n != nil {
+		t.origin[key] = t.pos(n)
+	}
 	t.add(key, format, args...)
 	t.bad[key] = true
 }
 
-func (t *tree) pos(n *yaml.Node) string {
-	if n == nil || n.Line == 0 {
-		return t.file
-	}
-	return t.file + ":" + strconv.Itoa(n.Line)
-}
+func (t *tree) pos(n *yaml.Node) string { return fmt.Sprintf("%s:%d", t.file, n.Line) }
 
 // isBad reports whether key, or a key it is under, was already reported.
 func (t *tree) isBad(key string) bool {
@@ -395,9 +370,9 @@ func (t *tree) quote(key, formatted string) string {
 // a Service named unstuck starts with UNSTUCK_.
 var serviceLink = regexp.MustCompile(`^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)?)$`)
 
-// envLayer returns the values env sets for the keys of the top level and
+// readEnv returns the values env sets for keys of the top level and of
 // the named entries, and tells warn of each UNSTUCK_ variable naming none.
-func (t *tree) envLayer(env []string, warn func(Problem)) map[string]any {
+func (t *tree) readEnv(env []string, warn func(Problem)) map[string]any {
 	vars := map[string]string{}
 	for _, kv := range env {
 		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
@@ -407,13 +382,11 @@ func (t *tree) envLayer(env []string, warn func(Problem)) map[string]any {
 	layer, known := map[string]any{}, map[string]bool{}
 	set := func(prefix string, fields []field) {
 		for _, f := range fields {
-			key := prefix + f.key
-			name := EnvName(key)
-			val, ok := vars[name]
-			if known[name] = true; ok && (val != "" || f.tag.Get("env") == "empty") {
-				layer[key] = val
-				t.origin[key] = "env " + name
+			name := EnvName(prefix + f.key)
+			if v, ok := vars[name]; ok && (v != "" || f.tag.Get("env") == "empty") {
+				layer[prefix+f.key], t.origin[prefix+f.key] = v, "env "+name
 			}
+			known[name] = true
 		}
 	}
 	set("", topFields)
@@ -426,11 +399,11 @@ func (t *tree) envLayer(env []string, warn func(Problem)) map[string]any {
 		if warn == nil || known[name] || serviceLink.MatchString(name) {
 			continue
 		}
-		msg := "names no configuration key; ignored" + suggest(name, slices.Sorted(maps.Keys(known)))
-		if !strings.Contains(msg, "(") && (strings.HasPrefix(name, "UNSTUCK_LISTENERS_") || strings.HasPrefix(name, "UNSTUCK_UPSTREAMS_")) {
-			msg += " (the environment sets keys of the listeners and upstreams the file names; it cannot add one)"
+		hint := suggest(name, slices.Sorted(maps.Keys(known)))
+		if hint == "" && (strings.HasPrefix(name, "UNSTUCK_LISTENERS_") || strings.HasPrefix(name, "UNSTUCK_UPSTREAMS_")) {
+			hint = " (the environment sets keys of the listeners and upstreams the file names; it cannot add one)"
 		}
-		warn(Problem{Key: name, Msg: msg})
+		warn(Problem{Key: name, Msg: "names no configuration key; ignored" + hint})
 	}
 	return layer
 }
@@ -441,78 +414,60 @@ func EnvName(key string) string {
 	return EnvPrefix + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(key))
 }
 
-// join joins two parts of a key with ".", skipping an empty one.
-func join(a, b string) string {
-	if a == "" || b == "" {
-		return a + b
-	}
-	return a + "." + b
-}
-
-// pair is a key and its value in a YAML mapping.
+// pair is a key and its value (aliases resolved) in a YAML mapping.
 type pair struct{ key, val *yaml.Node }
 
-// pairs returns the entries of mapping n, which is at path, and reports
+// pairs returns the entries of mapping n, which is under path, and reports
 // keys written twice. Merge keys (<<) are expanded as YAML says: an
-// explicit key wins over a merged one, an earlier mapping over a later.
+// explicit key wins over a merged one, an earlier mapping (and what it
+// merges) over a later. A mapping merged twice adds nothing the second
+// time: no blow-up.
 func (t *tree) pairs(n *yaml.Node, path string) []pair {
 	var own []pair
-	first := map[string]*yaml.Node{}
-	seen := map[*yaml.Node]bool{n: true} // a mapping merged twice adds nothing the second time: no blow-up
-	var merge func(srcs []*yaml.Node, explicit bool)
-	merge = func(srcs []*yaml.Node, explicit bool) {
-		for _, m := range srcs {
-			var merged []*yaml.Node
-			for i := 0; i+1 < len(m.Content); i += 2 {
-				k, v := m.Content[i], resolve(m.Content[i+1])
-				switch f := first[k.Value]; {
-				case k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" && v.Kind == yaml.SequenceNode:
-					merged = append(merged, v.Content...)
-				case k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge":
-					merged = append(merged, v)
-				case f != nil && explicit:
-					t.problem(join(path, k.Value), k, "written twice; first at line %d", f.Line)
-				case f == nil:
-					first[k.Value] = k
-					own = append(own, pair{k, v})
-				}
-			}
-			var next []*yaml.Node
-			for _, s := range merged {
-				if s = resolve(s); s.Kind == yaml.MappingNode && !seen[s] {
-					seen[s] = true
-					next = append(next, s)
-				}
-			}
-			merge(next, false)
+	first, seen := map[string]*yaml.Node{}, map[*yaml.Node]bool{}
+	for stack := []*yaml.Node{n}; len(stack) > 0; {
+		m := resolve(stack[len(stack)-1])
+		stack = stack[:len(stack)-1]
+		if m.Kind != yaml.MappingNode || seen[m] {
+			continue
 		}
+		seen[m] = true
+		var merged []*yaml.Node
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			k, v := m.Content[i], resolve(m.Content[i+1])
+			switch f := first[k.Value]; {
+			case k.ShortTag() == "!!merge" && v.Kind == yaml.SequenceNode:
+				merged = append(merged, v.Content...)
+			case k.ShortTag() == "!!merge":
+				merged = append(merged, v)
+			case f != nil && m == n:
+				t.problem(path+k.Value, k, "written twice; first at line %d", f.Line)
+			case f == nil:
+				first[k.Value] = k
+				own = append(own, pair{k, v})
+			}
+		}
+		slices.Reverse(merged)
+		stack = append(stack, merged...)
 	}
-	merge([]*yaml.Node{n}, true)
 	return own
 }
 
 func resolve(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
+	for n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
 	return n
 }
 
-func isNull(n *yaml.Node) bool {
-	return n == nil || n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
-}
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" }
 
 // describe names a node's value for messages.
 func describe(n *yaml.Node) string {
-	switch {
-	case n.Kind == yaml.SequenceNode:
-		return "a list"
-	case n.Kind == yaml.MappingNode:
-		return "a mapping"
-	case isNull(n):
+	if isNull(n) {
 		return "nothing"
 	}
-	return strconv.Quote(n.Value)
+	return cmp.Or(map[yaml.Kind]string{yaml.SequenceNode: "a list", yaml.MappingNode: "a mapping"}[n.Kind], strconv.Quote(n.Value))
 }
 
 // suggest returns " (did you mean X?)" for the candidate X closest to k, if

@@ -47,7 +47,6 @@ type field struct {
 // entries is listeners or upstreams: a map of names to settings.
 type entries struct {
 	key, what, example string // "listeners", "listener", "app"
-	index              int    // of the map in Config
 	fields             []field
 }
 
@@ -71,7 +70,7 @@ func fieldsOf(t reflect.Type, prefix string, index []int) (fs []field, es []entr
 		case f.key == prefix:
 		case sf.Type.Kind() == reflect.Map:
 			inner, _ := fieldsOf(sf.Type.Elem(), "", nil)
-			es = append(es, entries{f.key, strings.TrimSuffix(f.key, "s"), sf.Tag.Get("example"), i, inner})
+			es = append(es, entries{f.key, strings.TrimSuffix(f.key, "s"), sf.Tag.Get("example"), inner})
 		case f.want == "":
 			inner, _ := fieldsOf(sf.Type, f.key+".", f.index)
 			fs = append(fs, inner...)

@@ -21,10 +21,7 @@ type Problem struct {
 }
 
 func (p Problem) String() string {
-	s := p.Msg
-	if p.Key != "" {
-		s = p.Key + ": " + s
-	}
+	s := strings.TrimPrefix(p.Key+": "+p.Msg, ": ") // without a key, the message alone
 	if p.Source != "" {
 		s += " (" + p.Source + ")"
 	}
@@ -68,7 +65,7 @@ func AsProblems(err error) Problems {
 // Validate checks the values of c, which Load has already done. It is for
 // configurations built in code. The error, if any, is a Problems.
 func (c *Config) Validate() error {
-	t := &tree{get: func(string) any { return nil }} // values as built, not as written
+	t := &tree{} // no values as written: messages quote them as built
 	t.check(c)
 	return t.probs.err()
 }
@@ -180,13 +177,11 @@ func (t *tree) checkFields(v reflect.Value, prefix string, fields []field) {
 // checkKeepalive checks what keepalive on (idle not 0s) needs beyond each
 // value's own range.
 func (t *tree) checkKeepalive(p string, k Keepalive) {
-	if k.Idle <= 0 || t.isBad(p+"idle") {
-		return
-	}
-	if k.Interval == 0 {
+	on := k.Idle > 0 && !t.isBad(p+"idle") // a bad idle is not taken as on
+	if on && k.Interval == 0 {
 		t.add(p+"interval", "%s: must be more than 0 while keepalive is on (idle is not 0s)", t.quote(p+"interval", "0s"))
 	}
-	if k.Count == 0 {
+	if on && k.Count == 0 {
 		t.add(p+"count", "%s: want at least 1 while keepalive is on (idle is not 0s)", t.quote(p+"count", "0"))
 	}
 }
@@ -194,26 +189,19 @@ func (t *tree) checkKeepalive(p string, k Keepalive) {
 // listenAddr is a parsed listener address.
 type listenAddr struct {
 	key, text string // the key and the address as configured
-	unix      string // cleaned socket path, for unix:/path
-	host      string // lower case, without brackets
-	port      int
+	host      string // lower case, without brackets; for unix:/path, unix: and the cleaned path
+	port      int    // -1 for unix:/path
 }
 
-// overlaps reports whether a and b cannot both be bound at once.
+// overlaps reports whether a and b cannot both be bound at once. Port 0
+// picks a free port each time.
 func (a listenAddr) overlaps(b listenAddr) bool {
-	if a.unix != "" || b.unix != "" {
-		return a.unix == b.unix
-	}
-	if a.port != b.port || a.port == 0 {
-		return false // port 0 picks a free port each time
-	}
-	return a.host == b.host || covers(a.host, b.host) || covers(b.host, a.host)
+	return a.port == b.port && a.port != 0 && (a.host == b.host || covers(a.host, b.host) || covers(b.host, a.host))
 }
 
 // covers reports whether binding the wildcard w takes host h's port too.
 func covers(w, h string) bool {
-	ip := net.ParseIP(h)
-	return w == "" || w == "::" || w == "0.0.0.0" && ip != nil && ip.To4() != nil
+	return w == "" || w == "::" || w == "0.0.0.0" && net.ParseIP(h).To4() != nil
 }
 
 // parseListen parses the listener address s of key, "host:port" or
@@ -222,7 +210,7 @@ func parseListen(key, s string) (listenAddr, string) {
 	if path, ok := strings.CutPrefix(s, "unix:"); ok && path == "" {
 		return listenAddr{}, "empty unix socket path"
 	} else if ok {
-		return listenAddr{key: key, text: s, unix: filepath.Clean(path)}, ""
+		return listenAddr{key: key, text: s, host: "unix:" + filepath.Clean(path), port: -1}, ""
 	}
 	host, port, msg := splitHostPort(s)
 	return listenAddr{key: key, text: s, host: strings.ToLower(host), port: port}, msg
@@ -238,10 +226,8 @@ func splitHostPort(s string) (host string, port int, msg string) {
 	switch {
 	case errors.As(err, &ae) && ae.Err == "too many colons in address":
 		return "", 0, "too many colons; write an IPv6 address in brackets, as [::1]:8080"
-	case errors.As(err, &ae):
+	case errors.As(err, &ae): // the only kind of error SplitHostPort returns
 		return "", 0, strings.TrimSuffix(ae.Err, " in address")
-	case err != nil:
-		return "", 0, err.Error()
 	case strings.ContainsFunc(host, badHostRune):
 		return "", 0, fmt.Sprintf("bad host %q", host)
 	case ps == "":
