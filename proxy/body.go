@@ -271,6 +271,7 @@ func (s *Server) streamRaw(ctx *fasthttp.RequestCtx, b *upstreamBody) {
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(nc net.Conn) {
 		defer s.raw.Done()
+		defer nc.Close() // KeepHijackedConns: ours to close, with the listener's close policy
 		defer b.Close()
 		bw := bufio.NewWriterSize(nc, 4<<10)
 		if err := resp.Header.Write(bw); err != nil || bw.Flush() != nil {

@@ -34,10 +34,11 @@ func (e *upstreamError) Error() string {
 func (e *upstreamError) Unwrap() error { return e.err }
 
 // statusFor maps an upstream failure to the status the app receives: 503
-// when the pool had no free connection, 504 on any timeout, 502 otherwise
-// (refused, reset, closed, malformed).
+// when the pool had no free connection or an upgrade's 101 came during
+// Shutdown, 504 on any timeout, 502 otherwise (refused, reset, closed,
+// malformed).
 func statusFor(err error) int {
-	if errors.Is(err, pool.ErrExhausted) || errors.Is(err, pool.ErrClosed) {
+	if errors.Is(err, pool.ErrExhausted) || errors.Is(err, pool.ErrClosed) || errors.Is(err, errShuttingDown) {
 		return fasthttp.StatusServiceUnavailable
 	}
 	var ue *upstreamError

@@ -19,7 +19,10 @@ import (
 //     skips chunk extensions without bound.
 //
 // It frames bodies by Content-Length or chunked as checkRequest accepts
-// them. On a head checkRequest refuses anyway (both framing headers, a
+// them. After a request that carries an Upgrade header (and its body) it
+// stops following the connection: the bytes that come next may be another
+// protocol's, and that request is the connection's last as HTTP (handle
+// pairs the connection or closes it after the response). On a head checkRequest refuses anyway (both framing headers, a
 // duplicate or unplain one, a name that is not a token, obs-fold, CONNECT)
 // or one longer than maxHead (fasthttp's 431), it stops following the
 // connection, which is then closed, and returns nil from then on. After a
@@ -49,6 +52,11 @@ type framingGuard struct {
 	hasCL   bool  // a Content-Length line
 	hasTE   bool  // a Transfer-Encoding: chunked line
 	cl      int64 // the Content-Length
+	upgrade bool  // an Upgrade line
+	// lastHead: the head just read carried Upgrade (and is not one
+	// checkRequest refuses); after its body the connection is no longer
+	// followed.
+	lastHead bool
 
 	// The body.
 	left   uint64 // Content-Length or chunk data bytes still to come
@@ -129,7 +137,7 @@ func (g *framingGuard) feed(b []byte) error {
 			}
 			if g.left -= uint64(n); g.left == 0 {
 				if g.state == guardBody {
-					g.state = guardHead
+					g.state = g.afterMessage()
 				} else {
 					g.state = guardChunkCR
 				}
@@ -263,6 +271,8 @@ func (g *framingGuard) headLine(line []byte, full int) bool {
 				g.cl = g.cl*10 + int64(c-'0')
 			}
 		}
+	case len("Upgrade"):
+		g.upgrade = g.upgrade || equalFold(name, "Upgrade")
 	case len("Transfer-Encoding"):
 		if equalFold(name, "Transfer-Encoding") {
 			g.framingValue(line, k, full, &g.hasTE, plainChunked)
@@ -286,17 +296,27 @@ func (g *framingGuard) framingValue(line []byte, k, full int, seen *bool, plain 
 
 // endHead starts what follows a head: its body, or the next head.
 func (g *framingGuard) endHead() {
+	g.lastHead = g.upgrade
 	switch {
 	case g.hasCL && g.hasTE:
-		g.state = guardLost // checkRequest refuses it
+		g.state, g.lastHead = guardLost, false // checkRequest refuses it
 	case g.hasTE:
 		g.state, g.size, g.digits, g.excess = guardChunkSize, 0, 0, 0
 	case g.cl > 0:
 		g.state, g.left = guardBody, uint64(g.cl)
 	default:
-		g.state = guardHead
+		g.state = g.afterMessage()
 	}
-	g.headLen, g.started, g.hasCL, g.hasTE, g.cl = 0, false, false, false, 0
+	g.headLen, g.started, g.hasCL, g.hasTE, g.cl, g.upgrade = 0, false, false, false, 0, false
+}
+
+// afterMessage is the state after a request's last byte: the next head,
+// or, after a request that asked to upgrade, not following any more.
+func (g *framingGuard) afterMessage() guardState {
+	if g.lastHead {
+		return guardLost
+	}
+	return guardHead
 }
 
 // chunkSize reads a chunk size's hex digits from b and returns how many
@@ -435,7 +455,7 @@ func (g *framingGuard) endChunkLine(n int) error {
 	case g.state == guardChunkLine:
 		g.state = guardTrailer // the last chunk
 	case n == 0:
-		g.state = guardHead // the empty line ending the trailers
+		g.state = g.afterMessage() // the empty line ending the trailers
 	}
 	g.size, g.digits, g.line, g.cr = 0, 0, 0, false
 	return nil

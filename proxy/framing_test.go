@@ -105,6 +105,14 @@ var framingCases = []struct {
 	{name: "head over maxHead", in: "GET / HTTP/1.1\r\nX: " + strings.Repeat("x", 100) + "\nY: y\n\n", maxHead: 64, lost: true},
 	{name: "head of exactly maxHead", in: getReq + "GET /b HTTP/1.1\n", maxHead: len(getReq), err: errBareLF},
 	{name: "a long header name", in: "GET / HTTP/1.1\r\n" + strings.Repeat("X", 100) + ": 1\r\n\r\n" + getReq},
+	// After a request that carries Upgrade come another protocol's bytes,
+	// or nothing: its body is followed, then nothing.
+	{name: "upgrade, then another protocol", in: upgradeHead + "\x81\x05hello\n\n\r\n", lost: true},
+	{name: "upgrade, any case", in: "GET / HTTP/1.1\r\nupGRADE:websocket\r\n\r\n\n", lost: true},
+	{name: "upgrade with a body, then another protocol", in: "POST / HTTP/1.1\r\nUpgrade: x\r\nContent-Length: 2\r\n\r\nok\n\n", lost: true},
+	{name: "upgrade with a chunked body, then another protocol", in: "POST / HTTP/1.1\r\nUpgrade: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n\n\n", lost: true},
+	{name: "upgrade with a bare LF in its chunked body", in: "POST / HTTP/1.1\r\nUpgrade: x\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n", err: errChunkBareLF},
+	{name: "a header named like Upgrade", in: "GET / HTTP/1.1\r\nUpgrades: x\r\nX-Upgrade: y\r\n\r\n" + getReq},
 }
 
 // guardResult is what a guard ends in after feeding pieces.
@@ -358,7 +366,8 @@ func BenchmarkFramingGuard(b *testing.B) {
 }
 
 // guardBoundaries feeds data a byte at a time and returns where the
-// guard ended the first request's head and the request (-1: not there),
+// guard ended the first request's head and the request (-1: not there;
+// an upgrade request ends where the guard stops following),
 // and its error and the state it was in when it failed.
 func guardBoundaries(data []byte) (headEnd, reqEnd int, failedIn guardState, err error) {
 	var g framingGuard
@@ -366,8 +375,18 @@ func guardBoundaries(data []byte) (headEnd, reqEnd int, failedIn guardState, err
 	for i := range data {
 		inHead := g.state == guardHead && g.started
 		failedIn = g.state
-		if err = g.feed(data[i : i+1]); err != nil || g.state == guardLost {
+		if err = g.feed(data[i : i+1]); err != nil {
 			return headEnd, reqEnd, failedIn, err
+		}
+		if g.state == guardLost && g.lastHead {
+			// An upgrade request ends here; nothing after it is followed.
+			if inHead {
+				headEnd = i + 1
+			}
+			return headEnd, i + 1, 0, nil
+		}
+		if g.state == guardLost {
+			return headEnd, reqEnd, failedIn, nil
 		}
 		if inHead && (g.state != guardHead || !g.started) {
 			headEnd = i + 1

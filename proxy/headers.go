@@ -49,28 +49,46 @@ func hopBit(k []byte) hopSet {
 // keep the case the peer sent (DisableNormalizing), while fasthttp's Peek
 // and Del match names exactly. It keeps slices of the header's own memory,
 // which stay valid while headers are only deleted, so it allocates
-// nothing. The loops over each header type are in stripRequestHops and
-// stripResponseHops (a generic one would allocate its iterator).
+// nothing. The loops over each header type are in seeRequest and
+// stripResponseHops (a generic one would allocate its iterator). It also
+// notes what an upgrade needs: whether Connection lists "upgrade", and
+// whether Upgrade names h2c.
 type hopDropper struct {
 	set   hopSet
 	n     int
 	keys  [32][]byte // the first names seen, as spelled
 	named [8][]byte  // what Connection names besides close and keep-alive
 	nn    int
+
+	connUpgrade bool // Connection lists "upgrade"
+	h2c         bool // Upgrade lists h2c
 }
+
+// The bits of the two headers an upgrade is made of.
+const (
+	hopConnection hopSet = 1 << 0 // hopHeaders[0]
+	hopUpgrade    hopSet = 1 << 6 // hopHeaders[6]
+)
 
 func (d *hopDropper) see(k, v []byte) {
 	bit := hopBit(k)
 	d.set |= bit
-	if bit == 1 && !onlyCloseOrKeepAlive(v) { // Connection
-		for len(v) > 0 && d.nn < len(d.named) {
+	switch {
+	case bit == hopConnection && !onlyCloseOrKeepAlive(v):
+		for len(v) > 0 {
 			var tok []byte
 			tok, v, _ = bytes.Cut(v, []byte(","))
-			if tok = bytes.TrimSpace(tok); len(tok) > 0 && !onlyCloseOrKeepAlive(tok) {
+			tok = bytes.TrimSpace(tok)
+			if equalFold(tok, "upgrade") {
+				d.connUpgrade = true
+			}
+			if len(tok) > 0 && !onlyCloseOrKeepAlive(tok) && d.nn < len(d.named) {
 				d.named[d.nn] = tok
 				d.nn++
 			}
 		}
+	case bit == hopUpgrade:
+		d.h2c = d.h2c || namesH2C(v)
 	}
 	if d.n < len(d.keys) {
 		d.keys[d.n] = k
@@ -78,17 +96,57 @@ func (d *hopDropper) see(k, v []byte) {
 	}
 }
 
-// strip deletes what see found. DelBytes copies the name before it
-// deletes, so a name may point into the header itself.
-func (d *hopDropper) strip(h interface{ DelBytes(key []byte) }) {
-	if d.set == 0 {
+// strip deletes what see found, but for the hop-by-hop headers in keep.
+// DelBytes copies the name before it deletes, so a name may point into the
+// header itself.
+func (d *hopDropper) strip(h interface{ DelBytes(key []byte) }, keep hopSet) {
+	if d.set&^keep == 0 && d.nn == 0 {
 		return
 	}
 	for _, k := range d.keys[:d.n] {
-		if hopBit(k) != 0 || d.isNamed(k) {
+		if b := hopBit(k); b&^keep != 0 || b == 0 && d.isNamed(k) {
 			h.DelBytes(k)
 		}
 	}
+}
+
+// How a request's Upgrade header is treated (upgradeOf).
+type upgradeKind uint8
+
+const (
+	noUpgrade      upgradeKind = iota // no Upgrade header
+	upgradeIgnored                    // stripped; the request is forwarded as any other
+	upgradeForward                    // forwarded as an upgrade, on a connection of its own
+)
+
+// upgradeOf decides what a request's Upgrade header, as see found it,
+// asks of unstuck. Only an HTTP/1.1 request whose Connection lists
+// "upgrade" asks to switch (RFC 9110 7.8: an Upgrade without it may be
+// one an HTTP/1.0 hop passed on, and an HTTP/1.0 request's is ignored).
+// h2c is not an upgrade unstuck makes: the app then gets the HTTP/1.1
+// answer its client falls back to, as from any server that ignores it.
+func (d *hopDropper) upgradeOf(http10 bool) upgradeKind {
+	switch {
+	case d.set&hopUpgrade == 0:
+		return noUpgrade
+	case http10 || !d.connUpgrade || d.h2c:
+		return upgradeIgnored
+	}
+	return upgradeForward
+}
+
+// namesH2C reports whether an Upgrade value lists h2c (in any case, with
+// or without a version).
+func namesH2C(v []byte) bool {
+	for len(v) > 0 {
+		var tok []byte
+		tok, v, _ = bytes.Cut(v, []byte(","))
+		tok, _, _ = bytes.Cut(bytes.TrimSpace(tok), []byte("/"))
+		if equalFold(tok, "h2c") {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *hopDropper) isNamed(k []byte) bool {
@@ -100,14 +158,13 @@ func (d *hopDropper) isNamed(k []byte) bool {
 	return false
 }
 
-// stripRequestHops and stripResponseHops remove a message's hop-by-hop
-// headers and those its Connection header names.
-func stripRequestHops(h *fasthttp.RequestHeader) {
-	var d hopDropper
+// seeRequest sees a request's headers (prepareRequest strips them);
+// stripResponseHops removes a response's hop-by-hop headers and those its
+// Connection header names.
+func (d *hopDropper) seeRequest(h *fasthttp.RequestHeader) {
 	for k, v := range h.All() {
 		d.see(k, v)
 	}
-	d.strip(h)
 }
 
 func stripResponseHops(h *fasthttp.ResponseHeader) {
@@ -115,7 +172,7 @@ func stripResponseHops(h *fasthttp.ResponseHeader) {
 	for k, v := range h.All() {
 		d.see(k, v)
 	}
-	d.strip(h)
+	d.strip(h, 0)
 }
 
 // onlyCloseOrKeepAlive reports the common Connection values that name no
@@ -181,12 +238,17 @@ func clientIP(ctx *fasthttp.RequestCtx) netip.Addr {
 }
 
 // prepareRequest turns the app's request into the upstream's, in place:
-// hop-by-hop headers out, X-Forwarded-For/-Proto in, always HTTP/1.1 with
-// keep-alive towards the upstream. fasthttp has already noted whether the
-// app asked to close its own connection, so dropping Connection here does
-// not change what happens to the app's connection.
-func prepareRequest(req *fasthttp.Request, client netip.Addr, hostHeader string) {
-	stripRequestHops(&req.Header)
+// hop-by-hop headers out (those hops saw; an upgrade keeps its Connection
+// and Upgrade, which are the request), X-Forwarded-For/-Proto in, always
+// HTTP/1.1 with keep-alive towards the upstream. fasthttp has already
+// noted whether the app asked to close its own connection, so dropping
+// Connection here does not change what happens to the app's connection.
+func prepareRequest(req *fasthttp.Request, hops *hopDropper, upgrade bool, client netip.Addr, hostHeader string) {
+	var keep hopSet
+	if upgrade {
+		keep = hopConnection | hopUpgrade
+	}
+	hops.strip(&req.Header, keep)
 	// fasthttp would add Content-Type: application/octet-stream to a body
 	// that came without one.
 	req.Header.SetNoDefaultContentType(true)

@@ -346,6 +346,11 @@ type appConn struct {
 	ended    bool        // the app's FIN or RST arrived
 	gone     bool        // and the app has closed its socket (not just half-closed it)
 	aborted  atomic.Bool // the exchange in flight was aborted for it; set under xmu, read without
+
+	// upgrade is set by the exchange that got a 101, for fasthttp's next
+	// step: its hijack or, failing that, its close (connStateChanged)
+	// takes it, with a Swap, and owns it.
+	upgrade atomic.Pointer[upgraded]
 }
 
 // requestStarted runs at a request's first byte (fasthttp's StateActive):

@@ -68,6 +68,11 @@ type pair struct {
 	// gen changes whenever halfClosedBy or ending does, so that a copy
 	// that armed its deadlines meanwhile arms them again.
 	gen atomic.Uint32
+
+	// Bytes read off one side before the pair began, which must reach the
+	// other before anything the splice moves (preload); each belongs to
+	// its direction's goroutine once run starts.
+	firstToUp, firstToApp []byte
 }
 
 // copied is one direction's end.
@@ -87,10 +92,27 @@ var (
 // aLongTimeAgo is a deadline in the past: it wakes a blocked copy at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
+// newPairPolicy is a listener's pair policy.
+func newPairPolicy(cfg Config) *pairPolicy {
+	hc := cfg.HalfCloseTimeout
+	if hc <= 0 {
+		hc = DefaultHalfCloseTimeout
+	}
+	return &pairPolicy{propagate: !cfg.CloseOnHalfClose, halfCloseTimeout: hc, idleTimeout: cfg.IdleTimeout}
+}
+
 func newPair(app net.Conn, up *net.TCPConn, policy pairPolicy) *pair {
 	p := &pair{app: app, up: up, policy: policy}
 	p.lastActive.Store(time.Now().UnixNano())
 	return p
+}
+
+// preload gives the pair bytes already read off one side, to be written
+// to the other first: after an Upgrade, what the app sent behind its
+// request (toUp), and the 101's head with what the upstream sent behind it
+// (toApp). They are counted as moved. Call it before run.
+func (p *pair) preload(toUp, toApp []byte) {
+	p.firstToUp, p.firstToApp = toUp, toApp
 }
 
 // run moves bytes both ways until the pair ends, and returns how. It
@@ -167,22 +189,22 @@ func (p *pair) count(end *pairEnd, c copied) {
 // appToUpstream and upstreamToApp are the two copy directions, each on
 // its own goroutine, named so that a goroutine dump says which is which.
 func (p *pair) appToUpstream(results chan<- copied) {
-	n, err := p.copyOneWay(p.up, p.app, &p.sentToUpstream)
+	n, err := p.copyOneWay(p.up, p.app, p.firstToUp, &p.sentToUpstream)
 	results <- copied{fromApp: true, n: n, err: err}
 }
 
 func (p *pair) upstreamToApp(results chan<- copied) {
-	n, err := p.copyOneWay(p.app, p.up, nil)
+	n, err := p.copyOneWay(p.app, p.up, p.firstToApp, nil)
 	results <- copied{fromApp: false, n: n, err: err}
 }
 
-// copyOneWay moves bytes from src to dst until src's FIN (nil), an error,
-// or the pair's own clock ends it (errPairIdle, errHalfCloseOver,
-// errPairEnding). Each io.Copy runs until src ends or a deadline wakes it;
-// deadlines are armed only when there is a clock (an idle timeout, a
-// half-close in progress), and a wake-up that finds the pair still live
-// copies on.
-func (p *pair) copyOneWay(dst, src net.Conn, sent *atomic.Int64) (int64, error) {
+// copyOneWay writes first to dst, then moves bytes from src to dst until
+// src's FIN (nil), an error, or the pair's own clock ends it (errPairIdle,
+// errHalfCloseOver, errPairEnding). Each write of first and each io.Copy
+// runs until it is done or a deadline wakes it; deadlines are armed only
+// when there is a clock (an idle timeout, a half-close in progress), and a
+// wake-up that finds the pair still live goes on.
+func (p *pair) copyOneWay(dst, src net.Conn, first []byte, sent *atomic.Int64) (int64, error) {
 	var total int64
 	for {
 		gen := p.gen.Load()
@@ -192,7 +214,16 @@ func (p *pair) copyOneWay(dst, src net.Conn, sent *atomic.Int64) (int64, error) 
 		if p.gen.Load() != gen {
 			continue // the owner changed the clock meanwhile: arm again
 		}
-		n, err := io.Copy(dst, src)
+		var n int64
+		var err error
+		writingFirst := len(first) > 0
+		if writingFirst {
+			var m int
+			m, err = dst.Write(first)
+			n, first = int64(m), first[m:]
+		} else {
+			n, err = io.Copy(dst, src)
+		}
 		total += n
 		now := time.Now()
 		if n > 0 {
@@ -200,6 +231,9 @@ func (p *pair) copyOneWay(dst, src net.Conn, sent *atomic.Int64) (int64, error) 
 			if sent != nil {
 				sent.Add(n)
 			}
+		}
+		if writingFirst && err == nil {
+			continue // first is out: the splice follows
 		}
 		if err == nil || !isTimeout(err) {
 			return total, err

@@ -5,7 +5,9 @@
 // headers out, X-Forwarded-* in), then roundTrip acquires a connection from
 // the pool, writes the request, reads the response header, and either reads
 // a small body and releases the connection at once, or hands the body to
-// fasthttp as a stream whose Close releases it.
+// fasthttp as a stream whose Close releases it. An upgrade request
+// (WebSocket) takes the same path on a connection of its own, and a 101
+// turns the two connections into a pair (upgrade.go).
 package proxy
 
 import (
@@ -102,12 +104,17 @@ type Server struct {
 	sockets   atomic.Pointer[appSockets] // read at accept, at a request's start and at close
 	requests  atomic.Pointer[requestLimits]
 	accessLog atomic.Bool
-	maxConns  int            // limits.max_conns; fixed for the server's life
-	raw       sync.WaitGroup // raw response streams to HTTP/1.0 apps (hijacked)
+	maxConns  int                        // limits.max_conns; fixed for the server's life
+	raw       sync.WaitGroup             // raw response streams to HTTP/1.0 apps (hijacked)
+	policy    atomic.Pointer[pairPolicy] // for pairs made by upgrades from now on
+	// pairWG counts upgrades from their 101 to the close of both sides
+	// (upgrade.go); Add under mu while !shut.
+	pairWG sync.WaitGroup
 
-	mu   sync.Mutex
-	ln   *lingerListener // set by Serve; guarded by mu
-	shut bool            // Shutdown began; guarded by mu
+	mu    sync.Mutex
+	ln    *lingerListener    // set by Serve; guarded by mu
+	shut  bool               // Shutdown began; guarded by mu
+	pairs map[*pair]struct{} // upgraded pairs running, for Shutdown; guarded by mu
 }
 
 // New returns a server for cfg; Serve starts it.
@@ -126,6 +133,7 @@ func New(cfg Config) *Server {
 		idleReleaseAfter: cfg.IdleReleaseAfter,
 		activity:         cfg.Activity,
 		maxConns:         cfg.MaxConns,
+		pairs:            map[*pair]struct{}{},
 	}
 	s.Update(cfg)
 	headerBytes := cfg.MaxRequestHeaderBytes
@@ -155,6 +163,11 @@ func New(cfg Config) *Server {
 		SecureErrorLogMessage: true,
 		Logger:                zapPrintf{s.log},
 		ConnState:             connStateChanged,
+		// A hijacked connection is ours to close, and fasthttp's read
+		// buffer is left to the garbage collector instead of its pool: an
+		// upgraded pair lets go of it as soon as it has taken the bytes
+		// in it, rather than holding 64 KiB for the pair's life.
+		KeepHijackedConns: true,
 	}
 	if cfg.IdleReleaseAfter > 0 {
 		// A worker goroutine whose connection was released waits this
@@ -188,13 +201,18 @@ func connStateChanged(nc net.Conn, st fasthttp.ConnState) {
 			c.markBusy()
 		}
 		c.requestStarted()
+	case fasthttp.StateClosed:
+		if u := c.upgrade.Swap(nil); u != nil {
+			u.abandon() // fasthttp closed the connection instead of hijacking it
+		}
 	}
 }
 
 // Update applies the parts of cfg that may change while the server runs:
 // the upstream (requests already started finish on the old one), the app
 // sockets' linger, FIN timeout, keepalive and user timeout (for
-// connections accepted or closed from now on), and the access log.
+// connections accepted or closed from now on), the request limits, the
+// upgrade settings (for upgrades from now on), and the access log.
 func (s *Server) Update(cfg Config) {
 	up := cfg.Upstream
 	s.up.Store(&up)
@@ -202,7 +220,9 @@ func (s *Server) Update(cfg Config) {
 	s.requests.Store(&requestLimits{
 		bodyReadTimeout: cfg.BodyReadTimeout,
 		maxBody:         cfg.MaxRequestBodyBytes,
+		refuseUpgrade:   cfg.RefuseUpgrade,
 	})
+	s.policy.Store(newPairPolicy(cfg))
 	s.accessLog.Store(cfg.AccessLog)
 }
 
@@ -210,6 +230,7 @@ func (s *Server) Update(cfg Config) {
 type requestLimits struct {
 	bodyReadTimeout time.Duration // 0: none
 	maxBody         int64         // 0: no limit
+	refuseUpgrade   bool          // upgrade: false
 }
 
 // Serve accepts app connections on ln until Shutdown. Each accepted
@@ -243,7 +264,9 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting, waits for in-flight requests and closes idle
 // app connections with the listener's linger (without waiting for the
 // app's FIN), or gives up when ctx ends. App connections still waiting for
-// their FIN after an earlier graceful close are reset.
+// their FIN after an earlier graceful close are reset. Upgraded pairs go
+// on until ctx ends; then they are ended (both sides reset, as in tcp
+// mode) and Shutdown waits for their closes.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shut = true
@@ -254,6 +277,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.parker.shutdown()
 	}
 	err := s.srv.ShutdownWithContext(ctx)
+	// fasthttp does not count hijacked connections: the pairs are ours to
+	// wait for and end.
+	if s.endPairs(ctx) && err == nil {
+		err = ctx.Err()
+	}
 	if l != nil {
 		// fasthttp closes the listeners it has; this one Serve may have
 		// been about to hand it.
@@ -307,6 +335,9 @@ type exchange struct {
 	aborted  string // the phase in which the app went away; "": it did not
 	bytes    int    // body bytes streamed to the app
 	streams  bool   // a body stream owns the exchange's end
+	// upgrade: an upgrade request, forwarded on a connection of its own
+	// that never goes back to the pool, and never retried once written.
+	upgrade bool
 }
 
 // handle forwards one request. fasthttp owns ctx; the upstream connection
@@ -330,7 +361,22 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x.app, _ = ctx.Conn().(*appConn)
 	x.app.requestHandled() // the headers are in: their timeout is over
 	http10 := !req.Header.IsHTTP11()
-	prepareRequest(req, clientIP(ctx), x.up.HostHeader)
+	var hops hopDropper
+	hops.seeRequest(&req.Header)
+	if hops.upgradeOf(http10) == upgradeForward {
+		// A connection that is not a listener's (x.app nil: tests
+		// serving fasthttp directly) cannot become a pair either.
+		if lim.refuseUpgrade || x.app == nil {
+			s.refuseUpgrade(ctx)
+			return
+		}
+		x.upgrade = true
+	}
+	// What follows a request carrying Upgrade may be another protocol's
+	// bytes (the framing guard stops there): unless it becomes a pair, the
+	// connection ends after its response.
+	lastRequest := hops.set&hopUpgrade != 0
+	prepareRequest(req, &hops, x.upgrade, clientIP(ctx), x.up.HostHeader)
 
 	// A small body is read whole now so a retry can send it again; a large
 	// or chunked one streams. Either way its bytes are checked as they come:
@@ -352,10 +398,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	careful := !idempotent(req)
 
 	defer func() {
-		if body != nil && !body.eof {
-			// Part of the body is still on the wire: where the next
-			// request starts is unknown, and the app must hear that this
-			// connection ends.
+		if body != nil && !body.eof || lastRequest && !ctx.Hijacked() {
+			// Part of the body is still on the wire, or what follows may
+			// not be HTTP: where the next request starts is unknown, and
+			// the app must hear that this connection ends.
 			ctx.SetConnectionClose()
 		}
 		x.finish()
@@ -398,7 +444,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		var ue *upstreamError
-		if errors.As(err, &ue) && x.retries < x.up.Retries && retryable(req, ue, body != nil) {
+		if errors.As(err, &ue) && x.retries < x.up.Retries && !x.upgrade && retryable(req, ue, body != nil) {
 			// A reused connection that failed may have gone stale, and so
 			// may every other idle one: the retry dials.
 			fresh = ue.reused
@@ -412,9 +458,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 }
 
 // acquire takes a connection for one attempt; fresh asks for a newly
-// dialed one.
+// dialed one, as does an upgrade: a pair must never take a pooled
+// connection away from the requests that would reuse it.
 func (x *exchange) acquire(careful, fresh bool) (*pool.Conn, error) {
-	if fresh {
+	if fresh || x.upgrade {
 		return x.up.Pool.AcquireNew()
 	}
 	return x.up.Pool.Acquire(careful)
@@ -493,14 +540,21 @@ func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, b
 
 	x.app.upstreamReadDeadline(nc, up.ResponseHeaderTimeout)
 	br := c.Reader()
-	if err := readResponseHeader(resp, br); err != nil {
+	head, err := readResponseHeader(resp, br)
+	if err != nil {
 		return x.failed("read", c, err, "response_header", "response_header")
 	}
 	x.took = time.Since(x.start)
+	code := resp.Header.StatusCode()
+	if code == fasthttp.StatusSwitchingProtocols {
+		if !x.upgrade {
+			return x.failed("read", c, errUnaskedSwitch, "response_header", "response_header")
+		}
+		return x.switchProtocols(c, head)
+	}
 	serverClose := resp.Header.ConnectionClose()
 	stripResponseHops(&resp.Header)
 
-	code := resp.Header.StatusCode()
 	if req.Header.IsHead() || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified {
 		resp.SkipBody = true
 		x.giveBack(c, closeCause(serverClose))
@@ -572,9 +626,15 @@ func (x *exchange) failed(op string, c *pool.Conn, err error, phase, timeoutPhas
 
 // giveBack ends c's turn in this exchange, the one place that does: the
 // app's watch lets go of it, then c goes back to the pool (cause "") or is
-// discarded for cause. The exchange never touches c again.
+// discarded for cause. The exchange never touches c again. An upgrade's
+// connection, dialed for a pair that did not come about (any answer but
+// 101), never goes back: what the upstream made of the upgrade request is
+// not known.
 func (x *exchange) giveBack(c *pool.Conn, cause pool.Cause) {
 	x.app.detach()
+	if cause == "" && x.upgrade {
+		cause = pool.CausePairEnd
+	}
 	if cause == "" {
 		x.up.Pool.Release(c)
 		return
@@ -592,23 +652,26 @@ func closeCause(serverClose bool) pool.Cause {
 }
 
 // readResponseHeader reads the final response header, skipping interim 1xx
-// responses (103 Early Hints) the way fasthttp's own client does. It does
-// not Reset resp: that would also clear the server's choices to add no
-// Date and no default Content-Type, and to keep header names as they came.
-func readResponseHeader(resp *fasthttp.Response, br *bufio.Reader) error {
+// responses (103 Early Hints) the way fasthttp's own client does, and
+// returns its bytes as they came (a view of br's buffer, valid until br is
+// read again). It does not Reset resp: that would also clear the server's
+// choices to add no Date and no default Content-Type, and to keep header
+// names as they came.
+func readResponseHeader(resp *fasthttp.Response, br *bufio.Reader) ([]byte, error) {
 	resp.ResetBody()
 	resp.SkipBody = false
 	resp.StreamBody = false
 	for interim := 0; ; interim++ {
-		if err := readResponseHead(&resp.Header, br); err != nil {
-			return err
+		head, err := readResponseHead(&resp.Header, br)
+		if err != nil {
+			return nil, err
 		}
 		code := resp.Header.StatusCode()
 		if code < 100 || code >= 200 || code == fasthttp.StatusSwitchingProtocols {
-			return nil
+			return head, nil
 		}
 		if interim == maxInterimResponses {
-			return errTooManyInterim
+			return nil, errTooManyInterim
 		}
 	}
 }

@@ -27,7 +27,8 @@ var (
 )
 
 // readResponseHead reads one response head into h, as h.Read does, and
-// then checks it with checkResponse on the bytes as they came. It reads
+// then checks it with checkResponse on the bytes as they came, which it
+// returns (a view of br's buffer, valid until br is read again). It reads
 // nothing past the head; a read fails as h.Read would. An HTTP/1.0 response's
 // status line is given unstuck's version, HTTP/1.1 (fasthttp still frames
 // it as 1.0).
@@ -39,22 +40,22 @@ var (
 // obs-fold. So the head is first buffered whole, and the bytes fasthttp
 // consumed are checked once it has parsed them. Buffering reads exactly
 // what h.Read would.
-func readResponseHead(h *fasthttp.ResponseHeader, br *bufio.Reader) error {
+func readResponseHead(h *fasthttp.ResponseHeader, br *bufio.Reader) ([]byte, error) {
 	head, err := bufferResponseHead(br)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	before := br.Buffered()
 	if err := h.Read(br); err != nil {
-		return err
+		return nil, err
 	}
 	// A complete head in the buffer is parsed without another read, so
 	// head still holds the bytes h came from.
 	if head == nil || before-br.Buffered() != len(head) {
-		return errRespUnchecked
+		return nil, errRespUnchecked
 	}
 	if err := checkResponse(h, head); err != nil {
-		return err
+		return nil, err
 	}
 	if !h.IsHTTP11() {
 		// unstuck frames the body to the app itself, chunked if need be:
@@ -63,7 +64,7 @@ func readResponseHead(h *fasthttp.ResponseHeader, br *bufio.Reader) error {
 		// must then take as faulty framing (RFC 9112 §6.1).
 		h.SetProtocol(protoHTTP11)
 	}
-	return nil
+	return head, nil
 }
 
 var protoHTTP11 = []byte("HTTP/1.1")

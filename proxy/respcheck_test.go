@@ -105,7 +105,8 @@ func readRespHead(t testing.TB, raw string, check bool) (*fasthttp.ResponseHeade
 	h.SetNoDefaultContentType(true)
 	br := bufio.NewReader(strings.NewReader(raw))
 	if check {
-		return &h, readResponseHead(&h, br)
+		_, err := readResponseHead(&h, br)
+		return &h, err
 	}
 	return &h, h.Read(br)
 }
@@ -149,7 +150,7 @@ func TestReadResponseHeadInPieces(t *testing.T) {
 		var h fasthttp.ResponseHeader
 		h.DisableNormalizing()
 		br := bufio.NewReaderSize(&trickle{s: tc.head, n: 7}, 4096)
-		err := readResponseHead(&h, br)
+		_, err := readResponseHead(&h, br)
 		if got := errors.Is(err, errBadResponse); got != tc.bad || (!tc.bad && err != nil) {
 			t.Fatalf("bad=%v: got %v", tc.bad, err)
 		}
@@ -197,7 +198,7 @@ func TestReadResponseHeadErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h, ref fasthttp.ResponseHeader
-			err := readResponseHead(&h, bufio.NewReaderSize(&onceErr{s: tc.head, err: tc.err}, 4096))
+			_, err := readResponseHead(&h, bufio.NewReaderSize(&onceErr{s: tc.head, err: tc.err}, 4096))
 			want := ref.Read(bufio.NewReaderSize(&onceErr{s: tc.head, err: tc.err}, 4096))
 			var small, wantSmall *fasthttp.ErrSmallBuffer
 			switch {
@@ -242,7 +243,7 @@ func TestCheckResponseDoesNotAllocate(t *testing.T) {
 	n := testing.AllocsPerRun(100, func() {
 		sr.Reset(raw)
 		br.Reset(sr)
-		if err := readResponseHead(&h, br); err != nil {
+		if _, err := readResponseHead(&h, br); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -290,7 +291,7 @@ func BenchmarkReadResponseHead(b *testing.B) {
 				br.Reset(sr)
 				var err error
 				if check {
-					err = readResponseHead(&h, br)
+					_, err = readResponseHead(&h, br)
 				} else {
 					err = h.Read(br)
 				}

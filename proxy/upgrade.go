@@ -1,0 +1,219 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/unstuck-proxy/unstuck/pool"
+	"github.com/unstuck-proxy/unstuck/sockopt"
+)
+
+// Upgrade on HTTP listeners (RFC 9110 7.8). A request whose Connection
+// lists "upgrade" and that carries an Upgrade header (WebSocket) goes
+// through handle and roundTrip like any other, with three differences: its
+// Connection and Upgrade headers are forwarded; its upstream connection is
+// newly dialed (AcquireNew) and never goes back to the pool; and it is
+// never sent twice. A 101 Switching Protocols ends the exchange here
+// (switchProtocols): the 101's head goes to the app byte for byte, and the
+// app connection and the upstream connection become a pair (pair.go), as in
+// tcp mode, under the listener's half_close policy, timeouts and linger.
+// Any other answer is an ordinary response, after which the app connection
+// closes: what the app sent after an upgrade request is not known to be
+// HTTP (the framing guard stops following there).
+//
+// Ownership after the 101: the exchange, on fasthttp's handler goroutine,
+// hands both connections to an upgraded and asks fasthttp to hijack the app
+// connection. fasthttp then either hijacks it (serveUpgraded, on a
+// goroutine of fasthttp's, which starts runUpgraded) or, if it fails before
+// that (flushing an earlier pipelined response to an app that left),
+// closes it (connStateChanged → abandon). Whichever takes the upgraded out
+// of appConn.upgrade owns it; runUpgraded closes both sides.
+
+var (
+	// errUnaskedSwitch is a 101 to a request that did not ask to upgrade:
+	// the connection no longer speaks HTTP (502, discarded).
+	errUnaskedSwitch = fmt.Errorf("%w: 101 Switching Protocols to a request that did not ask to upgrade", errBadResponse)
+	// errShuttingDown is a 101 that came after Shutdown began: no pair is
+	// made, the app gets 503 and the upstream connection an RST.
+	errShuttingDown = errors.New("upgrade not made: the listener is shutting down")
+	errNotTCP       = errors.New("upgrade not made: the upstream connection is not a TCP socket")
+)
+
+// upgraded is an upgrade between its 101 and its pair: both connections
+// and what has already been read of them.
+type upgraded struct {
+	s     *Server
+	app   *appConn
+	up    *Upstream
+	c     *pool.Conn
+	upTCP *net.TCPConn
+	toApp []byte // the 101's head and what the upstream sent behind it
+	start time.Time
+}
+
+// switchProtocols takes c, on which the upstream answered the exchange's
+// upgrade request with 101 (head, its bytes as they came), out of the
+// exchange: from here on c and the app connection belong to the upgrade
+// (see above), and fasthttp writes no response. It returns an error, and
+// has closed c, if no pair can be made.
+func (x *exchange) switchProtocols(c *pool.Conn, head []byte) error {
+	s := x.s
+	x.app.detach() // the pair watches both sides itself
+	// head and what follows it are views of c's read buffer, which goes
+	// back to its pool when c is closed: the pair gets a copy.
+	br := c.Reader()
+	rest, _ := br.Peek(br.Buffered())
+	toApp := make([]byte, 0, len(head)+len(rest))
+	toApp = append(append(toApp, head...), rest...)
+
+	upTCP, ok := c.NetConn().(*net.TCPConn)
+	if !ok { // the pool dials TCP only
+		x.up.Pool.Reset(c, pool.CauseError)
+		return errNotTCP
+	}
+	s.mu.Lock()
+	if s.shut {
+		s.mu.Unlock()
+		x.up.Pool.Reset(c, pool.CauseShutdown)
+		return errShuttingDown
+	}
+	s.pairWG.Add(1)
+	s.mu.Unlock()
+	u := &upgraded{s: s, app: x.app, up: x.up, c: c, upTCP: upTCP, toApp: toApp, start: time.Now()}
+	x.app.upgrade.Store(u)
+	x.ctx.HijackSetNoResponse(true)
+	x.ctx.Hijack(func(nc net.Conn) { s.serveUpgraded(u, nc) })
+	return nil
+}
+
+// serveUpgraded is the hijack of an upgraded app connection, on fasthttp's
+// goroutine: it takes the bytes fasthttp read past the request, and starts
+// the pair on a goroutine of its own. Returning at once lets fasthttp's
+// read buffer (the size of the header limit) go to the garbage collector
+// (KeepHijackedConns) instead of living as long as the pair.
+func (s *Server) serveUpgraded(u *upgraded, nc net.Conn) {
+	if u.app.upgrade.Swap(nil) != u {
+		return // abandoned: fasthttp hijacks or closes, never both, so never
+	}
+	toUp := takeBuffered(nc, u.app.Conn)
+	go s.runUpgraded(u, toUp)
+}
+
+// takeBuffered returns what fasthttp read from the app past the upgrade
+// request (its read buffer, behind nc's Read), without reading the
+// socket: with raw's read deadline in the past, a Read that would reach
+// the socket fails at once, and the buffer's bytes come out before it.
+// The pair sets raw's deadlines anew.
+func takeBuffered(nc, raw net.Conn) []byte {
+	_ = raw.SetReadDeadline(aLongTimeAgo)
+	b, _ := io.ReadAll(nc)
+	return b
+}
+
+// runUpgraded owns an upgrade's two connections from the hijack to their
+// close: it runs the pair, with the bytes already read of each side
+// written first (the app's to the upstream, the 101's head and what
+// followed it to the app), and closes both sides as the pair's end says.
+func (s *Server) runUpgraded(u *upgraded, toUp []byte) {
+	defer s.pairWG.Done()
+	policy := *s.policy.Load()
+	p := newPair(u.app.Conn, u.upTCP, policy)
+	p.preload(toUp, u.toApp)
+	if !s.trackPair(p) {
+		p.stop() // Shutdown came first: run returns at once
+	}
+	s.obs.PairOpened()
+	end := p.run()
+	s.untrackPair(p)
+	closePairSides(&end, u.app, u.up, u.c, policy.halfCloseTimeout)
+	s.obs.PairEnded(end.cause, end.toUpstream, end.toApp)
+	if s.accessLog.Load() {
+		s.log.Info("pair",
+			zap.Stringer("app", u.app.RemoteAddr()), zap.String("upstream", u.up.Name),
+			zap.String("endpoint", u.c.Endpoint()), zap.String("end", end.cause),
+			zap.Int64("to_upstream", end.toUpstream), zap.Int64("to_app", end.toApp),
+			zap.Duration("duration", time.Since(u.start)))
+	}
+}
+
+// closePairSides closes both sides of an ended pair as end says, as
+// TCPServer.servePair does: the app's with the listener's close policy, or
+// an RST; the upstream's after its FIN (awaitFIN, with a graceful linger)
+// or with an RST; never back to the pool. Nothing touches app or c after.
+func closePairSides(end *pairEnd, app *appConn, up *Upstream, c *pool.Conn, halfCloseTimeout time.Duration) {
+	if end.resetApp {
+		app.abort()
+	} else {
+		app.Close()
+	}
+	if end.cause == PairShutdown {
+		end.resetUp = true // unstuck is going away: it cannot wait for the upstream's FIN
+	}
+	if !end.resetUp && !end.upstreamFIN && up.Pool.Linger().Mode == sockopt.Graceful {
+		end.resetUp = !awaitFIN(c.NetConn(), halfCloseTimeout)
+	}
+	if end.resetUp {
+		up.Pool.Reset(c, upstreamCause(end.cause))
+	} else {
+		up.Pool.Discard(c, upstreamCause(end.cause))
+	}
+}
+
+// abandon ends an upgrade whose app connection fasthttp closed instead of
+// hijacking it: the upstream, which has switched protocols, gets an RST.
+func (u *upgraded) abandon() {
+	defer u.s.pairWG.Done()
+	u.up.Pool.Reset(u.c, pool.CausePairEnd)
+	if ce := u.s.log.Check(zapcore.DebugLevel, "upgrade abandoned: the app connection closed before its pair began"); ce != nil {
+		ce.Write(zap.Stringer("app", u.app.RemoteAddr()), zap.String("endpoint", u.c.Endpoint()))
+	}
+}
+
+func (s *Server) trackPair(p *pair) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shut {
+		return false
+	}
+	s.pairs[p] = struct{}{}
+	return true
+}
+
+func (s *Server) untrackPair(p *pair) {
+	s.mu.Lock()
+	delete(s.pairs, p)
+	s.mu.Unlock()
+}
+
+// endPairs is Shutdown's part for upgraded pairs: they go on until ctx
+// ends, then they are stopped, and it waits for both sides of each to be
+// closed. It reports whether it stopped any.
+func (s *Server) endPairs(ctx context.Context) bool {
+	waitCtx(ctx, s.pairWG.Wait)
+	s.mu.Lock()
+	stopped := len(s.pairs) > 0
+	for p := range s.pairs {
+		p.stop()
+	}
+	s.mu.Unlock()
+	s.pairWG.Wait()
+	return stopped
+}
+
+// refuseUpgrade answers an upgrade request on a listener that does not
+// make them (upgrade: false) with 501, and says why: the app's client
+// would otherwise report a bare failure to switch.
+func (s *Server) refuseUpgrade(ctx *fasthttp.RequestCtx) {
+	s.refuse(ctx, fasthttp.StatusNotImplemented, RefuseUpgrade, nil)
+	ctx.Response.SetBodyString(upgradeRefusedBody)
+}
+
+const upgradeRefusedBody = "Not Implemented: this listener does not forward Upgrade requests (WebSocket); its upgrade setting is false\n"
