@@ -80,8 +80,8 @@ type Listener struct {
 	SendTimeout       time.Duration  `key:"send_timeout" default:"60s" doc:"a write to the app that makes no progress this long ends the connection; 0: none"`
 	Limits            ListenerLimits `key:"limits"`
 
-	HalfClose        string        `key:"half_close" default:"propagate" oneof:"propagate,close" doc:"tcp: when one side sends FIN, propagate (FIN the other side, let the other direction finish) or close (close both at once, each with its linger)"`
-	HalfCloseTimeout time.Duration `key:"half_close_timeout" default:"5s" min:"1ns" doc:"tcp, half_close propagate: after one side's FIN, close both (RST) if the other direction has not ended within this long; more than 0"`
+	HalfClose        string        `key:"half_close" default:"propagate" oneof:"propagate,close" doc:"tcp listeners and upgraded connections: when one side sends FIN, propagate (FIN the other side, let the other direction finish) or close (close both at once, each with its linger)"`
+	HalfCloseTimeout time.Duration `key:"half_close_timeout" default:"5s" min:"1ns" doc:"with half_close propagate: after one side's FIN, close both (RST) if the other direction has not ended within this long; more than 0"`
 	Upgrade          bool          `key:"upgrade" default:"true" doc:"http: forward Connection: Upgrade requests (WebSocket) on a fresh upstream connection and, on 101, pass bytes both ways as in tcp mode; false: answer them 501"`
 }
 

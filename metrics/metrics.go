@@ -39,7 +39,7 @@ var (
 	refuseReasons = []string{
 		proxy.RefuseBadRequest, proxy.RefuseHeaderTooLarge, proxy.RefuseURITooLong,
 		proxy.RefuseBodyTooLarge, proxy.RefuseHeaderTimeout, proxy.RefuseBodyTimeout,
-		proxy.RefuseBodyIncomplete, proxy.RefuseMethod, proxy.RefuseConnLimit,
+		proxy.RefuseBodyIncomplete, proxy.RefuseMethod, proxy.RefuseConnLimit, proxy.RefuseUpgrade,
 	}
 	abortPhases   = []string{"request", "response_header", "response_body"}
 	timeoutPhases = []string{"response_header", "response_idle", "write"}

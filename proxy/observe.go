@@ -65,5 +65,5 @@ const (
 	RefuseBodyIncomplete = "body_incomplete"  // the app ended its connection mid-body (400)
 	RefuseMethod         = "method"           // CONNECT and the like (405/501)
 	RefuseUpgrade        = "upgrade"          // an upgrade request on a listener with upgrade: false (501)
-	RefuseConnLimit      = "conn_limit"       // limits.max_conns reached: accept waited
+	RefuseConnLimit      = "conn_limit"       // limits.max_conns reached: accept waited (http) or the connection was reset (tcp)
 )
