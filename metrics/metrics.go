@@ -61,7 +61,7 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	dials       *prometheus.CounterVec   // upstream, endpoint
-	dialErrors  *prometheus.CounterVec   // upstream, endpoint
+	dialErrors  *prometheus.CounterVec   // upstream, endpoint, reason
 	waits       *prometheus.CounterVec   // upstream
 	waitSeconds *prometheus.HistogramVec // upstream
 	exhausted   *prometheus.CounterVec   // upstream
@@ -96,8 +96,8 @@ func New() *Metrics {
 			"Connections dialed to the upstream endpoint, failed dials included.",
 			"upstream", "endpoint"),
 		dialErrors: counterVec("unstuck_upstream_dial_errors_total",
-			"Dials to the upstream endpoint that failed.",
-			"upstream", "endpoint"),
+			"Dials to the upstream endpoint that failed, TLS handshakes included, by reason (see pool.DialErrorReason).",
+			"upstream", "endpoint", "reason"),
 		waits: counterVec("unstuck_pool_waits_total",
 			"Acquires that found max_conns connections busy and had to wait for a slot.",
 			"upstream"),

@@ -135,9 +135,9 @@ func TestUpstreamObserver(t *testing.T) {
 	o.HalfClosed(pool.CauseFIN, 50*time.Microsecond)
 
 	want(t, reg, "unstuck_upstream_dials_total", l{"upstream": "app", "endpoint": "10.0.0.1:80"}, 3)
-	want(t, reg, "unstuck_upstream_dial_errors_total", l{"upstream": "app", "endpoint": "10.0.0.1:80"}, 1)
+	want(t, reg, "unstuck_upstream_dial_errors_total", l{"upstream": "app", "endpoint": "10.0.0.1:80", "reason": "other"}, 1)
 	want(t, reg, "unstuck_upstream_dials_total", l{"upstream": "app", "endpoint": "10.0.0.2:80"}, 1)
-	want(t, reg, "unstuck_upstream_dial_errors_total", l{"upstream": "app", "endpoint": "10.0.0.2:80"}, 1)
+	want(t, reg, "unstuck_upstream_dial_errors_total", l{"upstream": "app", "endpoint": "10.0.0.2:80", "reason": "other"}, 1)
 	want(t, reg, "unstuck_pool_waits_total", l{"upstream": "app"}, 2)
 	want(t, reg, "unstuck_pool_wait_seconds", l{"upstream": "app"}, 2)
 	want(t, reg, "unstuck_pool_exhausted_total", l{"upstream": "app"}, 1)

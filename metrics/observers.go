@@ -46,7 +46,11 @@ type upstreamObserver struct {
 	eps atomic.Pointer[map[string]dialCounters]
 }
 
-type dialCounters struct{ dials, errors prometheus.Counter }
+// dialCounters are an endpoint's; errors, by reason, is read-only once made.
+type dialCounters struct {
+	dials  prometheus.Counter
+	errors map[string]prometheus.Counter
+}
 
 func (o *upstreamObserver) Dialed(endpoint string, err error) {
 	d, ok := (*o.eps.Load())[endpoint]
@@ -55,7 +59,13 @@ func (o *upstreamObserver) Dialed(endpoint string, err error) {
 	}
 	d.dials.Inc()
 	if err != nil {
-		d.errors.Inc()
+		reason := "other"
+		if de, ok := err.(*pool.DialError); ok && de.Reason != "" {
+			reason = de.Reason
+		}
+		if c, ok := d.errors[reason]; ok {
+			c.Inc()
+		}
 	}
 }
 
@@ -69,7 +79,10 @@ func (o *upstreamObserver) addEndpoint(endpoint string) dialCounters {
 	}
 	d := dialCounters{
 		dials:  o.m.dials.WithLabelValues(o.upstream, endpoint),
-		errors: o.m.dialErrors.WithLabelValues(o.upstream, endpoint),
+		errors: make(map[string]prometheus.Counter, len(pool.DialErrorReasons)),
+	}
+	for _, r := range pool.DialErrorReasons {
+		d.errors[r] = o.m.dialErrors.WithLabelValues(o.upstream, endpoint, r)
 	}
 	eps := make(map[string]dialCounters, len(old)+1)
 	for k, v := range old {

@@ -7,7 +7,8 @@ import "time"
 // must be cheap and must not call back into the pool. A Config without an
 // Observer uses one that does nothing.
 type Observer interface {
-	// Dialed reports a dial to endpoint; err is nil on success.
+	// Dialed reports a dial to endpoint; err is nil on success, else a
+	// *DialError (its Reason says why).
 	Dialed(endpoint string, err error)
 	// Waited reports an Acquire that had to wait at MaxConns, for how long,
 	// and whether it gave up (ErrExhausted).

@@ -44,8 +44,9 @@ var (
 // DialError is a failure to connect to an endpoint. Nothing was sent, so
 // any request may be retried elsewhere.
 type DialError struct {
-	Addr string
-	Err  error
+	Addr   string
+	Err    error
+	Reason string // DialErrorReason(Err), for metrics and logs
 }
 
 func (e *DialError) Error() string {
@@ -552,14 +553,14 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		return nil, ErrClosed // cancelled by Close: no dial error to count
 	}
 	if err != nil {
-		p.cfg.Observer.Dialed(ep.addr, err)
+		de := p.dialFailed(ep, err)
 		p.mu.Lock()
 		p.forgetLocked(ep)
 		p.mu.Unlock()
 		if ce := p.log.Check(zapcore.DebugLevel, "upstream dial failed"); ce != nil {
 			ce.Write(zap.String("endpoint", ep.addr), zap.Error(err))
 		}
-		return nil, &DialError{Addr: ep.addr, Err: err}
+		return nil, de
 	}
 	c := &Conn{ep: ep, nc: nc, tcp: nc, created: time.Now(), readers: &p.readers}
 	c.io.nc = nc
@@ -575,7 +576,7 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		p.mu.Unlock()
 		if err != nil {
 			p.closeConn(c, CauseError)
-			return nil, &DialError{Addr: ep.addr, Err: err}
+			return nil, p.dialFailed(ep, err)
 		}
 		p.closeConn(c, CauseShutdown) // Close is waiting for this dial
 		return nil, ErrClosed
@@ -596,18 +597,18 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		p.dropLocked(c)
 		p.mu.Unlock()
 		p.closeConn(c, CauseError)
-		return nil, &DialError{Addr: ep.addr, Err: fmt.Errorf("watch: %w", werr)}
+		return nil, p.dialFailed(ep, fmt.Errorf("watch: %w", werr))
 	}
 	if ep.tls != nil {
 		if err := p.handshake(c); err != nil {
-			p.cfg.Observer.Dialed(ep.addr, err)
+			de := p.dialFailed(ep, err)
 			p.mu.Lock()
 			p.dropLocked(c)
 			p.mu.Unlock()
 			p.closeConn(c, CauseError)
 			p.log.Warn("upstream TLS handshake failed", zap.String("endpoint", ep.addr),
-				zap.String("reason", DialErrorReason(err)), zap.Error(err))
-			return nil, &DialError{Addr: ep.addr, Err: err}
+				zap.String("reason", de.Reason), zap.Error(err))
+			return nil, de
 		}
 	}
 	p.cfg.Observer.Dialed(ep.addr, nil)
@@ -618,6 +619,13 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		ce.Write(zap.String("endpoint", ep.addr), zap.Stringer("local", nc.LocalAddr()))
 	}
 	return c, nil
+}
+
+// dialFailed reports a failed dial to ep, and returns its DialError.
+func (p *Pool) dialFailed(ep *endpoint, err error) *DialError {
+	de := &DialError{Addr: ep.addr, Err: err, Reason: DialErrorReason(err)}
+	p.cfg.Observer.Dialed(ep.addr, de)
+	return de
 }
 
 // testHookDialed runs in dial between the connect and the check of closed.

@@ -129,6 +129,13 @@ func peerGone(cause Cause) bool {
 	return false
 }
 
+// DialErrorReasons is every name DialErrorReason gives.
+var DialErrorReasons = []string{
+	"refused", "timeout", "unreachable", "tls_unknown_authority", "tls_name_mismatch", "tls_expired",
+	"tls_handshake_timeout", "tls_version", "tls_client_certificate_required", "tls_bad_certificate",
+	"tls_other", "other",
+}
+
 // DialErrorReason names why a dial failed, for logs and metrics: refused,
 // timeout, unreachable, tls_unknown_authority, tls_name_mismatch,
 // tls_expired, tls_handshake_timeout, tls_version,
