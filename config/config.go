@@ -116,7 +116,7 @@ func (r PortRange) String() string {
 // Upstream is a set of backend servers and how unstuck talks to them.
 type Upstream struct {
 	Name       string
-	Endpoints  []string       `key:"endpoints" example:"127.0.0.1:9000" doc:"host:port of each server; at least one"`
+	Endpoints  []string       `key:"endpoints" example:"127.0.0.1:9000" item:"host:port" doc:"host:port of each server; at least one"`
 	HostHeader string         `key:"host_header" default:"" doc:"empty: keep the client's Host; else the Host sent upstream"`
 	Linger     sockopt.Linger `key:"linger" default:"graceful" res:"1s" kernel:"SO_LINGER" doc:"how unstuck closes upstream connections: graceful, reset or a duration, as for listeners"`
 	Retries    int            `key:"retries" default:"2" doc:"times a failed request is tried again; 0: never"`
@@ -124,6 +124,19 @@ type Upstream struct {
 	Dial       Dial           `key:"dial"`
 	Timeouts   Timeouts       `key:"timeouts"`
 	Limits     UpstreamLimits `key:"limits"`
+	TLS        TLS            `key:"tls" doc:"TLS to the endpoints"`
+}
+
+// TLS configures TLS to an upstream's endpoints.
+type TLS struct {
+	Enabled            bool     `key:"enabled" default:"false" doc:"connect to the endpoints with TLS; the other tls keys need it"`
+	ServerName         string   `key:"server_name" default:"" doc:"the name sent as SNI and verified in the certificate; empty: each endpoint's host"`
+	CAFile             string   `key:"ca_file" default:"" doc:"PEM file of the CAs to trust; empty: the system's roots"`
+	CertFile           string   `key:"cert_file" default:"" doc:"PEM client certificate for servers that ask for one (mTLS), with key_file; re-read when the file changes"`
+	KeyFile            string   `key:"key_file" default:"" doc:"PEM private key of cert_file"`
+	MinVersion         string   `key:"min_version" default:"1.2" oneof:"1.2,1.3" doc:"the oldest TLS version accepted: 1.2 or 1.3"`
+	InsecureSkipVerify bool     `key:"insecure_skip_verify" default:"false" doc:"accept any certificate (no verification; logged as a warning at every start and reload): for tests only"`
+	ALPN               []string `key:"alpn" default:"" item:"a protocol name such as http/1.1" want:"a list such as [\"http/1.1\"]" doc:"protocols offered in ALPN; empty: http/1.1 for the upstreams of http listeners, none for tcp"`
 }
 
 // PoolLimits bounds the connections kept to one upstream.
@@ -146,6 +159,8 @@ type Dial struct {
 	SourcePorts PortRange     `key:"source_ports" default:"" doc:"local port range such as 20000-29999, with source only; empty: the kernel picks"`
 	Keepalive   Keepalive     `key:"keepalive" doc:"TCP keepalive on upstream connections, as for listeners"`
 	UserTimeout time.Duration `key:"user_timeout" default:"0s" res:"1ms" max:"2147483647ms" kernel:"TCP_USER_TIMEOUT" doc:"TCP_USER_TIMEOUT on upstream connections; 0: the kernel's default"`
+
+	TLSHandshakeTimeout time.Duration `key:"tls_handshake_timeout" default:"5s" min:"1ns" doc:"with tls.enabled, give up a TLS handshake after this long; more than 0"`
 }
 
 // Timeouts bounds the phases of an upstream exchange.

@@ -316,7 +316,7 @@ func (t *tree) leaf(kv pair, key string, f field) {
 			ikey := fmt.Sprintf("%s[%d]", key, i)
 			t.origin[ikey] = t.pos(item)
 			if item = resolve(item); item.Kind != yaml.ScalarNode || isNull(item) {
-				t.problem(ikey, item, "want host:port, got %s", describe(item))
+				t.problem(ikey, item, "want %s, got %s", f.tag.Get("item"), describe(item))
 			} else {
 				items = append(items, item.Value)
 			}

@@ -106,9 +106,10 @@ func wantDefaultConfig() *Config {
 			Retries: 2,
 			Pool: PoolLimits{MaxConns: 512, MaxIdle: 128, IdleTimeout: 90 * time.Second,
 				AcquireTimeout: time.Second},
-			Dial:     Dial{Timeout: 2 * time.Second, Keepalive: keepalive},
+			Dial:     Dial{Timeout: 2 * time.Second, Keepalive: keepalive, TLSHandshakeTimeout: 5 * time.Second},
 			Timeouts: Timeouts{ResponseHeader: 30 * time.Second, ResponseIdle: time.Minute, Write: time.Minute},
 			Limits:   UpstreamLimits{ResponseHeaderBytes: 64 << 10},
+			TLS:      TLS{MinVersion: "1.2", ALPN: []string{}},
 		}},
 	}
 }
@@ -185,9 +186,10 @@ func TestFullFile(t *testing.T) {
 				Dial: Dial{Timeout: 500 * time.Millisecond, Source: netip.MustParseAddr("2001:db8::5"),
 					SourcePorts: PortRange{Lo: 20000, Hi: 29999},
 					Keepalive:   Keepalive{Idle: time.Minute, Interval: 5 * time.Second, Count: 5},
-					UserTimeout: 30 * time.Second},
+					UserTimeout: 30 * time.Second, TLSHandshakeTimeout: 5 * time.Second},
 				Timeouts: Timeouts{ResponseIdle: 15 * time.Second, Write: 0},
 				Limits:   UpstreamLimits{ResponseHeaderBytes: 131072},
+				TLS:      TLS{MinVersion: "1.2", ALPN: []string{}},
 			},
 			"static": func() Upstream {
 				u := DefaultUpstream()
@@ -540,6 +542,12 @@ func TestProblems(t *testing.T) {
 			nil, []string{`upstreams.backend.pool.min_idle: "5": more than pool.max_idle (4)`}},
 		{"one upstream for tcp and http", "listeners: {a: {listen: 127.0.0.1:8080}, b: {listen: 127.0.0.1:8081, protocol: tcp}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000']}}",
 			nil, []string{`listeners.b.upstream: "backend" is also the upstream of listener a, whose protocol is http; an upstream serves http listeners or tcp listeners, not both`}},
+		{"tls key without tls", "listeners: {app: {listen: 127.0.0.1:8080}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000'], tls: {server_name: api.test}}}",
+			nil, []string{`upstreams.backend.tls.enabled: false, but tls.server_name is set; set tls.enabled: true to use TLS`}},
+		{"tls key without its certificate", "listeners: {app: {listen: 127.0.0.1:8080}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000'], tls: {enabled: true, key_file: /k.pem}}}",
+			nil, []string{`upstreams.backend.tls.cert_file: missing; key_file needs the certificate it is the key of`}},
+		{"tls alpn item", "listeners: {app: {listen: 127.0.0.1:8080}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000'], tls: {enabled: true, alpn: [{h2: 1}]}}}",
+			nil, []string{`upstreams.backend.tls.alpn[0]: want a protocol name such as http/1.1, got a mapping`}},
 		{"protocol", "listeners: {app: {listen: 127.0.0.1:8080, protocol: grpc}}\nupstreams: {backend: {endpoints: ['127.0.0.1:9000']}}",
 			nil, []string{`listeners.app.protocol: "grpc": want http or tcp`}},
 		{"log level and format", ok + "log: {level: loud, format: xml, access: maybe}\n",

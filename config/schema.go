@@ -66,6 +66,9 @@ func fieldsOf(t reflect.Type, prefix string, index []int) (fs []field, es []entr
 		if f.size = sf.Tag.Get("kind") == "size"; f.size {
 			f.want = "a size such as 64KiB"
 		}
+		if w := sf.Tag.Get("want"); w != "" {
+			f.want = w
+		}
 		switch {
 		case f.key == prefix:
 		case sf.Type.Kind() == reflect.Map:

@@ -84,6 +84,8 @@ func shown(sf reflect.StructField) string {
 		v = sf.Tag.Get("example")
 	}
 	switch {
+	case sf.Type == reflect.TypeFor[[]string]() && v == "":
+		return "[]"
 	case sf.Type == reflect.TypeFor[[]string]():
 		return `["` + v + `"]`
 	case v == "" || sf.Type == reflect.TypeFor[os.FileMode]():

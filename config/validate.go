@@ -157,6 +157,7 @@ func (t *tree) check(c *Config) {
 		if pl := u.Pool; pl.MinIdle > pl.MaxIdle && pl.MaxIdle >= 0 {
 			t.add(p+"pool.min_idle", "%s: more than pool.max_idle (%d)", t.quote(p+"pool.min_idle", strconv.Itoa(pl.MinIdle)), pl.MaxIdle)
 		}
+		t.checkTLS(p+"tls.", u.TLS)
 		if r := u.Dial.SourcePorts; r.Lo != 0 && r.Lo <= r.Hi && !u.Dial.Source.IsValid() && !t.isBad(p+"dial.source") {
 			t.add(p+"dial.source_ports", "%s: dial.source_ports needs dial.source", t.quote(p+"dial.source_ports", r.String()))
 		}
@@ -170,6 +171,28 @@ func (t *tree) checkFields(v reflect.Value, prefix string, fields []field) {
 		fv := v.FieldByIndex(f.index)
 		if m := f.check(fv); m != "" {
 			t.add(prefix+f.key, "%s: %s", t.quote(prefix+f.key, f.format(fv)), m)
+		}
+	}
+}
+
+// checkTLS checks what the tls keys need of each other. The files are read
+// where the TLS configuration is built (tlsclient), at start, reload and
+// unstuck check.
+func (t *tree) checkTLS(p string, c TLS) {
+	if c.CertFile == "" && c.KeyFile != "" {
+		t.add(p+"cert_file", "missing; key_file needs the certificate it is the key of")
+	}
+	if c.CertFile != "" && c.KeyFile == "" {
+		t.add(p+"key_file", "missing; cert_file needs its private key")
+	}
+	if c.Enabled {
+		return
+	}
+	for key, set := range map[string]bool{"server_name": c.ServerName != "", "ca_file": c.CAFile != "",
+		"cert_file": c.CertFile != "", "insecure_skip_verify": c.InsecureSkipVerify, "alpn": len(c.ALPN) > 0} {
+		if set {
+			t.add(p+"enabled", "false, but tls.%s is set; set tls.enabled: true to use TLS", key)
+			return
 		}
 	}
 }
