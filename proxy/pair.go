@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -49,8 +50,8 @@ type pairEnd struct {
 }
 
 type pair struct {
-	app    net.Conn     // the app's socket itself (*net.TCPConn or *net.UnixConn), not its appConn
-	up     *net.TCPConn // the upstream's
+	app    net.Conn // the app's socket itself (*net.TCPConn or *net.UnixConn), not its appConn
+	up     net.Conn // the upstream's: *net.TCPConn (spliced), or *tls.Conn (copied through TLS)
 	policy pairPolicy
 
 	// lastActive is when a copy last reported bytes moved (unix ns); the
@@ -101,7 +102,7 @@ func newPairPolicy(cfg Config) *pairPolicy {
 	return &pairPolicy{propagate: !cfg.CloseOnHalfClose, halfCloseTimeout: hc, idleTimeout: cfg.IdleTimeout}
 }
 
-func newPair(app net.Conn, up *net.TCPConn, policy pairPolicy) *pair {
+func newPair(app, up net.Conn, policy pairPolicy) *pair {
 	p := &pair{app: app, up: up, policy: policy}
 	p.lastActive.Store(time.Now().UnixNano())
 	return p
@@ -300,7 +301,7 @@ func (p *pair) causeOf(c copied) string {
 		return PairHalfCloseTimeout
 	case errors.Is(c.err, errPairEnding):
 		return PairShutdown
-	case isClosedByPeer(p.up):
+	case isClosedByPeer(tcpOf(p.up)):
 		return PairUpstreamRST
 	case isClosedByPeer(p.app):
 		return PairAppRST
@@ -339,11 +340,24 @@ func tcpInfo(c net.Conn) *unix.TCPInfo {
 // tcpClose is TCP_CLOSE in the kernel's tcp_states.h.
 const tcpClose = 7
 
-// closeWrite shuts down writing on c (a FIN), where c can.
+// closeWrite shuts down writing on c (a FIN), where c can. On TLS that
+// is close_notify and then the TCP socket's FIN: crypto/tls's CloseWrite
+// sends only the former.
 func closeWrite(c net.Conn) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
+	if tc, ok := c.(*tls.Conn); ok {
+		closeWrite(tc.NetConn())
+	}
+}
+
+// tcpOf returns the TCP socket under c: c itself, or a TLS connection's.
+func tcpOf(c net.Conn) net.Conn {
+	if tc, ok := c.(*tls.Conn); ok {
+		return tc.NetConn()
+	}
+	return c
 }
 
 func isTimeout(err error) bool {

@@ -140,7 +140,7 @@ func (s *TCPServer) servePair(c *appConn) {
 		s.obs.PairEnded(PairDialError, 0, 0)
 		return
 	}
-	p := newPair(c.Conn, pc.NetConn().(*net.TCPConn), *s.policy.Load())
+	p := newPair(c.Conn, pc.NetConn(), *s.policy.Load())
 	if !s.track(p) {
 		p.stop() // Shutdown came first: run returns at once
 	}

@@ -44,19 +44,18 @@ var (
 	// errShuttingDown is a 101 that came after Shutdown began: no pair is
 	// made, the app gets 503 and the upstream connection an RST.
 	errShuttingDown = errors.New("upgrade not made: the listener is shutting down")
-	errNotTCP       = errors.New("upgrade not made: the upstream connection is not a TCP socket")
 )
 
 // upgraded is an upgrade between its 101 and its pair: both connections
 // and what has already been read of them.
 type upgraded struct {
-	s     *Server
-	app   *appConn
-	up    *Upstream
-	c     *pool.Conn
-	upTCP *net.TCPConn
-	toApp []byte // the 101's head and what the upstream sent behind it
-	start time.Time
+	s      *Server
+	app    *appConn
+	up     *Upstream
+	c      *pool.Conn
+	upConn net.Conn
+	toApp  []byte // the 101's head and what the upstream sent behind it
+	start  time.Time
 }
 
 // switchProtocols takes c, on which the upstream answered the exchange's
@@ -74,11 +73,6 @@ func (x *exchange) switchProtocols(c *pool.Conn, head []byte) error {
 	toApp := make([]byte, 0, len(head)+len(rest))
 	toApp = append(append(toApp, head...), rest...)
 
-	upTCP, ok := c.NetConn().(*net.TCPConn)
-	if !ok { // the pool dials TCP only
-		x.up.Pool.Reset(c, pool.CauseError)
-		return errNotTCP
-	}
 	s.mu.Lock()
 	if s.shut {
 		s.mu.Unlock()
@@ -87,7 +81,7 @@ func (x *exchange) switchProtocols(c *pool.Conn, head []byte) error {
 	}
 	s.pairWG.Add(1)
 	s.mu.Unlock()
-	u := &upgraded{s: s, app: x.app, up: x.up, c: c, upTCP: upTCP, toApp: toApp, start: time.Now()}
+	u := &upgraded{s: s, app: x.app, up: x.up, c: c, upConn: c.NetConn(), toApp: toApp, start: time.Now()}
 	x.app.upgrade.Store(u)
 	x.ctx.HijackSetNoResponse(true)
 	x.ctx.Hijack(func(nc net.Conn) { s.serveUpgraded(u, nc) })
@@ -125,7 +119,7 @@ func takeBuffered(nc, raw net.Conn) []byte {
 func (s *Server) runUpgraded(u *upgraded, toUp []byte) {
 	defer s.pairWG.Done()
 	policy := *s.policy.Load()
-	p := newPair(u.app.Conn, u.upTCP, policy)
+	p := newPair(u.app.Conn, u.upConn, policy)
 	p.preload(toUp, u.toApp)
 	if !s.trackPair(p) {
 		p.stop() // Shutdown came first: run returns at once

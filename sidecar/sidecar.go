@@ -27,6 +27,7 @@ import (
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/proxy"
 	"github.com/unstuck-proxy/unstuck/sockopt"
+	"github.com/unstuck-proxy/unstuck/tlsclient"
 )
 
 // Sidecar is a running unstuck. Its methods may be called from any
@@ -199,6 +200,13 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		}
 		pc := poolConfig(name, uc, s.log, s.metrics.Upstream(name))
 		pc.Stream = stream
+		if uc.TLS.Enabled {
+			tc, err := tlsclient.New(uc.TLS, stream)
+			if err != nil {
+				return fmt.Errorf("upstream %s: %w", name, err)
+			}
+			pc.TLS, pc.TLSHandshakeTimeout = tc, uc.Dial.TLSHandshakeTimeout
+		}
 		p, err := pool.New(pc)
 		if err != nil {
 			return fmt.Errorf("upstream %s: %w", name, err)
@@ -246,6 +254,12 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 
 	// Everything exists: switch over.
 	s.level.SetLevel(levelOf(cfg.Log.Level))
+	for _, name := range slices.Sorted(maps.Keys(cfg.Upstreams)) {
+		if t := cfg.Upstreams[name].TLS; t.Enabled && t.InsecureSkipVerify {
+			s.log.Warn("tls.insecure_skip_verify: the upstream's certificate is not verified; anyone on the path can read and change its traffic",
+				zap.String("upstream", name))
+		}
+	}
 	for name, l := range newLns {
 		lc := cfg.Listeners[name]
 		pc := proxyConfig(name, lc, cfg, newUps[lc.Upstream].pool, s.log, nil)
@@ -493,6 +507,25 @@ func (s *Sidecar) watchSockets() {
 	if err := s.metrics.SetSockets(ctx, ports, eps); err != nil {
 		s.log.Warn("socket metrics: cannot resolve an endpoint", zap.Error(err))
 	}
+}
+
+// TLSProblems reads the TLS files of cfg's upstreams as a start would
+// (CA bundle, client certificate and key, the key matching the
+// certificate), for unstuck check. The error, if any, is a
+// config.Problems.
+func TLSProblems(cfg *config.Config) error {
+	var ps config.Problems
+	for _, name := range slices.Sorted(maps.Keys(cfg.Upstreams)) {
+		if u := cfg.Upstreams[name]; u.TLS.Enabled {
+			if _, err := tlsclient.New(u.TLS, servesTCP(cfg, name)); err != nil {
+				ps = append(ps, config.Problem{Key: "upstreams." + name + ".tls", Msg: err.Error()})
+			}
+		}
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps
 }
 
 // servesTCP reports whether upstream name is a tcp listener's (config

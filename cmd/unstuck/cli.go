@@ -16,6 +16,7 @@ import (
 
 	"github.com/unstuck-proxy/unstuck"
 	"github.com/unstuck-proxy/unstuck/config"
+	"github.com/unstuck-proxy/unstuck/sidecar"
 )
 
 // serveFunc is serve; tests swap it to see whether and how it is called.
@@ -123,7 +124,9 @@ func newCheckCmd(stdout, stderr io.Writer, environ []string) *cobra.Command {
 		Short: "Validate the configuration and exit",
 		Long: `check loads the configuration exactly as unstuck would, prints
 "ok: N listeners, M upstreams" and exits 0, or prints every problem and
-exits 1. An UNSTUCK_ variable that names no key is a warning on stderr.
+exits 1. It reads the TLS files of upstreams with tls.enabled as a start
+would: the CA bundle, the client certificate and its key, which must
+match. An UNSTUCK_ variable that names no key is a warning on stderr.
 
 Environment variables override the file: UNSTUCK_ and the key in upper
 case with "." and "-" written as "_", such as UNSTUCK_LOG_LEVEL=debug or
@@ -177,6 +180,9 @@ func loadConfig(cmd *cobra.Command, stderr io.Writer, environ []string) (*config
 func loadWarn(cmd *cobra.Command, stderr io.Writer, environ []string) (*config.Config, []config.Problem, error) {
 	var warnings []config.Problem
 	cfg, err := loadQuiet(cmd, environ, func(p config.Problem) { warnings = append(warnings, p) })
+	if err == nil {
+		err = sidecar.TLSProblems(cfg) // the files a start reads, read now: a bad one is named before anything listens
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "unstuck: invalid configuration:")
 		for _, p := range config.AsProblems(err) {
