@@ -125,6 +125,27 @@ type Upstream struct {
 	Timeouts   Timeouts       `key:"timeouts"`
 	Limits     UpstreamLimits `key:"limits"`
 	TLS        TLS            `key:"tls" doc:"TLS to the endpoints"`
+
+	Balance    string        `key:"balance" default:"p2c" oneof:"p2c,least_conn,round_robin" doc:"how a request picks an endpoint: p2c (the less busy of two chosen at random), least_conn (the least busy) or round_robin"`
+	DNSRefresh time.Duration `key:"dns_refresh" default:"5s" doc:"an endpoint given by name is resolved again this often, and every address it has is an endpoint; 0: resolve once, at start"`
+	Health     Health        `key:"health" doc:"active health checks, on connections of their own"`
+	Outlier    Outlier       `key:"outlier" doc:"passive health: endpoints that keep failing requests are ejected for a while"`
+}
+
+// Health configures active health checks of an upstream's endpoints.
+type Health struct {
+	Interval  time.Duration `key:"interval" default:"0s" doc:"check each endpoint this often; 0: no active checks"`
+	Path      string        `key:"path" default:"" doc:"GET this path and want a 2xx; empty, and for tcp upstreams: a TCP connect (and TLS handshake) is the check"`
+	Timeout   time.Duration `key:"timeout" default:"1s" min:"1ns" doc:"a check that takes longer fails; more than 0"`
+	Healthy   int           `key:"healthy" default:"2" min:"1" doc:"passes in a row that bring an ejected endpoint back"`
+	Unhealthy int           `key:"unhealthy" default:"3" min:"1" doc:"failures in a row that eject an endpoint"`
+}
+
+// Outlier configures passive outlier ejection.
+type Outlier struct {
+	ConsecutiveFailures int           `key:"consecutive_failures" default:"5" doc:"failed dials, resets and 5xx answers in a row that eject an endpoint; 0: never"`
+	BaseEjection        time.Duration `key:"base_ejection" default:"30s" min:"1ns" doc:"the first ejection lasts this long, each next one of the same endpoint longer (2x, 3x...); more than 0"`
+	MaxEjectionPercent  int           `key:"max_ejection_percent" default:"50" max:"100" doc:"at most this share of the endpoints is ejected by outlier detection at once; 0 to 100"`
 }
 
 // TLS configures TLS to an upstream's endpoints.

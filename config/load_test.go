@@ -76,41 +76,21 @@ func problemLines(t *testing.T, opts LoadOptions) []string {
 }
 
 // wantDefaultConfig is what the repository's config.yaml says.
+// wantDefaultConfig is the built-in config.yaml as Load decodes it: the
+// schema's defaults (which TestConfigYAML holds config.yaml to) with its
+// listener and upstream named.
 func wantDefaultConfig() *Config {
-	keepalive := Keepalive{Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3}
+	l, u := DefaultListener(), DefaultUpstream()
+	l.Name, l.Listen, l.Upstream = "app", "127.0.0.1:8080", "backend"
+	u.Name, u.Endpoints = "backend", []string{"127.0.0.1:9000"}
 	return &Config{
 		Log:             Log{Level: "info", Format: "console"},
 		Admin:           Admin{Listen: "127.0.0.1:9901"},
 		ShutdownTimeout: 10 * time.Second,
 
 		ReleaseMemoryAfterIdle: 2 * time.Second,
-		Listeners: map[string]Listener{"app": {
-			Name: "app", Listen: "127.0.0.1:8080", Protocol: "http", Upstream: "backend",
-			IdleReleaseAfter: time.Second,
-			Linger:           sockopt.Linger{Mode: sockopt.Reset},
-			AppFinTimeout:    5 * time.Second,
-			SocketMode:       0o660,
-			Keepalive:        keepalive,
-
-			ReadHeaderTimeout: 10 * time.Second,
-			BodyReadTimeout:   time.Minute,
-			SendTimeout:       time.Minute,
-			Limits:            ListenerLimits{RequestHeaderBytes: 64 << 10},
-			HalfClose:         "propagate",
-			HalfCloseTimeout:  5 * time.Second,
-			Upgrade:           true,
-		}},
-		Upstreams: map[string]Upstream{"backend": {
-			Name: "backend", Endpoints: []string{"127.0.0.1:9000"},
-			Linger:  sockopt.Linger{Mode: sockopt.Graceful},
-			Retries: 2,
-			Pool: PoolLimits{MaxConns: 512, MaxIdle: 128, IdleTimeout: 90 * time.Second,
-				AcquireTimeout: time.Second},
-			Dial:     Dial{Timeout: 2 * time.Second, Keepalive: keepalive, TLSHandshakeTimeout: 5 * time.Second},
-			Timeouts: Timeouts{ResponseHeader: 30 * time.Second, ResponseIdle: time.Minute, Write: time.Minute},
-			Limits:   UpstreamLimits{ResponseHeaderBytes: 64 << 10},
-			TLS:      TLS{MinVersion: "1.2", ALPN: []string{}},
-		}},
+		Listeners:              map[string]Listener{"app": l},
+		Upstreams:              map[string]Upstream{"backend": u},
 	}
 }
 
@@ -164,14 +144,16 @@ func TestFullFile(t *testing.T) {
 		Admin:           Admin{Listen: "[::1]:9902"},
 		ShutdownTimeout: 30 * time.Second,
 		Listeners: map[string]Listener{
-			"web": {Name: "web", Listen: "unix:/run/unstuck/web.sock", Protocol: "http", Upstream: "api",
-				IdleTimeout: 5 * time.Minute, IdleReleaseAfter: 250 * time.Millisecond, Linger: sockopt.Linger{Mode: sockopt.Bounded, Timeout: 3 * time.Second},
-				AppFinTimeout: 500 * time.Millisecond, ReusePort: true, SocketMode: 0o600,
-				Keepalive:         Keepalive{Interval: 10 * time.Second, Count: 3},
-				UserTimeout:       1500 * time.Millisecond,
-				ReadHeaderTimeout: 2 * time.Second, BodyReadTimeout: 0, SendTimeout: 30 * time.Second,
-				Limits:    ListenerLimits{RequestHeaderBytes: 16 << 10, RequestBodyBytes: 8 << 20, MaxConns: 1000},
-				HalfClose: "propagate", HalfCloseTimeout: 5 * time.Second, Upgrade: true},
+			"web": func() Listener {
+				l := DefaultListener()
+				l.Name, l.Listen, l.Upstream = "web", "unix:/run/unstuck/web.sock", "api"
+				l.IdleTimeout, l.IdleReleaseAfter, l.Linger = 5*time.Minute, 250*time.Millisecond, sockopt.Linger{Mode: sockopt.Bounded, Timeout: 3 * time.Second}
+				l.AppFinTimeout, l.ReusePort, l.SocketMode = 500*time.Millisecond, true, 0o600
+				l.Keepalive, l.UserTimeout = Keepalive{Interval: 10 * time.Second, Count: 3}, 1500*time.Millisecond
+				l.ReadHeaderTimeout, l.BodyReadTimeout, l.SendTimeout = 2*time.Second, 0, 30*time.Second
+				l.Limits = ListenerLimits{RequestHeaderBytes: 16 << 10, RequestBodyBytes: 8 << 20, MaxConns: 1000}
+				return l
+			}(),
 			"admin": func() Listener {
 				l := DefaultListener()
 				l.Name, l.Listen, l.Upstream, l.Linger = "admin", "[::1]:8081", "static", sockopt.Linger{Mode: sockopt.Graceful}
@@ -179,18 +161,20 @@ func TestFullFile(t *testing.T) {
 			}(),
 		},
 		Upstreams: map[string]Upstream{
-			"api": {Name: "api", Endpoints: []string{"10.0.0.1:9000", "api.internal:9001"},
-				HostHeader: "api.example.com", Linger: sockopt.Linger{Mode: sockopt.Reset},
-				Pool: PoolLimits{MaxConns: 64, MaxIdle: 8, IdleTimeout: 90 * time.Second, MaxLifetime: 10 * time.Minute,
-					MaxRequests: 1000, AcquireTimeout: 250 * time.Millisecond},
-				Dial: Dial{Timeout: 500 * time.Millisecond, Source: netip.MustParseAddr("2001:db8::5"),
+			"api": func() Upstream {
+				u := DefaultUpstream()
+				u.Name, u.Endpoints = "api", []string{"10.0.0.1:9000", "api.internal:9001"}
+				u.HostHeader, u.Linger, u.Retries = "api.example.com", sockopt.Linger{Mode: sockopt.Reset}, 0
+				u.Pool = PoolLimits{MaxConns: 64, MaxIdle: 8, IdleTimeout: 90 * time.Second, MaxLifetime: 10 * time.Minute,
+					MaxRequests: 1000, AcquireTimeout: 250 * time.Millisecond}
+				u.Dial = Dial{Timeout: 500 * time.Millisecond, Source: netip.MustParseAddr("2001:db8::5"),
 					SourcePorts: PortRange{Lo: 20000, Hi: 29999},
 					Keepalive:   Keepalive{Idle: time.Minute, Interval: 5 * time.Second, Count: 5},
-					UserTimeout: 30 * time.Second, TLSHandshakeTimeout: 5 * time.Second},
-				Timeouts: Timeouts{ResponseIdle: 15 * time.Second, Write: 0},
-				Limits:   UpstreamLimits{ResponseHeaderBytes: 131072},
-				TLS:      TLS{MinVersion: "1.2", ALPN: []string{}},
-			},
+					UserTimeout: 30 * time.Second, TLSHandshakeTimeout: 5 * time.Second}
+				u.Timeouts = Timeouts{ResponseIdle: 15 * time.Second, Write: 0}
+				u.Limits = UpstreamLimits{ResponseHeaderBytes: 131072}
+				return u
+			}(),
 			"static": func() Upstream {
 				u := DefaultUpstream()
 				u.Name, u.Endpoints = "static", []string{"127.0.0.1:9100"}
