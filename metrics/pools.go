@@ -35,6 +35,7 @@ func (m *Metrics) RemovePool(name string) {
 // poolCollector reports each added pool's connections by endpoint and state.
 type poolCollector struct {
 	conns *prometheus.Desc
+	up    *prometheus.Desc
 
 	mu    sync.Mutex
 	pools map[string]StatsSource // guarded by mu
@@ -45,11 +46,14 @@ func newPoolCollector() *poolCollector {
 		conns: prometheus.NewDesc("unstuck_upstream_connections",
 			"Open upstream connections at scrape time, by state: idle (pooled, watched for a FIN) or active (serving a request, or dialing).",
 			[]string{"upstream", "endpoint", "state"}, nil),
+		up: prometheus.NewDesc("unstuck_upstream_endpoint_up",
+			"1 for an endpoint taking requests; 0 while it is unhealthy (active checks), ejected (outlier detection) or draining (gone from DNS), as state says.",
+			[]string{"upstream", "endpoint", "state"}, nil),
 		pools: make(map[string]StatsSource),
 	}
 }
 
-func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.conns }
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.conns; ch <- c.up }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	type named struct {
@@ -81,6 +85,11 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 			merged = append(merged, s)
 		}
 		for _, s := range merged {
+			up := 0.0
+			if s.State == "up" {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, np.name, s.Endpoint, s.State)
 			ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue,
 				float64(s.Idle), np.name, s.Endpoint, "idle")
 			ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue,

@@ -31,6 +31,8 @@ const (
 	CauseTimeout     Cause = "timeout"      // the kernel gave up on the upstream (keepalive, user_timeout)
 	CausePairEnd     Cause = "pair_end"     // a TCP pair ended from the app's side or by its timeouts
 	CauseRetired     Cause = "retired"      // idle nearly as long as the server lets idle connections live
+	CauseDrained     Cause = "drained"      // its endpoint left the set (DNS): idle connections close
+	CauseEjected     Cause = "ejected"      // its endpoint was ejected (health checks, outlier detection)
 )
 
 func causeOfPeek(r sockopt.PeekResult) Cause {

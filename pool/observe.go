@@ -53,15 +53,19 @@ type EndpointStats struct {
 	Open     int    `json:"open"` // busy, idle or dialing
 	Idle     int    `json:"idle"`
 	Waiters  int    `json:"waiters"`
+	// State is up (taking requests), unhealthy (active checks), ejected
+	// (outlier detection) or draining (gone from DNS).
+	State string `json:"state"`
 }
 
 // Stats returns per-endpoint counts: cheap, for metrics at scrape time.
 func (p *Pool) Stats() []EndpointStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := time.Now()
 	out := make([]EndpointStats, len(p.eps))
 	for i, ep := range p.eps {
-		out[i] = EndpointStats{Endpoint: ep.addr, Open: ep.conns, Idle: ep.idle.len, Waiters: len(ep.waiters)}
+		out[i] = EndpointStats{Endpoint: ep.addr, Open: ep.conns, Idle: ep.idle.len, Waiters: len(ep.waiters), State: ep.stateName(now)}
 	}
 	return out
 }

@@ -72,6 +72,12 @@ type Config struct {
 	AcquireTimeout time.Duration // wait for a free slot at MaxConns; 0: no limit
 	DialTimeout    time.Duration // 0: the kernel's own connect timeout
 
+	// Balance is how an Acquire picks an endpoint: BalanceP2C (default),
+	// BalanceLeastConn or BalanceRoundRobin, on requests in flight.
+	Balance string
+	// Outlier ejects endpoints whose requests keep failing.
+	Outlier OutlierConfig
+
 	// MinIdle connections, across the endpoints, are kept dialed and idle
 	// (a warm pool): a background goroutine replaces each one taken or
 	// closed, backing off while dials fail. 0: none.
@@ -158,6 +164,10 @@ type Pool struct {
 	lingering    sync.WaitGroup
 	lingerWaited bool
 
+	// downs counts the endpoints with a reason to take no requests
+	// (endpointState): while it is 0, no acquire looks at the clock.
+	downs int
+
 	victims  []victim // onReadable's buffer; the watcher goroutine owns it
 	cleaning bool     // the cleaner goroutine runs
 
@@ -168,12 +178,13 @@ type Pool struct {
 
 // endpoint is one host:port. All fields but addr are guarded by Pool.mu.
 type endpoint struct {
-	addr    string
-	tls     *tls.Config // Config.TLS with this endpoint's ServerName; nil: plain TCP
-	conns   int         // open or being dialed; at most MaxConns
-	idle    connList    // most recently released at the front
-	waiters []*waiter   // FIFO of Acquire calls waiting for a slot
-	finAges idleFINs    // how long idle connections lasted before the server's FIN (warm.go)
+	addr          string
+	tls           *tls.Config // Config.TLS with this endpoint's ServerName; nil: plain TCP
+	conns         int         // open or being dialed; at most MaxConns
+	idle          connList    // most recently released at the front
+	waiters       []*waiter   // FIFO of Acquire calls waiting for a slot
+	finAges       idleFINs    // how long idle connections lasted before the server's FIN (warm.go)
+	endpointState             // why it takes no new requests, if it does not (endpoints.go)
 }
 
 // waiter is an Acquire blocked at MaxConns. It receives either a released
@@ -209,7 +220,7 @@ func New(cfg Config) (*Pool, error) {
 	p.dialCtx, p.cancelDials = context.WithCancel(context.Background())
 	p.readers.size = cfg.ResponseHeaderBytes
 	for _, addr := range cfg.Endpoints {
-		p.eps = append(p.eps, &endpoint{addr: addr, tls: tlsFor(cfg.TLS, addr)})
+		p.eps = append(p.eps, p.newEndpoint(Addr{Addr: addr}))
 	}
 	p.closeq = make(chan victim, 1024)
 	for range 2 * runtime.GOMAXPROCS(0) { // close(2) on loopback also runs the peer's side
@@ -289,7 +300,12 @@ func newDialer(cfg Config) net.Dialer {
 // The caller owns the connection until it passes it to Release or Discard,
 // and never touches it after that.
 func (p *Pool) Acquire(careful bool) (*Conn, error) {
-	start := int(p.rr.Add(1))
+	p.mu.Lock()
+	start, err := p.pickLocked()
+	p.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	var now time.Time
 	if careful {
 		now = time.Now()
@@ -339,13 +355,20 @@ var testHookAcquireRelock atomic.Pointer[func()]
 // The caller owns the connection until it passes it to Release or Discard,
 // and never touches it after that.
 func (p *Pool) AcquireNew() (*Conn, error) {
-	start := int(p.rr.Add(1))
 	p.mu.Lock()
+	start, err := p.pickLocked()
+	if err != nil {
+		p.mu.Unlock()
+		return nil, err
+	}
 	if done, c, err := p.dialFreeSlotLocked(start); done {
 		return c, err
 	}
 	for i := range p.eps {
 		ep := p.eps[(start+i)%len(p.eps)]
+		if !p.usableLocked(ep) {
+			continue
+		}
 		if c := ep.idle.back; c != nil {
 			p.takeLocked(c)
 			delete(p.all, c.id) // its slot stays counted, for the new one
@@ -381,7 +404,7 @@ func (p *Pool) dialFreeSlotLocked(start int) (done bool, c *Conn, err error) {
 func (p *Pool) reserveSlotLocked(start int) *endpoint {
 	for i := range p.eps {
 		ep := p.eps[(start+i)%len(p.eps)]
-		if ep.conns < p.cfg.MaxConns {
+		if ep.conns < p.cfg.MaxConns && p.usableLocked(ep) {
 			ep.conns++
 			return ep
 		}
@@ -449,6 +472,9 @@ func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 func (p *Pool) popIdleLocked(start int, settled bool, now time.Time) *Conn {
 	for i := range p.eps {
 		ep := p.eps[(start+i)%len(p.eps)]
+		if !p.usableLocked(ep) {
+			continue
+		}
 		c := ep.idle.front
 		if settled {
 			c = ep.idle.back
@@ -556,7 +582,11 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		de := p.dialFailed(ep, err)
 		p.mu.Lock()
 		p.forgetLocked(ep)
+		ejected := p.outcomeLocked(ep, true, nil)
 		p.mu.Unlock()
+		for _, c := range ejected {
+			p.closeConn(c, CauseEjected)
+		}
 		if ce := p.log.Check(zapcore.DebugLevel, "upstream dial failed"); ce != nil {
 			ce.Write(zap.String("endpoint", ep.addr), zap.Error(err))
 		}
@@ -935,6 +965,9 @@ func (p *Pool) forgetLocked(ep *endpoint) {
 		return
 	}
 	ep.conns--
+	if ep.draining && ep.conns == 0 {
+		p.removeDrainedLocked()
+	}
 }
 
 func (ep *endpoint) popWaiterLocked() *waiter {

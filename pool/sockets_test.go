@@ -248,6 +248,7 @@ func TestSourcePortsSharedAcrossEndpoints(t *testing.T) {
 	}
 	p := newTestPool(t, Config{
 		Endpoints:   endpoints,
+		Balance:     BalanceRoundRobin, // 100 to each endpoint: as many as the range has ports
 		Source:      netip.MustParseAddr("127.0.0.3"),
 		SourcePorts: PortRange{Lo: 41000, Hi: 41000 + rangeSize - 1},
 		Linger:      sockopt.Linger{Mode: sockopt.Reset}, // leave no TIME_WAIT behind

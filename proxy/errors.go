@@ -38,7 +38,7 @@ func (e *upstreamError) Unwrap() error { return e.err }
 // Shutdown, 504 on any timeout, 502 otherwise (refused, reset, closed,
 // malformed).
 func statusFor(err error) int {
-	if errors.Is(err, pool.ErrExhausted) || errors.Is(err, pool.ErrClosed) || errors.Is(err, errShuttingDown) {
+	if errors.Is(err, pool.ErrExhausted) || errors.Is(err, pool.ErrClosed) || errors.Is(err, pool.ErrNoEndpoint) || errors.Is(err, errShuttingDown) {
 		return fasthttp.StatusServiceUnavailable
 	}
 	var ue *upstreamError

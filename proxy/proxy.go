@@ -632,6 +632,9 @@ func (x *exchange) failed(op string, c *pool.Conn, err error, phase, timeoutPhas
 // not known.
 func (x *exchange) giveBack(c *pool.Conn, cause pool.Cause) {
 	x.app.detach()
+	// For outlier ejection: an upstream that failed the exchange (not an
+	// app that went away) or answered 5xx.
+	x.up.Pool.Outcome(c, cause == pool.CauseError && !x.app.wasAborted() || x.ctx.Response.Header.StatusCode() >= 500)
 	if cause == "" && x.upgrade {
 		cause = pool.CausePairEnd
 	}
