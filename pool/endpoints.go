@@ -211,12 +211,21 @@ func (p *Pool) takeIdleLocked(ep *endpoint, out []*Conn) []*Conn {
 
 // SetHealthy marks the endpoint addr healthy or not, as active health
 // checks find it. An unhealthy endpoint gets no new requests and its idle
-// connections close with the linger, until it is healthy again.
+// connections close with the linger, until it is healthy again. Healthy
+// also ends an outlier ejection: the check shows the endpoint serves.
 func (p *Pool) SetHealthy(addr string, healthy bool) {
 	p.mu.Lock()
 	var idle []*Conn
 	for _, ep := range p.eps {
-		if ep.addr != addr || ep.unhealthy == !healthy {
+		if ep.addr != addr {
+			continue
+		}
+		if healthy && !ep.ejectedUntil.IsZero() {
+			p.setOutLocked(ep, func() { ep.ejectedUntil = time.Time{} })
+			ep.failures.Store(0)
+			p.log.Info("endpoint back from ejection: its health check passes", zap.String("endpoint", addr))
+		}
+		if ep.unhealthy == !healthy {
 			continue
 		}
 		p.setOutLocked(ep, func() { ep.unhealthy = !healthy })

@@ -241,7 +241,7 @@ func (p *Pool) isClosed() bool {
 func (p *Pool) takeIdleForTest() *Conn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	c := p.popIdleLocked(0, false, time.Time{})
+	c := p.popIdleLocked(0, 1, false, time.Time{})
 	c.released.Store(false)
 	return c
 }

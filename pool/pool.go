@@ -312,7 +312,23 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 	}
 	settled := careful
 	for {
-		if c := p.acquireIdle(start, settled, now); c != nil {
+		// The endpoint the balancer picked first: its idle connection, or
+		// a new one to it. Only when it has neither room nor an idle one
+		// do the others' idle connections count, so that idle
+		// connections do not keep a less busy endpoint out.
+		if c := p.acquireIdle(start, 1, settled, now); c != nil {
+			p.warmHit()
+			return c, nil
+		}
+		p.mu.Lock()
+		if ep := p.eps[start%len(p.eps)]; !p.closed && ep.conns < p.cfg.MaxConns && p.usableLocked(ep) {
+			ep.conns++
+			p.mu.Unlock()
+			p.warmMiss()
+			return p.dial(ep)
+		}
+		p.mu.Unlock()
+		if c := p.acquireIdle(start, len(p.eps), settled, now); c != nil {
 			p.warmHit()
 			return c, nil
 		}
@@ -423,18 +439,18 @@ func (p *Pool) waitUnlock(start int, fresh bool) (*Conn, error) {
 }
 
 // acquireIdle hands out an idle connection that passes the peek before
-// reuse, trying endpoints in round-robin order from start; settled asks
+// reuse, trying span endpoints in round-robin order from start; settled asks
 // for one idle since at least SettleTime before now. It closes the dead
 // ones it finds on the way, and returns nil if none is left. The one
 // syscall of a hand-out, the peek, runs outside p.mu.
-func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
+func (p *Pool) acquireIdle(start, span int, settled bool, now time.Time) *Conn {
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
 			return nil
 		}
-		c := p.popIdleLocked(start, settled, now)
+		c := p.popIdleLocked(start, span, settled, now)
 		retire := c != nil && p.cfg.Stream && c.ep.finAges.outlived(c, time.Now())
 		if retire {
 			p.dropLocked(c)
@@ -469,8 +485,8 @@ func (p *Pool) acquireIdle(start int, settled bool, now time.Time) *Conn {
 // popIdleLocked takes an idle connection out of its endpoint's idle list:
 // the most recently released, or with settled the longest idle, and only
 // if it has been idle for at least SettleTime. p.mu must be held.
-func (p *Pool) popIdleLocked(start int, settled bool, now time.Time) *Conn {
-	for i := range p.eps {
+func (p *Pool) popIdleLocked(start, span int, settled bool, now time.Time) *Conn {
+	for i := range min(span, len(p.eps)) {
 		ep := p.eps[(start+i)%len(p.eps)]
 		if !p.usableLocked(ep) {
 			continue

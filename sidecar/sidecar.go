@@ -22,6 +22,7 @@ import (
 
 	"github.com/unstuck-proxy/unstuck/admin"
 	"github.com/unstuck-proxy/unstuck/config"
+	"github.com/unstuck-proxy/unstuck/health"
 	"github.com/unstuck-proxy/unstuck/internal/memrelease"
 	"github.com/unstuck-proxy/unstuck/metrics"
 	"github.com/unstuck-proxy/unstuck/pool"
@@ -58,6 +59,18 @@ type upstream struct {
 	cfg    config.Upstream
 	stream bool // its listeners are tcp listeners: a stream pool
 	pool   *pool.Pool
+	// stopChecks ends the pool's active health checks and waits for them;
+	// nil until they start (and without checks).
+	stopChecks func()
+}
+
+// close stops u's checks, then closes its pool: idle connections close
+// now, busy ones when released.
+func (u *upstream) close() {
+	if u.stopChecks != nil {
+		u.stopChecks()
+	}
+	u.pool.Close()
 }
 
 type listener struct {
@@ -283,6 +296,9 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	for name, u := range newUps {
 		s.metrics.AddPool(name, u.pool)
 	}
+	for _, u := range created {
+		u.startChecks(s.log)
+	}
 
 	// Retire what was replaced or removed, without waiting for it here.
 	timeout := cfg.ShutdownTimeout
@@ -309,7 +325,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 			s.retiring.Add(1)
 			go func() {
 				defer s.retiring.Done()
-				old.pool.Close() // idle connections close now; busy ones when released
+				old.close()
 			}()
 		}
 	}
@@ -428,7 +444,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	for _, u := range ups {
-		u.pool.Close()
+		u.close()
 	}
 	s.retiring.Wait()
 	if adm != nil {
@@ -528,6 +544,30 @@ func TLSProblems(cfg *config.Config) error {
 	return ps
 }
 
+// startChecks starts u's active health checks, if it has any: a GET of
+// health.path, or for a tcp upstream or without a path a connect.
+func (u *upstream) startChecks(log *zap.Logger) {
+	h := u.cfg.Health
+	if h.Interval <= 0 {
+		return
+	}
+	path := h.Path
+	if u.stream {
+		path = "" // a tcp upstream need not speak HTTP
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		health.Run(ctx, health.Config{
+			Interval: h.Interval, Timeout: h.Timeout, Path: path, Host: u.cfg.HostHeader,
+			Healthy: h.Healthy, Unhealthy: h.Unhealthy,
+			Logger: log.Named("health").With(zap.String("upstream", u.cfg.Name)),
+		}, u.pool)
+	}()
+	u.stopChecks = func() { cancel(); <-done }
+}
+
 // servesTCP reports whether upstream name is a tcp listener's (config
 // validation makes an upstream serve tcp or http listeners, not both).
 func servesTCP(cfg *config.Config, name string) bool {
@@ -553,12 +593,18 @@ func needsNewServer(a, b config.Listener) bool {
 // poolConfig maps an upstream's configuration to its pool's.
 func poolConfig(name string, u config.Upstream, log *zap.Logger, obs pool.Observer) pool.Config {
 	return pool.Config{
-		Name:           name,
-		Endpoints:      u.Endpoints,
-		Linger:         u.Linger,
-		MaxConns:       u.Pool.MaxConns,
-		MaxIdle:        u.Pool.MaxIdle,
-		MinIdle:        u.Pool.MinIdle,
+		Name:      name,
+		Endpoints: u.Endpoints,
+		Linger:    u.Linger,
+		MaxConns:  u.Pool.MaxConns,
+		MaxIdle:   u.Pool.MaxIdle,
+		MinIdle:   u.Pool.MinIdle,
+		Balance:   u.Balance,
+		Outlier: pool.OutlierConfig{
+			ConsecutiveFailures: u.Outlier.ConsecutiveFailures,
+			BaseEjection:        u.Outlier.BaseEjection,
+			MaxEjectionPercent:  u.Outlier.MaxEjectionPercent,
+		},
 		IdleTimeout:    u.Pool.IdleTimeout,
 		MaxLifetime:    u.Pool.MaxLifetime,
 		MaxRequests:    u.Pool.MaxRequests,
