@@ -42,10 +42,10 @@ type Addr struct{ Addr, Name string }
 // endpointState is why an endpoint takes no new requests; zero: it does.
 // Guarded by Pool.mu.
 type endpointState struct {
-	draining     bool      // removed from the set (SetEndpoints): its connections finish, then it goes
-	unhealthy    bool      // failed active health checks (SetHealthy)
-	ejectedUntil time.Time // outlier ejection, until then
-	ejections    int       // outlier ejections so far; the next lasts one base longer
+	draining     bool         // removed from the set (SetEndpoints): its connections finish, then it goes
+	unhealthy    bool         // failed active health checks (SetHealthy)
+	ejectedUntil time.Time    // outlier ejection, until then
+	ejections    int          // outlier ejections so far; the next lasts one base longer
 	failures     atomic.Int32 // requests failed in a row (Outcome, dial failures); read without the lock by Outcome
 }
 
