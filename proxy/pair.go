@@ -133,11 +133,7 @@ func (p *pair) run() pairEnd {
 	refused := finFirst && !first.fromApp && !p.appSentAnything()
 	if finFirst && p.policy.propagate && !refused {
 		// Pass the FIN on and let the other direction finish.
-		var dst net.Conn = p.up
-		if !first.fromApp {
-			dst = p.app
-		}
-		closeWrite(dst)
+		closeWrite(p.destOf(first))
 		p.halfClosedBy.Store(time.Now().Add(p.policy.halfCloseTimeout).UnixNano())
 		p.rearm()
 	} else {
@@ -145,6 +141,12 @@ func (p *pair) run() pairEnd {
 	}
 	second := <-results
 	p.count(&end, second)
+	if finFirst && p.policy.propagate && !refused && second.err == nil {
+		// The other direction ended with a FIN too: pass it on, so that
+		// its peer reads the end of stream (EOF), not the close that
+		// follows.
+		closeWrite(p.destOf(second))
+	}
 
 	switch {
 	case !finFirst:
@@ -176,6 +178,14 @@ func (p *pair) appSentAnything() bool {
 		return info.Bytes_received > 0
 	}
 	return p.sentToUpstream.Load() > 0
+}
+
+// destOf is the connection a direction writes to.
+func (p *pair) destOf(c copied) net.Conn {
+	if c.fromApp {
+		return p.up
+	}
+	return p.app
 }
 
 func (p *pair) count(end *pairEnd, c copied) {

@@ -641,3 +641,27 @@ func TestTCPShutdownEndsPairs(t *testing.T) {
 		t.Errorf("upstream read %v; want a reset", err)
 	}
 }
+
+// TestPairAppHalfClosesThenReadsToEOF: a request-response client shuts
+// down writing, then reads the answer to its end. The upstream answers and
+// closes; the app reads every byte and then EOF, not a reset, with the
+// listener's default linger (reset) too.
+func TestPairAppHalfClosesThenReadsToEOF(t *testing.T) {
+	up := startTCPPeer(t, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		req, _ := io.ReadAll(c) // to the app's FIN
+		c.Write(append([]byte("answer to "), req...))
+	}) // the handler's return closes: the upstream's FIN
+	addr, _, _ := startTCP(t, pool.Config{}, Config{Linger: sockopt.Linger{Mode: sockopt.Reset}}, up.addr())
+	for i := range 50 {
+		app := dialTCP(t, addr)
+		app.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(app, "request %d", i)
+		app.CloseWrite()
+		got, err := io.ReadAll(app)
+		if want := fmt.Sprintf("answer to request %d", i); string(got) != want || err != nil {
+			t.Fatalf("round %d: app read %q, %v; want %q and EOF", i, got, err, want)
+		}
+		app.Close()
+	}
+}

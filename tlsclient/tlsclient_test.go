@@ -13,6 +13,7 @@ import (
 
 	"github.com/unstuck-proxy/unstuck/config"
 	"github.com/unstuck-proxy/unstuck/internal/testtls"
+	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/pool"
 )
 
@@ -136,6 +137,13 @@ func TestClientCertificateRotation(t *testing.T) {
 	os.WriteFile(keyFile, second.KeyPEM, 0o600)
 	os.Chtimes(keyFile, later.Add(time.Second), later.Add(time.Second))
 	dial()
+	// A TLS 1.3 client is done before the server has verified its
+	// certificate: wait for the server's third look.
+	wait.Until(t, 5*time.Second, "the server's third handshake", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(serials) == 3
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if want := []int64{100, 100, 200}; len(serials) != 3 || serials[0] != want[0] || serials[1] != want[1] || serials[2] != want[2] {
