@@ -14,20 +14,23 @@
 #   5. CLOSE_WAIT sockets under a legacy client
 #   6. go test -bench for pool/ and proxy/
 #   7. TCP mode ("tcp"): unstuck's protocol: tcp beside HAProxy mode tcp
-#      (as is, and with option splice-auto), nginx stream proxy_pass and a
+#      (as is, and splicing both ways), nginx stream proxy_pass and a
 #      direct connection, all to one upstream (bench/cmd/tcpbench, which
 #      is also the client), interleaved in rounds: MB/s of one bulk
-#      stream one way, the other way and both ways at once; connections
-#      per second of short pairs (connect, small request, small reply,
-#      close) from 32 workers, bounded by count and time; each proxy's
-#      CPU-seconds per GB (utime+stime from /proc/PID/stat); the ratios of
-#      unstuck to each. Then a CPU profile of unstuck under the pairs load
-#      (its admin port's /debug/pprof/profile), and the syscall counts of
-#      a separate unstuck under strace -f -c during a bulk transfer: splice
-#      thousands of times, read/write only a handful. TCP_BULK, TCP_ROUNDS,
-#      TCP_CPS_MAX and TCP_CPS_TIME override its sizes.
+#      stream (2 GiB) one way, the other way and both ways at once;
+#      connections per second of short pairs (connect, 128-byte request,
+#      512-byte reply, close) from 32 workers, each run bounded by a count
+#      (20,000) and a time (5 s); each proxy's CPU-seconds per GB and
+#      CPU-ms per 1,000 pairs (utime and stime from /proc/PID/stat); the
+#      ratios of unstuck to each, per round. Then a CPU profile of unstuck
+#      under the pairs load (its admin port's /debug/pprof/profile);
+#      unstuck under strace -f -c during a bulk transfer (thousands of
+#      splice calls, a handful of read/write); and each proxy under
+#      strace -f -c for 2,000 pairs (system calls per pair). 5 rounds;
+#      --quick: 1 round of 256 MiB and 5,000 pairs or 2 s. TCP_BULK,
+#      TCP_ROUNDS, TCP_CPS_MAX and TCP_CPS_TIME override the sizes.
 # It prints the tables and writes them to bench/RESULTS.md. It asserts
-# nothing. Full run ~13 minutes (the tcp phase ~6), --quick ~3. Needs root
+# nothing. Full run ~15 minutes (the tcp phase ~8), --quick ~3. Needs root
 # to install packages.
 # BENCH_PHASES="throughput race" runs only those phases (names: throughput
 # halfclose race memory legacy microbench tcp). Such a partial run keeps
@@ -705,11 +708,14 @@ EOF
 	start nginx-stream "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
 	local nginx_master=$LAST
 
-	# HAProxy twice: as is, and splicing (option splice-auto).
+	# HAProxy twice: as is, and splicing both ways. (option splice-auto
+	# moved most bytes with recvfrom/sendto here: 69k of each against 15k
+	# splices for 1.5 GiB.)
 	local name port splice
 	for name in haproxy haproxy-splice; do
 		port=$((TCP + 2)) splice=""
-		[[ $name == haproxy-splice ]] && port=$((TCP + 3)) splice="option splice-auto"
+		[[ $name == haproxy-splice ]] && port=$((TCP + 3)) splice="option splice-request
+    option splice-response"
 		cat >"$dir/$name.cfg" <<EOF
 global
     nbthread 2
@@ -733,15 +739,19 @@ EOF
 		if [[ $name == haproxy ]]; then TCP_HAPROXY_PID=$LAST; else TCP_HASPLICE_PID=$LAST; fi
 	done
 
-	# unstuck, its admin listener on +9 for the profile.
-	cat >"$dir/unstuck.yaml" <<EOF
+	# unstuck, its admin listener on +9 for the profile. Its config file
+	# has a directory of its own: unstuck watches the file's directory and
+	# reads the file again at every event there, such as a log line
+	# written to this phase's directory.
+	mkdir -p "$dir/unstuck"
+	cat >"$dir/unstuck/unstuck.yaml" <<EOF
 admin: {listen: 127.0.0.1:$((TCP + 9))}
 listeners:
   app: {listen: 127.0.0.1:$((TCP + 5)), protocol: tcp, upstream: backend}
 upstreams:
   backend: {endpoints: ["$up"], pool: {min_idle: 0}}
 EOF
-	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck.yaml"
+	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
 	TCP_UNSTUCK_PID=$LAST
 
 	local p
@@ -802,6 +812,34 @@ strace_proxy() {
 	done
 	stop "$sp"
 	[[ -s $dir/strace-$name.txt ]]
+}
+
+# strace_one_pair: the system calls that one pair makes in unstuck
+# (strace -f, sockets, pipes and the poller), in $TMP/tcp/one-pair.txt.
+strace_one_pair() {
+	local dir=$TMP/tcp sp child n i
+	rm -f "$dir/one-pair.strace"
+	start strace-one "$dir/strace-one.log" strace -f -o "$dir/one-pair.strace" \
+		-e trace=%network,splice,pipe2,fcntl,ioctl,epoll_ctl,shutdown,close \
+		"$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
+	sp=$LAST
+	wait_port $((TCP + 5)) || { stop "$sp"; return 1; }
+	sleep 0.5
+	n=$(wc -l <"$dir/one-pair.strace")
+	run "$dir/one-pair.md" "$dir/one-pair.err" "$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
+		-tests cps -rounds 1 -warm=false -cps-conns 1 -cps-max 1 -target "unstuck=127.0.0.1:$((TCP + 5))"
+	sleep 0.5
+	# The pair's lines: from its accept on, before unstuck is stopped.
+	tail -n +$((n + 1)) "$dir/one-pair.strace" | sed 's/^[0-9]* *//' | grep -v '^--- SIG\|EAGAIN.*accept4\|^accept4(.*EAGAIN' |
+		cut -c1-150 >"$dir/one-pair.txt"
+	child=$(pgrep -P "$sp" | head -n 1)
+	[[ -n $child ]] && kill -TERM "$child"
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$sp" 2>/dev/null || break
+		sleep 0.1
+	done
+	stop "$sp"
+	[[ -s $dir/one-pair.txt ]]
 }
 
 # strace_table: the system calls per pair of each proxy traced under the
@@ -868,18 +906,20 @@ phase_tcp() {
 	# ports are free again): unstuck for a bulk transfer (the calls that
 	# move bytes), then each for the pairs load (every call).
 	note "   unstuck under strace -f -c: $TCP_BULK one way, then both ways"
-	strace_proxy unstuck-bulk $((b + 5)) "$TCP_STRACE" bulk "$BIN/unstuck" --config "$dir/unstuck.yaml" || src=1
+	strace_proxy unstuck-bulk $((b + 5)) "$TCP_STRACE" bulk "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml" || src=1
 	note "   unstuck, HAProxy and nginx under strace -f -c: $TCP_STRACE_PAIRS pairs each"
-	strace_proxy unstuck-pairs $((b + 5)) "" pairs "$BIN/unstuck" --config "$dir/unstuck.yaml"
+	strace_proxy unstuck-pairs $((b + 5)) "" pairs "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
 	strace_proxy haproxy-pairs $((b + 2)) "" pairs haproxy -db -f "$dir/haproxy.cfg"
 	strace_proxy nginx-pairs $((b + 1)) "" pairs nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	strace_one_pair
 
 	say "## 7. TCP mode"
 	say ""
 	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
 	say "bench/cmd/tcpbench is the upstream and the client; every proxy forwards to it on 127.0.0.1:$b, and direct is the client connected to it."
 	say "unstuck: \`protocol: tcp\`, \`pool: {min_idle: 0}\`, other keys at their defaults (half_close propagate, listener linger reset)."
-	say "HAProxy: mode tcp, nbthread 2, as is (it splices nothing) and with \`option splice-auto\` (haproxy+splice)."
+	say "HAProxy: mode tcp, nbthread 2, as is (it splices nothing) and with \`option splice-request\` and \`option splice-response\` (haproxy+splice:"
+	say "every byte spliced; \`option splice-auto\` left most of them to recvfrom/sendto here)."
 	say "nginx: \`stream { proxy_pass; proxy_half_close on; }\`, worker_processes 2, proxy_buffer_size at its default (16k)."
 	say "Bulk: $TCP_BULK through one connection, client to upstream (one way: timed until the upstream's count of the bytes is back),"
 	say "upstream to client (one way back: until the client's EOF), and both at once (MB/s of the two directions together)."
@@ -888,8 +928,13 @@ phase_tcp() {
 	say "$TCP_ROUNDS rounds: in each, every test runs through every target in turn, each round starting from another target; rows are medians"
 	say "over the rounds, and 'by round' gives the ratio in each round."
 	say "CPU: user+sys of the proxy's processes (nginx: master and workers) from /proc/PID/stat ($hz ticks a second), summed over all rounds,"
-	say "per GB (10^9 bytes through the proxy; both ways counts both directions) or per 1,000 pairs. Client, upstream and proxy share the 2 cores:"
-	say "a proxy that needs less CPU leaves more to the other two, so MB/s and conn/s here are bounded by the CPU of all three."
+	say "per GB (10^9 bytes through the proxy; both ways counts both directions) or per 1,000 pairs. '+ ksoftirqd': what the kernel's"
+	say "ksoftirqd threads used meanwhile, per the same unit: packet processing (on loopback, the receiving side's TCP work) that the kernel"
+	say "deferred from the senders' system calls, which no process's /proc/PID/stat counts; the direct row is the floor. Client, upstream"
+	say "and proxy share the 2 cores: a proxy that needs less CPU leaves more to the other two, so MB/s and conn/s here are bounded by the CPU"
+	say "of all three."
+	say "Other work, cores: CPU the rest of the machine (neither tcpbench nor the proxy measured) used during that target's runs, in cores of 2"
+	say "(lowest–highest, median): on a shared machine, the noise in each run."
 	say "Targets (from the issue): unstuck's MB/s at least the others' (ratio ≥ 1.00), its conn/s at least 0.9 of theirs."
 	say ""
 	tee -a "$RUN_OUT" <"$dir/tcp.md"
@@ -897,15 +942,15 @@ phase_tcp() {
 	grep -v '^tcpbench: round ' "$dir/tcp.err" >"$dir/tcp.notes"
 	report_errors tcpbench $rc "$dir/tcp.notes"
 	local rsts
-	rsts=$(awk -F'\t' '$3 == "unstuck" && $15 == "RST"' "$dir/tcp-runs.tsv" | wc -l)
+	rsts=$(awk -F'\t' '$3 == "unstuck" && $17 == "RST"' "$dir/tcp-runs.tsv" | wc -l)
 	if ((rsts > 0)); then
 		say ""
 		say "'Ended by RST, not FIN': the client had read every byte, and where the upstream's FIN was due its read got ECONNRESET."
-		say "unstuck does this when the app half-closes first and the upstream closes after it (both ways; one way back when the client's"
-		say "FIN gets there first): the upstream's FIN ends the pair, and the app connection is then closed with the listener's"
-		say "linger, reset by default, whose RST stands in for the FIN once all data is acknowledged. An app that reads to EOF sees an error"
-		say "after a clean end. (With \`linger: graceful\` on the listener the app gets its FIN.) These runs are counted as complete: no"
-		say "byte was lost."
+		say "unstuck does this when the app half-closes first and the upstream closes after it (here: both ways, where the client sends"
+		say "its FIN after its bytes and the upstream closes once it has read it): the upstream's FIN ends the pair and is not passed on;"
+		say "the app connection is closed with the listener's linger, reset by default, whose RST stands in for the FIN whenever all data"
+		say "is acknowledged by then. An app that reads to EOF sees an error after a clean end. (With \`linger: graceful\` on the listener"
+		say "it gets its FIN.) These runs are counted as complete: no byte was lost."
 	fi
 	say ""
 	say "Every run, in the order run (value: MB/s or conn/s; ticks at $hz a second, -1: no process to read; syn_retrans: SYNs the whole"
@@ -925,7 +970,7 @@ phase_tcp() {
 		local calls errs moved per f=$dir/strace-unstuck-bulk.txt
 		calls=$(awk '$NF == "splice" {print $4}' "$f")
 		errs=$(awk '$NF == "splice" && NF == 6 {print $5}' "$f")
-		moved=$(awk -F'\t' 'NR > 1 && $16 == "" {s += $6} END {print s + 0}' "$dir/strace-unstuck-bulk.tsv")
+		moved=$(awk -F'\t' 'NR > 1 && $18 == "" {s += $6} END {printf "%.0f", s}' "$dir/strace-unstuck-bulk.tsv")
 		per=$(awk -v c="${calls:-0}" -v e="${errs:-0}" -v n="$moved" 'BEGIN { if (c - e > 0) printf "%.0f", 2 * n / (c - e) / 1024 }')
 		say "The same unstuck configuration, run for its whole life as \`strace -f -c -e trace=$TCP_STRACE\`:"
 		say "it started, moved $TCP_BULK one way through one connection and $TCP_BULK each way through another, and was stopped (SIGTERM)."
@@ -952,6 +997,15 @@ phase_tcp() {
 	say ""
 	strace_table >"$dir/strace-table.md" && tee -a "$RUN_OUT" <"$dir/strace-table.md" || say "strace gave no summary (see the messages above)."
 	say ""
+	if [[ -s $dir/one-pair.txt ]]; then
+		say "One pair through unstuck, call by call (\`strace -f -e trace=%network,splice,pipe2,fcntl,ioctl,epoll_ctl,shutdown,close\`, a fresh"
+		say "unstuck, one pair from one worker; the first pair also makes the two pipes that later pairs take from Go's pipe pool):"
+		say ""
+		say '```'
+		tee -a "$RUN_OUT" <"$dir/one-pair.txt"
+		say '```'
+		say ""
+	fi
 
 	say "### Where unstuck's CPU goes under the pairs load"
 	say ""

@@ -150,7 +150,7 @@ func main() {
 		}
 	}
 	if *raw != "" {
-		writeRaw(*raw, runs)
+		writeRaw(*raw, runs, *hz)
 	}
 	report(os.Stdout, runs, targets, order, *subject, *hz)
 }
@@ -326,7 +326,15 @@ type result struct {
 	// RST where a FIN was due (read to EOF got ECONNRESET).
 	rst bool
 	syn int64 // SYN retransmits on the whole machine during the run
-	err string
+	// other: CPU ticks the machine spent on neither the target's
+	// processes nor this one (other work, and a target without PIDs)
+	other int64
+	// ksoft: CPU ticks of the kernel's ksoftirqd threads: packet
+	// processing the kernel deferred from the senders' system calls (on
+	// loopback, the receiving side's TCP work), which no proxy's
+	// /proc/PID/stat counts
+	ksoft int64
+	err   string
 }
 
 // value is the run's headline number: MB/s or pairs/s.
@@ -387,12 +395,39 @@ type meter struct {
 	pids        []int
 	start       time.Time
 	user, sys   int64
+	busy, self  int64
+	ksoft       int64
 	synRetrans0 int64
 }
 
+// ksoftirqd are the PIDs of the kernel's ksoftirqd/N threads.
+var ksoftirqd = func() []int {
+	var pids []int
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile("/proc/" + d.Name() + "/comm"); err == nil && strings.HasPrefix(string(comm), "ksoftirqd/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}()
+
+func ksoftTicks() int64 {
+	u, s := cpuTicks(ksoftirqd)
+	return u + s
+}
+
+var selfPID = []int{os.Getpid()}
+
 func startMeter(pids []int) *meter {
-	m := &meter{pids: pids, synRetrans0: synRetrans()}
+	m := &meter{pids: pids, synRetrans0: synRetrans(), busy: busyTicks(), ksoft: ksoftTicks()}
 	m.user, m.sys = cpuTicks(pids)
+	u, s := cpuTicks(selfPID)
+	m.self = u + s
 	m.start = time.Now()
 	return m
 }
@@ -400,11 +435,42 @@ func startMeter(pids []int) *meter {
 func (m *meter) stop(r *result) {
 	r.elapsed = time.Since(m.start)
 	u, s := cpuTicks(m.pids)
+	su, ss := cpuTicks(selfPID)
 	r.ticks, r.user = u+s-m.user-m.sys, u-m.user
+	r.ksoft = ksoftTicks() - m.ksoft
+	r.other = busyTicks() - m.busy - r.ticks - (su + ss - m.self) - r.ksoft
 	if m.pids == nil {
 		r.ticks, r.user = -1, -1
 	}
 	r.syn = synRetrans() - m.synRetrans0
+}
+
+// otherCores is the CPU that other work used during the run, in cores.
+func (r result) otherCores(hz int) float64 {
+	if r.elapsed <= 0 {
+		return 0
+	}
+	return float64(r.other) / float64(hz) / r.elapsed.Seconds()
+}
+
+// busyTicks returns the clock ticks all CPUs of the machine spent busy so
+// far (user, nice, system, irq, softirq, steal).
+func busyTicks() int64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var sum int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		sum += v
+	}
+	return sum
 }
 
 // It reports the bytes moved and whether the connection ended with an RST
@@ -625,7 +691,7 @@ func parseSize(s string) (int64, error) {
 
 // --------------------------------------------------------------- report
 
-func writeRaw(path string, runs []result) {
+func writeRaw(path string, runs []result, hz int) {
 	f, err := os.Create(path)
 	if err != nil {
 		log.Printf("-raw: %v", err)
@@ -633,7 +699,7 @@ func writeRaw(path string, runs []result) {
 	}
 	defer f.Close()
 	w := bufio.NewWriter(f)
-	fmt.Fprintln(w, "round\ttest\ttarget\tvalue\tunit\tbytes\tpairs\tfailed\telapsed_s\tproxy_ticks\tuser_ticks\tp50_ms\tp99_ms\tsyn_retrans\tend\terror")
+	fmt.Fprintln(w, "round\ttest\ttarget\tvalue\tunit\tbytes\tpairs\tfailed\telapsed_s\tproxy_ticks\tuser_ticks\tp50_ms\tp99_ms\tksoftirqd_ticks\tsyn_retrans\tother_cores\tend\terror")
 	for _, r := range runs {
 		end := "-"
 		switch {
@@ -643,9 +709,9 @@ func writeRaw(path string, runs []result) {
 		case r.err == "":
 			end = "FIN"
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%.1f\t%s\t%d\t%d\t%d\t%.3f\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n",
+		fmt.Fprintf(w, "%d\t%s\t%s\t%.1f\t%s\t%d\t%d\t%d\t%.3f\t%d\t%d\t%s\t%s\t%d\t%d\t%.2f\t%s\t%s\n",
 			r.round, r.test, r.target, r.value(), unit(r.test), r.bytes, r.pairs, r.failed,
-			r.elapsed.Seconds(), r.ticks, r.user, rig.Ms(r.lat.P50), rig.Ms(r.lat.P99), r.syn, end, r.err)
+			r.elapsed.Seconds(), r.ticks, r.user, rig.Ms(r.lat.P50), rig.Ms(r.lat.P99), r.ksoft, r.syn, r.otherCores(hz), end, r.err)
 	}
 	w.Flush()
 }
@@ -679,7 +745,6 @@ func report(w io.Writer, runs []result, targets rig.Targets, tests []string, sub
 		return fmt.Sprintf("%.0f", v)
 	}
 	bulkTests := slices.DeleteFunc(slices.Clone(tests), func(t string) bool { return t == "cps" })
-	hasCPS := slices.Contains(tests, "cps")
 
 	// Medians.
 	head, sep := "| target |", "|---|"
@@ -701,6 +766,8 @@ func report(w io.Writer, runs []result, targets rig.Targets, tests []string, sub
 		head += " bulk runs failed | bulk runs ended by RST, not FIN |"
 		sep += "---:|---:|"
 	}
+	head += " other work, cores |"
+	sep += "---:|"
 	fmt.Fprintln(w, head)
 	fmt.Fprintln(w, sep)
 	for _, t := range targets {
@@ -732,66 +799,88 @@ func report(w io.Writer, runs []result, targets rig.Targets, tests []string, sub
 			}
 			fmt.Fprintf(w, " %d of %d | %d of %d |", failed, n, rst, n)
 		}
+		var others []float64
+		for _, test := range tests {
+			for _, r := range by[test+"/"+t.Name] {
+				others = append(others, r.otherCores(hz))
+			}
+		}
+		slices.Sort(others)
+		fmt.Fprintf(w, " %.2f–%.2f, median %.2f |", others[0], others[len(others)-1], others[(len(others)-1)/2])
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w)
 
 	// CPU, summed over the rounds: per GB for bulk tests, per 1,000
 	// pairs for cps, in seconds and milliseconds.
-	cpu := func(test, target string) (total, user float64, ok bool) {
-		var ticks, uticks, bytes int64
-		pairs := 0
+	type cpuUse struct {
+		total, user, ksoft float64
+		ok                 bool // the target has PIDs and a run that moved something
+	}
+	cpu := func(test, target string) cpuUse {
+		var ticks, uticks, kticks, bytes int64
+		pairs, pids := 0, false
 		for _, r := range by[test+"/"+target] {
-			if r.ticks < 0 || r.err != "" && test != "cps" {
+			if r.err != "" && test != "cps" {
 				continue
 			}
-			ticks += r.ticks
-			uticks += r.user
+			if r.ticks >= 0 {
+				pids = true
+				ticks += r.ticks
+				uticks += r.user
+			}
+			kticks += r.ksoft
 			bytes += r.bytes
 			pairs += r.pairs
 		}
-		sec, usec := float64(ticks)/float64(hz), float64(uticks)/float64(hz)
+		var per float64 // units per tick: CPU-ms per 1,000 pairs, or CPU-s per GB
 		switch {
 		case test == "cps" && pairs > 0:
-			return sec * 1e6 / float64(pairs), usec * 1e6 / float64(pairs), true // CPU-ms per 1,000 pairs
+			per = 1e6 / float64(pairs) / float64(hz)
 		case test != "cps" && bytes > 0:
-			return sec / (float64(bytes) / 1e9), usec / (float64(bytes) / 1e9), true // CPU-s per GB
+			per = 1e9 / float64(bytes) / float64(hz)
+		default:
+			return cpuUse{}
 		}
-		return 0, 0, false
+		return cpuUse{float64(ticks) * per, float64(uticks) * per, float64(kticks) * per, pids}
 	}
-	head, sep = "| proxy |", "|---|"
+	head, sep = "| target |", "|---|"
 	for _, test := range tests {
 		switch test {
 		case "up":
-			head += " CPU-s per GB, one way |"
+			head += " CPU-s per GB, one way | + ksoftirqd |"
 		case "down":
-			head += " CPU-s per GB, one way back |"
+			head += " CPU-s per GB, one way back | + ksoftirqd |"
 		case "both":
-			head += " CPU-s per GB, both ways |"
+			head += " CPU-s per GB, both ways | + ksoftirqd |"
 		case "cps":
-			head += " CPU-ms per 1,000 pairs | of which user | of which sys |"
+			head += " CPU-ms per 1,000 pairs | of which user | of which sys | + ksoftirqd |"
 			sep += "---:|---:|"
 		}
-		sep += "---:|"
+		sep += "---:|---:|"
 	}
 	fmt.Fprintln(w, head)
 	fmt.Fprintln(w, sep)
 	for _, t := range targets {
-		if t.PIDs == nil {
-			continue
-		}
 		fmt.Fprintf(w, "| %s |", t.Name)
 		for _, test := range tests {
-			v, u, ok := cpu(test, t.Name)
+			c := cpu(test, t.Name)
+			k := "-"
+			if c.total > 0 || c.ksoft > 0 {
+				k = fmt.Sprintf("%.3f", c.ksoft)
+				if test == "cps" {
+					k = fmt.Sprintf("%.1f", c.ksoft)
+				}
+			}
 			switch {
-			case !ok && test == "cps":
-				fmt.Fprint(w, " - | - | - |")
-			case !ok:
-				fmt.Fprint(w, " - |")
+			case !c.ok && test == "cps":
+				fmt.Fprintf(w, " - | - | - | %s |", k)
+			case !c.ok:
+				fmt.Fprintf(w, " - | %s |", k)
 			case test == "cps":
-				fmt.Fprintf(w, " %.1f | %.1f | %.1f |", v, u, v-u)
+				fmt.Fprintf(w, " %.1f | %.1f | %.1f | %s |", c.total, c.user, c.total-c.user, k)
 			default:
-				fmt.Fprintf(w, " %.3f |", v)
+				fmt.Fprintf(w, " %.3f | %s |", c.total, k)
 			}
 		}
 		fmt.Fprintln(w)
@@ -838,42 +927,28 @@ func report(w io.Writer, runs []result, targets rig.Targets, tests []string, sub
 		fmt.Fprintln(w)
 	}
 	cpuNames := map[string]string{"up": "CPU per GB, one way", "down": "CPU per GB, one way back", "both": "CPU per GB, both ways", "cps": "CPU per pair"}
-	for _, test := range tests {
-		fmt.Fprintf(w, "| %s | lower is better |", cpuNames[test])
-		sv, _, sok := cpu(test, subject)
+	row := func(name, test string, f func(c cpuUse) float64) {
+		fmt.Fprintf(w, "| %s | lower is better |", name)
+		sc := cpu(test, subject)
 		for _, o := range others {
-			ov, _, ook := cpu(test, o.Name)
-			if !sok || !ook {
+			oc := cpu(test, o.Name)
+			if !sc.ok || !oc.ok {
 				fmt.Fprint(w, " - | |")
 				continue
 			}
-			fmt.Fprintf(w, " %s | |", ratio(sv, ov))
+			fmt.Fprintf(w, " %s | |", ratio(f(sc), f(oc)))
 		}
 		fmt.Fprintln(w)
 	}
-	if hasCPS {
-		fmt.Fprintf(w, "| sys CPU per pair | lower is better |")
-		_, su, sok := cpu("cps", subject)
-		sv, _, _ := cpu("cps", subject)
-		for _, o := range others {
-			ov, ou, ook := cpu("cps", o.Name)
-			if !sok || !ook {
-				fmt.Fprint(w, " - | |")
-				continue
-			}
-			fmt.Fprintf(w, " %s | |", ratio(sv-su, ov-ou))
-		}
-		fmt.Fprintln(w)
-		fmt.Fprintf(w, "| user CPU per pair | lower is better |")
-		for _, o := range others {
-			_, ou, ook := cpu("cps", o.Name)
-			if !sok || !ook {
-				fmt.Fprint(w, " - | |")
-				continue
-			}
-			fmt.Fprintf(w, " %s | |", ratio(su, ou))
-		}
-		fmt.Fprintln(w)
+	for _, test := range tests {
+		row(cpuNames[test], test, func(c cpuUse) float64 { return c.total })
+	}
+	for _, test := range tests {
+		row(cpuNames[test]+", with ksoftirqd", test, func(c cpuUse) float64 { return c.total + c.ksoft })
+	}
+	if slices.Contains(tests, "cps") {
+		row("sys CPU per pair", "cps", func(c cpuUse) float64 { return c.total - c.user })
+		row("user CPU per pair", "cps", func(c cpuUse) float64 { return c.user })
 	}
 	fmt.Fprintln(w)
 }
