@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # bench/run.sh [--quick] — unstuck's benchmark suite, in one run.
 #
-# Installs what it lacks (nginx, haproxy, wrk), builds unstuck and the
-# helper programs in bench/cmd, then measures unstuck beside nginx, HAProxy,
-# a plain fasthttp.HostClient proxy and net/http/httputil, all on
-# 127.0.0.1, one after another:
+# Installs what it lacks (nginx and its stream module, haproxy, wrk,
+# strace), builds unstuck and the helper programs in bench/cmd, then
+# measures unstuck beside nginx, HAProxy, a plain fasthttp.HostClient proxy
+# and net/http/httputil, all on 127.0.0.1, one after another:
 #   1. throughput and latency (wrk), and requests per CPU-second of the proxy
 #   2. half-close detection: upstream FIN on an idle pooled connection to
 #      the proxy's close, 200 connections (FINs one every 5 ms, then at
@@ -13,10 +13,30 @@
 #   4. unstuck's RSS per idle pooled upstream and per idle app connection
 #   5. CLOSE_WAIT sockets under a legacy client
 #   6. go test -bench for pool/ and proxy/
+#   7. TCP mode ("tcp"): unstuck's protocol: tcp beside HAProxy mode tcp
+#      (as is, and splicing both ways), nginx stream proxy_pass and a
+#      direct connection, all to one upstream (bench/cmd/tcpbench, which
+#      is also the client), interleaved in rounds: MB/s of one bulk
+#      stream (2 GiB) one way, the other way and both ways at once;
+#      connections per second of short pairs (connect, 128-byte request,
+#      512-byte reply, close) from 32 workers, each run bounded by a count
+#      (20,000) and a time (5 s); each proxy's CPU-seconds per GB and
+#      CPU-ms per 1,000 pairs (utime and stime from /proc/PID/stat); the
+#      ratios of unstuck to each, per round. Then a CPU profile of unstuck
+#      under the pairs load (its admin port's /debug/pprof/profile);
+#      unstuck under strace -f -c during a bulk transfer (thousands of
+#      splice calls, a handful of read/write); and each proxy under
+#      strace -f -c for 2,000 pairs (system calls per pair). 5 rounds;
+#      --quick: 1 round of 256 MiB and 5,000 pairs or 2 s. TCP_BULK,
+#      TCP_ROUNDS, TCP_CPS_MAX and TCP_CPS_TIME override the sizes.
 # It prints the tables and writes them to bench/RESULTS.md. It asserts
-# nothing. Full run ~7 minutes, --quick ~2. Needs root to install packages.
+# nothing. Full run ~15 minutes (the tcp phase ~8), --quick ~3. Needs root
+# to install packages.
 # BENCH_PHASES="throughput race" runs only those phases (names: throughput
-# halfclose race memory legacy microbench).
+# halfclose race memory legacy microbench tcp). Such a partial run keeps
+# the other sections of bench/RESULTS.md: each section it measured replaces
+# the one of the same title (or is added at the end), with a line that
+# says when and at which commit it was measured.
 set -uo pipefail
 
 QUICK=0
@@ -33,14 +53,18 @@ cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 BIN=$ROOT/bench/.bin
 OUT=$ROOT/bench/RESULTS.md
+RUN_OUT=$OUT # where say writes: $OUT, or for a partial run a file merged into it at the end
 TMP=$(mktemp -d /tmp/unstuck-bench.XXXXXX)
 
 if ((QUICK)); then
 	DUR=3s WARM=1s ROUNDS=1 RACE_N=10000 LEGACY_ROUNDS=2 BENCHTIME=200ms
+	TCP_BULK=${TCP_BULK:-256MiB} TCP_ROUNDS=${TCP_ROUNDS:-1} TCP_CPS_MAX=${TCP_CPS_MAX:-5000} TCP_CPS_TIME=${TCP_CPS_TIME:-2s} TCP_PROF=3 TCP_STRACE_PAIRS=500
 else
 	DUR=6s WARM=1s ROUNDS=3 RACE_N=50000 LEGACY_ROUNDS=4 BENCHTIME=1s
+	TCP_BULK=${TCP_BULK:-2GiB} TCP_ROUNDS=${TCP_ROUNDS:-5} TCP_CPS_MAX=${TCP_CPS_MAX:-20000} TCP_CPS_TIME=${TCP_CPS_TIME:-5s} TCP_PROF=10 TCP_STRACE_PAIRS=2000
 fi
-PHASES=${BENCH_PHASES:-throughput halfclose race memory legacy microbench}
+ALL_PHASES="throughput halfclose race memory legacy microbench tcp"
+PHASES=${BENCH_PHASES:-$ALL_PHASES}
 HC_SIZES=200/5ms,200,8000 # half-close phase: idle connections, /GAP: FINs one every GAP, else at once
 MEM_N=8000        # connections of each kind for the memory phase
 POOL=512          # idle upstream connections each proxy keeps (nginx: half per worker)
@@ -49,6 +73,9 @@ BIG_POOL=8192     # the same for the half-close and memory phases
 # Ports: phase base + 0 upstream, +1 nginx, +2 HAProxy, +3 fasthttp,
 # +4 httputil, +5 unstuck.
 TPUT=19000 HALF=19100 RACE=19200 LEGACY=19300 MEM=19400
+# The tcp phase: +0 upstream (tcpbench), +1 nginx stream, +2 HAProxy,
+# +3 HAProxy with splice, +5 unstuck, +9 unstuck's admin listener.
+TCP=19500
 
 # ---------------------------------------------------------------- processes
 
@@ -177,7 +204,10 @@ quiet_wait() {
 
 # ------------------------------------------------------------------ setup
 
-say() { printf '%s\n' "$*" | tee -a "$OUT"; }
+# NGINX_STREAM: nginx's stream module (Debian's libnginx-mod-stream).
+NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+
+say() { printf '%s\n' "$*" | tee -a "$RUN_OUT"; }
 note() { printf '==> %s\n' "$*" >&2; }
 
 install_missing() {
@@ -185,6 +215,10 @@ install_missing() {
 	command -v nginx >/dev/null || need+=(nginx)
 	command -v haproxy >/dev/null || need+=(haproxy)
 	command -v wrk >/dev/null || need+=(wrk)
+	if [[ " $PHASES " == *" tcp "* ]]; then
+		[[ -e $NGINX_STREAM ]] || need+=(libnginx-mod-stream)
+		command -v strace >/dev/null || need+=(strace)
+	fi
 	((${#need[@]})) || return 0
 	if ((EUID != 0)); then
 		echo "bench/run.sh: missing ${need[*]}; run as root or install them" >&2
@@ -463,7 +497,7 @@ phase_throughput() {
 				if (nper[c[i]] > 0) perr = sprintf("%.2f", v / nper[c[i]]) }
 			r = (nrps[c[i]] > 0) ? sprintf("%.2f", rps[i] / nrps[c[i]]) : "-"
 			printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %s |\n", c[i], n[i], rps[i], r, p50[i], p99[i], per, perr, uus, sus, cs, up[i] / hz, all[i] / hz, oth[i] / hz, err[i] } }
-	' "$TMP/tput.median" | tee -a "$OUT"
+	' "$TMP/tput.median" | tee -a "$RUN_OUT"
 	drops_note
 	say ""
 }
@@ -497,7 +531,7 @@ phase_halfclose() {
 	say "Pools: nginx keepalive $BIG_POOL per worker, HAProxy http-reuse always with pool-purge-delay 300s and tune.pool-low-fd-ratio 95, httputil MaxIdleConnsPerHost $BIG_POOL, unstuck max_idle $BIG_POOL."
 	say "Targets: unstuck p99 under 1 ms at 200 with FINs one every 5 ms, and ahead of the three peers; within 1.5x the ideal peer at 8,000 at once."
 	say ""
-	tee -a "$OUT" <"$TMP/halfclose.md"
+	tee -a "$RUN_OUT" <"$TMP/halfclose.md"
 	drops_note
 	report_errors halfclose $rc "$TMP/halfclose.err"
 	say ""
@@ -510,7 +544,7 @@ report_errors() {
 		say ""
 		say "Notes from $1 (stderr):"
 		say '```'
-		tail -n 20 "$3" | tee -a "$OUT"
+		tail -n 20 "$3" | tee -a "$RUN_OUT"
 		say '```'
 	fi
 }
@@ -540,7 +574,7 @@ phase_race() {
 	say "direct: the same client straight to the upstream. Duplicates: extra copies of a POST id that reached the upstream."
 	say "'Failed POSTs the upstream did get': POSTs the client saw fail although the upstream had received them."
 	say ""
-	tee -a "$OUT" <"$TMP/race.md"
+	tee -a "$RUN_OUT" <"$TMP/race.md"
 	drops_note
 	report_errors race $rc "$TMP/race.err"
 	say ""
@@ -590,7 +624,7 @@ EOF
 	say "(1 s) and returns freed memory to the OS after release_memory_after_idle (2 s) without requests, so the readings include both."
 	say "Target: under 8 KiB each."
 	say ""
-	tee -a "$OUT" <"$TMP/memory.md"
+	tee -a "$RUN_OUT" <"$TMP/memory.md"
 	drops_note
 	report_errors memory $rc "$TMP/memory.err"
 	say ""
@@ -622,7 +656,7 @@ phase_legacy() {
 	say "replaces. Counted 1.5 s after the last round, from /proc/net/tcp{,6}: the client's sockets towards the target and the proxy's"
 	say "sockets (by its PIDs) in CLOSE_WAIT."
 	say ""
-	tee -a "$OUT" <"$TMP/legacy.md"
+	tee -a "$RUN_OUT" <"$TMP/legacy.md"
 	drops_note
 	report_errors legacy $rc "$TMP/legacy.err"
 	say ""
@@ -639,8 +673,390 @@ phase_microbench() {
 	say "\`go test -run XXX -bench . -benchmem -benchtime $BENCHTIME ./pool/ ./proxy/\`"
 	say ""
 	say '```'
-	go test -run XXX -bench . -benchmem -benchtime "$BENCHTIME" ./pool/ ./proxy/ 2>&1 | tee -a "$OUT"
+	go test -run XXX -bench . -benchmem -benchtime "$BENCHTIME" ./pool/ ./proxy/ 2>&1 | tee -a "$RUN_OUT"
 	say '```'
+}
+
+# --------------------------------------------------------------- phase 7
+
+# start_tcp_proxies: the TCP-mode proxies of phase 7, forwarding to
+# 127.0.0.1:$TCP. Sets TCP_NGINX_PIDS, TCP_HAPROXY_PID, TCP_HASPLICE_PID,
+# TCP_UNSTUCK_PID and TCP_PIDS.
+start_tcp_proxies() {
+	local dir=$TMP/tcp up=127.0.0.1:$TCP
+	mkdir -p "$dir"
+
+	cat >"$dir/nginx.conf" <<EOF
+load_module $NGINX_STREAM;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/nginx-error.log warn;
+events { worker_connections 19000; }
+stream {
+    upstream backend { server $up; }
+    server {
+        listen 127.0.0.1:$((TCP + 1)) backlog=4096;
+        proxy_pass backend;
+        proxy_half_close on;
+        proxy_connect_timeout 5s;
+        proxy_timeout 300s;
+    }
+}
+EOF
+	start nginx-stream "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	local nginx_master=$LAST
+
+	# HAProxy twice: as is, and splicing both ways. (option splice-auto
+	# moved most bytes with recvfrom/sendto here: 69k of each against 15k
+	# splices for 1.5 GiB.)
+	local name port splice
+	for name in haproxy haproxy-splice; do
+		port=$((TCP + 2)) splice=""
+		[[ $name == haproxy-splice ]] && port=$((TCP + 3)) splice="option splice-request
+    option splice-response"
+		cat >"$dir/$name.cfg" <<EOF
+global
+    nbthread 2
+    # With splicing each connection may hold a pipe (2 fds): stay well
+    # under the open files limit.
+    maxconn 4000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    $splice
+frontend fe
+    bind 127.0.0.1:$port
+    maxconn 4000
+    default_backend be
+backend be
+    server up $up
+EOF
+		start "$name" "$dir/$name.log" haproxy -db -f "$dir/$name.cfg"
+		if [[ $name == haproxy ]]; then TCP_HAPROXY_PID=$LAST; else TCP_HASPLICE_PID=$LAST; fi
+	done
+
+	# unstuck, its admin listener on +9 for the profile. Its config file
+	# has a directory of its own: unstuck watches the file's directory and
+	# reads the file again at every event there, such as a log line
+	# written to this phase's directory.
+	mkdir -p "$dir/unstuck"
+	cat >"$dir/unstuck/unstuck.yaml" <<EOF
+admin: {listen: 127.0.0.1:$((TCP + 9))}
+listeners:
+  app: {listen: 127.0.0.1:$((TCP + 5)), protocol: tcp, upstream: backend}
+upstreams:
+  backend: {endpoints: ["$up"], pool: {min_idle: 0}}
+EOF
+	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
+	TCP_UNSTUCK_PID=$LAST
+
+	local p
+	for p in 1 2 3 5; do
+		if ! wait_port $((TCP + p)); then
+			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
+			stop "$nginx_master" "$TCP_HAPROXY_PID" "$TCP_HASPLICE_PID" "$TCP_UNSTUCK_PID"
+			return 1
+		fi
+	done
+	TCP_NGINX_PIDS="$nginx_master $(children "$nginx_master")"
+	TCP_PIDS="$TCP_NGINX_PIDS $TCP_HAPROXY_PID $TCP_HASPLICE_PID $TCP_UNSTUCK_PID"
+}
+
+# tcp_profile: a CPU profile of the measured unstuck under the pairs load
+# alone, in $TMP/tcp/unstuck-pairs.pprof.
+tcp_profile() {
+	local dir=$TMP/tcp pid
+	PPROF_TMPDIR=$dir go tool pprof -proto -seconds="$TCP_PROF" \
+		"http://127.0.0.1:$((TCP + 9))/debug/pprof/profile" >"$dir/unstuck-pairs.pprof" 2>"$dir/profile.err" &
+	pid=$!
+	STARTED[$pid]=pprof
+	sleep 0.5
+	run "$dir/profile-run.md" "$dir/profile-run.err" "$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
+		-tests cps -rounds 1 -warm=false -cps-max 1000000 -cps-time "$((TCP_PROF + 1))s" -hz "$(getconf CLK_TCK)" \
+		-target "unstuck=127.0.0.1:$((TCP + 5))@$TCP_UNSTUCK_PID"
+	wait "$pid"
+	unset "STARTED[$pid]"
+	[[ -s $dir/unstuck-pairs.pprof ]]
+}
+
+# strace_proxy NAME PORT TRACE LOAD CMD...: runs CMD (a proxy listening on
+# 127.0.0.1:PORT) under strace -f -c, with -e trace=TRACE unless TRACE is
+# empty, for its whole life: start, LOAD through it (bulk: TCP_BULK one
+# way and both ways; pairs: TCP_STRACE_PAIRS pairs), SIGTERM. strace's
+# summary is in $TMP/tcp/strace-NAME.txt, the load's runs in
+# $TMP/tcp/strace-NAME.tsv and its table in $TMP/tcp/strace-NAME.md.
+strace_proxy() {
+	local name=$1 port=$2 trace=$3 load=$4 dir=$TMP/tcp sp child i
+	shift 4
+	local opts=(-f -c -o "$dir/strace-$name.txt") tests=(-tests up,both -bulk "$TCP_BULK")
+	[[ -n $trace ]] && opts+=(-e "trace=$trace")
+	[[ $load == pairs ]] && tests=(-tests cps -cps-max "$TCP_STRACE_PAIRS" -cps-time 30s)
+	rm -f "$dir/strace-$name.txt"
+	start "strace-$name" "$dir/strace-$name.log" strace "${opts[@]}" "$@"
+	sp=$LAST
+	wait_port "$port" || { stop "$sp"; return 1; }
+	run "$dir/strace-$name.md" "$dir/strace-$name.err" "$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
+		"${tests[@]}" -rounds 1 -warm=false -hz "$(getconf CLK_TCK)" \
+		-raw "$dir/strace-$name.tsv" -target "$name=127.0.0.1:$port"
+	# End the proxy itself (strace's child, which this script did not start
+	# directly), so that strace sees it exit and writes its summary.
+	child=$(pgrep -P "$sp" | head -n 1)
+	[[ -n $child ]] && kill -TERM "$child"
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$sp" 2>/dev/null || break
+		sleep 0.1
+	done
+	stop "$sp"
+	[[ -s $dir/strace-$name.txt ]]
+}
+
+# strace_one_pair: the system calls that one pair makes in unstuck
+# (strace -f, sockets, pipes and the poller), in $TMP/tcp/one-pair.txt.
+strace_one_pair() {
+	local dir=$TMP/tcp sp child n i
+	rm -f "$dir/one-pair.strace"
+	start strace-one "$dir/strace-one.log" strace -f -o "$dir/one-pair.strace" \
+		-e trace=%network,splice,pipe2,fcntl,ioctl,epoll_ctl,shutdown,close \
+		"$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
+	sp=$LAST
+	wait_port $((TCP + 5)) || { stop "$sp"; return 1; }
+	sleep 0.5
+	n=$(wc -l <"$dir/one-pair.strace")
+	run "$dir/one-pair.md" "$dir/one-pair.err" "$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
+		-tests cps -rounds 1 -warm=false -cps-conns 1 -cps-max 1 -target "unstuck=127.0.0.1:$((TCP + 5))"
+	sleep 0.5
+	# The pair's lines: from its accept on, before unstuck is stopped.
+	tail -n +$((n + 1)) "$dir/one-pair.strace" | sed 's/^[0-9]* *//' | grep -v '^--- SIG\|EAGAIN.*accept4\|^accept4(.*EAGAIN' |
+		cut -c1-150 >"$dir/one-pair.txt"
+	child=$(pgrep -P "$sp" | head -n 1)
+	[[ -n $child ]] && kill -TERM "$child"
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$sp" 2>/dev/null || break
+		sleep 0.1
+	done
+	stop "$sp"
+	[[ -s $dir/one-pair.txt ]]
+}
+
+# strace_table: the system calls per pair of each proxy traced under the
+# pairs load, the most frequent first, as a markdown table.
+strace_table() {
+	local dir=$TMP/tcp name files=() pairs=() heads=""
+	for name in unstuck haproxy nginx; do
+		[[ -s $dir/strace-$name-pairs.txt ]] || continue
+		files+=("$dir/strace-$name-pairs.txt")
+		pairs+=("$(awk -F'\t' 'NR > 1 {s += $7} END {print s + 0}' "$dir/strace-$name-pairs.tsv")")
+		heads="$heads $name"
+	done
+	((${#files[@]})) || return 1
+	awk -v heads="$heads" -v pairs="${pairs[*]}" '
+		FNR == 1 { f++ }
+		$4 ~ /^[0-9]+$/ && $NF ~ /^[a-z0-9_]+$/ && $NF != "total" {
+			if (!($NF in seen)) { seen[$NF] = 1; list[++n] = $NF }
+			c[$NF, f] = $4; tot[f] += $4
+		}
+		END {
+			nf = split(heads, h, " "); split(pairs, p, " ")
+			for (i = 1; i <= n; i++) key[i] = c[list[i], 1] + 0
+			for (i = 2; i <= n; i++) for (j = i; j > 1 && key[j - 1] < key[j]; j--) {
+				t = key[j]; key[j] = key[j - 1]; key[j - 1] = t; t = list[j]; list[j] = list[j - 1]; list[j - 1] = t }
+			printf "| system call |"; for (k = 1; k <= nf; k++) printf " %s |", h[k]; print ""
+			printf "|---|"; for (k = 1; k <= nf; k++) printf "---:|"; print ""
+			printf "| pairs traced |"; for (k = 1; k <= nf; k++) printf " %d |", p[k]; print ""
+			printf "| **all, per pair** |"; for (k = 1; k <= nf; k++) printf " **%.1f** |", (p[k] ? tot[k] / p[k] : 0); print ""
+			for (i = 1; i <= n; i++) {
+				big = 0
+				for (k = 1; k <= nf; k++) if (p[k] && c[list[i], k] / p[k] >= 0.05) big = 1
+				if (!big) continue
+				printf "| %s |", list[i]
+				for (k = 1; k <= nf; k++) printf " %.2f |", (p[k] ? c[list[i], k] / p[k] : 0)
+				print ""
+			}
+		}' "${files[@]}"
+}
+
+TCP_STRACE=splice,read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg,sendfile
+
+phase_tcp() {
+	note "7. TCP mode ($TCP_ROUNDS rounds of $TCP_BULK bulk and up to $TCP_CPS_MAX pairs or $TCP_CPS_TIME; then a profile and strace)"
+	quiet_wait
+	start_tcp_proxies || return 1
+	local dir=$TMP/tcp b=$TCP hz
+	hz=$(getconf CLK_TCK)
+	# shellcheck disable=SC2086 # pid lists are comma-joined below
+	run "$dir/tcp.md" "$dir/tcp.err" "$BIN/tcpbench" -listen "127.0.0.1:$b" \
+		-rounds "$TCP_ROUNDS" -bulk "$TCP_BULK" -cps-conns 32 -cps-max "$TCP_CPS_MAX" -cps-time "$TCP_CPS_TIME" \
+		-hz "$hz" -subject unstuck -raw "$dir/tcp-runs.tsv" \
+		-target "direct=127.0.0.1:$b" \
+		-target "haproxy=127.0.0.1:$((b + 2))@$TCP_HAPROXY_PID" \
+		-target "haproxy+splice=127.0.0.1:$((b + 3))@$TCP_HASPLICE_PID" \
+		-target "nginx=127.0.0.1:$((b + 1))@$(echo $TCP_NGINX_PIDS | tr ' ' ',')" \
+		-target "unstuck=127.0.0.1:$((b + 5))@$TCP_UNSTUCK_PID"
+	local rc=$? prc=0 src=0 name
+	note "   CPU profile of unstuck under the pairs load (${TCP_PROF}s)"
+	tcp_profile || prc=1
+	# shellcheck disable=SC2086
+	stop $TCP_PIDS
+
+	# The same proxies again, one at a time under strace -f -c (their
+	# ports are free again): unstuck for a bulk transfer (the calls that
+	# move bytes), then each for the pairs load (every call).
+	note "   unstuck under strace -f -c: $TCP_BULK one way, then both ways"
+	strace_proxy unstuck-bulk $((b + 5)) "$TCP_STRACE" bulk "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml" || src=1
+	note "   unstuck, HAProxy and nginx under strace -f -c: $TCP_STRACE_PAIRS pairs each"
+	strace_proxy unstuck-pairs $((b + 5)) "" pairs "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
+	strace_proxy haproxy-pairs $((b + 2)) "" pairs haproxy -db -f "$dir/haproxy.cfg"
+	strace_proxy nginx-pairs $((b + 1)) "" pairs nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	strace_one_pair
+
+	say "## 7. TCP mode"
+	say ""
+	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say "bench/cmd/tcpbench is the upstream and the client; every proxy forwards to it on 127.0.0.1:$b, and direct is the client connected to it."
+	say "unstuck: \`protocol: tcp\`, \`pool: {min_idle: 0}\`, other keys at their defaults (half_close propagate, listener linger reset)."
+	say "HAProxy: mode tcp, nbthread 2, as is (it splices nothing) and with \`option splice-request\` and \`option splice-response\` (haproxy+splice:"
+	say "every byte spliced; \`option splice-auto\` left most of them to recvfrom/sendto here)."
+	say "nginx: \`stream { proxy_pass; proxy_half_close on; }\`, worker_processes 2, proxy_buffer_size at its default (16k)."
+	say "Bulk: $TCP_BULK through one connection, client to upstream (one way: timed until the upstream's count of the bytes is back),"
+	say "upstream to client (one way back: until the client's EOF), and both at once (MB/s of the two directions together)."
+	say "Pairs: 32 workers, each connecting, sending 128 bytes, reading a 512-byte reply and closing (the upstream closes on the client's FIN),"
+	say "until $TCP_CPS_MAX pairs or $TCP_CPS_TIME per run; a pair's time runs from connect to its reply."
+	say "$TCP_ROUNDS rounds: in each, every test runs through every target in turn, each round starting from another target; rows are medians"
+	say "over the rounds, and 'by round' gives the ratio in each round."
+	say "CPU: user+sys of the proxy's processes (nginx: master and workers) from /proc/PID/stat ($hz ticks a second), summed over all rounds,"
+	say "per GB (10^9 bytes through the proxy; both ways counts both directions) or per 1,000 pairs. '+ ksoftirqd': what the kernel's"
+	say "ksoftirqd threads used meanwhile, per the same unit: packet processing (on loopback, the receiving side's TCP work) that the kernel"
+	say "deferred from the senders' system calls, which no process's /proc/PID/stat counts; the direct row is the floor. Client, upstream"
+	say "and proxy share the 2 cores: a proxy that needs less CPU leaves more to the other two, so MB/s and conn/s here are bounded by the CPU"
+	say "of all three."
+	say "Other work, cores: CPU the rest of the machine (neither tcpbench nor the proxy measured) used during that target's runs, in cores of 2"
+	say "(lowest–highest, median): on a shared machine, the noise in each run."
+	say "Targets (from the issue): unstuck's MB/s at least the others' (ratio ≥ 1.00), its conn/s at least 0.9 of theirs."
+	say ""
+	tee -a "$RUN_OUT" <"$dir/tcp.md"
+	drops_note
+	grep -v '^tcpbench: round ' "$dir/tcp.err" >"$dir/tcp.notes"
+	report_errors tcpbench $rc "$dir/tcp.notes"
+	local rsts
+	rsts=$(awk -F'\t' '$3 == "unstuck" && $17 == "RST"' "$dir/tcp-runs.tsv" | wc -l)
+	if ((rsts > 0)); then
+		say ""
+		say "'Ended by RST, not FIN': the client had read every byte, and where the upstream's FIN was due its read got ECONNRESET."
+		say "unstuck does this when the app half-closes first and the upstream closes after it (here: both ways, where the client sends"
+		say "its FIN after its bytes and the upstream closes once it has read it): the upstream's FIN ends the pair and is not passed on;"
+		say "the app connection is closed with the listener's linger, reset by default, whose RST stands in for the FIN whenever all data"
+		say "is acknowledged by then. An app that reads to EOF sees an error after a clean end. (With \`linger: graceful\` on the listener"
+		say "it gets its FIN.) These runs are counted as complete: no byte was lost."
+	fi
+	say ""
+	say "Every run, in the order run (value: MB/s or conn/s; ticks at $hz a second, -1: no process to read; syn_retrans: SYNs the whole"
+	say "machine sent again during the run, each a connect that waited 1 s or more; end: how a bulk connection ended at the client):"
+	say ""
+	say '```'
+	column -t -s $'\t' "$dir/tcp-runs.tsv" | tee -a "$RUN_OUT"
+	say '```'
+	say ""
+
+	say "### unstuck's system calls during a bulk transfer"
+	say ""
+	if ((src)); then
+		say "strace gave no summary (see the messages above)."
+		report_errors tcpbench 1 "$dir/strace-unstuck-bulk.err"
+	else
+		local calls errs moved per f=$dir/strace-unstuck-bulk.txt
+		calls=$(awk '$NF == "splice" {print $4}' "$f")
+		errs=$(awk '$NF == "splice" && NF == 6 {print $5}' "$f")
+		moved=$(awk -F'\t' 'NR > 1 && $18 == "" {s += $6} END {printf "%.0f", s}' "$dir/strace-unstuck-bulk.tsv")
+		per=$(awk -v c="${calls:-0}" -v e="${errs:-0}" -v n="$moved" 'BEGIN { if (c - e > 0) printf "%.0f", 2 * n / (c - e) / 1024 }')
+		say "The same unstuck configuration, run for its whole life as \`strace -f -c -e trace=$TCP_STRACE\`:"
+		say "it started, moved $TCP_BULK one way through one connection and $TCP_BULK each way through another, and was stopped (SIGTERM)."
+		say "(Under strace the transfers are slower; only the counts matter here.)"
+		say ""
+		grep -v '^$' "$dir/strace-unstuck-bulk.md" | head -n 3 | tee -a "$RUN_OUT"
+		say ""
+		say '```'
+		tee -a "$RUN_OUT" <"$f"
+		say '```'
+		say ""
+		say "$moved bytes went through unstuck in ${calls:-0} splice calls, ${errs:-0} of which returned EAGAIN (socket empty or pipe full:"
+		say "the goroutine then waits in the poller). Each byte is spliced twice (socket to pipe, pipe to socket): about ${per:-?} KiB per"
+		say "call that moved bytes. The few read and write calls are the Go runtime's and startup's (the config file, the poller's"
+		say "wake-ups): no byte of the transfers went through user space."
+	fi
+	say ""
+
+	say "### System calls per short pair"
+	say ""
+	say "Each proxy (same configuration as above) run alone under \`strace -f -c\` (every system call, all threads and processes) for its"
+	say "whole life while $TCP_STRACE_PAIRS pairs went through it (32 workers); calls per pair, the ones at 0.05 or more in any proxy."
+	say "Startup and shutdown are included (a handful of calls, some hundredths per pair). Under strace pairs run far slower; only the counts matter."
+	say ""
+	strace_table >"$dir/strace-table.md" && tee -a "$RUN_OUT" <"$dir/strace-table.md" || say "strace gave no summary (see the messages above)."
+	say ""
+	if [[ -s $dir/one-pair.txt ]]; then
+		say "One pair through unstuck, call by call (\`strace -f -e trace=%network,splice,pipe2,fcntl,ioctl,epoll_ctl,shutdown,close\`, a fresh"
+		say "unstuck, one pair from one worker; the first pair also makes the two pipes that later pairs take from Go's pipe pool):"
+		say ""
+		say '```'
+		tee -a "$RUN_OUT" <"$dir/one-pair.txt"
+		say '```'
+		say ""
+	fi
+
+	say "### Where unstuck's CPU goes under the pairs load"
+	say ""
+	if ((prc)); then
+		say "No profile (see the messages above)."
+		report_errors pprof 1 "$dir/profile.err"
+	else
+		say "A ${TCP_PROF}s CPU profile (admin /debug/pprof/profile) of the measured unstuck while tcpbench ran pairs through it alone"
+		say "(32 workers, $((TCP_PROF + 1))s; the profiler's own cost included):"
+		say ""
+		grep -v '^$' "$dir/profile-run.md" | head -n 3 | cut -d'|' -f1-6 | sed 's/$/|/' | tee -a "$RUN_OUT"
+		say ""
+		say "\`go tool pprof -top -cum\`, the call paths that take the most (time in the kernel shows as Syscall6 and the like):"
+		say ""
+		say '```'
+		go tool pprof -top -cum -nodecount=45 "$dir/unstuck-pairs.pprof" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
+		say '```'
+		say ""
+		say "\`go tool pprof -top\`, by the time spent in each function itself:"
+		say ""
+		say '```'
+		go tool pprof -top -nodecount=20 "$dir/unstuck-pairs.pprof" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
+		say '```'
+	fi
+	say ""
+}
+
+# merge_results OLD NEW PROVENANCE: OLD with the sections ("## " headings)
+# of NEW in place of those of the same title, or added at the end, each
+# with the line PROVENANCE under its heading. OLD keeps its top and its
+# closing "Run took" line.
+merge_results() {
+	awk -v prov="$3" '
+		FNR == 1 { file++; sec = "" }
+		/^Run took / { if (file == 1) tail = $0; next }
+		/^## / {
+			sec = $0
+			if (file == 1) { if (!(sec in old)) oorder[++on] = sec; old[sec] = 1 }
+			else { if (!(sec in new)) norder[++nn] = sec; new[sec] = 1 }
+			body[file, sec] = $0 "\n"
+			if (file == 2) body[2, sec] = body[2, sec] "\n" prov "\n"
+			next
+		}
+		sec == "" { if (file == 1) top = top $0 "\n"; next }
+		{ body[file, sec] = body[file, sec] $0 "\n" }
+		END {
+			printf "%s", top
+			for (i = 1; i <= on; i++) { s = oorder[i]; printf "%s", (s in new) ? body[2, s] : body[1, s] }
+			for (i = 1; i <= nn; i++) { s = norder[i]; if (!(s in old)) printf "%s", body[2, s] }
+			if (tail != "") print tail
+		}' "$1" "$2"
 }
 
 # ------------------------------------------------------------------- main
@@ -651,7 +1067,16 @@ build
 ulimit -n "$(ulimit -Hn)"
 
 start_time=$(date +%s)
-: >"$OUT"
+# A run of only some phases keeps the other sections of $OUT.
+PARTIAL=0
+for phase in $ALL_PHASES; do
+	[[ " $PHASES " == *" $phase "* ]] || PARTIAL=1
+done
+if ((PARTIAL)) && [[ -s $OUT ]]; then
+	RUN_OUT=$TMP/results.md
+	PROVENANCE="Measured by a separate run, bench/run.sh$( ((QUICK)) && echo ' --quick') with BENCH_PHASES=\"$PHASES\", on $(date -u '+%Y-%m-%d %H:%M UTC') at unstuck $(git rev-parse --short HEAD 2>/dev/null) (load average at start $(cut -d' ' -f1-3 /proc/loadavg)); the table at the top describes the run of the other sections."
+fi
+: >"$RUN_OUT"
 say "# unstuck benchmark results"
 say ""
 say "| | |"
@@ -680,4 +1105,7 @@ done
 
 say ""
 say "Run took $(($(date +%s) - start_time)) s."
+if [[ $RUN_OUT != "$OUT" ]]; then
+	merge_results "$OUT" "$RUN_OUT" "$PROVENANCE" >"$TMP/merged.md" && cp "$TMP/merged.md" "$OUT"
+fi
 note "wrote $OUT"
