@@ -23,22 +23,18 @@ type pairMetrics struct {
 
 func registerPairMetrics(reg *prometheus.Registry) *pairMetrics {
 	m := &pairMetrics{
-		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "unstuck_tcp_pairs",
-			Help: "TCP pairs open (an app connection and its own upstream connection): tcp listeners and HTTP upgrades.",
-		}, []string{"listener"}),
-		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_tcp_pair_closes_total",
-			Help: "TCP pairs ended, by what ended them: app_fin, upstream_fin, app_rst, upstream_rst, half_close_timeout, idle_timeout, dial_error, shutdown.",
-		}, []string{"listener", "cause"}),
-		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_tcp_bytes_total",
-			Help: "Bytes moved by TCP pairs, counted when a pair ends; direction is to_upstream or to_app.",
-		}, []string{"listener", "direction"}),
-		warms: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_pool_warm_acquires_total",
-			Help: "Acquires from a warm pool (pool.min_idle): result hit (a warm connection was ready) or miss (dialed).",
-		}, []string{"upstream", "result"}),
+		open: gaugeVec("unstuck_tcp_pairs",
+			"TCP pairs open (an app connection and its own upstream connection): tcp listeners and HTTP upgrades.",
+			"listener"),
+		closes: counterVec("unstuck_tcp_pair_closes_total",
+			"TCP pairs ended, by what ended them: app_fin, upstream_fin, app_rst, upstream_rst, half_close_timeout, idle_timeout, dial_error, shutdown.",
+			"listener", "cause"),
+		bytes: counterVec("unstuck_tcp_bytes_total",
+			"Bytes moved by TCP pairs, counted when a pair ends; direction is to_upstream or to_app.",
+			"listener", "direction"),
+		warms: counterVec("unstuck_pool_warm_acquires_total",
+			"Acquires from a warm pool (pool.min_idle): result hit (a warm connection was ready) or miss (dialed).",
+			"upstream", "result"),
 	}
 	reg.MustRegister(m.open, m.closes, m.bytes, m.warms)
 	return m

@@ -15,15 +15,13 @@ type tlsMetrics struct {
 
 func registerTLSMetrics(reg *prometheus.Registry) *tlsMetrics {
 	m := &tlsMetrics{
-		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "unstuck_upstream_tls_handshakes_total",
-			Help: "TLS handshakes with upstream endpoints that completed; resumed=\"true\" reused a session (no certificate exchange).",
-		}, []string{"upstream", "resumed"}),
-		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "unstuck_upstream_tls_handshake_seconds",
-			Help:    "Time of completed TLS handshakes with upstream endpoints.",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs to ~3s
-		}, []string{"upstream"}),
+		handshakes: counterVec("unstuck_upstream_tls_handshakes_total",
+			"TLS handshakes with upstream endpoints that completed; resumed=\"true\" reused a session (no certificate exchange).",
+			"upstream", "resumed"),
+		seconds: histogramVec("unstuck_upstream_tls_handshake_seconds",
+			"Time of completed TLS handshakes with upstream endpoints.",
+			prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs to ~3s
+			"upstream"),
 	}
 	reg.MustRegister(m.handshakes, m.seconds)
 	return m

@@ -274,15 +274,7 @@ func TestTLSSessionTicketOnIdleConnection(t *testing.T) {
 	}
 	p.Release(c) // idle, tickets not sent yet
 	close(release)
-	wait.Until(t, 5*time.Second, "the tickets in the idle socket", func() bool {
-		n := 0
-		c.control(func(fd int) { n, _ = sockoptPeekLen(fd) })
-		return n > 0
-	})
-	again, err := p.Acquire(false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	again := acquireOnceBytesWait(t, p, c, "the tickets")
 	if again != c {
 		t.Fatalf("the idle connection was not reused (closes: %v)", obs.closed)
 	}
@@ -408,15 +400,7 @@ func TestTLSIdleCloseAsFastAsTCP(t *testing.T) {
 		pingPong(t, c)
 		p.Release(c)
 		(<-srv.ready).CloseWrite() // close_notify; the TCP connection stays open
-		wait.Until(t, 5*time.Second, "close_notify in the idle socket", func() bool {
-			n := 0
-			c.control(func(fd int) { n, _ = sockoptPeekLen(fd) })
-			return n > 0
-		})
-		again, err := p.Acquire(false)
-		if err != nil {
-			t.Fatal(err)
-		}
+		again := acquireOnceBytesWait(t, p, c, "close_notify")
 		if again == c {
 			t.Fatal("a connection whose server sent close_notify was handed out")
 		}
@@ -426,6 +410,22 @@ func TestTLSIdleCloseAsFastAsTCP(t *testing.T) {
 			t.Errorf("%d closes for fin; want 1 (close_notify)", n)
 		}
 	})
+}
+
+// acquireOnceBytesWait waits until bytes (what) wait in idle connection c's
+// socket, then acquires from p.
+func acquireOnceBytesWait(t *testing.T, p *Pool, c *Conn, what string) *Conn {
+	t.Helper()
+	wait.Until(t, 5*time.Second, what+" in the idle socket", func() bool {
+		n := 0
+		c.control(func(fd int) { n, _ = sockoptPeekLen(fd) })
+		return n > 0
+	})
+	again, err := p.Acquire(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return again
 }
 
 // sockoptPeekLen returns the bytes waiting in fd's receive queue.

@@ -119,12 +119,7 @@ type Server struct {
 
 // New returns a server for cfg; Serve starts it.
 func New(cfg Config) *Server {
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
-	}
-	if cfg.Observer == nil {
-		cfg.Observer = nopObserver{}
-	}
+	cfg.applyDefaults()
 	s := &Server{
 		name:             cfg.Name,
 		obs:              cfg.Observer,
@@ -176,6 +171,17 @@ func New(cfg Config) *Server {
 		s.srv.MaxIdleWorkerDuration = cfg.IdleReleaseAfter
 	}
 	return s
+}
+
+// applyDefaults sets what a zero Config leaves to its default: no logging,
+// no observer.
+func (cfg *Config) applyDefaults() {
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
 }
 
 // DefaultMaxRequestHeaderBytes is limits.request_header_bytes' default.

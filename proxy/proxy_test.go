@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -72,20 +71,7 @@ func startServer(t testing.TB, o proxyOpts, endpoints ...string) (*Server, strin
 		o.listener.Logger = zaptest.NewLogger(t, zaptest.Level(zapcore.DebugLevel))
 	}
 	s := New(o.listener)
-	ln, err := Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-		<-done
-		p.Close()
-	})
-	return s, ln.Addr().String()
+	return s, serveLoopback(t, s, p)
 }
 
 // upstream runs a net/http server on 127.0.0.1:0.

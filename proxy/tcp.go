@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/unstuck-proxy/unstuck/pool"
-	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
 // TCPServer serves a protocol: tcp listener. Each app connection is paired
@@ -42,12 +41,7 @@ type TCPServer struct {
 // uses the app-socket settings, IdleTimeout, HalfClose, HalfCloseTimeout,
 // MaxConns, AccessLog and Upstream (whose pool should be a Stream pool).
 func NewTCP(cfg Config) *TCPServer {
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
-	}
-	if cfg.Observer == nil {
-		cfg.Observer = nopObserver{}
-	}
+	cfg.applyDefaults()
 	s := &TCPServer{
 		name:     cfg.Name,
 		log:      cfg.Logger.Named("tcp").With(zap.String("listener", cfg.Name)),
@@ -148,30 +142,13 @@ func (s *TCPServer) servePair(c *appConn) {
 	end := p.run()
 	s.untrack(p)
 
-	if end.resetApp {
-		c.abort()
-	} else {
-		c.Close()
-	}
-	if end.cause == PairShutdown {
-		end.resetUp = true // unstuck is going away: it cannot wait for the upstream's FIN
-	}
-	if !end.resetUp && !end.upstreamFIN && up.Pool.Linger().Mode == sockopt.Graceful {
-		// Our FIN must be answered, as the app's is: an upstream that
-		// never closes would keep our socket in FIN_WAIT2 and its own in
-		// CLOSE_WAIT.
-		end.resetUp = !awaitFIN(pc.NetConn(), s.policy.Load().halfCloseTimeout)
-	}
-	if end.resetUp {
-		up.Pool.Reset(pc, upstreamCause(end.cause))
-	} else {
-		up.Pool.Discard(pc, upstreamCause(end.cause))
-	}
+	endpoint := pc.Endpoint() // pc is not read once it has gone back
+	closePairSides(&end, c, up, pc, p.policy.halfCloseTimeout)
 	s.obs.PairEnded(end.cause, end.toUpstream, end.toApp)
 	if s.accessLog.Load() {
 		s.log.Info("pair",
 			zap.Stringer("app", c.RemoteAddr()), zap.String("upstream", up.Name),
-			zap.String("endpoint", pc.Endpoint()), zap.String("end", end.cause),
+			zap.String("endpoint", endpoint), zap.String("end", end.cause),
 			zap.Int64("to_upstream", end.toUpstream), zap.Int64("to_app", end.toApp),
 			zap.Duration("duration", time.Since(start)))
 	}

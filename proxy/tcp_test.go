@@ -80,6 +80,16 @@ func startTCP(t testing.TB, pc pool.Config, lc Config, endpoints ...string) (str
 		lc.Logger = zaptest.NewLogger(t)
 	}
 	s := NewTCP(lc)
+	return serveLoopback(t, s, p), p, s
+}
+
+// serveLoopback serves s on 127.0.0.1:0 and returns the address; when the
+// test ends, s shuts down (Shutdown may have run already), then p closes.
+func serveLoopback(t testing.TB, s interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}, p *pool.Pool) string {
+	t.Helper()
 	ln, err := Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +103,7 @@ func startTCP(t testing.TB, pc pool.Config, lc Config, endpoints ...string) (str
 		<-done
 		p.Close()
 	})
-	return ln.Addr().String(), p, s
+	return ln.Addr().String()
 }
 
 func dialTCP(t testing.TB, addr string) *net.TCPConn {

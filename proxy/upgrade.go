@@ -138,10 +138,12 @@ func (s *Server) runUpgraded(u *upgraded, toUp []byte) {
 	}
 }
 
-// closePairSides closes both sides of an ended pair as end says, as
-// TCPServer.servePair does: the app's with the listener's close policy, or
-// an RST; the upstream's after its FIN (awaitFIN, with a graceful linger)
-// or with an RST; never back to the pool. Nothing touches app or c after.
+// closePairSides closes both sides of an ended pair (a tcp listener's or
+// an upgrade's) as end says: the app's with the listener's close policy,
+// or an RST; the upstream's after its FIN (awaitFIN, with a graceful
+// linger: an upstream that never answers our FIN would keep our socket in
+// FIN_WAIT2 and its own in CLOSE_WAIT) or with an RST; never back to the
+// pool. Nothing touches app or c after.
 func closePairSides(end *pairEnd, app *appConn, up *Upstream, c *pool.Conn, halfCloseTimeout time.Duration) {
 	if end.resetApp {
 		app.abort()
