@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,6 +76,55 @@ type pair struct {
 	// other before anything the splice moves (preload); each belongs to
 	// its direction's goroutine once run starts.
 	firstToUp, firstToApp []byte
+}
+
+// pairSet is a server's running pairs, so that its Shutdown can end
+// them, and the WaitGroup of the goroutines that own them.
+type pairSet struct {
+	wg    sync.WaitGroup // the owners; Add before the pair is made
+	mu    sync.Mutex
+	shut  bool // ending: no pair is added
+	pairs map[*pair]struct{}
+}
+
+// add records p, unless the set is ending: then it stops p, whose run
+// returns at once.
+func (ps *pairSet) add(p *pair) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.shut {
+		p.stop()
+		return
+	}
+	if ps.pairs == nil {
+		ps.pairs = map[*pair]struct{}{}
+	}
+	ps.pairs[p] = struct{}{}
+}
+
+func (ps *pairSet) remove(p *pair) {
+	ps.mu.Lock()
+	delete(ps.pairs, p)
+	ps.mu.Unlock()
+}
+
+// end lets the pairs run until ctx ends, then runs before (if not nil),
+// stops the pairs still running and waits for their owners. It reports
+// whether it stopped any.
+func (ps *pairSet) end(ctx context.Context, before func()) bool {
+	waitCtx(ctx, ps.wg.Wait)
+	if before != nil {
+		before()
+	}
+	ps.mu.Lock()
+	ps.shut = true
+	stopped := len(ps.pairs) > 0
+	for p := range ps.pairs {
+		p.stop()
+	}
+	ps.mu.Unlock()
+	ps.wg.Wait()
+	return stopped
 }
 
 // copied is one direction's end.

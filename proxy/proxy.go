@@ -107,14 +107,13 @@ type Server struct {
 	maxConns  int                        // limits.max_conns; fixed for the server's life
 	raw       sync.WaitGroup             // raw response streams to HTTP/1.0 apps (hijacked)
 	policy    atomic.Pointer[pairPolicy] // for pairs made by upgrades from now on
-	// pairWG counts upgrades from their 101 to the close of both sides
-	// (upgrade.go); Add under mu while !shut.
-	pairWG sync.WaitGroup
+	// pairs are the upgraded pairs, from their 101 to the close of both
+	// sides (upgrade.go); pairs.wg.Add under mu while !shut.
+	pairs pairSet
 
 	mu    sync.Mutex
 	ln    *lingerListener    // set by Serve; guarded by mu
 	shut  bool               // Shutdown began; guarded by mu
-	pairs map[*pair]struct{} // upgraded pairs running, for Shutdown; guarded by mu
 }
 
 // New returns a server for cfg; Serve starts it.
@@ -128,7 +127,6 @@ func New(cfg Config) *Server {
 		idleReleaseAfter: cfg.IdleReleaseAfter,
 		activity:         cfg.Activity,
 		maxConns:         cfg.MaxConns,
-		pairs:            map[*pair]struct{}{},
 	}
 	s.Update(cfg)
 	headerBytes := cfg.MaxRequestHeaderBytes
@@ -285,7 +283,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.srv.ShutdownWithContext(ctx)
 	// fasthttp does not count hijacked connections: the pairs are ours to
 	// wait for and end.
-	if s.endPairs(ctx) && err == nil {
+	if s.pairs.end(ctx, nil) && err == nil {
 		err = ctx.Err()
 	}
 	if l != nil {

@@ -30,11 +30,12 @@ type TCPServer struct {
 	policy    atomic.Pointer[pairPolicy]
 	accessLog atomic.Bool
 
-	mu    sync.Mutex
-	ln    *lingerListener    // set by Serve
-	shut  bool               // Shutdown began
-	pairs map[*pair]struct{} // running pairs, for Shutdown
-	wg    sync.WaitGroup     // servePair goroutines; Add under mu while !shut
+	mu   sync.Mutex
+	ln   *lingerListener // set by Serve
+	shut bool            // Shutdown began
+	// pairs are the running pairs; pairs.wg counts the servePair
+	// goroutines, Add under mu while !shut.
+	pairs pairSet
 }
 
 // NewTCP returns a tcp-mode server for cfg; Serve starts it. Of Config it
@@ -47,7 +48,6 @@ func NewTCP(cfg Config) *TCPServer {
 		log:      cfg.Logger.Named("tcp").With(zap.String("listener", cfg.Name)),
 		obs:      cfg.Observer,
 		maxConns: cfg.MaxConns,
-		pairs:    map[*pair]struct{}{},
 	}
 	s.Update(cfg)
 	return s
@@ -107,7 +107,7 @@ func (s *TCPServer) Serve(ln net.Listener) error {
 			c.Close()
 			return nil
 		}
-		s.wg.Add(1)
+		s.pairs.wg.Add(1)
 		s.mu.Unlock()
 		go s.servePair(c)
 	}
@@ -124,7 +124,7 @@ func (s *TCPServer) isShut() bool {
 // end says. The upstream connection goes back to the pool only to be
 // closed (Discard or Reset): a pair's connection is never reused.
 func (s *TCPServer) servePair(c *appConn) {
-	defer s.wg.Done()
+	defer s.pairs.wg.Done()
 	start := time.Now()
 	up, pc, err := s.acquire()
 	if err != nil {
@@ -135,12 +135,10 @@ func (s *TCPServer) servePair(c *appConn) {
 		return
 	}
 	p := newPair(c.Conn, pc.NetConn(), *s.policy.Load())
-	if !s.track(p) {
-		p.stop() // Shutdown came first: run returns at once
-	}
+	s.pairs.add(p)
 	s.obs.PairOpened()
 	end := p.run()
-	s.untrack(p)
+	s.pairs.remove(p)
 
 	endpoint := pc.Endpoint() // pc is not read once it has gone back
 	closePairSides(&end, c, up, pc, p.policy.halfCloseTimeout)
@@ -193,22 +191,6 @@ func upstreamCause(pairCause string) pool.Cause {
 	return pool.CausePairEnd
 }
 
-func (s *TCPServer) track(p *pair) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shut {
-		return false
-	}
-	s.pairs[p] = struct{}{}
-	return true
-}
-
-func (s *TCPServer) untrack(p *pair) {
-	s.mu.Lock()
-	delete(s.pairs, p)
-	s.mu.Unlock()
-}
-
 // Shutdown stops accepting and lets running pairs go on until ctx ends;
 // then it ends them (both sides reset: unstuck is going away and cannot
 // wait for either peer) and waits for their closes.
@@ -220,16 +202,11 @@ func (s *TCPServer) Shutdown(ctx context.Context) error {
 	if l != nil {
 		l.Close()
 	}
-	waitCtx(ctx, s.wg.Wait)
-	if l != nil {
-		l.stop() // from now on an app close waits for no FIN
-	}
-	s.mu.Lock()
-	for p := range s.pairs {
-		p.stop()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
+	s.pairs.end(ctx, func() {
+		if l != nil {
+			l.stop() // from now on an app's close waits for no FIN
+		}
+	})
 	if l != nil {
 		l.wait()
 	}

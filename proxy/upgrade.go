@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -79,7 +78,7 @@ func (x *exchange) switchProtocols(c *pool.Conn, head []byte) error {
 		x.up.Pool.Reset(c, pool.CauseShutdown)
 		return errShuttingDown
 	}
-	s.pairWG.Add(1)
+	s.pairs.wg.Add(1)
 	s.mu.Unlock()
 	u := &upgraded{s: s, app: x.app, up: x.up, c: c, upConn: c.NetConn(), toApp: toApp, start: time.Now()}
 	x.app.upgrade.Store(u)
@@ -117,22 +116,21 @@ func takeBuffered(nc, raw net.Conn) []byte {
 // written first (the app's to the upstream, the 101's head and what
 // followed it to the app), and closes both sides as the pair's end says.
 func (s *Server) runUpgraded(u *upgraded, toUp []byte) {
-	defer s.pairWG.Done()
+	defer s.pairs.wg.Done()
 	policy := *s.policy.Load()
 	p := newPair(u.app.Conn, u.upConn, policy)
 	p.preload(toUp, u.toApp)
-	if !s.trackPair(p) {
-		p.stop() // Shutdown came first: run returns at once
-	}
+	s.pairs.add(p)
 	s.obs.PairOpened()
 	end := p.run()
-	s.untrackPair(p)
+	s.pairs.remove(p)
+	endpoint := u.c.Endpoint() // u.c is not read once it has gone back
 	closePairSides(&end, u.app, u.up, u.c, policy.halfCloseTimeout)
 	s.obs.PairEnded(end.cause, end.toUpstream, end.toApp)
 	if s.accessLog.Load() {
 		s.log.Info("pair",
 			zap.Stringer("app", u.app.RemoteAddr()), zap.String("upstream", u.up.Name),
-			zap.String("endpoint", u.c.Endpoint()), zap.String("end", end.cause),
+			zap.String("endpoint", endpoint), zap.String("end", end.cause),
 			zap.Int64("to_upstream", end.toUpstream), zap.Int64("to_app", end.toApp),
 			zap.Duration("duration", time.Since(u.start)))
 	}
@@ -166,42 +164,11 @@ func closePairSides(end *pairEnd, app *appConn, up *Upstream, c *pool.Conn, half
 // abandon ends an upgrade whose app connection fasthttp closed instead of
 // hijacking it: the upstream, which has switched protocols, gets an RST.
 func (u *upgraded) abandon() {
-	defer u.s.pairWG.Done()
+	defer u.s.pairs.wg.Done()
 	u.up.Pool.Reset(u.c, pool.CausePairEnd)
 	if ce := u.s.log.Check(zapcore.DebugLevel, "upgrade abandoned: the app connection closed before its pair began"); ce != nil {
 		ce.Write(zap.Stringer("app", u.app.RemoteAddr()), zap.String("endpoint", u.c.Endpoint()))
 	}
-}
-
-func (s *Server) trackPair(p *pair) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shut {
-		return false
-	}
-	s.pairs[p] = struct{}{}
-	return true
-}
-
-func (s *Server) untrackPair(p *pair) {
-	s.mu.Lock()
-	delete(s.pairs, p)
-	s.mu.Unlock()
-}
-
-// endPairs is Shutdown's part for upgraded pairs: they go on until ctx
-// ends, then they are stopped, and it waits for both sides of each to be
-// closed. It reports whether it stopped any.
-func (s *Server) endPairs(ctx context.Context) bool {
-	waitCtx(ctx, s.pairWG.Wait)
-	s.mu.Lock()
-	stopped := len(s.pairs) > 0
-	for p := range s.pairs {
-		p.stop()
-	}
-	s.mu.Unlock()
-	s.pairWG.Wait()
-	return stopped
 }
 
 // refuseUpgrade answers an upgrade request on a listener that does not
