@@ -140,6 +140,7 @@ func (p *Pool) SetEndpoints(addrs []Addr) {
 		}
 		p.setDrainingLocked(ep, !keep)
 		if !keep {
+			p.repickWaitersLocked(ep)
 			idle = p.takeIdleLocked(ep, idle)
 			p.log.Info("endpoint removed: draining", zap.String("endpoint", ep.addr), zap.Int("connections", ep.conns))
 		}
@@ -166,6 +167,18 @@ func (p *Pool) newEndpoint(a Addr) *endpoint {
 	return &endpoint{addr: a.Addr, tls: tlsFor(p.cfg.TLS, name)}
 }
 
+// errRepick tells an Acquire waiting on an endpoint that has left to
+// pick another.
+var errRepick = errors.New("pool: the endpoint waited on left; pick again")
+
+// repickWaitersLocked sends the Acquires waiting on ep elsewhere: ep is
+// leaving, and a slot freed there must not be dialed. p.mu must be held.
+func (p *Pool) repickWaitersLocked(ep *endpoint) {
+	for w := ep.popWaiterLocked(); w != nil; w = ep.popWaiterLocked() {
+		w.ch <- grant{err: errRepick}
+	}
+}
+
 // setDrainingLocked changes ep's draining, counting it in p.downs.
 func (p *Pool) setDrainingLocked(ep *endpoint, draining bool) {
 	p.setOutLocked(ep, func() { ep.draining = draining })
@@ -188,7 +201,8 @@ func (p *Pool) setOutLocked(ep *endpoint, change func()) {
 // removeDrainedLocked drops draining endpoints with no connection left.
 // p.mu must be held.
 func (p *Pool) removeDrainedLocked() {
-	p.eps = slices.DeleteFunc(p.eps, func(ep *endpoint) bool {
+	// A new slice: callers up the stack may be ranging over p.eps.
+	p.eps = slices.DeleteFunc(slices.Clone(p.eps), func(ep *endpoint) bool {
 		gone := ep.draining && ep.conns == 0 && len(ep.waiters) == 0
 		if gone {
 			p.downs--

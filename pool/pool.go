@@ -344,7 +344,17 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 			return c, err
 		}
 		if !settled && !p.anyIdleLocked() {
-			return p.waitUnlock(start, false)
+			c, err := p.waitUnlock(start, false)
+			if err == errRepick {
+				p.mu.Lock()
+				start, err = p.pickLocked()
+				p.mu.Unlock()
+				if err != nil {
+					return nil, err
+				}
+				continue
+			}
+			return c, err
 		}
 		// No room to dial: an unsettled connection beats waiting (careful),
 		// and one released since acquireIdle looked is taken now.
@@ -393,7 +403,11 @@ func (p *Pool) AcquireNew() (*Conn, error) {
 			return p.dial(ep)
 		}
 	}
-	return p.waitUnlock(start, true)
+	c, err := p.waitUnlock(start, true)
+	if err == errRepick {
+		return p.AcquireNew() // the endpoint waited on left: pick again
+	}
+	return c, err
 }
 
 // dialFreeSlotLocked, with p.mu held, ends an acquire that need not
@@ -741,6 +755,17 @@ func (p *Pool) putIdle(c *Conn) {
 	missed := c.missed
 	c.missed = false
 	ep := c.ep
+	if p.downs > 0 && ep.out(time.Now()) {
+		// Its endpoint left (DNS) or was taken out while c was busy: c
+		// closes instead of idling where nothing takes it.
+		p.mu.Unlock()
+		cause := CauseEjected
+		if ep.draining {
+			cause = CauseDrained
+		}
+		p.discard(c, cause)
+		return
+	}
 	if w := ep.popWaiterLocked(); w != nil {
 		p.mu.Unlock()
 		w.ch <- grant{c: c} // the waiter's peek stands in for recheck
