@@ -58,6 +58,9 @@ type upstream struct {
 	cfg    config.Upstream
 	stream bool // its listeners are tcp listeners: a stream pool
 	pool   *pool.Pool
+	// stopDNS stops the DNS refresh of its endpoints (dns.go), before
+	// the pool closes.
+	stopDNS func()
 }
 
 type listener struct {
@@ -184,6 +187,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 			l.socket.close()
 		}
 		for _, u := range created {
+			u.stopDNS()
 			u.pool.Close()
 		}
 		if adm != nil {
@@ -211,7 +215,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		if err != nil {
 			return fmt.Errorf("upstream %s: %w", name, err)
 		}
-		u := &upstream{cfg: uc, stream: stream, pool: p}
+		u := &upstream{cfg: uc, stream: stream, pool: p, stopDNS: s.startDNS(name, uc, p)}
 		created = append(created, u)
 		newUps[name] = u
 	}
@@ -303,6 +307,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	}
 	for name, old := range s.upstreams {
 		if newUps[name] != old {
+			old.stopDNS() // its pool retires: no more endpoint changes
 			if newUps[name] == nil {
 				s.metrics.RemovePool(name)
 			}
@@ -428,6 +433,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	for _, u := range ups {
+		u.stopDNS()
 		u.pool.Close()
 	}
 	s.retiring.Wait()
