@@ -52,13 +52,15 @@ type Config struct {
 }
 
 // Resolver refreshes one upstream's endpoints. Run it on one goroutine
-// (Run or Start); everything below cfg belongs to that goroutine.
+// (Run or Start).
 type Resolver struct {
+	// Set by New, read-only after.
 	cfg     Config
 	log     *zap.Logger
 	targets []target
 	names   []string // the distinct names among targets, in order
 
+	// Owned by the goroutine running Run.
 	good    map[string][]netip.Addr // each name's last good addresses, sorted
 	failing map[string]int          // names failing now: failed lookups in a row
 	current []pool.Addr             // the set Set last got; at first, the configured one
@@ -67,8 +69,8 @@ type Resolver struct {
 // target is one configured endpoint.
 type target struct {
 	host, port string
-	asIs       bool // an IP literal (or localhost, or unparsable): passed through as configured
-	given      string
+	asIs       bool   // an IP literal (or localhost, or unparsable): passed through as configured
+	given      string // as configured
 }
 
 // HasNames reports whether any of endpoints is given by a name a Resolver
