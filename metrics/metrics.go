@@ -85,6 +85,7 @@ type Metrics struct {
 	sockets *socketCollector
 	pairs   *pairMetrics // tcp mode and upgrades (pairs.go)
 	tls     *tlsMetrics  // TLS to upstreams (tls.go)
+	dns     *dnsMetrics  // endpoint sets and DNS lookups (dns.go)
 }
 
 // New creates every metric and registers it, with the Go runtime and
@@ -158,6 +159,7 @@ func New() *Metrics {
 	)
 	m.pairs = registerPairMetrics(m.reg)
 	m.tls = registerTLSMetrics(m.reg)
+	m.dns = registerDNSMetrics(m.reg, m.pools)
 	return m
 }
 

@@ -62,14 +62,18 @@ type upstream struct {
 	// stopChecks ends the pool's active health checks and waits for them;
 	// nil until they start (and without checks).
 	stopChecks func()
+	// stopDNS stops the DNS refresh of its endpoints (dns.go), before
+	// the pool closes.
+	stopDNS func()
 }
 
-// close stops u's checks, then closes its pool: idle connections close
-// now, busy ones when released.
+// close stops u's checks and DNS refresh, then closes its pool: idle
+// connections close now, busy ones when released.
 func (u *upstream) close() {
 	if u.stopChecks != nil {
 		u.stopChecks()
 	}
+	u.stopDNS()
 	u.pool.Close()
 }
 
@@ -197,6 +201,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 			l.socket.close()
 		}
 		for _, u := range created {
+			u.stopDNS()
 			u.pool.Close()
 		}
 		if adm != nil {
@@ -224,7 +229,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		if err != nil {
 			return fmt.Errorf("upstream %s: %w", name, err)
 		}
-		u := &upstream{cfg: uc, stream: stream, pool: p}
+		u := &upstream{cfg: uc, stream: stream, pool: p, stopDNS: s.startDNS(name, uc, p)}
 		created = append(created, u)
 		newUps[name] = u
 	}
@@ -319,6 +324,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	}
 	for name, old := range s.upstreams {
 		if newUps[name] != old {
+			old.stopDNS() // its pool retires: no more endpoint changes
 			if newUps[name] == nil {
 				s.metrics.RemovePool(name)
 			}

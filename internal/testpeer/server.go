@@ -23,6 +23,10 @@ type Options struct {
 	// Logf, if set, gets one line per request the server could not parse
 	// (t.Logf fits). Peers that hang up are not logged.
 	Logf func(format string, args ...any)
+	// Listen is the address to listen on, such as "127.0.0.3:41234" for
+	// one of several endpoints that share a port, as the addresses of a
+	// name in DNS do. Empty means "127.0.0.1:0".
+	Listen string
 }
 
 // Record is one request a server received completely (head and body).
@@ -94,7 +98,10 @@ func newServer(opts Options, policy func(*Server)) (*Server, error) {
 	if opts.KeepHeaders <= 0 {
 		opts.KeepHeaders = 64
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if opts.Listen == "" {
+		opts.Listen = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("testpeer: %w", err)
 	}
@@ -104,7 +111,7 @@ func newServer(opts Options, policy func(*Server)) (*Server, error) {
 	return s, nil
 }
 
-// Addr is the server's "127.0.0.1:port".
+// Addr is the server's "127.0.0.1:port" (or the address of Options.Listen).
 func (s *Server) Addr() string { return s.loop.Addr().String() }
 
 // Close stops accepting, closes every connection (interrupting any delay or
