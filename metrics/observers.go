@@ -157,7 +157,7 @@ func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 	for _, p := range timeoutPhases {
 		o.timeouts[p] = m.upTimeouts.WithLabelValues(name, upstream, p)
 	}
-	m.pairs.forListener(name)
+	o.pairs = m.pairs.forListener(name)
 	return o
 }
 
@@ -179,6 +179,7 @@ type listenerObserver struct {
 	refused  map[string]prometheus.Counter // by reason
 	aborts   map[string]prometheus.Counter // by phase
 	timeouts map[string]prometheus.Counter // by phase
+	pairs    listenerPairs
 }
 
 func (o *listenerObserver) Request(status int, upstream time.Duration, _ int) {

@@ -50,23 +50,45 @@ func (m *pairMetrics) warm(upstream string, hit bool) {
 
 // forListener creates a listener's series, at zero, so that a rate alert
 // sees them from the start.
-func (m *pairMetrics) forListener(name string) {
-	m.open.WithLabelValues(name)
-	for _, c := range pairCauses {
-		m.closes.WithLabelValues(name, c)
-	}
-	m.bytes.WithLabelValues(name, "to_upstream")
-	m.bytes.WithLabelValues(name, "to_app")
+// listenerPairs are one listener's pair series, made up front (at zero,
+// so that a rate alert sees them from the start) and read-only after: a
+// pair's open and end take no label lookup.
+type listenerPairs struct {
+	open           prometheus.Gauge
+	closes         map[string]prometheus.Counter // by cause
+	toUpstream     prometheus.Counter
+	toApp          prometheus.Counter
+	closesFallback *prometheus.CounterVec
+	listener       string
 }
 
-func (o *listenerObserver) PairOpened() { o.m.pairs.open.WithLabelValues(o.listener).Inc() }
+func (m *pairMetrics) forListener(name string) listenerPairs {
+	lp := listenerPairs{
+		open:           m.open.WithLabelValues(name),
+		closes:         make(map[string]prometheus.Counter, len(pairCauses)),
+		toUpstream:     m.bytes.WithLabelValues(name, "to_upstream"),
+		toApp:          m.bytes.WithLabelValues(name, "to_app"),
+		closesFallback: m.closes,
+		listener:       name,
+	}
+	for _, c := range pairCauses {
+		lp.closes[c] = m.closes.WithLabelValues(name, c)
+	}
+	return lp
+}
+
+func (o *listenerObserver) PairOpened() { o.pairs.open.Inc() }
 
 func (o *listenerObserver) PairEnded(cause string, toUpstream, toApp int64) {
-	m := o.m.pairs
+	lp := &o.pairs
 	if cause != proxy.PairDialError {
-		m.open.WithLabelValues(o.listener).Dec()
+		lp.open.Dec()
 	}
-	m.closes.WithLabelValues(o.listener, cause).Inc()
-	m.bytes.WithLabelValues(o.listener, "to_upstream").Add(float64(toUpstream))
-	m.bytes.WithLabelValues(o.listener, "to_app").Add(float64(toApp))
+	if c, ok := lp.closes[cause]; ok {
+		c.Inc()
+	} else {
+		lp.closesFallback.WithLabelValues(lp.listener, cause).Inc() // a cause added to proxy but not here
+	}
+	lp.toUpstream.Add(float64(toUpstream))
+	lp.toApp.Add(float64(toApp))
 }
