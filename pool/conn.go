@@ -121,6 +121,9 @@ type Conn struct {
 
 	// reset, set by Pool.Reset before the close, makes it an RST.
 	reset bool
+	// watched: in a stream pool, its socket was added to the watcher when
+	// it first went idle (Pool.watchConn). Owned by its holder.
+	watched bool
 }
 
 // countingIO sits between the buffers and the socket, so the proxy can tell

@@ -648,11 +648,10 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 	// noted for Release, not dropped as an event for a closed connection.
 	p.all[c.id] = c
 	p.mu.Unlock()
-	var werr error
-	if err := c.control(func(fd int) { werr = p.watch.register(fd, c.id) }); err != nil {
-		werr = err
-	}
-	if werr != nil {
+	// A stream pool's connection is watched only once it is idle
+	// (putIdle): one a pair takes at once never is, and saves the
+	// epoll_ctl.
+	if werr := p.watchConn(c); !p.cfg.Stream && werr != nil {
 		p.mu.Lock()
 		p.dropLocked(c)
 		p.mu.Unlock()
@@ -679,6 +678,20 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		ce.Write(zap.String("endpoint", ep.addr), zap.Stringer("local", nc.LocalAddr()))
 	}
 	return c, nil
+}
+
+// watchConn adds c's socket to the watcher's epoll set, for its whole life
+// (closing the socket removes it); in a stream pool it does nothing until
+// c is about to be idle.
+func (p *Pool) watchConn(c *Conn) error {
+	if p.cfg.Stream && !c.watched {
+		return nil
+	}
+	var werr error
+	if err := c.control(func(fd int) { werr = p.watch.register(fd, c.id) }); err != nil {
+		werr = err
+	}
+	return werr
 }
 
 // dialFailed reports a failed dial to ep, and returns its DialError.
@@ -746,6 +759,13 @@ func (p *Pool) Release(c *Conn) {
 // putIdle hands c, released or newly dialed by the warmer, to a waiting
 // Acquire or makes it idle under watch.
 func (p *Pool) putIdle(c *Conn) {
+	if p.cfg.Stream && !c.watched {
+		c.watched = true
+		if err := p.watchConn(c); err != nil {
+			p.discard(c, CauseError)
+			return
+		}
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
