@@ -560,6 +560,15 @@ func TestPairWarmPoolNeverHandsOutDeadConnection(t *testing.T) {
 	obs := &pairObserver{}
 	addr, p, _ := startTCP(t, pool.Config{MinIdle: 4}, Config{Observer: obs}, up.addr())
 	wait.Until(t, 5*time.Second, "four warm connections", func() bool { return idleConns(p) == 4 })
+	// The pool learns how long the server lets idle connections live from
+	// the closes it sees: the app arrives once the first warm connections
+	// have died and been replaced.
+	wait.Until(t, 5*time.Second, "the server's first idle closes", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(reactions) >= 4
+	})
+	wait.Until(t, 5*time.Second, "four warm connections again", func() bool { return idleConns(p) == 4 })
 	r := rand.New(rand.NewPCG(7, 7))
 	failed := 0
 	const arrivals = 40
