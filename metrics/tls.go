@@ -22,7 +22,7 @@ func registerTLSMetrics(reg *prometheus.Registry) *tlsMetrics {
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "unstuck_upstream_tls_handshake_seconds",
 			Help:    "Time of completed TLS handshakes with upstream endpoints.",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs to ~3s
+			Buckets: tlsBuckets,
 		}, []string{"upstream"}),
 	}
 	reg.MustRegister(m.handshakes, m.seconds)
