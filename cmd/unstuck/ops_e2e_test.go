@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -500,6 +501,9 @@ func TestE2EAdmin(t *testing.T) {
 			_, metrics = adminGet(t, admin, "/metrics")
 			return strings.Contains(metrics, ok)
 		})
+		if build := `unstuck_build_info{goversion="` + runtime.Version() + `",version="` + e2eVersion + `"} 1`; !strings.Contains(metrics, build+"\n") {
+			t.Errorf("/metrics lacks %q", build)
+		}
 
 		code, body := adminGet(t, c.debugAddr(t), "/debug/pool")
 		var pools map[string]struct {
@@ -644,5 +648,41 @@ upstreams:
 			t.Errorf("access line %d: %+v (reused %v); want %s %s 200 endpoint %s reused %v",
 				i+1, g, g.Reused != nil && *g.Reused, r.method, r.path, upstream, r.reused)
 		}
+	}
+}
+
+// TestE2ESdNotify: under a service manager (NOTIFY_SOCKET), the binary
+// sends READY=1 only once its listener accepts, so that a unit ordered
+// After=unstuck.service starts after that, and STOPPING=1 on SIGTERM.
+func TestE2ESdNotify(t *testing.T) {
+	t.Parallel()
+	upstream := startUpstream(t)
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	sock := listenNotify(t, path)
+	c := startUnstuck(t, childOpts{env: []string{"NOTIFY_SOCKET=" + path}}, "--listen", listen, "--upstream", upstream)
+
+	msg := nextNotify(t, sock, e2eStartTimeout)
+	if !slices.Contains(strings.Split(msg, "\n"), "READY=1") {
+		t.Fatalf("first message %q; want READY=1", msg)
+	}
+	// No wait: the listener must already be bound.
+	conn, err := net.DialTimeout("tcp", listen, time.Second)
+	if err != nil {
+		t.Fatalf("READY=1 sent before the listener accepts: %v", err)
+	}
+	conn.Close()
+	if code, body := get(t, listen); code != http.StatusOK || body != upstreamBody {
+		t.Errorf("GET: %d %q", code, body)
+	}
+
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if msg := nextNotify(t, sock, e2eStopTimeout); !slices.Contains(strings.Split(msg, "\n"), "STOPPING=1") {
+		t.Errorf("after SIGTERM: %q; want STOPPING=1", msg)
+	}
+	if code := c.exitCode(t, e2eStopTimeout); code != 0 {
+		t.Errorf("exit code %d after SIGTERM", code)
 	}
 }
