@@ -52,7 +52,7 @@ type Config struct {
 type Log struct {
 	Level  string `key:"level" default:"info" oneof:"debug,info,warn,error" doc:"debug, info, warn or error"`
 	Format string `key:"format" default:"console" oneof:"console,json" doc:"console for people; json for containers and log shippers"`
-	Access bool   `key:"access" default:"false" doc:"one line per request (method, path, status, bytes, duration, endpoint, reused, retries)"`
+	Access bool   `key:"access" default:"false" doc:"one line per request: method, uri, status, response_flag, bytes each way, duration, upstream_time, endpoint, user_agent, x_request_id..."`
 }
 
 // Admin configures the admin listener (probes and metrics, fit for the
