@@ -3,9 +3,9 @@ package deploy_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"debug/buildinfo"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
