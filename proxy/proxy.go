@@ -515,26 +515,30 @@ func (x *exchange) finish() {
 	} else if !req.IsBodyStream() { // Body would read a stream
 		reqBytes = len(req.Body())
 	}
-	s.log.Info("access",
+	ce := s.log.Check(zapcore.InfoLevel, "access")
+	if ce == nil {
+		return
+	}
+	ce.Write(
 		zap.ByteString("method", ctx.Method()), zap.ByteString("uri", ctx.RequestURI()),
 		zap.ByteString("protocol", req.Header.Protocol()),
-		zap.Int("status", status), optional("response_flag", x.reason),
+		zap.Int("status", status), stringIfSet("response_flag", x.reason),
 		zap.Int("request_bytes", reqBytes), zap.Int("bytes", bytes),
 		zap.Duration("duration", time.Since(x.start)), zap.Duration("upstream_time", x.took),
 		zap.String("endpoint", x.endpoint), zap.Bool("reused", x.reused), zap.Int("retries", x.retries),
 		zap.Stringer("remote", ctx.RemoteAddr()), zap.ByteString("user_agent", req.Header.UserAgent()),
-		optionalBytes("x_request_id", req.Header.Peek("X-Request-Id")))
+		bytesIfSet("x_request_id", req.Header.Peek("X-Request-Id")))
 }
 
-// optional and optionalBytes are a field, left out when empty.
-func optional(key, v string) zap.Field {
+// stringIfSet and bytesIfSet are a field, left out when empty.
+func stringIfSet(key, v string) zap.Field {
 	if v == "" {
 		return zap.Skip()
 	}
 	return zap.String(key, v)
 }
 
-func optionalBytes(key string, v []byte) zap.Field {
+func bytesIfSet(key string, v []byte) zap.Field {
 	if len(v) == 0 {
 		return zap.Skip()
 	}
