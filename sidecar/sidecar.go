@@ -167,9 +167,12 @@ func (s *Sidecar) ListenerAddr(name string) net.Addr {
 //     name, limits.request_header_bytes or limits.max_conns changed gets a
 //     new server on the same socket: the old server stops accepting and
 //     drains, the socket never stops accepting;
+//   - admin.listen or admin.debug_listen that changed is bound anew, then
+//     the old one closes;
 //   - everything else (linger, app_fin_timeout, keepalive, user_timeout,
 //     the request timeouts, limits.request_body_bytes, the access log, the
-//     log level) applies in place.
+//     log level, admin.pprof, admin.ready_requires_upstream) applies in
+//     place.
 //
 // If anything cannot be applied (a new address cannot be bound), nothing
 // is: the old configuration keeps running and the error says why.
