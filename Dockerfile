@@ -1,6 +1,8 @@
 # Build:  docker build --build-arg VERSION=v1.2.3 -t unstuck .
 #
-# The image runs the repository's config.yaml, whose listener is on
+# The image runs the repository's config.yaml, with log.format json (one
+# object per line, for a log shipper): UNSTUCK_LOG_FORMAT=json below. Its
+# listener is on
 # 127.0.0.1:8080: right for a sidecar, which shares the pod's network
 # namespace with the app. Run standalone, the container must listen on all
 # its interfaces for a published port to reach it (the admin port too, to
@@ -27,8 +29,11 @@ FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/unstuck /unstuck
 COPY config.yaml /etc/unstuck/config.yaml
 USER 65532:65532
+# JSON logs in a container; -e UNSTUCK_LOG_FORMAT=console for people.
+ENV UNSTUCK_LOG_FORMAT=json
 # 8080: the app listener of config.yaml. 9901: the admin listener
-# (/healthz, /readyz, /metrics, /debug/pool).
+# (/healthz, /readyz, /metrics). The debug listener (/debug/pool, pprof)
+# stays on the container's loopback, 127.0.0.1:9902: not exposed.
 EXPOSE 8080 9901
 # No shell in the image: the binary checks itself. It reads the same file
 # and UNSTUCK_* environment as the sidecar, so it finds the admin listener

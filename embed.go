@@ -1,5 +1,5 @@
-// Package unstuck holds what the whole module shares; today that is the
-// default configuration file.
+// Package unstuck holds what the whole module shares: the default
+// configuration file and the version.
 package unstuck
 
 import _ "embed"
@@ -10,3 +10,8 @@ import _ "embed"
 //
 //go:embed config.yaml
 var DefaultConfig []byte
+
+// Version is the release this binary is, for unstuck_build_info and the
+// logs. The command sets it at start from its own main.version, which the
+// release build sets with -ldflags "-X main.version=...".
+var Version = "dev"

@@ -1,11 +1,18 @@
-// Package admin serves unstuck's admin port: liveness, readiness,
-// Prometheus metrics and a JSON view of the pools. It is low-traffic, so it
-// uses net/http, not fasthttp.
+// Package admin serves unstuck's admin listeners. It is low-traffic, so it
+// uses net/http, not fasthttp. A Server has one of two roles:
+//
+// Probes (admin.listen), fit for the pod IP, where the kubelet and
+// Prometheus reach it:
 //
 //	GET /healthz     200 "ok\n" while the process runs
 //	GET /readyz      200 "ready\n", or 503 and the reason on one line
 //	GET /metrics     Prometheus text format
-//	GET /debug/pool  per upstream: {"endpoints": Stats(), "conns": Snapshot()}
+//
+// Debug (admin.debug_listen), on loopback only, for a person on the host
+// or behind kubectl port-forward:
+//
+//	GET /debug/pool     per upstream: {"endpoints": Stats(), "conns": Snapshot()}
+//	GET /debug/pprof/   Go's profiler, while Config.Pprof says so (else 404)
 //
 // Other paths are 404; other methods than GET and HEAD are 405. The port
 // keeps a file descriptor in reserve, so that it answers even when the
@@ -52,18 +59,33 @@ type PoolView interface {
 	Snapshot() []pool.ConnInfo
 }
 
+// Role says which endpoints a Server serves.
+type Role int
+
+const (
+	// Probes serves /healthz, /readyz and /metrics.
+	Probes Role = iota
+	// Debug serves /debug/pool and, while Config.Pprof says so,
+	// /debug/pprof/. Its address must be a loopback one (config checks).
+	Debug
+)
+
 // Config is what the admin server needs. A zero value means the documented
 // default.
 type Config struct {
 	Addr    string           // host:port; default DefaultAddr
-	Metrics *metrics.Metrics // nil: /metrics is 404
-	// Ready reports whether the sidecar can serve: nil when every listener
-	// is bound and every upstream has a reachable endpoint, else why not.
-	// It is called for each /readyz; nil means always ready.
+	Role    Role             // default Probes
+	Metrics *metrics.Metrics // Probes; nil: /metrics is 404
+	// Ready reports whether the sidecar can carry traffic: nil, else why
+	// not. It is called for each /readyz (Probes); nil means always ready.
 	Ready func() error
 	// Pools returns the current pools by upstream name; it is called for
-	// each /debug/pool, so a reload's new pools show. nil: no pools.
-	Pools  func() map[string]PoolView
+	// each /debug/pool (Debug), so a reload's new pools show. nil: no pools.
+	Pools func() map[string]PoolView
+	// Pprof reports whether /debug/pprof/ is served (Debug); it is asked
+	// at each request, so a reload turns the profiler on or off in place.
+	// nil: never.
+	Pprof  func() bool
 	Logger *zap.Logger // default: no logging
 }
 
@@ -123,7 +145,11 @@ func (s *Server) Start() error {
 	}
 	s.done = make(chan struct{})
 	go s.serve(s.srv, ln, s.done)
-	s.log.Info("admin listening", zap.Stringer("addr", ln.Addr()))
+	msg := "admin listening"
+	if s.cfg.Role == Debug {
+		msg = "debug listening"
+	}
+	s.log.Info(msg, zap.Stringer("addr", ln.Addr()))
 	return nil
 }
 
@@ -168,15 +194,17 @@ func (s *Server) newHandler() http.Handler {
 	mux := http.NewServeMux()
 	// "GET" patterns also match HEAD; the mux answers other methods 405 and
 	// unknown paths 404.
+	if s.cfg.Role == Debug {
+		mux.HandleFunc("GET /debug/pool", s.debugPool)
+		// Go's profiler, for "where does the CPU go" on a live sidecar.
+		mux.Handle("GET /debug/pprof/", s.whilePprof(pprof.Index))
+		mux.Handle("GET /debug/pprof/profile", s.whilePprof(pprof.Profile))
+		mux.Handle("GET /debug/pprof/trace", s.whilePprof(pprof.Trace))
+		mux.Handle("GET /debug/pprof/symbol", s.whilePprof(pprof.Symbol))
+		return mux
+	}
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("GET /debug/pool", s.debugPool)
-	// Go's profiler, for "where does the CPU go" on a live sidecar. The
-	// admin listener is on loopback unless configured otherwise.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	if s.cfg.Metrics != nil {
 		reg := s.cfg.Metrics.Registry()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
@@ -187,6 +215,18 @@ func (s *Server) newHandler() http.Handler {
 		}))
 	}
 	return mux
+}
+
+// whilePprof serves h while Config.Pprof says so, else 404 as for any
+// unknown path.
+func (s *Server) whilePprof(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Pprof == nil || !s.cfg.Pprof() {
+			http.NotFound(w, r)
+			return
+		}
+		h(w, r)
+	})
 }
 
 func writeText(w http.ResponseWriter, code int, body string) {

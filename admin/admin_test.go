@@ -54,7 +54,9 @@ func TestEndpoints(t *testing.T) {
 		{"HEAD", "/healthz", 200, "ok\n", ""},  // the recorder keeps it; a server sends none
 		{"GET", "/readyz", 200, "ready\n", ""}, // no Ready func: ready
 		{"GET", "/metrics", 200, "", "unstuck_config_reloads_total 1\n"},
-		{"GET", "/debug/pool", 200, "{}\n", ""},
+		{"GET", "/debug/pool", 404, "", ""}, // the debug listener's
+		{"GET", "/debug/pprof/", 404, "", ""},
+		{"GET", "/debug/pprof/profile", 404, "", ""},
 		{"GET", "/", 404, "", ""},
 		{"GET", "/healthz/", 404, "", ""},
 		{"GET", "/nope", 404, "", ""},
@@ -62,7 +64,6 @@ func TestEndpoints(t *testing.T) {
 		{"POST", "/healthz", 405, "", ""},
 		{"PUT", "/readyz", 405, "", ""},
 		{"DELETE", "/metrics", 405, "", ""},
-		{"POST", "/debug/pool", 405, "", ""},
 	} {
 		code, hdr, body := do(t, h, tc.method, tc.path)
 		if code != tc.code {
@@ -78,6 +79,39 @@ func TestEndpoints(t *testing.T) {
 		if tc.contains != "" && !strings.Contains(body, tc.contains) {
 			t.Errorf("%s %s: body lacks %q", tc.method, tc.path, tc.contains)
 		}
+	}
+}
+
+// TestDebugEndpoints: the debug listener serves /debug/pool, and pprof
+// only while Pprof says so (a reload flips it in place); never the probes
+// or /metrics.
+func TestDebugEndpoints(t *testing.T) {
+	var pprofOn atomic.Bool
+	s := New(Config{Role: Debug, Metrics: metrics.New(), Pprof: pprofOn.Load})
+	h := s.Handler()
+	for _, tc := range []struct {
+		method, path string
+		pprof        bool
+		code         int
+	}{
+		{"GET", "/debug/pool", false, 200},
+		{"POST", "/debug/pool", false, 405},
+		{"GET", "/debug/pprof/", false, 404},
+		{"GET", "/debug/pprof/", true, 200},
+		{"GET", "/debug/pprof/symbol", false, 404},
+		{"GET", "/debug/pprof/symbol", true, 200},
+		{"GET", "/debug/pprof/goroutine?debug=1", true, 200}, // Index serves the named profiles
+		{"GET", "/healthz", true, 404},
+		{"GET", "/readyz", true, 404},
+		{"GET", "/metrics", true, 404},
+	} {
+		pprofOn.Store(tc.pprof)
+		if code, _, body := do(t, h, tc.method, tc.path); code != tc.code {
+			t.Errorf("%s %s (pprof %v): status %d, want %d (body %.80q)", tc.method, tc.path, tc.pprof, code, tc.code, body)
+		}
+	}
+	if code, _, _ := do(t, New(Config{Role: Debug}).Handler(), "GET", "/debug/pprof/"); code != 404 {
+		t.Errorf("/debug/pprof/ without a Pprof func: status %d, want 404", code)
 	}
 }
 
@@ -127,7 +161,7 @@ func TestDebugPool(t *testing.T) {
 			},
 		},
 	}
-	s := New(Config{Pools: func() map[string]PoolView { return pools }})
+	s := New(Config{Role: Debug, Pools: func() map[string]PoolView { return pools }})
 	code, hdr, body := do(t, s.Handler(), "GET", "/debug/pool")
 	if code != 200 || hdr.Get("Content-Type") != "application/json" {
 		t.Fatalf("status %d, Content-Type %q", code, hdr.Get("Content-Type"))
@@ -210,7 +244,7 @@ func TestStartServeShutdown(t *testing.T) {
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	for _, path := range []string{"/healthz", "/metrics", "/readyz", "/debug/pool"} {
+	for _, path := range []string{"/healthz", "/metrics", "/readyz"} {
 		resp, err := c.Get("http://" + addr.String() + path)
 		if err != nil {
 			t.Fatal(err)

@@ -52,12 +52,17 @@ type Config struct {
 type Log struct {
 	Level  string `key:"level" default:"info" oneof:"debug,info,warn,error" doc:"debug, info, warn or error"`
 	Format string `key:"format" default:"console" oneof:"console,json" doc:"console for people; json for containers and log shippers"`
-	Access bool   `key:"access" default:"false" doc:"one line per request (method, path, status, bytes, duration, endpoint, reused, retries)"`
+	Access bool   `key:"access" default:"false" doc:"one line per request: method, uri, status, response_flag, bytes each way, duration, upstream_time, endpoint, user_agent, x_request_id..."`
 }
 
-// Admin configures the admin listener.
+// Admin configures the admin listener (probes and metrics, fit for the
+// pod IP) and the debug listener (pool internals and the profiler, on
+// loopback only).
 type Admin struct {
-	Listen string `key:"listen" default:"127.0.0.1:9901" env:"empty" doc:"host:port of the admin listener; \"\" turns it off. Must differ from every listener's address"`
+	Listen                string `key:"listen" default:"127.0.0.1:9901" env:"empty" doc:"host:port of the admin listener: /healthz, /readyz and /metrics; \"\" turns it off. Must differ from every listener's address"`
+	DebugListen           string `key:"debug_listen" default:"127.0.0.1:9902" env:"empty" doc:"loopback host:port of the debug listener: /debug/pool, and /debug/pprof/ with pprof; \"\" turns it off. Must differ from admin.listen and every listener's address"`
+	Pprof                 bool   `key:"pprof" default:"false" doc:"serve Go's profiler at /debug/pprof/ on debug_listen"`
+	ReadyRequiresUpstream bool   `key:"ready_requires_upstream" default:"false" doc:"/readyz also wants every upstream reachable (an open connection, or an endpoint that accepts one); false: ready once the listeners are bound, whatever the upstreams"`
 }
 
 // Listener is where unstuck accepts connections from the app.

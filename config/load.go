@@ -27,6 +27,7 @@ const (
 	FlagListen   = "listen"
 	FlagUpstream = "upstream"
 	FlagLogLevel = "log-level"
+	FlagAdmin    = "admin"
 )
 
 // ImplicitFile is the file Load reads when no file is named, if it exists
@@ -37,11 +38,12 @@ const ImplicitFile = "config.yaml"
 const EnvPrefix = "UNSTUCK_"
 
 // AddFlags defines the flags Load reads on fs: --config/-c, --listen,
-// --upstream and --log-level.
+// --upstream, --admin and --log-level.
 func AddFlags(fs *pflag.FlagSet) {
 	fs.StringP(FlagConfig, "c", "", "read the configuration from `FILE` (default ./"+ImplicitFile+" if it exists, else the built-in default)")
 	fs.String(FlagListen, "", "dev mode: accept app connections on `ADDR` (host:port or unix:/path); needs --upstream; reads no file")
 	fs.String(FlagUpstream, "", "dev mode: forward to `HOST:PORT`; needs --listen")
+	fs.String(FlagAdmin, "", "override admin.listen (probes and /metrics) with `ADDR`, host:port or \"\" for none; for dev mode above all")
 	fs.String(FlagLogLevel, "", "override log.level with `LEVEL`: debug, info, warn or error")
 }
 
@@ -64,7 +66,8 @@ type LoadOptions struct {
 // a listener "app" forwarding to an upstream "backend"); the environment
 // (EnvName; lists comma-separated; empty variables ignored unless the key
 // is tagged env:"empty"), which can set any key of the listeners and
-// upstreams the source names but cannot add one; the --log-level flag.
+// upstreams the source names but cannot add one; the --log-level and
+// --admin flags.
 //
 // Names of listeners and upstreams are lower case letters, digits, "-" and
 // "_". A listener that names no upstream gets the only upstream, if there
@@ -90,9 +93,11 @@ func Load(opts LoadOptions) (*Config, error) {
 			return nil, Problems{{Key: t.file, Msg: err.Error()}}
 		}
 	}
-	if f := opts.Flags.Lookup(FlagLogLevel); f.Changed {
-		t.layers.Set("log.level", f.Value.String())
-		t.origin["log.level"] = "flag --" + FlagLogLevel
+	for key, name := range map[string]string{"log.level": FlagLogLevel, "admin.listen": FlagAdmin} {
+		if f := opts.Flags.Lookup(name); f != nil && f.Changed {
+			t.layers.Set(key, f.Value.String())
+			t.origin[key] = "flag --" + name
+		}
 	}
 
 	cfg := &Config{Listeners: map[string]Listener{}, Upstreams: map[string]Upstream{}}

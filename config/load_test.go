@@ -85,7 +85,7 @@ func wantDefaultConfig() *Config {
 	u.Name, u.Endpoints = "backend", []string{"127.0.0.1:9000"}
 	return &Config{
 		Log:             Log{Level: "info", Format: "console"},
-		Admin:           Admin{Listen: "127.0.0.1:9901"},
+		Admin:           Admin{Listen: "127.0.0.1:9901", DebugListen: "127.0.0.1:9902"},
 		ShutdownTimeout: 10 * time.Second,
 
 		ReleaseMemoryAfterIdle: 2 * time.Second,
@@ -141,7 +141,7 @@ func TestFullFile(t *testing.T) {
 	got := mustLoad(t, LoadOptions{File: "testdata/full.yaml"})
 	want := &Config{
 		Log:             Log{Level: "debug", Format: "json", Access: true},
-		Admin:           Admin{Listen: "[::1]:9902"},
+		Admin:           Admin{Listen: "[::1]:9902", DebugListen: "[::1]:9903", Pprof: true, ReadyRequiresUpstream: true},
 		ShutdownTimeout: 30 * time.Second,
 		Listeners: map[string]Listener{
 			"web": func() Listener {
@@ -381,6 +381,22 @@ func TestDevMode(t *testing.T) {
 	want.Upstreams["backend"] = u
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("dev mode:\n got %+v\nwant %+v", got, want)
+	}
+
+	// --admin moves the admin listener, over the environment, or turns it off.
+	for _, addr := range []string{"127.0.0.1:7002", ""} {
+		got = mustLoad(t, LoadOptions{
+			Flags:   flags(t, "--listen", "127.0.0.1:7000", "--upstream", "127.0.0.1:7001", "--admin", addr),
+			Environ: []string{"UNSTUCK_ADMIN_LISTEN=127.0.0.1:7003"},
+		})
+		if got.Admin.Listen != addr {
+			t.Errorf("--admin %q: admin.listen = %q", addr, got.Admin.Listen)
+		}
+	}
+	lines := problemLines(t, LoadOptions{Flags: flags(t, "--listen", "127.0.0.1:7000", "--upstream", "127.0.0.1:7001", "--admin", "127.0.0.1:7000")})
+	wantLines := []string{`admin.listen: "127.0.0.1:7000": conflicts with listeners.app.listen ("127.0.0.1:7000")`}
+	if !slices.Equal(lines, wantLines) {
+		t.Errorf("--admin on the listener's address: problems\n got %q\nwant %q", lines, wantLines)
 	}
 
 	got = mustLoad(t, LoadOptions{

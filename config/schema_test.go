@@ -30,7 +30,7 @@ const yamlHeader = `# unstuck configuration. Every key is shown with its default
 #   UNSTUCK_ADMIN_LISTEN=            (empty: no admin listener; other empty variables are ignored)
 # They can set any key of a listener or upstream this file names, but cannot
 # add a listener or upstream; a variable that names no key is a warning. The
-# --log-level flag overrides both.
+# --log-level and --admin flags override both.
 #
 # Durations are written like 500ms, 2s or 1m30s; sizes in bytes (65536) or
 # with KiB, MiB or GiB (64KiB). For limits and timeouts, 0 means no limit.

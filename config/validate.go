@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -124,6 +125,15 @@ func (t *tree) check(c *Config) {
 	} else if a != "" {
 		listen("admin.listen", a)
 	}
+	// The debug listener shows upstream addresses and, with pprof, the
+	// process's memory: never on an address another host can reach.
+	if a := c.Admin.DebugListen; strings.HasPrefix(a, "unix:") {
+		t.add("admin.debug_listen", "%q: unix sockets are not supported for admin.debug_listen; want a loopback host:port such as 127.0.0.1:9902", a)
+	} else if host, _, msg := splitHostPort(a); a != "" && msg == "" && !isLoopback(host) {
+		t.add("admin.debug_listen", "%q: want a loopback address such as 127.0.0.1:9902 or [::1]:9902; /debug/pool and pprof are not for the network (use kubectl port-forward)", a)
+	} else if a != "" {
+		listen("admin.debug_listen", a)
+	}
 
 	for _, name := range upstreams {
 		u, p := c.Upstreams[name], "upstreams."+name+"."
@@ -237,6 +247,16 @@ func parseListen(key, s string) (listenAddr, string) {
 	}
 	host, port, msg := splitHostPort(s)
 	return listenAddr{key: key, text: s, host: strings.ToLower(host), port: port}, msg
+}
+
+// isLoopback reports whether host names this machine only: localhost or a
+// loopback IP.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 func badHostRune(r rune) bool { return r <= ' ' || r == 0x7f || r == '/' }

@@ -68,6 +68,25 @@ func TestValidate(t *testing.T) {
 		{"admin on a listener's port", func(c *Config) {
 			c.Admin.Listen = "127.0.0.1:8080"
 		}, []string{`admin.listen: "127.0.0.1:8080": conflicts with listeners.app.listen ("127.0.0.1:8080")`}},
+		{"debug listener on the admin listener's address", func(c *Config) {
+			c.Admin.DebugListen = "127.0.0.1:9901"
+		}, []string{`admin.debug_listen: "127.0.0.1:9901": conflicts with admin.listen ("127.0.0.1:9901")`}},
+		{"debug listener on a listener's address", func(c *Config) {
+			c.Admin.DebugListen = "127.0.0.1:8080"
+		}, []string{`admin.debug_listen: "127.0.0.1:8080": conflicts with listeners.app.listen ("127.0.0.1:8080")`}},
+		{"debug listener covered by a wildcard admin listener", func(c *Config) {
+			c.Admin.Listen, c.Admin.DebugListen = "0.0.0.0:9901", "127.0.0.1:9901"
+		}, []string{`admin.debug_listen: "127.0.0.1:9901": conflicts with admin.listen ("0.0.0.0:9901")`}},
+		{"debug listener off the loopback", func(c *Config) {
+			c.Admin.DebugListen = "0.0.0.0:9902"
+		}, []string{`admin.debug_listen: "0.0.0.0:9902": want a loopback address such as 127.0.0.1:9902 or [::1]:9902; /debug/pool and pprof are not for the network (use kubectl port-forward)`}},
+		{"debug listener on a unix socket", func(c *Config) {
+			c.Admin.DebugListen = "unix:/run/debug.sock"
+		}, []string{`admin.debug_listen: "unix:/run/debug.sock": unix sockets are not supported for admin.debug_listen; want a loopback host:port such as 127.0.0.1:9902`}},
+		{"debug listener on loopback names", func(c *Config) {
+			c.Admin.DebugListen = "localhost:9902"
+			c.Admin.Listen = "[::1]:9902"
+		}, nil},
 		{"listener socket options", func(c *Config) {
 			l := c.Listeners["app"]
 			l.SocketMode = os.ModeSocket | 0o660
@@ -138,7 +157,9 @@ func TestValidate(t *testing.T) {
 			tt.change(c)
 			err := c.Validate()
 			var ps Problems
-			if !errors.As(err, &ps) {
+			if tt.want == nil && err != nil {
+				t.Fatalf("Validate() = %v, want no problem", err)
+			} else if tt.want != nil && !errors.As(err, &ps) {
 				t.Fatalf("Validate() = %v, want Problems", err)
 			}
 			var got []string

@@ -29,6 +29,7 @@ type dockerfile struct {
 	buildArgs   []string // the words after "go": build, flags, package
 	buildOut    string   // the value of -o
 	user        string   // USER of the final stage
+	env         []string // ENV of the final stage, NAME=value
 	copies      []dockerCopy
 	entrypoint  []string
 	cmd         []string
@@ -59,7 +60,7 @@ func parseDockerfile(path string, buildArgs map[string]string) (*dockerfile, err
 		switch strings.ToUpper(instr) {
 		case "FROM":
 			// A new stage: what the image runs comes from the last one.
-			d.user, d.copies, d.entrypoint, d.cmd, d.healthcheck = "", nil, nil, nil, nil
+			d.user, d.env, d.copies, d.entrypoint, d.cmd, d.healthcheck = "", nil, nil, nil, nil, nil
 		case "ARG":
 			name, def, _ := strings.Cut(rest, "=")
 			if v, ok := buildArgs[name]; ok {
@@ -90,6 +91,16 @@ func parseDockerfile(path string, buildArgs map[string]string) (*dockerfile, err
 			}
 		case "USER":
 			d.user = rest
+		case "ENV":
+			words, err := shellWords(rest, func(name string) (string, bool) {
+				v, ok := args[name]
+				return v, ok
+			})
+			env, other := splitAssignments(words)
+			if err != nil || len(env) == 0 || len(other) > 0 {
+				return nil, fmt.Errorf("%s: ENV %s: want NAME=value ... (%v)", path, rest, err)
+			}
+			d.env = append(d.env, env...)
 		case "COPY":
 			var c dockerCopy
 			fields := strings.Fields(rest)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"debug/buildinfo"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -104,13 +105,14 @@ func TestDockerfileBuild(t *testing.T) {
 type jail struct {
 	root     string
 	uid, gid uint32
+	env      []string // the image's ENV, NAME=value
 }
 
 // command returns a command that runs argv in the jail.
 func (j *jail) command(ctx context.Context, argv ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = "/" // inside the jail: changed to after the chroot
-	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, j.env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Chroot:     j.root,
 		Credential: &syscall.Credential{Uid: j.uid, Gid: j.gid}, // no supplementary groups
@@ -152,7 +154,8 @@ func freeAddr(t *testing.T) string {
 }
 
 // adaptConfig returns the repository's config.yaml with the listener, the
-// upstream's endpoints and the admin listener moved to the given addresses.
+// upstream's endpoints and the admin listener moved to the given addresses,
+// and the debug listener to a free loopback port.
 func adaptConfig(t *testing.T, listen, upstream, admin string) []byte {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(repoRoot, "config.yaml"))
@@ -172,6 +175,7 @@ func adaptConfig(t *testing.T, listen, upstream, admin string) []byte {
 		return s
 	}
 	section(cfg, "admin")["listen"] = admin
+	section(cfg, "admin")["debug_listen"] = freeAddr(t)
 	section(section(cfg, "listeners"), "app")["listen"] = listen
 	section(section(cfg, "upstreams"), "backend")["endpoints"] = []string{upstream}
 	out, err := yaml.Marshal(cfg)
@@ -235,7 +239,7 @@ func TestImageRunsInEmptyRoot(t *testing.T) {
 	if uid != 65532 || gid != 65532 {
 		t.Errorf("Dockerfile: USER %s; want 65532:65532, distroless's nonroot, as deploy/kubernetes assumes", df.user)
 	}
-	j := &jail{root: t.TempDir(), uid: uint32(uid), gid: uint32(gid)}
+	j := &jail{root: t.TempDir(), uid: uint32(uid), gid: uint32(gid), env: df.env}
 	if err := os.Chmod(j.root, 0o755); err != nil { // the jail's /, searchable by the user
 		t.Fatal(err)
 	}
@@ -370,6 +374,16 @@ func TestImageRunsInEmptyRoot(t *testing.T) {
 		}
 	case <-time.After(cmdTimeout):
 		t.Fatalf("no exit %v after SIGTERM", cmdTimeout)
+	}
+
+	// The image logs JSON, one object per line, as a log shipper wants.
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	for _, line := range lines {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(line), &obj); err != nil || obj["msg"] == nil {
+			t.Errorf("the image's log line is not a JSON object with msg: %q", line)
+			break
+		}
 	}
 
 	// Whatever it missed in the jail, it would have said. The one thing

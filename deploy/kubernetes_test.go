@@ -195,6 +195,15 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Fatalf("the ConfigMap's %s does not load:\n%v", filepath.Base(cfgPath), err)
 	}
 
+	// Logs for the cluster's log shipper, and the debug listener kept in
+	// the pod (config checks it is on loopback).
+	if cfg.Log.Format != "json" {
+		t.Errorf("log.format %q; want json, one object per line for the cluster's log shipper", cfg.Log.Format)
+	}
+	if cfg.Admin.Pprof {
+		t.Error("admin.pprof: true; the example leaves the profiler off")
+	}
+
 	// Ports: exactly the configuration's listeners and admin listener.
 	adminHost, adminPort := splitTCP(t, "admin.listen", cfg.Admin.Listen)
 	if ip, err := netip.ParseAddr(adminHost); adminHost != "" && (err != nil || !ip.IsUnspecified()) {
@@ -269,8 +278,9 @@ func TestKubernetesManifests(t *testing.T) {
 	checkProbe("livenessProbe", sc.LivenessProbe, true, "/healthz")
 	checkProbe("readinessProbe", sc.ReadinessProbe, true, "/readyz")
 	checkProbe("startupProbe", sc.StartupProbe, false, "/healthz", "/readyz")
-	// /readyz may dial every endpoint in turn, with a 1 s timeout each.
-	if p := sc.ReadinessProbe; p != nil && p.TimeoutSeconds <= int32(endpoints) {
+	// With admin.ready_requires_upstream, /readyz may dial every endpoint
+	// in turn, with a 1 s timeout each.
+	if p := sc.ReadinessProbe; cfg.Admin.ReadyRequiresUpstream && p != nil && p.TimeoutSeconds <= int32(endpoints) {
 		t.Errorf("unstuck: readinessProbe timeoutSeconds %d; want more than %d: /readyz may spend 1 s dialing each of %d endpoints",
 			p.TimeoutSeconds, endpoints, endpoints)
 	}

@@ -69,6 +69,12 @@ func (u unit) get(section, key string) (string, bool) {
 	return vs[len(vs)-1], true
 }
 
+// get1 is get without the second result.
+func (u unit) get1(section, key string) string {
+	v, _ := u.get(section, key)
+	return v
+}
+
 // parseTimespan parses a systemd time span such as 15, 15s, 1min 30s or
 // 500ms; a bare number is seconds.
 func parseTimespan(s string) (time.Duration, error) {
@@ -104,8 +110,16 @@ func TestSystemdUnit(t *testing.T) {
 	if !ok || err != nil || d < cfg.ShutdownTimeout {
 		t.Errorf("TimeoutStopSec=%s (%v); want at least shutdown_timeout %v of config.yaml", stop, err, cfg.ShutdownTimeout)
 	}
-	if typ, _ := u.get("Service", "Type"); typ != "exec" && typ != "simple" {
-		t.Errorf("Type=%s; want exec or simple: unstuck does not fork", typ)
+	// unstuck sends READY=1 once bound (cmd/unstuck's TestE2ESdNotify), so
+	// that After=unstuck.service means "after unstuck listens".
+	if typ, _ := u.get("Service", "Type"); typ != "notify" {
+		t.Errorf("Type=%s; want notify: unstuck tells systemd when its listeners are bound", typ)
+	}
+	if na, ok := u.get("Service", "NotifyAccess"); ok && na != "main" && na != "exec" {
+		t.Errorf("NotifyAccess=%s; want main (the default with Type=notify): only unstuck itself notifies", na)
+	}
+	if !strings.Contains(u.get1("Service", "RestrictAddressFamilies"), "AF_UNIX") {
+		t.Error("RestrictAddressFamilies without AF_UNIX: sd_notify's socket is a unix one")
 	}
 	dyn, _ := u.get("Service", "DynamicUser")
 	if user, _ := u.get("Service", "User"); dyn != "yes" && (user == "" || user == "root" || user == "0") {

@@ -8,15 +8,22 @@
 // Wiring, done by serve: New once; Upstream(name) as each pool's Observer
 // and AddPool(name, pool) once it exists; Listener(name, upstream) as each
 // proxy's Observer; SetSockets with the listener ports and upstream
-// endpoints; ReloadOK or ReloadFailed after each reload. A hot reload calls
+// endpoints; SetUpstreamCheck with the reachability check of the
+// upstreams; ReloadOK or ReloadFailed after each reload. A hot reload calls
 // AddPool with the new pool under the same name (or RemovePool for an
 // upstream that is gone) and SetSockets again.
 package metrics
 
 import (
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/unstuck-proxy/unstuck"
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/proxy"
 )
@@ -45,15 +52,28 @@ var (
 	timeoutPhases = []string{"response_header", "response_idle", "write"}
 )
 
-// Histogram buckets, in seconds.
+// Histogram buckets, in seconds, with bounds that print as written
+// (le="0.0001", not le="0.00010000000000000003").
 var (
 	// waitBuckets: 500µs to ~16s, doubling.
-	waitBuckets = prometheus.ExponentialBuckets(0.0005, 2, 16)
-	// reactionBuckets: 10µs to 100ms, 13 buckets (×2.15 each).
-	reactionBuckets = prometheus.ExponentialBucketsRange(10e-6, 0.1, 13)
+	waitBuckets = roundBuckets(prometheus.ExponentialBuckets(0.0005, 2, 16))
+	// reactionBuckets: 10µs to 100ms, 1-2-5 in each decade.
+	reactionBuckets = []float64{10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1}
 	// responseBuckets: 500µs to ~16s, doubling.
-	responseBuckets = prometheus.ExponentialBuckets(0.0005, 2, 16)
+	responseBuckets = roundBuckets(prometheus.ExponentialBuckets(0.0005, 2, 16))
+	// tlsBuckets: 100µs to ~3s, doubling.
+	tlsBuckets = roundBuckets(prometheus.ExponentialBuckets(0.0001, 2, 16))
 )
+
+// roundBuckets rounds each bound to 3 significant digits, so that a
+// product of floats (0.0005 × 2^n) prints as the decimal it stands for.
+func roundBuckets(b []float64) []float64 {
+	out := make([]float64, len(b))
+	for i, v := range b {
+		out[i], _ = strconv.ParseFloat(strconv.FormatFloat(v, 'g', 3, 64), 64)
+	}
+	return out
+}
 
 // Metrics holds every unstuck metric and the registry they are in. Its
 // methods are safe for concurrent use.
@@ -78,8 +98,12 @@ type Metrics struct {
 	appAborts   *prometheus.CounterVec   // listener, upstream, phase
 	upTimeouts  *prometheus.CounterVec   // listener, upstream, phase
 
-	reloads      prometheus.Counter
-	reloadErrors prometheus.Counter
+	reloads       prometheus.Counter
+	reloadErrors  prometheus.Counter
+	reloadOK      prometheus.Gauge // 1: the last load or reload was applied
+	reloadOKTime  prometheus.Gauge // when one last was, in Unix seconds
+	buildInfo     *prometheus.GaugeVec
+	upstreamCheck *reachCollector
 
 	pools   *poolCollector
 	sockets *socketCollector
@@ -118,8 +142,8 @@ func New() *Metrics {
 			"Request retries, by reason: dial (connect failed, nothing sent) or stale (a reused connection failed before any response byte).",
 			"listener", "upstream", "reason"),
 		requests: counterVec("unstuck_requests_total",
-			"Requests answered to the app, by status class of the answer.",
-			"listener", "upstream", "code"),
+			"Requests answered to the app, by status class of the answer and, for an answer unstuck made itself, reason (dial_error, pool_exhausted, no_endpoint, shutdown, timeout, upstream_reset, bad_response, app_closed, or a refused request's reason); reason is empty for the upstream's answers.",
+			"listener", "upstream", "code", "reason"),
 		response: histogramVec("unstuck_upstream_response_seconds",
 			"Time from a request's first acquire to the end of the upstream's response header (or the failure), retries included.",
 			responseBuckets, "listener", "upstream"),
@@ -145,17 +169,27 @@ func New() *Metrics {
 			"Config reloads applied."),
 		reloadErrors: counter("unstuck_config_reload_errors_total",
 			"Config reloads rejected; the previous config stays in force."),
-		pools:   newPoolCollector(),
-		sockets: newSocketCollector(),
+		reloadOK: gauge("unstuck_config_last_reload_success",
+			"1 if the last configuration load (the start, or the last reload) was applied; 0 if the last reload was rejected and an older configuration runs."),
+		reloadOKTime: gauge("unstuck_config_last_reload_success_timestamp_seconds",
+			"When the running configuration was applied (the start, or the last reload that succeeded), in Unix seconds."),
+		buildInfo: gaugeVec("unstuck_build_info",
+			"Always 1; its labels say which unstuck this is: version (as released) and goversion (the Go it was built with).",
+			"version", "goversion"),
+		upstreamCheck: newReachCollector(),
+		pools:         newPoolCollector(),
+		sockets:       newSocketCollector(),
 	}
+	m.buildInfo.WithLabelValues(unstuck.Version, runtime.Version()).Set(1)
+	m.setReloaded(true)
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.dials, m.dialErrors, m.waits, m.waitSeconds, m.exhausted, m.closes, m.reaction,
 		m.retries, m.requests, m.response, m.appOpen, m.appReleased, m.appClosed,
 		m.refused, m.appAborts, m.upTimeouts,
-		m.reloads, m.reloadErrors,
-		m.pools, m.sockets,
+		m.reloads, m.reloadErrors, m.reloadOK, m.reloadOKTime, m.buildInfo,
+		m.upstreamCheck, m.pools, m.sockets,
 	)
 	m.pairs = registerPairMetrics(m.reg)
 	m.tls = registerTLSMetrics(m.reg)
@@ -167,6 +201,10 @@ func New() *Metrics {
 // name, help and label names: New declares many, and only those differ.
 func counter(name, help string) prometheus.Counter {
 	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
 }
 
 func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
@@ -185,7 +223,46 @@ func histogramVec(name, help string, buckets []float64, labels ...string) *prome
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // ReloadOK counts a config reload that was applied.
-func (m *Metrics) ReloadOK() { m.reloads.Inc() }
+func (m *Metrics) ReloadOK() {
+	m.reloads.Inc()
+	m.setReloaded(true)
+}
 
 // ReloadFailed counts a config reload that was rejected.
-func (m *Metrics) ReloadFailed() { m.reloadErrors.Inc() }
+func (m *Metrics) ReloadFailed() {
+	m.reloadErrors.Inc()
+	m.setReloaded(false)
+}
+
+// setReloaded records the outcome of the latest load; a success also its
+// time. New counts as one: the configuration it serves was loaded.
+func (m *Metrics) setReloaded(ok bool) {
+	if !ok {
+		m.reloadOK.Set(0)
+		return
+	}
+	m.reloadOK.Set(1)
+	m.reloadOKTime.SetToCurrentTime()
+}
+
+// Names returns the name of every metric family m registers, whether or
+// not it has a series yet: what a dashboard or an alert may query.
+// Histograms' series add _bucket, _sum and _count to theirs.
+func (m *Metrics) Names() []string {
+	ch := make(chan *prometheus.Desc)
+	go func() {
+		m.reg.Describe(ch)
+		close(ch)
+	}()
+	var names []string
+	for d := range ch {
+		// A Desc shows its name only in its String: Desc{fqName: "...", ...}.
+		if m := descName.FindStringSubmatch(d.String()); m != nil && !slices.Contains(names, m[1]) {
+			names = append(names, m[1])
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+var descName = regexp.MustCompile(`^Desc\{fqName: "([^"]+)"`)

@@ -6,7 +6,9 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/unstuck-proxy/unstuck"
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/proxy"
 )
@@ -92,7 +95,10 @@ func TestPrecreatedSeries(t *testing.T) {
 		want(t, reg, "unstuck_upstream_closes_total", l{"upstream": "app", "cause": c}, 0)
 	}
 	for _, code := range []string{"2xx", "3xx", "4xx", "5xx"} {
-		want(t, reg, "unstuck_requests_total", l{"listener": "in", "upstream": "app", "code": code}, 0)
+		want(t, reg, "unstuck_requests_total", l{"listener": "in", "upstream": "app", "code": code, "reason": ""}, 0)
+	}
+	for reason, class := range proxy.Reasons {
+		want(t, reg, "unstuck_requests_total", l{"listener": "in", "upstream": "app", "code": codeClasses[class], "reason": reason}, 0)
 	}
 	for _, r := range []string{"dial", "stale"} {
 		want(t, reg, "unstuck_retries_total", l{"listener": "in", "upstream": "app", "reason": r}, 0)
@@ -154,13 +160,44 @@ func TestUpstreamObserver(t *testing.T) {
 
 func TestHalfCloseBuckets(t *testing.T) {
 	b := reactionBuckets
-	if len(b) < 8 || b[0] != 10e-6 || b[len(b)-1] < 0.0999 || b[len(b)-1] > 0.1001 {
+	if len(b) < 8 || b[0] != 10e-6 || b[len(b)-1] != 0.1 {
 		t.Fatalf("reaction buckets %v: want 10µs to 100ms", b)
 	}
 	for i := 1; i < len(b); i++ {
-		if r := b[i] / b[i-1]; r < 2.1 || r > 2.2 {
-			t.Fatalf("reaction buckets %v: not exponential", b)
+		if r := b[i] / b[i-1]; r < 2 || r > 2.5 {
+			t.Fatalf("reaction buckets %v: not 1-2-5", b)
 		}
+	}
+}
+
+// TestBucketBoundsPrintClean: every histogram's le label is a short
+// decimal, as a person would write it, never le="0.00010000000000000003".
+func TestBucketBoundsPrintClean(t *testing.T) {
+	m := New()
+	m.Upstream("app").HalfClosed(pool.CauseFIN, time.Millisecond)
+	m.Upstream("app").Waited(time.Millisecond, false)
+	m.Upstream("app").TLSHandshake("10.0.0.1:443", false, time.Millisecond)
+	m.Listener("in", "app").Request(200, "", time.Millisecond, 0)
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	histograms := 0
+	for _, mf := range mfs {
+		if mf.GetType() != dto.MetricType_HISTOGRAM || !strings.HasPrefix(mf.GetName(), "unstuck_") {
+			continue
+		}
+		histograms++
+		for _, b := range mf.GetMetric()[0].GetHistogram().GetBucket() {
+			le := strconv.FormatFloat(b.GetUpperBound(), 'g', -1, 64)
+			digits := strings.TrimLeft(strings.Split(strings.ReplaceAll(le, ".", ""), "e")[0], "0")
+			if len(digits) > 3 {
+				t.Errorf("%s: le=%q", mf.GetName(), le)
+			}
+		}
+	}
+	if histograms < 4 {
+		t.Errorf("%d unstuck_ histograms checked; want the 4 this test feeds", histograms)
 	}
 }
 
@@ -169,9 +206,13 @@ func TestListenerObserver(t *testing.T) {
 	o := m.Listener("in", "app")
 	reg := m.Registry()
 
-	for _, s := range []int{200, 204, 301, 404, 502, 503, 504, 101, 0, 999} {
-		o.Request(s, 2*time.Millisecond, 0)
+	for _, s := range []int{200, 204, 301, 404, 502, 101, 0, 999} {
+		o.Request(s, "", 2*time.Millisecond, 0)
 	}
+	o.Request(503, proxy.ReasonPoolExhausted, time.Millisecond, 0)
+	o.Request(504, proxy.ReasonTimeout, time.Millisecond, 0)
+	o.Request(499, proxy.ReasonAppClosed, time.Millisecond, 0)
+	o.Request(502, "new_reason", time.Millisecond, 0)
 	o.Retry("dial")
 	o.Retry("stale")
 	o.Retry("stale")
@@ -181,10 +222,18 @@ func TestListenerObserver(t *testing.T) {
 	o.AppConnClosed("graceful")
 	o.AppConnClosed("reset")
 
-	lb := func(code string) l { return l{"listener": "in", "upstream": "app", "code": code} }
+	lb := func(code string) l { return l{"listener": "in", "upstream": "app", "code": code, "reason": ""} }
 	wantBy(t, reg, "unstuck_requests_total", lb,
-		map[string]float64{"2xx": 2, "3xx": 1, "4xx": 1, "5xx": 3, "1xx": 1, "other": 2})
-	want(t, reg, "unstuck_upstream_response_seconds", l{"listener": "in", "upstream": "app"}, 10)
+		map[string]float64{"2xx": 2, "3xx": 1, "4xx": 1, "5xx": 1, "1xx": 1, "other": 2})
+	lr := func(code, reason string) l {
+		return l{"listener": "in", "upstream": "app", "code": code, "reason": reason}
+	}
+	want(t, reg, "unstuck_requests_total", lr("5xx", "pool_exhausted"), 1)
+	want(t, reg, "unstuck_requests_total", lr("5xx", "timeout"), 1)
+	want(t, reg, "unstuck_requests_total", lr("5xx", "dial_error"), 0)
+	want(t, reg, "unstuck_requests_total", lr("4xx", "app_closed"), 1)
+	want(t, reg, "unstuck_requests_total", lr("5xx", "new_reason"), 1)
+	want(t, reg, "unstuck_upstream_response_seconds", l{"listener": "in", "upstream": "app"}, 12)
 	wantBy(t, reg, "unstuck_retries_total",
 		func(r string) l { return l{"listener": "in", "upstream": "app", "reason": r} },
 		map[string]float64{"dial": 1, "stale": 2})
@@ -228,12 +277,60 @@ func TestRefusalsAbortsAndTimeouts(t *testing.T) {
 }
 
 func TestReloadCounters(t *testing.T) {
+	start := float64(time.Now().Unix())
 	m := New()
+	reg := m.Registry()
+	// The start is a load that succeeded.
+	want(t, reg, "unstuck_config_last_reload_success", l{}, 1)
+	if ts, _ := value(t, reg, "unstuck_config_last_reload_success_timestamp_seconds", l{}); ts < start {
+		t.Errorf("last reload success timestamp %v before the start %v", ts, start)
+	}
 	m.ReloadOK()
 	m.ReloadOK()
 	m.ReloadFailed()
-	want(t, m.Registry(), "unstuck_config_reloads_total", l{}, 2)
-	want(t, m.Registry(), "unstuck_config_reload_errors_total", l{}, 1)
+	want(t, reg, "unstuck_config_reloads_total", l{}, 2)
+	want(t, reg, "unstuck_config_reload_errors_total", l{}, 1)
+	want(t, reg, "unstuck_config_last_reload_success", l{}, 0)
+	m.ReloadOK()
+	want(t, reg, "unstuck_config_last_reload_success", l{}, 1)
+}
+
+func TestBuildInfo(t *testing.T) {
+	want(t, New().Registry(), "unstuck_build_info", l{"version": unstuck.Version, "goversion": runtime.Version()}, 1)
+}
+
+// TestUpstreamReachable: the gauge asks the check at each scrape.
+func TestUpstreamReachable(t *testing.T) {
+	m := New()
+	reg := m.Registry()
+	if _, ok := value(t, reg, "unstuck_upstream_reachable", l{"upstream": "app"}); ok {
+		t.Error("a series before SetUpstreamCheck")
+	}
+	down := errors.New("no endpoint reachable")
+	var state map[string]error
+	m.SetUpstreamCheck(func() map[string]error { return state })
+	state = map[string]error{"app": nil, "db": down}
+	want(t, reg, "unstuck_upstream_reachable", l{"upstream": "app"}, 1)
+	want(t, reg, "unstuck_upstream_reachable", l{"upstream": "db"}, 0)
+	state = map[string]error{"app": down}
+	want(t, reg, "unstuck_upstream_reachable", l{"upstream": "app"}, 0)
+	if _, ok := value(t, reg, "unstuck_upstream_reachable", l{"upstream": "db"}); ok {
+		t.Error("a removed upstream still reported")
+	}
+}
+
+// TestNames: every metric, with or without a series yet, and no other.
+func TestNames(t *testing.T) {
+	names := New().Names()
+	for _, n := range []string{"unstuck_requests_total", "unstuck_upstream_response_seconds", "unstuck_build_info",
+		"unstuck_tcp_sockets", "unstuck_upstream_reachable", "unstuck_tcp_pair_closes_total", "go_goroutines", "process_open_fds"} {
+		if !slices.Contains(names, n) {
+			t.Errorf("Names() lacks %s", n)
+		}
+	}
+	if !slices.IsSorted(names) || len(slices.Compact(slices.Clone(names))) != len(names) {
+		t.Errorf("Names() not sorted or not unique: %v", names)
+	}
 }
 
 // TestHotPathAllocs proves the observer calls made per request and per
@@ -249,8 +346,10 @@ func TestHotPathAllocs(t *testing.T) {
 		name string
 		f    func()
 	}{
-		{"Request", func() { ln.Request(200, time.Millisecond, 0) }},
-		{"Request5xx", func() { ln.Request(502, time.Millisecond, 1) }},
+		{"Request", func() { ln.Request(200, "", time.Millisecond, 0) }},
+		{"Request5xx", func() { ln.Request(502, "", time.Millisecond, 1) }},
+		{"RequestOwn5xx", func() { ln.Request(502, proxy.ReasonDialError, time.Millisecond, 1) }},
+		{"RequestRefused", func() { ln.Request(413, proxy.RefuseBodyTooLarge, time.Millisecond, 0) }},
 		{"Retry", func() { ln.Retry("stale") }},
 		{"Refused", func() { ln.Refused(proxy.RefuseBodyTooLarge) }},
 		{"AppAborted", func() { ln.AppAborted("response_body") }},
@@ -317,7 +416,7 @@ func TestScrapeText(t *testing.T) {
 	m.Upstream("app").Dialed("10.0.0.1:80", nil)
 	m.Upstream("app").Waited(time.Millisecond, false)
 	m.Upstream("app").HalfClosed(pool.CauseRST, time.Millisecond)
-	m.Listener("in", "app").Request(200, time.Millisecond, 0)
+	m.Listener("in", "app").Request(200, "", time.Millisecond, 0)
 	m.AddPool("app", fakeStats{{Endpoint: "10.0.0.1:80", Open: 1}})
 	if err := m.SetSockets(t.Context(), map[string]uint16{"in": 15001}, map[string][]string{"app": {"10.0.0.1:80"}}); err != nil {
 		t.Fatal(err)
@@ -353,10 +452,10 @@ func TestScrapeText(t *testing.T) {
 	}
 	for _, line := range []string{
 		`unstuck_upstream_closes_total{cause="rst",upstream="app"} 1`,
-		`unstuck_requests_total{code="2xx",listener="in",upstream="app"} 1`,
+		`unstuck_requests_total{code="2xx",listener="in",reason="",upstream="app"} 1`,
 		`unstuck_upstream_connections{endpoint="10.0.0.1:80",state="active",upstream="app"} 1`,
 		`unstuck_tcp_sockets{side="listener",state="LISTEN"} 2`,
-		`unstuck_host_close_wait_sockets 3`,
+		`unstuck_host_close_wait_sockets 4`,
 		`unstuck_half_close_reaction_seconds_count{upstream="app"} 1`,
 	} {
 		if !strings.Contains(text, line+"\n") {

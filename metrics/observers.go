@@ -121,7 +121,8 @@ func (o *upstreamObserver) TLSHandshake(_ string, resumed bool, d time.Duration)
 
 // Listener returns the proxy.Observer for listener name, which forwards to
 // upstream. Its label children are created here, with zeros for status
-// classes 2xx to 5xx, retry reasons dial and stale, every way an app
+// classes 2xx to 5xx of the upstream's answers and every reason of
+// unstuck's own (proxy.Reasons), retry reasons dial and stale, every way an app
 // connection closes, every refuse reason, and every phase of an app abort
 // and of an upstream timeout; no call allocates after. Calling it again for the same
 // names returns an observer that feeds the same series.
@@ -133,6 +134,7 @@ func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 		response: m.response.WithLabelValues(name, upstream),
 		open:     m.appOpen.WithLabelValues(name),
 		released: m.appReleased.WithLabelValues(name),
+		codes:    make(map[answer]prometheus.Counter, 4+len(proxy.Reasons)),
 		retries:  make(map[string]prometheus.Counter, len(retryReasons)),
 		closed:   make(map[string]prometheus.Counter, len(closeHows)),
 		refused:  make(map[string]prometheus.Counter, len(refuseReasons)),
@@ -140,7 +142,10 @@ func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 		timeouts: make(map[string]prometheus.Counter, len(timeoutPhases)),
 	}
 	for class := 2; class <= 5; class++ {
-		o.codes[class] = m.requests.WithLabelValues(name, upstream, codeClasses[class])
+		o.codes[answer{class, ""}] = m.requests.WithLabelValues(name, upstream, codeClasses[class], "")
+	}
+	for reason, class := range proxy.Reasons {
+		o.codes[answer{class, reason}] = m.requests.WithLabelValues(name, upstream, codeClasses[class], reason)
 	}
 	for _, r := range retryReasons {
 		o.retries[r] = m.retries.WithLabelValues(name, upstream, r)
@@ -165,12 +170,19 @@ func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 // is "other".
 var codeClasses = [...]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
+// answer is a series of unstuck_requests_total within a listener: the
+// status class and unstuck's reason ("": the upstream's answer).
+type answer struct {
+	class  int
+	reason string
+}
+
 // listenerObserver's fields are set by Listener and read-only after.
 type listenerObserver struct {
 	m                  *Metrics
 	listener, upstream string
 
-	codes    [len(codeClasses)]prometheus.Counter // by status/100; nil: create on use
+	codes    map[answer]prometheus.Counter // missing: created on use
 	response prometheus.Observer
 	retries  map[string]prometheus.Counter
 	open     prometheus.Gauge
@@ -182,15 +194,15 @@ type listenerObserver struct {
 	pairs    listenerPairs
 }
 
-func (o *listenerObserver) Request(status int, upstream time.Duration, _ int) {
+func (o *listenerObserver) Request(status int, reason string, upstream time.Duration, _ int) {
 	class := status / 100
 	if class < 0 || class >= len(codeClasses) {
 		class = 0
 	}
-	if c := o.codes[class]; c != nil {
+	if c, ok := o.codes[answer{class, reason}]; ok {
 		c.Inc()
-	} else { // 1xx or a non-HTTP status: rare, so not created up front
-		o.m.requests.WithLabelValues(o.listener, o.upstream, codeClasses[class]).Inc()
+	} else { // 1xx, a non-HTTP status, a reason added to proxy but not here: rare
+		o.m.requests.WithLabelValues(o.listener, o.upstream, codeClasses[class], reason).Inc()
 	}
 	o.response.Observe(upstream.Seconds())
 }

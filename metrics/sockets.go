@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,7 +30,12 @@ const ResolveTimeout = 5 * time.Second
 //     socket and every app connection). Leave out unix-socket listeners.
 //   - endpoints maps each upstream's name to its endpoints, "host:port" as
 //     configured. A socket whose remote address and port is one of them
-//     counts as side="upstream" and in unstuck_upstream_local_ports.
+//     counts in unstuck_upstream_local_ports, whoever holds it, and as
+//     side="upstream" if it is unstuck's own: one of this process's file
+//     descriptors refers to it (its inode). The app's own connections to
+//     the same endpoints are not unstuck's, nor are sockets already closed
+//     (TIME_WAIT, and FIN_WAIT2 or LAST_ACK after the close), which the
+//     kernel ties to no process.
 //
 // Hosts are resolved here, once, within ctx (ResolveTimeout if ctx has no
 // deadline); a later DNS change is seen at the next SetSockets. A host
@@ -127,7 +135,8 @@ type watchedEndpoint struct{ upstream, endpoint string }
 
 // socketCollector reads the kernel's socket tables once per scrape.
 type socketCollector struct {
-	dir                                string // sockstate.DefaultDir; tests use fixtures
+	dir                                string                          // sockstate.DefaultDir; tests use fixtures
+	inodes                             func() (map[uint64]bool, error) // ownInodes; tests use fixtures
 	sockets, hostCloseWait, localPorts *prometheus.Desc
 
 	mu    sync.Mutex
@@ -136,9 +145,10 @@ type socketCollector struct {
 
 func newSocketCollector() *socketCollector {
 	return &socketCollector{
-		dir: sockstate.DefaultDir,
+		dir:    sockstate.DefaultDir,
+		inodes: ownInodes,
 		sockets: prometheus.NewDesc("unstuck_tcp_sockets",
-			"TCP sockets by kernel state at scrape time; side=listener: local port is a listener's, side=upstream: remote is an upstream endpoint.",
+			"unstuck's own TCP sockets by kernel state at scrape time; side=listener: local port is a listener's, side=upstream: an open socket of this process whose remote is an upstream endpoint.",
 			[]string{"state", "side"}, nil),
 		hostCloseWait: prometheus.NewDesc("unstuck_host_close_wait_sockets",
 			"TCP sockets in CLOSE_WAIT in the whole network namespace, the app's own connections included.",
@@ -161,6 +171,13 @@ func (c *socketCollector) Collect(ch chan<- prometheus.Metric) {
 	w := c.watch
 	c.mu.Unlock()
 
+	// Descriptors first: a socket opened between the two reads is missed
+	// this time, not counted as another process's.
+	own, err := c.inodes()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.sockets, err)
+		return
+	}
 	socks, err := sockstate.ReadFrom(c.dir)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.sockets, err)
@@ -178,7 +195,9 @@ func (c *socketCollector) Collect(ch chan<- prometheus.Metric) {
 			listener[s.State]++
 		}
 		if idx, ok := w.byRemote[s.Remote]; ok {
-			upstream[s.State]++
+			if s.Inode != 0 && own[s.Inode] {
+				upstream[s.State]++
+			}
 			if s.State != sockstate.Listen {
 				for _, i := range idx {
 					ports[i]++
@@ -205,4 +224,33 @@ func (c *socketCollector) Collect(ch chan<- prometheus.Metric) {
 	for i, we := range w.endpoints {
 		ch <- prometheus.MustNewConstMetric(c.localPorts, prometheus.GaugeValue, float64(ports[i]), we.upstream, we.endpoint)
 	}
+}
+
+// ownInodes returns the inodes of the sockets this process's file
+// descriptors refer to (/proc/self/fd links read "socket:[INODE]"). A
+// descriptor closed while it is read is skipped.
+func ownInodes() (map[uint64]bool, error) {
+	const dir = "/proc/self/fd"
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close() // read-only: nothing to lose
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint64]bool, len(names))
+	for _, name := range names {
+		link, err := os.Readlink(dir + "/" + name)
+		if err != nil {
+			continue
+		}
+		if n, ok := strings.CutPrefix(link, "socket:["); ok {
+			if ino, err := strconv.ParseUint(strings.TrimSuffix(n, "]"), 10, 64); err == nil {
+				out[ino] = true
+			}
+		}
+	}
+	return out, nil
 }

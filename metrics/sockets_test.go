@@ -10,15 +10,22 @@ import (
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/internal/netns"
+	"github.com/unstuck-proxy/unstuck/internal/sockstate"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
+
+// fixtureInodes are the sockets of testdata/proc that unstuck's
+// descriptors hold; 3001 and 3002, also to 10.0.0.5:9000, are the app's.
+func fixtureInodes() (map[uint64]bool, error) {
+	return map[uint64]bool{1001: true, 1002: true, 1003: true, 1004: true, 1005: true, 1006: true, 1007: true, 2001: true, 2002: true}, nil
+}
 
 // TestSocketCollectorFixture checks the matching against fixed tables (see
 // testdata/proc): listener port 15001 (0x3A99), upstream app at
 // 10.0.0.5:9000, upstream static at 127.0.0.1:8080.
 func TestSocketCollectorFixture(t *testing.T) {
 	m := New()
-	m.sockets.dir = "testdata/proc"
+	m.sockets.dir, m.sockets.inodes = "testdata/proc", fixtureInodes
 	reg := m.Registry()
 	err := m.SetSockets(t.Context(),
 		map[string]uint16{"in": 15001, "unix": 0},
@@ -40,17 +47,17 @@ func TestSocketCollectorFixture(t *testing.T) {
 		{"CLOSE_WAIT", "listener", 1},
 		{"TIME_WAIT", "listener", 0},
 		{"FIN_WAIT2", "listener", 0},
-		{"ESTABLISHED", "upstream", 3}, // one over tcp6, IPv4-mapped
-		{"TIME_WAIT", "upstream", 1},
-		{"CLOSE_WAIT", "upstream", 1},
+		{"ESTABLISHED", "upstream", 3}, // one over tcp6, IPv4-mapped; not the app's
+		{"TIME_WAIT", "upstream", 0},   // closed: no process's
+		{"CLOSE_WAIT", "upstream", 1},  // not the app's
 		{"LISTEN", "upstream", 0},
 		{"FIN_WAIT2", "upstream", 0},
 		{"SYN_SENT", "upstream", 0},
 	} {
 		want(t, reg, "unstuck_tcp_sockets", sock(tc.state, tc.side), tc.n)
 	}
-	want(t, reg, "unstuck_host_close_wait_sockets", l{}, 3)
-	want(t, reg, "unstuck_upstream_local_ports", l{"upstream": "app", "endpoint": "10.0.0.5:9000"}, 4)
+	want(t, reg, "unstuck_host_close_wait_sockets", l{}, 4)
+	want(t, reg, "unstuck_upstream_local_ports", l{"upstream": "app", "endpoint": "10.0.0.5:9000"}, 6) // whoever holds them
 	want(t, reg, "unstuck_upstream_local_ports", l{"upstream": "static", "endpoint": "127.0.0.1:8080"}, 1)
 	want(t, reg, "unstuck_upstream_local_ports", l{"upstream": "static", "endpoint": "no-port"}, 0)
 
@@ -62,6 +69,34 @@ func TestSocketCollectorFixture(t *testing.T) {
 	want(t, reg, "unstuck_tcp_sockets", sock("ESTABLISHED", "upstream"), 1)
 	if _, ok := value(t, reg, "unstuck_upstream_local_ports", l{"upstream": "app", "endpoint": "10.0.0.5:9000"}); ok {
 		t.Error("unwatched endpoint still reported")
+	}
+}
+
+// TestOwnInodes: the sockets of this process's descriptors, a listener's
+// among them, and not another process's.
+func TestOwnInodes(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := netip.MustParseAddrPort(ln.Addr().String())
+	socks, err := sockstate.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := ownInodes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, s := range socks {
+		if s.Local == port && s.State == sockstate.Listen {
+			found = own[s.Inode]
+		}
+	}
+	if !found {
+		t.Errorf("the listener on %v is not among this process's sockets", port)
 	}
 }
 

@@ -20,8 +20,7 @@ func registerTLSMetrics(reg *prometheus.Registry) *tlsMetrics {
 			"upstream", "resumed"),
 		seconds: histogramVec("unstuck_upstream_tls_handshake_seconds",
 			"Time of completed TLS handshakes with upstream endpoints.",
-			prometheus.ExponentialBuckets(0.0001, 2, 16), // 100µs to ~3s
-			"upstream"),
+			tlsBuckets, "upstream"),
 	}
 	reg.MustRegister(m.handshakes, m.seconds)
 	return m

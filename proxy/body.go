@@ -163,18 +163,19 @@ func writeChunked(bw *bufio.Writer, r io.Reader) error {
 var chunkBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // refuseBody answers a request whose body could not be read from the app:
-// nothing of it was forwarded as complete.
-func (s *Server) refuseBody(ctx *fasthttp.RequestCtx, err error) {
+// nothing of it was forwarded as complete. It returns the reason.
+func (s *Server) refuseBody(ctx *fasthttp.RequestCtx, err error) string {
+	code, reason := fasthttp.StatusBadRequest, RefuseBadRequest // a malformed chunk, most likely
 	switch {
 	case errors.Is(err, errBodyTooLarge):
-		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, RefuseBodyTooLarge, err)
+		code, reason = fasthttp.StatusRequestEntityTooLarge, RefuseBodyTooLarge
 	case timedOut(err):
-		s.refuse(ctx, fasthttp.StatusRequestTimeout, RefuseBodyTimeout, err)
+		code, reason = fasthttp.StatusRequestTimeout, RefuseBodyTimeout
 	case appLeft(err):
-		s.refuse(ctx, fasthttp.StatusBadRequest, RefuseBodyIncomplete, err)
-	default: // a malformed chunk, most likely
-		s.refuse(ctx, fasthttp.StatusBadRequest, RefuseBadRequest, err)
+		reason = RefuseBodyIncomplete
 	}
+	s.refuse(ctx, code, reason, err)
+	return reason
 }
 
 // appLeft reports the errors of a body the app stopped sending by closing

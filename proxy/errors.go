@@ -3,6 +3,9 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"syscall"
 
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
@@ -33,36 +36,52 @@ func (e *upstreamError) Error() string {
 
 func (e *upstreamError) Unwrap() error { return e.err }
 
-// statusFor maps an upstream failure to the status the app receives: 503
-// when the pool had no free connection or an upgrade's 101 came during
-// Shutdown, 504 on any timeout, 502 otherwise (refused, reset, closed,
-// malformed).
-func statusFor(err error) int {
-	if errors.Is(err, pool.ErrExhausted) || errors.Is(err, pool.ErrClosed) || errors.Is(err, pool.ErrNoEndpoint) || errors.Is(err, errShuttingDown) {
-		return fasthttp.StatusServiceUnavailable
+// failure maps an upstream failure to the status the app receives and the
+// reason it is counted and logged under (a Reason* constant): 503 when the
+// pool had no free connection, every endpoint was out, or the listener is
+// shutting down; 504 on any timeout; 502 otherwise (refused, reset,
+// closed, malformed).
+func failure(err error) (status int, reason string) {
+	switch {
+	case errors.Is(err, pool.ErrExhausted):
+		return fasthttp.StatusServiceUnavailable, ReasonPoolExhausted
+	case errors.Is(err, pool.ErrNoEndpoint):
+		return fasthttp.StatusServiceUnavailable, ReasonNoEndpoint
+	case errors.Is(err, pool.ErrClosed), errors.Is(err, errShuttingDown):
+		return fasthttp.StatusServiceUnavailable, ReasonShutdown
 	}
+	status = fasthttp.StatusBadGateway
 	var ue *upstreamError
-	if errors.As(err, &ue) && ue.timeout {
-		return fasthttp.StatusGatewayTimeout
-	}
 	// net.Error, syscall.ETIMEDOUT (TCP_USER_TIMEOUT, keepalive) and
 	// fasthttp's ErrTimeout all say Timeout().
 	var te interface{ Timeout() bool }
-	if errors.As(err, &te) && te.Timeout() {
-		return fasthttp.StatusGatewayTimeout
+	if errors.As(err, &ue) && ue.timeout || errors.As(err, &te) && te.Timeout() {
+		status = fasthttp.StatusGatewayTimeout
 	}
-	return fasthttp.StatusBadGateway
+	var de *pool.DialError
+	switch {
+	case errors.As(err, &de):
+		return status, ReasonDialError
+	case status == fasthttp.StatusGatewayTimeout:
+		return status, ReasonTimeout
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
+		return status, ReasonUpstreamReset
+	}
+	return status, ReasonBadResponse
 }
 
-// fail answers the app with the status for err and a short plain-text body.
-func (s *Server) fail(ctx *fasthttp.RequestCtx, up *Upstream, err error) {
-	code := statusFor(err)
+// fail answers the app with the status for err and a short plain-text
+// body, and returns the reason (failure) for the exchange's end.
+func (s *Server) fail(ctx *fasthttp.RequestCtx, up *Upstream, err error) string {
+	code, reason := failure(err)
 	ctx.Response.Reset()
 	ctx.Response.SetStatusCode(code)
 	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
 	ctx.Response.SetBodyString(fasthttp.StatusMessage(code) + "\n")
 	s.log.Warn("upstream request failed",
-		zap.String("upstream", up.Name), zap.Int("status", code),
+		zap.String("upstream", up.Name), zap.Int("status", code), zap.String("reason", reason),
 		zap.ByteString("method", ctx.Method()), zap.ByteString("uri", ctx.RequestURI()),
 		zap.Error(err))
+	return reason
 }

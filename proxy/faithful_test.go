@@ -21,7 +21,8 @@ import (
 // Tests for issue 11's findings on the request path: each reproduces one
 // finding with raw bytes on both sides.
 
-// countingObserver counts the issue 11 events, and retries.
+// countingObserver counts the issue 11 events, retries, and answers by
+// status and reason.
 type countingObserver struct {
 	nopObserver
 	mu       sync.Mutex
@@ -30,11 +31,12 @@ type countingObserver struct {
 	timeouts map[string]int
 	retries  map[string]int
 	statuses map[int]int
+	reasons  map[string]int // Request's reason; "" for the upstream's answers
 }
 
 func newCountingObserver() *countingObserver {
 	return &countingObserver{refused: map[string]int{}, aborted: map[string]int{},
-		timeouts: map[string]int{}, retries: map[string]int{}, statuses: map[int]int{}}
+		timeouts: map[string]int{}, retries: map[string]int{}, statuses: map[int]int{}, reasons: map[string]int{}}
 }
 
 func (o *countingObserver) Refused(r string) { o.mu.Lock(); o.refused[r]++; o.mu.Unlock() }
@@ -53,9 +55,10 @@ func (o *countingObserver) Retry(reason string) {
 	o.retries[reason]++
 	o.mu.Unlock()
 }
-func (o *countingObserver) Request(status int, _ time.Duration, _ int) {
+func (o *countingObserver) Request(status int, reason string, _ time.Duration, _ int) {
 	o.mu.Lock()
 	o.statuses[status]++
+	o.reasons[reason]++
 	o.mu.Unlock()
 }
 

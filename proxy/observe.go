@@ -6,10 +6,12 @@ import "time"
 // metrics. Calls come from many goroutines at once; each must be cheap. A
 // Config without an Observer uses one that does nothing.
 type Observer interface {
-	// Request reports one answered request: the status the app got, the
-	// time from the first Acquire to the end of the response header (or to
-	// the failure), and how many retries it took.
-	Request(status int, upstream time.Duration, retries int)
+	// Request reports one answered request: the status the app got; why
+	// unstuck answered it itself (a Reason* or Refuse* constant), "" for
+	// the upstream's answer; the time from the first Acquire to the end of
+	// the response header (or to the failure); and how many retries it
+	// took.
+	Request(status int, reason string, upstream time.Duration, retries int)
 	// Retry reports a retry and why: "dial" (nothing was sent) or
 	// "stale" (a reused connection failed before any response byte; the
 	// retry goes to a newly dialed connection).
@@ -43,16 +45,39 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) Request(int, time.Duration, int) {}
-func (nopObserver) Retry(string)                    {}
-func (nopObserver) Refused(string)                  {}
-func (nopObserver) AppAborted(string)               {}
-func (nopObserver) UpstreamTimeout(string)          {}
-func (nopObserver) AppConnOpened()                  {}
-func (nopObserver) AppConnClosed(string)            {}
-func (nopObserver) AppConnReleased(int)             {}
-func (nopObserver) PairOpened()                     {}
-func (nopObserver) PairEnded(string, int64, int64)  {}
+func (nopObserver) Request(int, string, time.Duration, int) {}
+func (nopObserver) Retry(string)                            {}
+func (nopObserver) Refused(string)                          {}
+func (nopObserver) AppAborted(string)                       {}
+func (nopObserver) UpstreamTimeout(string)                  {}
+func (nopObserver) AppConnOpened()                          {}
+func (nopObserver) AppConnClosed(string)                    {}
+func (nopObserver) AppConnReleased(int)                     {}
+func (nopObserver) PairOpened()                             {}
+func (nopObserver) PairEnded(string, int64, int64)          {}
+
+// Reasons for Observer.Request, beside the Refuse* ones: why unstuck
+// answered a request itself instead of passing the upstream's answer on.
+// They are the access log's response_flag and metric label values: keep
+// them stable.
+const (
+	ReasonDialError     = "dial_error"     // no endpoint took a connection (502; 504 when the dial timed out)
+	ReasonPoolExhausted = "pool_exhausted" // max_conns busy for the whole acquire_timeout (503)
+	ReasonNoEndpoint    = "no_endpoint"    // every endpoint out: unhealthy, ejected or gone from DNS (503)
+	ReasonShutdown      = "shutdown"       // the pool or listener is shutting down (503)
+	ReasonTimeout       = "timeout"        // timeouts.response_header or write, or the kernel's (504)
+	ReasonUpstreamReset = "upstream_reset" // the upstream closed or reset the connection before its response head (502)
+	ReasonBadResponse   = "bad_response"   // the upstream's response head was malformed or too large (502)
+	ReasonAppClosed     = "app_closed"     // the app went away mid-exchange: logged as 499, nothing sent
+)
+
+// Reasons is every reason Observer.Request may report, with the status
+// class (status/100) it comes with.
+var Reasons = map[string]int{
+	ReasonDialError: 5, ReasonPoolExhausted: 5, ReasonNoEndpoint: 5, ReasonShutdown: 5,
+	ReasonTimeout: 5, ReasonUpstreamReset: 5, ReasonBadResponse: 5, ReasonAppClosed: 4,
+	RefuseBadRequest: 4, RefuseBodyTooLarge: 4, RefuseBodyTimeout: 4, RefuseBodyIncomplete: 4,
+}
 
 // Reasons for Observer.Refused; metric label values, keep them stable.
 const (

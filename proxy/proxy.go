@@ -336,9 +336,11 @@ type exchange struct {
 	retries  int
 	endpoint string // of the last attempt
 	reused   bool
-	aborted  string // the phase in which the app went away; "": it did not
-	bytes    int    // body bytes streamed to the app
-	streams  bool   // a body stream owns the exchange's end
+	aborted  string   // the phase in which the app went away; "": it did not
+	reason   string   // why unstuck answered itself (Observer.Request); "": the upstream did
+	bytes    int      // body bytes streamed to the app
+	body     *appBody // the request body while it streams; nil: none, or read whole
+	streams  bool     // a body stream owns the exchange's end
 	// upgrade: an upgrade request, forwarded on a connection of its own
 	// that never goes back to the pool, and never retried once written.
 	upgrade bool
@@ -396,6 +398,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			body = nil
 		} else {
 			req.SetBodyStream(body, cl)
+			x.body = body
 		}
 	}
 	noHost := len(req.Header.Host()) == 0
@@ -429,7 +432,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 				continue // nothing was sent
 			}
 			x.took = time.Since(x.start)
-			s.fail(ctx, x.up, err)
+			x.reason = s.fail(ctx, x.up, err)
 			return
 		}
 		x.endpoint, x.reused = c.Endpoint(), c.Reused()
@@ -444,7 +447,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			x.abort()
 			return
 		case body != nil && body.err != nil:
-			s.refuseBody(ctx, body.err)
+			x.reason = s.refuseBody(ctx, body.err)
 			return
 		}
 		var ue *upstreamError
@@ -456,7 +459,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			continue
 		}
 		x.took = time.Since(x.start)
-		s.fail(ctx, x.up, err)
+		x.reason = s.fail(ctx, x.up, err)
 		return
 	}
 }
@@ -478,6 +481,7 @@ func (x *exchange) abort() {
 	x.ctx.Response.Reset()
 	x.ctx.Response.SetStatusCode(StatusClientClosed)
 	x.ctx.SetConnectionClose()
+	x.reason = ReasonAppClosed
 	x.s.obs.AppAborted(x.aborted)
 }
 
@@ -487,7 +491,8 @@ const StatusClientClosed = 499
 
 // finish reports a finished exchange to the observer and the access log.
 // It runs once: at the end of handle, unless a body stream took the
-// exchange over, in which case the stream's Close runs it.
+// exchange over, in which case the stream's Close runs it. With the access
+// log off it allocates nothing.
 func (x *exchange) finish() {
 	if x.streams {
 		return
@@ -495,25 +500,53 @@ func (x *exchange) finish() {
 	s, ctx := x.s, x.ctx
 	status := ctx.Response.StatusCode()
 	if x.aborted != "" {
-		status = StatusClientClosed
+		status, x.reason = StatusClientClosed, ReasonAppClosed
 	}
 	if x.took == 0 {
 		x.took = time.Since(x.start)
 	}
-	s.obs.Request(status, x.took, x.retries)
+	s.obs.Request(status, x.reason, x.took, x.retries)
 	if !s.accessLog.Load() {
 		return
 	}
-	bytes := x.bytes
+	req := &ctx.Request
+	bytes, reqBytes := x.bytes, 0
 	if !ctx.Response.IsBodyStream() {
 		bytes = len(ctx.Response.Body())
 	}
-	s.log.Info("access",
+	if x.body != nil {
+		reqBytes = int(x.body.got)
+	} else if !req.IsBodyStream() { // Body would read a stream
+		reqBytes = len(req.Body())
+	}
+	ce := s.log.Check(zapcore.InfoLevel, "access")
+	if ce == nil {
+		return
+	}
+	ce.Write(
 		zap.ByteString("method", ctx.Method()), zap.ByteString("uri", ctx.RequestURI()),
-		zap.Int("status", status), zap.Int("bytes", bytes),
-		zap.Duration("duration", time.Since(x.start)), zap.String("endpoint", x.endpoint),
-		zap.Bool("reused", x.reused), zap.Int("retries", x.retries),
-		zap.Stringer("remote", ctx.RemoteAddr()))
+		zap.ByteString("protocol", req.Header.Protocol()),
+		zap.Int("status", status), stringIfSet("response_flag", x.reason),
+		zap.Int("request_bytes", reqBytes), zap.Int("bytes", bytes),
+		zap.Duration("duration", time.Since(x.start)), zap.Duration("upstream_time", x.took),
+		zap.String("endpoint", x.endpoint), zap.Bool("reused", x.reused), zap.Int("retries", x.retries),
+		zap.Stringer("remote", ctx.RemoteAddr()), zap.ByteString("user_agent", req.Header.UserAgent()),
+		bytesIfSet("x_request_id", req.Header.Peek("X-Request-Id")))
+}
+
+// stringIfSet and bytesIfSet are a field, left out when empty.
+func stringIfSet(key, v string) zap.Field {
+	if v == "" {
+		return zap.Skip()
+	}
+	return zap.String(key, v)
+}
+
+func bytesIfSet(key string, v []byte) zap.Field {
+	if len(v) == 0 {
+		return zap.Skip()
+	}
+	return zap.ByteString(key, v)
 }
 
 // roundTrip sends req on c and reads the response into the exchange's

@@ -11,7 +11,7 @@ import (
 )
 
 // errBadResponse is what every response refused for its framing or its
-// head wraps: the app gets 502 (statusFor), the upstream connection is
+// head wraps: the app gets 502 (failure), the upstream connection is
 // discarded, and the attempt is not retried (part of the response was read).
 var errBadResponse = errors.New("upstream sent an invalid response head")
 

@@ -51,7 +51,7 @@ func (o *upgradeObserver) Refused(reason string) {
 	o.refused = append(o.refused, reason)
 }
 
-func (o *upgradeObserver) Request(status int, _ time.Duration, _ int) {
+func (o *upgradeObserver) Request(status int, _ string, _ time.Duration, _ int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.statuses = append(o.statuses, status)

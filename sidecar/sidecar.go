@@ -40,6 +40,7 @@ type Sidecar struct {
 	errc    chan error // a listener that stopped serving on its own
 
 	stopping chan struct{} // closed by Shutdown: retired servers stop draining
+	pprof    atomic.Bool   // admin.pprof, read by the debug listener at each request
 
 	activity   atomic.Uint64 // requests served, for memrelease
 	stopMemory context.CancelFunc
@@ -50,7 +51,8 @@ type Sidecar struct {
 	upstreams map[string]*upstream
 	listeners map[string]*listener
 	draining  map[*listener]string // replaced servers still serving their connections, by listener name
-	admin     *admin.Server
+	admin     *admin.Server        // admin.listen: probes and /metrics
+	debug     *admin.Server        // admin.debug_listen: /debug/pool and pprof
 	stopped   bool
 	retiring  sync.WaitGroup // listeners and pools being retired after a reload
 }
@@ -108,6 +110,7 @@ func New(cfg *config.Config, log *zap.Logger, level zap.AtomicLevel) (*Sidecar, 
 		listeners: map[string]*listener{},
 		draining:  map[*listener]string{},
 	}
+	s.metrics.SetUpstreamCheck(s.upstreamsReachable)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.apply(cfg); err != nil {
@@ -136,6 +139,16 @@ func (s *Sidecar) AdminAddr() net.Addr {
 	return s.admin.Addr()
 }
 
+// DebugAddr returns the debug listener's address, or nil without one.
+func (s *Sidecar) DebugAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.debug == nil {
+		return nil
+	}
+	return s.debug.Addr()
+}
+
 // ListenerAddr returns the bound address of a listener, or nil.
 func (s *Sidecar) ListenerAddr(name string) net.Addr {
 	s.mu.Lock()
@@ -158,9 +171,12 @@ func (s *Sidecar) ListenerAddr(name string) net.Addr {
 //     name, limits.request_header_bytes or limits.max_conns changed gets a
 //     new server on the same socket: the old server stops accepting and
 //     drains, the socket never stops accepting;
+//   - admin.listen or admin.debug_listen that changed is bound anew, then
+//     the old one closes;
 //   - everything else (linger, app_fin_timeout, keepalive, user_timeout,
 //     the request timeouts, limits.request_body_bytes, the access log, the
-//     log level) applies in place.
+//     log level, admin.pprof, admin.ready_requires_upstream) applies in
+//     place.
 //
 // If anything cannot be applied (a new address cannot be bound), nothing
 // is: the old configuration keeps running and the error says why.
@@ -192,6 +208,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		created []*upstream
 		bound   []*listener
 		adm     *admin.Server
+		debug   *admin.Server
 	)
 	defer func() {
 		if err == nil {
@@ -204,8 +221,10 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 			u.stopDNS()
 			u.pool.Close()
 		}
-		if adm != nil {
-			adm.Shutdown(context.Background())
+		for _, a := range []*admin.Server{adm, debug} {
+			if a != nil {
+				a.Shutdown(context.Background())
+			}
 		}
 	}()
 
@@ -261,7 +280,6 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 			Addr:    cfg.Admin.Listen,
 			Metrics: s.metrics,
 			Ready:   s.ready,
-			Pools:   s.poolViews,
 			Logger:  s.log,
 		})
 		if err := adm.Start(); err != nil {
@@ -269,9 +287,23 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 			return err // says "admin: ..."
 		}
 	}
+	if cfg.Admin.DebugListen != "" && (s.cfg == nil || s.cfg.Admin.DebugListen != cfg.Admin.DebugListen) {
+		debug = admin.New(admin.Config{
+			Addr:   cfg.Admin.DebugListen,
+			Role:   admin.Debug,
+			Pools:  s.poolViews,
+			Pprof:  s.pprof.Load,
+			Logger: s.log,
+		})
+		if err := debug.Start(); err != nil {
+			debug = nil
+			return fmt.Errorf("admin.debug_listen: %w", err)
+		}
+	}
 
 	// Everything exists: switch over.
 	s.level.SetLevel(levelOf(cfg.Log.Level))
+	s.pprof.Store(cfg.Admin.Pprof)
 	for _, name := range slices.Sorted(maps.Keys(cfg.Upstreams)) {
 		if t := cfg.Upstreams[name].TLS; t.Enabled && t.InsecureSkipVerify {
 			s.log.Warn("tls.insecure_skip_verify: the upstream's certificate is not verified; anyone on the path can read and change its traffic",
@@ -336,18 +368,29 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		}
 	}
 	if adm != nil || cfg.Admin.Listen == "" {
-		if old := s.admin; old != nil {
-			s.retiring.Add(1)
-			go func() {
-				defer s.retiring.Done() // Shutdown waits for it
-				old.Shutdown(context.Background())
-			}()
-		}
+		s.retireAdmin(s.admin)
 		s.admin = adm
+	}
+	if debug != nil || cfg.Admin.DebugListen == "" {
+		s.retireAdmin(s.debug)
+		s.debug = debug
 	}
 	s.upstreams, s.listeners, s.cfg = newUps, newLns, cfg
 	s.watchSockets()
 	return nil
+}
+
+// retireAdmin shuts a replaced admin or debug server down in the
+// background; Shutdown waits for it. a may be nil. s.mu must be held.
+func (s *Sidecar) retireAdmin(a *admin.Server) {
+	if a == nil {
+		return
+	}
+	s.retiring.Add(1)
+	go func() {
+		defer s.retiring.Done()
+		a.Shutdown(context.Background())
+	}()
 }
 
 // serve runs one listener's server until it is shut down.
@@ -420,7 +463,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	}
 	s.stopped = true
 	close(s.stopping)
-	ls, ups, adm := s.listeners, s.upstreams, s.admin
+	ls, ups, adm, debug := s.listeners, s.upstreams, s.admin, s.debug
 	var all []*listener
 	for _, l := range ls {
 		all = append(all, l)
@@ -453,36 +496,68 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		u.close()
 	}
 	s.retiring.Wait()
-	if adm != nil {
-		adm.Shutdown(ctx)
+	for _, a := range []*admin.Server{adm, debug} {
+		if a != nil {
+			a.Shutdown(ctx)
+		}
 	}
 	s.stopMemory()
 	<-s.memoryDone
 	return errors.Join(errs...)
 }
 
-// ready is /readyz: every listener bound (true while it exists) and every
-// upstream with at least one reachable endpoint: one with an open
-// connection, or, failing that, one that accepts a TCP connection now.
+// ready is /readyz: unstuck can carry traffic. A Sidecar exists only once
+// its configuration is loaded and every listener is bound, so that is
+// ready until Shutdown; with admin.ready_requires_upstream, every upstream
+// must also be reachable (see upstreamsReachable).
 func (s *Sidecar) ready() error {
 	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
-		return errors.New("shutting down")
-	}
-	ups := make(map[string]*upstream, len(s.upstreams))
-	for k, v := range s.upstreams {
-		ups[k] = v
-	}
+	stopped, cfg := s.stopped, s.cfg
 	s.mu.Unlock()
-	for _, name := range slices.Sorted(maps.Keys(ups)) {
-		if err := reachable(ups[name]); err != nil {
+	switch {
+	case stopped:
+		return errors.New("shutting down")
+	case cfg == nil:
+		return errors.New("starting") // the admin listener binds before the proxy listeners
+	case !cfg.Admin.ReadyRequiresUpstream:
+		return nil
+	}
+	reach := s.upstreamsReachable()
+	for _, name := range slices.Sorted(maps.Keys(reach)) {
+		if err := reach[name]; err != nil {
 			return fmt.Errorf("upstream %s: %w", name, err)
 		}
 	}
 	return nil
 }
 
+// upstreamsReachable checks every upstream at once (see reachable): nil
+// for a reachable one, else why not. It feeds /readyz and the
+// unstuck_upstream_reachable gauge.
+func (s *Sidecar) upstreamsReachable() map[string]error {
+	s.mu.Lock()
+	ups := maps.Clone(s.upstreams)
+	s.mu.Unlock()
+	out := make(map[string]error, len(ups))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for name, u := range ups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := reachable(u)
+			mu.Lock()
+			out[name] = err
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// reachable reports whether u has an endpoint that takes connections: one
+// with an open connection, or, failing that, one that accepts a TCP
+// connection now (each tried for up to a second).
 func reachable(u *upstream) error {
 	for _, st := range u.pool.Stats() {
 		if st.Open > 0 {

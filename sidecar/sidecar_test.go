@@ -202,6 +202,111 @@ func TestReloadThatCannotApplyKeepsRunning(t *testing.T) {
 	if v := scrape(t, sc, "unstuck_config_reload_errors_total"); v != 1 {
 		t.Fatalf("unstuck_config_reload_errors_total = %v; want 1", v)
 	}
+	if v := scrape(t, sc, "unstuck_config_last_reload_success"); v != 0 {
+		t.Fatalf("unstuck_config_last_reload_success = %v; want 0", v)
+	}
+}
+
+// closedAddr is a loopback address nothing listens on: a backend that is
+// down.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// /readyz is "ready to carry traffic": 200 with the backend down, unless
+// admin.ready_requires_upstream asks for it, which a reload switches in
+// place. unstuck_upstream_reachable says either way.
+func TestReadyzAndUpstreamReachability(t *testing.T) {
+	cfg := testConfig(closedAddr(t))
+	sc := start(t, cfg)
+	admin := sc.AdminAddr().String()
+	if code, body := get(t, admin, "/readyz"); code != 200 || body != "ready\n" {
+		t.Errorf("/readyz with the backend down: %d %q; want 200 ready", code, body)
+	}
+	if v := scrape(t, sc, `unstuck_upstream_reachable{upstream="backend"}`); v != 0 {
+		t.Errorf("unstuck_upstream_reachable = %v; want 0", v)
+	}
+
+	next := clone(cfg) // admin.listen as it was (127.0.0.1:0): not rebound
+	next.Admin.ReadyRequiresUpstream = true
+	if err := sc.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	code, body := get(t, admin, "/readyz")
+	if code != 503 || !strings.HasPrefix(body, "upstream backend: no endpoint reachable") {
+		t.Errorf("/readyz with ready_requires_upstream: %d %q; want 503 naming the upstream", code, body)
+	}
+
+	up := testpeer.StartServer(t, testpeer.Options{})
+	next = clone(next)
+	u := next.Upstreams["backend"]
+	u.Endpoints = []string{up.Addr()}
+	next.Upstreams["backend"] = u
+	if err := sc.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(t, admin, "/readyz"); code != 200 {
+		t.Errorf("/readyz with a live backend: %d %q", code, body)
+	}
+	if v := scrape(t, sc, `unstuck_upstream_reachable{upstream="backend"}`); v != 1 {
+		t.Errorf("unstuck_upstream_reachable = %v; want 1", v)
+	}
+	if v := scrape(t, sc, "unstuck_config_last_reload_success"); v != 1 {
+		t.Errorf("unstuck_config_last_reload_success = %v; want 1", v)
+	}
+}
+
+// The admin listener has the probes and /metrics only; /debug/pool and
+// pprof are on the debug listener, pprof while admin.pprof is on.
+func TestDebugListener(t *testing.T) {
+	up := testpeer.StartServer(t, testpeer.Options{})
+	cfg := testConfig(up.Addr())
+	cfg.Admin.DebugListen = "127.0.0.1:0"
+	sc := start(t, cfg)
+	admin, debug := sc.AdminAddr().String(), sc.DebugAddr().String()
+	for _, path := range []string{"/debug/pool", "/debug/pprof/", "/debug/pprof/profile?seconds=1"} {
+		if code, _ := get(t, admin, path); code != 404 {
+			t.Errorf("admin listener %s: %d; want 404", path, code)
+		}
+	}
+	if code, body := get(t, debug, "/debug/pool"); code != 200 || !strings.Contains(body, `"backend"`) {
+		t.Errorf("debug listener /debug/pool: %d %q", code, body)
+	}
+	if code, _ := get(t, debug, "/debug/pprof/"); code != 404 {
+		t.Errorf("/debug/pprof/ with admin.pprof off: %d; want 404", code)
+	}
+	if code, _ := get(t, debug, "/metrics"); code != 404 {
+		t.Errorf("debug listener /metrics: %d; want 404", code)
+	}
+
+	// A reload turns pprof on without moving the debug listener.
+	next := clone(cfg) // the addresses as they were (127.0.0.1:0): not rebound
+	next.Admin.Pprof = true
+	if err := sc.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if got := sc.DebugAddr().String(); got != debug {
+		t.Errorf("debug listener moved to %s", got)
+	}
+	if code, _ := get(t, debug, "/debug/pprof/"); code != 200 {
+		t.Errorf("/debug/pprof/ with admin.pprof on: %d; want 200", code)
+	}
+
+	// "" turns it off.
+	next = clone(next)
+	next.Admin.DebugListen = ""
+	if err := sc.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if sc.DebugAddr() != nil {
+		t.Errorf("debug listener still at %v", sc.DebugAddr())
+	}
 }
 
 // Changing one listener's address rebinds that listener alone; another
@@ -295,7 +400,7 @@ func TestMetricsSeeHalfClosesAndCloseWait(t *testing.T) {
 	wait.Until(t, 10*time.Second, "the upstream's FINs to be counted as half-closes", func() bool {
 		return up.OpenConns() == 0 && scrape(t, sc, `unstuck_upstream_closes_total{cause="fin",upstream="backend"}`) >= 1
 	})
-	if v := scrape(t, sc, `unstuck_requests_total{code="2xx",listener="app",upstream="backend"}`); v < 1 {
+	if v := scrape(t, sc, `unstuck_requests_total{code="2xx",listener="app",reason="",upstream="backend"}`); v < 1 {
 		t.Fatalf("requests_total 2xx = %v", v)
 	}
 	if v := scrape(t, sc, `unstuck_tcp_sockets{side="upstream",state="CLOSE_WAIT"}`); v != 0 {

@@ -100,7 +100,8 @@ built-in default; UNSTUCK_* environment variables override it (see
 			log.Info("starting", zap.String("version", version),
 				zap.Int("listeners", len(cfg.Listeners)), zap.Int("upstreams", len(cfg.Upstreams)))
 			reload := func() (*config.Config, error) { return loadQuiet(cmd, environ, nil) }
-			if err := serveFunc(ctx, serveOptions{cfg: cfg, log: log, level: level, reload: reload, hup: hup}); err != nil {
+			o := serveOptions{cfg: cfg, log: log, level: level, reload: reload, hup: hup, notifier: newNotifier(processEnv(environ))}
+			if err := serveFunc(ctx, o); err != nil {
 				log.Error("stopped", zap.Error(err))
 				fmt.Fprintf(stderr, "unstuck: %v\n", err)
 				return exitError(exitFailed)
@@ -110,6 +111,9 @@ built-in default; UNSTUCK_* environment variables override it (see
 		},
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
+	// --version prints what the version command does.
+	root.Version = version
+	root.SetVersionTemplate(versionLine())
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	config.AddFlags(root.PersistentFlags())
@@ -151,9 +155,22 @@ func newVersionCmd(stdout io.Writer) *cobra.Command {
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
 		Run: func(*cobra.Command, []string) {
-			fmt.Fprintf(stdout, "unstuck %s (%s)\n", version, runtime.Version())
+			fmt.Fprint(stdout, versionLine())
 		},
 	}
+}
+
+// versionLine is what "unstuck version" and "unstuck --version" print.
+func versionLine() string {
+	return fmt.Sprintf("unstuck %s (%s)\n", version, runtime.Version())
+}
+
+// processEnv is environ, or the process's environment if it is nil.
+func processEnv(environ []string) []string {
+	if environ == nil {
+		return os.Environ()
+	}
+	return environ
 }
 
 // loadQuiet loads the configuration cmd's flags select; the error, if

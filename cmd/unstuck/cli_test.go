@@ -46,9 +46,11 @@ func swapServe(t *testing.T, fake func(context.Context, *config.Config, *zap.Log
 }
 
 func TestVersion(t *testing.T) {
-	code, out, errOut := runCmd(t, nil, "version")
-	if want := "unstuck dev (" + runtime.Version() + ")\n"; code != 0 || out != want || errOut != "" {
-		t.Errorf("version: code %d, stdout %q, stderr %q; want 0, %q, nothing", code, out, errOut, want)
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		code, out, errOut := runCmd(t, nil, args...)
+		if want := "unstuck dev (" + runtime.Version() + ")\n"; code != 0 || out != want || errOut != "" {
+			t.Errorf("%s: code %d, stdout %q, stderr %q; want 0, %q, nothing", args, code, out, errOut, want)
+		}
 	}
 }
 

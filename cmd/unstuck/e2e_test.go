@@ -152,7 +152,7 @@ func startUnstuck(t *testing.T, o childOpts, args ...string) *child {
 	}
 	env = append(env, "GORACE="+gorace)
 	// Tests run in parallel: each child's admin listener takes a free port.
-	env = append(env, "UNSTUCK_ADMIN_LISTEN=127.0.0.1:0")
+	env = append(env, "UNSTUCK_ADMIN_LISTEN=127.0.0.1:0", "UNSTUCK_ADMIN_DEBUG_LISTEN=127.0.0.1:0")
 	c := &child{
 		cmd:    exec.Command(bin, args...),
 		stdout: new(testpeer.SyncBuffer),

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -63,15 +64,25 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	wait.Until(t, d, what, cond)
 }
 
-var adminAddrRE = regexp.MustCompile(`admin listening\t\{"addr": "([^"]+)"\}`)
-
 // adminAddr waits for the child's admin listener and returns its address.
 func (c *child) adminAddr(t *testing.T) string {
 	t.Helper()
-	c.waitStderr(t, "admin listening")
-	m := adminAddrRE.FindStringSubmatch(c.stderr.String())
+	return c.loggedAddr(t, "admin listening")
+}
+
+// debugAddr waits for the child's debug listener and returns its address.
+func (c *child) debugAddr(t *testing.T) string {
+	t.Helper()
+	return c.loggedAddr(t, "debug listening")
+}
+
+// loggedAddr waits for the log line msg and returns the addr it gives.
+func (c *child) loggedAddr(t *testing.T, msg string) string {
+	t.Helper()
+	c.waitStderr(t, msg)
+	m := regexp.MustCompile(msg + `\t\{"addr": "([^"]+)"\}`).FindStringSubmatch(c.stderr.String())
 	if m == nil {
-		t.Fatalf("no admin address in stderr:\n%s", c.stderr)
+		t.Fatalf("no address after %q in stderr:\n%s", msg, c.stderr)
 	}
 	return m[1]
 }
@@ -464,11 +475,10 @@ func TestE2EReloadInvalidKeepsRunning(t *testing.T) {
 	c.stop(t)
 }
 
-// TestE2EAdmin: the admin endpoints of a running binary.
+// TestE2EAdmin: the admin and debug endpoints of a running binary.
 func TestE2EAdmin(t *testing.T) {
 	t.Parallel()
 	live := startUpstream(t)
-	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens
 
 	t.Run("live upstream", func(t *testing.T) {
 		t.Parallel()
@@ -485,14 +495,17 @@ func TestE2EAdmin(t *testing.T) {
 		if code, body := get(t, listen); code != http.StatusOK {
 			t.Fatalf("GET: %d %q", code, body)
 		}
-		const ok = `unstuck_requests_total{code="2xx",listener="app",upstream="backend"} 1`
+		const ok = `unstuck_requests_total{code="2xx",listener="app",reason="",upstream="backend"} 1`
 		var metrics string
 		wait.Until(t, e2eStopTimeout, "/metrics counting the request", func() bool {
 			_, metrics = adminGet(t, admin, "/metrics")
 			return strings.Contains(metrics, ok)
 		})
+		if build := `unstuck_build_info{goversion="` + runtime.Version() + `",version="` + e2eVersion + `"} 1`; !strings.Contains(metrics, build+"\n") {
+			t.Errorf("/metrics lacks %q", build)
+		}
 
-		code, body := adminGet(t, admin, "/debug/pool")
+		code, body := adminGet(t, c.debugAddr(t), "/debug/pool")
 		var pools map[string]struct {
 			Endpoints []struct {
 				Endpoint string `json:"endpoint"`
@@ -516,16 +529,50 @@ func TestE2EAdmin(t *testing.T) {
 		c.stop(t)
 	})
 
-	t.Run("dead upstream", func(t *testing.T) {
+}
+
+// TestE2EAdminSplit: with its backend down, a running binary stays ready
+// (the backend's outage must not take every pod out of its Service) and
+// says so in unstuck_upstream_reachable; the admin listener serves no
+// /debug path, pprof or not. admin.ready_requires_upstream brings the old
+// readiness back.
+func TestE2EAdminSplit(t *testing.T) {
+	t.Parallel()
+	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens
+
+	t.Run("default", func(t *testing.T) {
 		t.Parallel()
 		listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		c := startUnstuck(t, childOpts{}, "--listen", listen, "--upstream", dead)
+		c := startUnstuck(t, childOpts{env: []string{"UNSTUCK_ADMIN_PPROF=true"}}, "--listen", listen, "--upstream", dead)
 		c.waitAccepting(t, listen)
-		admin := c.adminAddr(t)
+		admin, debug := c.adminAddr(t), c.debugAddr(t)
 		if code, body := adminGet(t, admin, "/healthz"); code != http.StatusOK {
-			t.Errorf("/healthz: %d %q; want 200 (alive, only not ready)", code, body)
+			t.Errorf("/healthz: %d %q; want 200", code, body)
 		}
-		code, body := adminGet(t, admin, "/readyz")
+		if code, body := adminGet(t, admin, "/readyz"); code != http.StatusOK || body != "ready\n" {
+			t.Errorf("/readyz with the backend down: %d %q; want 200 ready", code, body)
+		}
+		const down = `unstuck_upstream_reachable{upstream="backend"} 0`
+		if _, metrics := adminGet(t, admin, "/metrics"); !strings.Contains(metrics, down+"\n") {
+			t.Errorf("/metrics lacks %q", down)
+		}
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pool"} {
+			if code, _ := adminGet(t, admin, path); code != http.StatusNotFound {
+				t.Errorf("admin listener %s: %d; want 404", path, code)
+			}
+		}
+		if code, body := adminGet(t, debug, "/debug/pprof/"); code != http.StatusOK {
+			t.Errorf("debug listener /debug/pprof/ with admin.pprof: %d %.100q", code, body)
+		}
+		c.stop(t)
+	})
+
+	t.Run("ready_requires_upstream", func(t *testing.T) {
+		t.Parallel()
+		listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		c := startUnstuck(t, childOpts{env: []string{"UNSTUCK_ADMIN_READY_REQUIRES_UPSTREAM=true"}}, "--listen", listen, "--upstream", dead)
+		c.waitAccepting(t, listen)
+		code, body := adminGet(t, c.adminAddr(t), "/readyz")
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, "upstream backend") ||
 			!strings.Contains(body, dead) || strings.Count(body, "\n") != 1 {
 			t.Errorf("/readyz: %d %q; want 503 and one line naming upstream backend and %s", code, body, dead)
@@ -601,5 +648,41 @@ upstreams:
 			t.Errorf("access line %d: %+v (reused %v); want %s %s 200 endpoint %s reused %v",
 				i+1, g, g.Reused != nil && *g.Reused, r.method, r.path, upstream, r.reused)
 		}
+	}
+}
+
+// TestE2ESdNotify: under a service manager (NOTIFY_SOCKET), the binary
+// sends READY=1 only once its listener accepts, so that a unit ordered
+// After=unstuck.service starts after that, and STOPPING=1 on SIGTERM.
+func TestE2ESdNotify(t *testing.T) {
+	t.Parallel()
+	upstream := startUpstream(t)
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	sock := listenNotify(t, path)
+	c := startUnstuck(t, childOpts{env: []string{"NOTIFY_SOCKET=" + path}}, "--listen", listen, "--upstream", upstream)
+
+	msg := nextNotify(t, sock, e2eStartTimeout)
+	if !slices.Contains(strings.Split(msg, "\n"), "READY=1") {
+		t.Fatalf("first message %q; want READY=1", msg)
+	}
+	// No wait: the listener must already be bound.
+	conn, err := net.DialTimeout("tcp", listen, time.Second)
+	if err != nil {
+		t.Fatalf("READY=1 sent before the listener accepts: %v", err)
+	}
+	conn.Close()
+	if code, body := get(t, listen); code != http.StatusOK || body != upstreamBody {
+		t.Errorf("GET: %d %q", code, body)
+	}
+
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if msg := nextNotify(t, sock, e2eStopTimeout); !slices.Contains(strings.Split(msg, "\n"), "STOPPING=1") {
+		t.Errorf("after SIGTERM: %q; want STOPPING=1", msg)
+	}
+	if code := c.exitCode(t, e2eStopTimeout); code != 0 {
+		t.Errorf("exit code %d after SIGTERM", code)
 	}
 }

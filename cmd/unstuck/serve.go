@@ -29,6 +29,9 @@ type serveOptions struct {
 	// configuration, so a SIGHUP during startup is a reload, not the
 	// signal's default of ending the process.
 	hup <-chan os.Signal
+	// notifier tells systemd READY=1 once every listener is bound, and
+	// STOPPING=1 when the drain starts.
+	notifier notifier
 }
 
 // serve runs the sidecar until ctx is cancelled (SIGTERM, SIGINT) or a
@@ -53,6 +56,9 @@ func serve(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return err
 	}
+	// sidecar.New returns once every listener and the admin listener are
+	// bound and serving.
+	tell(o, "READY=1\nSTATUS=serving")
 
 	var failure error
 loop:
@@ -70,6 +76,7 @@ loop:
 		}
 	}
 	timeout := o.cfg.ShutdownTimeout
+	tell(o, "STOPPING=1\nSTATUS=draining")
 	log.Info("shutting down", zap.Duration("timeout", timeout))
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -77,6 +84,14 @@ loop:
 		log.Warn("shutdown", zap.Error(err))
 	}
 	return failure
+}
+
+// tell sends state to the service manager, if there is one; a failure is
+// only logged.
+func tell(o serveOptions, state string) {
+	if err := o.notifier.notify(state); err != nil && !errors.Is(err, errNoManager) {
+		o.log.Warn("sd_notify failed", zap.String("state", state), zap.Error(err))
+	}
 }
 
 // reload loads the configuration again and applies it; on any problem the

@@ -234,14 +234,14 @@ const listenerName = "app"
 // sidecarConfig loads what `unstuck --listen 127.0.0.1:0 --upstream
 // upAddr` runs: every default, one listener on a free loopback port
 // forwarding to upAddr. The user's UNSTUCK_* environment is not read, and
-// the admin listener is off (its default port may be taken).
+// the admin and debug listeners are off (their default ports may be taken).
 func sidecarConfig(upAddr string) (*config.Config, error) {
 	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
 	config.AddFlags(fs)
 	if err := fs.Parse([]string{"--" + config.FlagListen, "127.0.0.1:0", "--" + config.FlagUpstream, upAddr}); err != nil {
 		return nil, err
 	}
-	return config.Load(config.LoadOptions{Flags: fs, Environ: []string{config.EnvName("admin.listen") + "="}})
+	return config.Load(config.LoadOptions{Flags: fs, Environ: []string{config.EnvName("admin.listen") + "=", config.EnvName("admin.debug_listen") + "="}})
 }
 
 // drive runs one phase: a legacy app on addr sends waves of requests,
