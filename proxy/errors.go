@@ -34,11 +34,12 @@ func (e *upstreamError) Error() string {
 func (e *upstreamError) Unwrap() error { return e.err }
 
 // statusFor maps an upstream failure to the status the app receives: 503
-// when the pool had no free connection or an upgrade's 101 came during
-// Shutdown, 504 on any timeout, 502 otherwise (refused, reset, closed,
+// when the pool had no free connection, a capture listener no room for a
+// destination, or an upgrade's 101 came during Shutdown, 504 on any timeout, 502 otherwise (refused, reset, closed,
 // malformed).
 func statusFor(err error) int {
-	if errors.Is(err, pool.ErrExhausted) || errors.Is(err, pool.ErrClosed) || errors.Is(err, pool.ErrNoEndpoint) || errors.Is(err, errShuttingDown) {
+	if errors.Is(err, pool.ErrExhausted) || errors.Is(err, pool.ErrClosed) || errors.Is(err, pool.ErrNoEndpoint) || errors.Is(err, errShuttingDown) ||
+		errors.Is(err, ErrTooManyDestinations) {
 		return fasthttp.StatusServiceUnavailable
 	}
 	var ue *upstreamError
