@@ -50,6 +50,7 @@ type Sidecar struct {
 	upstreams map[string]*upstream
 	listeners map[string]*listener
 	draining  map[*listener]string // replaced servers still serving their connections, by listener name
+	captures  map[string]*captured // capture listeners' destinations, by listener name (capture.go)
 	admin     *admin.Server
 	stopped   bool
 	retiring  sync.WaitGroup // listeners and pools being retired after a reload
@@ -265,6 +266,11 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		}
 	}
 
+	caps, err := s.applyCaptures(cfg)
+	if err != nil {
+		return err
+	}
+
 	// Everything exists: switch over.
 	s.level.SetLevel(levelOf(cfg.Log.Level))
 	for _, name := range slices.Sorted(maps.Keys(cfg.Upstreams)) {
@@ -275,7 +281,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	}
 	for name, l := range newLns {
 		lc := cfg.Listeners[name]
-		pc := proxyConfig(name, lc, cfg, newUps[lc.Upstream].pool, s.log, nil)
+		pc := s.listenerConfig(name, lc, cfg, newUps, caps)
 		pc.Activity = &s.activity
 		if l.srv != nil {
 			l.cfg = lc
@@ -313,8 +319,8 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	// Servers replaced earlier still serve their app connections: point
 	// them at the new pools too.
 	for l, name := range s.draining {
-		if u := newUps[l.cfg.Upstream]; u != nil {
-			l.srv.Update(proxyConfig(name, l.cfg, cfg, u.pool, s.log, nil)) // Activity is fixed at New
+		if newUps[l.cfg.Upstream] != nil || l.cfg.Capture && caps[name] != nil {
+			l.srv.Update(s.listenerConfig(name, l.cfg, cfg, newUps, caps)) // Activity is fixed at New
 		}
 	}
 	for name, old := range s.upstreams {
@@ -339,6 +345,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		}
 		s.admin = adm
 	}
+	s.retireCaptures(caps)
 	s.upstreams, s.listeners, s.cfg = newUps, newLns, cfg
 	s.watchSockets()
 	return nil
@@ -446,6 +453,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	for _, u := range ups {
 		u.close()
 	}
+	s.closeCaptures()
 	s.retiring.Wait()
 	if adm != nil {
 		adm.Shutdown(ctx)
@@ -586,7 +594,7 @@ func servesTCP(cfg *config.Config, name string) bool {
 // socket_mode apply when the address changes (or at restart).
 func needsNewServer(a, b config.Listener) bool {
 	return a.IdleTimeout != b.IdleTimeout || a.IdleReleaseAfter != b.IdleReleaseAfter ||
-		a.Protocol != b.Protocol || a.Upstream != b.Upstream ||
+		a.Protocol != b.Protocol || a.Upstream != b.Upstream || a.Capture != b.Capture ||
 		a.Limits.RequestHeaderBytes != b.Limits.RequestHeaderBytes || a.Limits.MaxConns != b.Limits.MaxConns
 }
 
@@ -648,15 +656,20 @@ func proxyConfig(name string, l config.Listener, cfg *config.Config, p *pool.Poo
 		AccessLog: cfg.Log.Access,
 		Logger:    log,
 		Observer:  obs,
-		Upstream: proxy.Upstream{
-			Name:                  l.Upstream,
-			Pool:                  p,
-			Retries:               u.Retries,
-			ResponseHeaderTimeout: u.Timeouts.ResponseHeader,
-			ResponseIdleTimeout:   u.Timeouts.ResponseIdle,
-			WriteTimeout:          u.Timeouts.Write,
-			HostHeader:            u.HostHeader,
-		},
+		Upstream:  proxyUpstream(l.Upstream, u, p),
+	}
+}
+
+// proxyUpstream is what a server needs of upstream name, forwarding to p.
+func proxyUpstream(name string, u config.Upstream, p *pool.Pool) proxy.Upstream {
+	return proxy.Upstream{
+		Name:                  name,
+		Pool:                  p,
+		Retries:               u.Retries,
+		ResponseHeaderTimeout: u.Timeouts.ResponseHeader,
+		ResponseIdleTimeout:   u.Timeouts.ResponseIdle,
+		WriteTimeout:          u.Timeouts.Write,
+		HostHeader:            u.HostHeader,
 	}
 }
 
