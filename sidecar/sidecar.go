@@ -214,6 +214,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		}
 		pc := poolConfig(name, uc, s.log, s.metrics.Upstream(name))
 		pc.Stream = stream
+		pc.Mark = uint32(cfg.Capture.Mark) // the capture rules pass unstuck's own connections
 		if uc.TLS.Enabled {
 			tc, err := tlsclient.New(uc.TLS, stream)
 			if err != nil {
