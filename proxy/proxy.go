@@ -380,7 +380,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x.app.requestHandled() // the headers are in: their timeout is over
 	if s.isCapture {
 		if err := x.openDestination(); err != nil {
+			x.took = time.Since(x.start)
 			s.fail(ctx, x.up, err)
+			x.finish()
 			return
 		}
 		defer x.leaveDestination() // if nothing took it over
