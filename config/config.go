@@ -42,6 +42,7 @@ type Config struct {
 	ReleaseMemoryAfterIdle time.Duration       `key:"release_memory_after_idle" default:"2s" doc:"no request for this long: give memory Go has freed back to the OS, again after 2x, 4x... while idle; 0: leave it to Go's runtime"`
 	Listeners              map[string]Listener `key:"listeners" example:"app" doc:"where unstuck accepts connections from the app, by name"`
 	Upstreams              map[string]Upstream `key:"upstreams" example:"backend" doc:"the servers unstuck forwards to, by name"`
+	Capture                Capture             `key:"capture" doc:"transparent capture: the rules unstuck capture installs, and the destinations of capture listeners"`
 
 	// File is the YAML file this configuration was read from, for the
 	// reload watcher; empty for the built-in default and dev mode.
@@ -88,6 +89,8 @@ type Listener struct {
 	HalfClose        string        `key:"half_close" default:"propagate" oneof:"propagate,close" doc:"tcp listeners and upgraded connections: when one side sends FIN, propagate (FIN the other side, let the other direction finish) or close (close both at once, each with its linger)"`
 	HalfCloseTimeout time.Duration `key:"half_close_timeout" default:"5s" min:"1ns" doc:"with half_close propagate: after one side's FIN, close both (RST) if the other direction has not ended within this long; more than 0"`
 	Upgrade          bool          `key:"upgrade" default:"true" doc:"http: forward Connection: Upgrade requests (WebSocket) on a fresh upstream connection and, on 101, pass bytes both ways as in tcp mode; false: answer them 501"`
+
+	Capture bool `key:"capture" default:"false" doc:"forward each app connection to the address it was made to before unstuck capture's rules redirected it (SO_ORIGINAL_DST), with a pool per destination; takes no upstream"`
 }
 
 // ListenerLimits bounds what a listener takes from the app.

@@ -105,7 +105,7 @@ func Load(opts LoadOptions) (*Config, error) {
 	for _, name := range t.names["listeners"] {
 		l := Listener{Name: name}
 		t.decode(&l, "listeners."+name+".", listenerFields)
-		if ups := t.names["upstreams"]; l.Upstream == "" && len(ups) == 1 {
+		if ups := t.names["upstreams"]; l.Upstream == "" && len(ups) == 1 && !l.Capture {
 			l.Upstream = ups[0]
 		}
 		cfg.Listeners[name] = l
@@ -165,6 +165,17 @@ func (t *tree) decode(dst any, prefix string, fields []field) {
 			continue
 		case []string: // a list from the file
 			x = reflect.ValueOf(raw)
+			if f.typ != x.Type() { // a typed list: each item parsed, each bad one reported
+				var msgs []string
+				if x, msgs = f.parseItems(raw); msgs != nil {
+					for i, m := range msgs {
+						if m != "" {
+							t.problem(fmt.Sprintf("%s%s[%d]", prefix, f.key, i), nil, "%s", m)
+						}
+					}
+					continue
+				}
+			}
 		case string:
 			x, msg = f.parse(strings.TrimSpace(raw))
 		}

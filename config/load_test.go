@@ -91,6 +91,7 @@ func wantDefaultConfig() *Config {
 		ReleaseMemoryAfterIdle: 2 * time.Second,
 		Listeners:              map[string]Listener{"app": l},
 		Upstreams:              map[string]Upstream{"backend": u},
+		Capture:                DefaultCapture(),
 	}
 }
 
@@ -143,6 +144,7 @@ func TestFullFile(t *testing.T) {
 		Log:             Log{Level: "debug", Format: "json", Access: true},
 		Admin:           Admin{Listen: "[::1]:9902", DebugListen: "[::1]:9903", Pprof: true, ReadyRequiresUpstream: true},
 		ShutdownTimeout: 30 * time.Second,
+		Capture:         DefaultCapture(),
 		Listeners: map[string]Listener{
 			"web": func() Listener {
 				l := DefaultListener()

@@ -29,6 +29,9 @@ var wants = map[reflect.Type]string{
 	reflect.TypeFor[os.FileMode]():    `an octal file mode such as "0660"`,
 	reflect.TypeFor[netip.Addr]():     "an IP address such as 10.0.0.5",
 	reflect.TypeFor[PortRange]():      "a port range such as 20000-29999",
+	reflect.TypeFor[[]uint16]():       "a list of ports such as [5432, 6379]",
+	reflect.TypeFor[[]uint32]():       "a list of user IDs such as [1337]",
+	reflect.TypeFor[[]netip.Prefix](): `a list such as ["10.0.0.0/8", "127.0.0.5"]`,
 }
 
 // field is one key with a value, relative to the top level, a listener or
@@ -109,7 +112,10 @@ func (f field) parse(s string) (reflect.Value, string) {
 			x = strings.ToLower(s)
 		}
 	case []string:
-		x = strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
+		x = splitList(s)
+	case []uint16, []uint32, []netip.Prefix:
+		v, msgs := f.parseItems(splitList(s))
+		x, msg = v.Interface(), strings.Join(slices.DeleteFunc(msgs, func(m string) bool { return m == "" }), "; ")
 	case int, int64:
 		if f.size {
 			x, msg = parseSize(s)
@@ -158,6 +164,61 @@ func (f field) parse(s string) (reflect.Value, string) {
 	return reflect.ValueOf(x).Convert(f.typ), msg
 }
 
+// splitList splits a list written in one string (a variable), at commas
+// or spaces.
+func splitList(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
+}
+
+// parseItems parses the items of a list of f's type: the list, and a
+// message for each bad item ("" for good ones; nil when all are).
+func (f field) parseItems(items []string) (reflect.Value, []string) {
+	v := reflect.MakeSlice(f.typ, 0, len(items))
+	var msgs []string
+	for i, s := range items {
+		x, msg := parseItem(f.typ.Elem(), s)
+		if msg != "" && msgs == nil {
+			msgs = make([]string, len(items))
+		}
+		if msg != "" {
+			msgs[i] = msg
+			continue
+		}
+		v = reflect.Append(v, reflect.ValueOf(x))
+	}
+	return v, msgs
+}
+
+// parseItem parses one item of a typed list; the message, empty when s is
+// good, quotes s.
+func parseItem(t reflect.Type, s string) (any, string) {
+	switch t {
+	case reflect.TypeFor[uint16](): // a port
+		if n, err := strconv.ParseUint(s, 10, 16); err == nil && n > 0 {
+			return uint16(n), ""
+		}
+		return nil, fmt.Sprintf("%q is not a port; want 1 to 65535", s)
+	case reflect.TypeFor[uint32](): // a user ID
+		if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+			return uint32(n), ""
+		}
+		return nil, fmt.Sprintf("%q is not a user ID; want 0 to 4294967295", s)
+	case reflect.TypeFor[netip.Prefix](): // a CIDR, or an address alone
+		p, err := netip.ParsePrefix(s)
+		if a, errA := netip.ParseAddr(s); errA == nil {
+			p, err = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+		}
+		switch {
+		case err != nil:
+			return nil, fmt.Sprintf("%q is not an address or CIDR; want one such as 10.0.0.0/8 or 127.0.0.5", s)
+		case p != p.Masked():
+			return nil, fmt.Sprintf("%q has bits set past its prefix length; want %s", s, p.Masked())
+		}
+		return p, ""
+	}
+	panic("config: no parser for a list of " + t.String())
+}
+
 // check says what is wrong with the value v of f, parsed or built; "" if
 // nothing.
 func (f field) check(v reflect.Value) string {
@@ -173,6 +234,16 @@ func (f field) check(v reflect.Value) string {
 	case os.FileMode:
 		if x&^os.ModePerm != 0 {
 			return "want 0 to 0777"
+		}
+	case []uint16:
+		if slices.Contains(x, 0) {
+			return "port 0; want 1 to 65535"
+		}
+	case []netip.Prefix:
+		for _, p := range x {
+			if !p.IsValid() || p != p.Masked() {
+				return fmt.Sprintf("%s is not a network address", p)
+			}
 		}
 	case PortRange:
 		if x != (PortRange{}) && (x.Lo == 0 || x.Hi == 0) {

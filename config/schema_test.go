@@ -84,7 +84,7 @@ func shown(sf reflect.StructField) string {
 		v = sf.Tag.Get("example")
 	}
 	switch {
-	case sf.Type == reflect.TypeFor[[]string]() && v == "":
+	case sf.Type.Kind() == reflect.Slice && v == "":
 		return "[]"
 	case sf.Type == reflect.TypeFor[[]string]():
 		return `["` + v + `"]`
@@ -261,7 +261,7 @@ func TestRoundingRefused(t *testing.T) {
 	l.Name, l.Listen, l.Upstream, l.Linger = "app", "127.0.0.1:8080", "backend", bounded(2500*time.Millisecond)
 	u := DefaultUpstream()
 	u.Name, u.Endpoints = "backend", []string{"127.0.0.1:9000"}
-	c := &Config{Log: Log{Level: "info", Format: "console"}, ShutdownTimeout: s,
+	c := &Config{Log: Log{Level: "info", Format: "console"}, ShutdownTimeout: s, Capture: DefaultCapture(),
 		Listeners: map[string]Listener{"app": l}, Upstreams: map[string]Upstream{"backend": u}}
 	if err := c.Validate(); err == nil || err.Error() != `listeners.app.linger: "2.5s": want whole seconds (the kernel counts SO_LINGER in seconds)` {
 		t.Errorf("Validate: %v", err)

@@ -79,7 +79,8 @@ func (t *tree) check(c *Config) {
 	if len(c.Listeners) == 0 {
 		t.add("listeners", "none defined; want at least one listener")
 	}
-	if len(upstreams) == 0 {
+	// A capture listener needs no upstream; any other does.
+	if len(upstreams) == 0 && (len(c.Listeners) == 0 || slices.ContainsFunc(slices.Collect(maps.Values(c.Listeners)), func(l Listener) bool { return !l.Capture })) {
 		t.add("upstreams", "none defined; want at least one upstream")
 	}
 
@@ -104,6 +105,7 @@ func (t *tree) check(c *Config) {
 			listen(p+"listen", l.Listen)
 		}
 		switch _, ok := c.Upstreams[l.Upstream]; {
+		case l.Capture: // checkCapture
 		case l.Upstream == "" && len(upstreams) > 0:
 			t.add(p+"upstream", "missing; want one of: %s", strings.Join(upstreams, ", "))
 		case l.Upstream == "":
@@ -115,11 +117,12 @@ func (t *tree) check(c *Config) {
 		// A tcp pair keeps its upstream connection for good; an http
 		// listener's pool hands its connections back: one pool cannot do both.
 		for _, other := range slices.Sorted(maps.Keys(c.Listeners)) {
-			if o := c.Listeners[other]; other < name && o.Upstream == l.Upstream && l.Upstream != "" && o.Protocol != l.Protocol {
+			if o := c.Listeners[other]; other < name && o.Upstream == l.Upstream && l.Upstream != "" && o.Protocol != l.Protocol && !o.Capture && !l.Capture {
 				t.add(p+"upstream", "%q is also the upstream of listener %s, whose protocol is %s; an upstream serves http listeners or tcp listeners, not both", l.Upstream, other, o.Protocol)
 			}
 		}
 	}
+	t.checkCapture(c)
 	if a := c.Admin.Listen; strings.HasPrefix(a, "unix:") {
 		t.add("admin.listen", "%q: unix sockets are not supported for admin.listen; want host:port", a)
 	} else if a != "" {

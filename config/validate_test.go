@@ -22,6 +22,7 @@ func TestValidate(t *testing.T) {
 			ShutdownTimeout: 10 * time.Second,
 			Listeners:       map[string]Listener{"app": l},
 			Upstreams:       map[string]Upstream{"backend": u},
+			Capture:         DefaultCapture(),
 		}
 	}
 	if err := good().Validate(); err != nil {

@@ -78,9 +78,16 @@ func decodeManifest(doc []byte) (any, error) {
 // deploy/kubernetes/.
 func loadManifests(t *testing.T) *manifests {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join("kubernetes", "*.y*ml"))
+	return loadManifestsIn(t, "kubernetes")
+}
+
+// loadManifestsIn decodes every document of every YAML file in dir (not
+// its subdirectories, which hold examples of their own).
+func loadManifestsIn(t *testing.T, dir string) *manifests {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.y*ml"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no manifests under deploy/kubernetes (%v)", err)
+		t.Fatalf("no manifests under deploy/%s (%v)", dir, err)
 	}
 	m := &manifests{configMaps: map[string]*corev1.ConfigMap{}}
 	for _, file := range files {

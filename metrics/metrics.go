@@ -47,6 +47,7 @@ var (
 		proxy.RefuseBadRequest, proxy.RefuseHeaderTooLarge, proxy.RefuseURITooLong,
 		proxy.RefuseBodyTooLarge, proxy.RefuseHeaderTimeout, proxy.RefuseBodyTimeout,
 		proxy.RefuseBodyIncomplete, proxy.RefuseMethod, proxy.RefuseConnLimit, proxy.RefuseUpgrade,
+		proxy.RefuseNotCaptured, proxy.RefuseCaptureLoop,
 	}
 	abortPhases   = []string{"request", "response_header", "response_body"}
 	timeoutPhases = []string{"response_header", "response_idle", "write"}
@@ -157,7 +158,7 @@ func New() *Metrics {
 			"App connections closed, by how: graceful (FIN), reset (RST), bounded (SO_LINGER timeout) or escalated (the app ignored our FIN and got an RST).",
 			"listener", "how"),
 		refused: counterVec("unstuck_requests_refused_total",
-			"Requests unstuck answered itself and never forwarded whole, by reason: bad_request, header_too_large, uri_too_long, body_too_large, header_timeout, body_timeout, body_incomplete, method, or conn_limit (accepts held back at limits.max_conns).",
+			"Requests unstuck answered itself and never forwarded whole, by reason: bad_request, header_too_large, uri_too_long, body_too_large, header_timeout, body_timeout, body_incomplete, method, conn_limit (accepts held back at limits.max_conns), not_captured (a capture listener's connection made to it directly, reset) or capture_loop (unstuck's own connection captured again, reset: capture.exclude_uids lacks its UID).",
 			"listener", "reason"),
 		appAborts: counterVec("unstuck_app_aborts_total",
 			"Requests whose app closed or reset its connection while they were in flight (logged as 499), by phase: request, response_header or response_body; the upstream exchange was aborted.",

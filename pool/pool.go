@@ -105,6 +105,7 @@ type Config struct {
 	SourcePorts PortRange         // with Source: the ephemeral ports to use; zero: the system range
 	Keepalive   sockopt.Keepalive // TCP keepalive; zero Idle: off
 	UserTimeout time.Duration     // TCP_USER_TIMEOUT; 0: the kernel's default
+	Mark        uint32            // SO_MARK (capture.mark: the capture rules pass such connections); 0: none
 
 	Logger   *zap.Logger // default: no logging
 	Observer Observer    // default: none
@@ -274,6 +275,11 @@ func newDialer(cfg Config) net.Dialer {
 			}
 			if err := sockopt.SetKeepalive(fd, cfg.Keepalive); err != nil {
 				return err
+			}
+			if cfg.Mark != 0 {
+				if err := sockopt.SetMark(fd, cfg.Mark); err != nil {
+					return fmt.Errorf("SO_MARK (capture.mark needs CAP_NET_ADMIN): %w", err)
+				}
 			}
 			if cfg.UserTimeout > 0 {
 				return sockopt.SetUserTimeout(fd, cfg.UserTimeout)

@@ -38,13 +38,13 @@ func (e *upstreamError) Unwrap() error { return e.err }
 
 // failure maps an upstream failure to the status the app receives and the
 // reason it is counted and logged under (a Reason* constant): 503 when the
-// pool had no free connection, every endpoint was out, or the listener is
+// pool (or a capture listeners destinations) had no room, every endpoint was out, or the listener is
 // shutting down; 504 on any timeout; 502 otherwise (refused, reset,
 // closed, malformed).
 func failure(err error) (status int, reason string) {
 	switch {
-	case errors.Is(err, pool.ErrExhausted):
-		return fasthttp.StatusServiceUnavailable, ReasonPoolExhausted
+	case errors.Is(err, pool.ErrExhausted), errors.Is(err, ErrTooManyDestinations):
+		return fasthttp.StatusServiceUnavailable, ReasonPoolExhausted // a capture listener's destinations count as its pool
 	case errors.Is(err, pool.ErrNoEndpoint):
 		return fasthttp.StatusServiceUnavailable, ReasonNoEndpoint
 	case errors.Is(err, pool.ErrClosed), errors.Is(err, errShuttingDown):

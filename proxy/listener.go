@@ -136,6 +136,10 @@ type lingerListener struct {
 	// abort-watched (parker and watch are nil: the pair reads both sides
 	// itself), and at max_conns a connection is accepted and reset.
 	stream bool
+	// capture: a capture listener's destinations (its server's); nil
+	// for other listeners. Each connection's original destination is read
+	// at accept; one that has none, or that loops, is reset.
+	capture *atomic.Pointer[Destinations]
 
 	mu       sync.Mutex
 	waiting  map[*appConn]struct{} // closes waiting for the app's FIN
@@ -167,15 +171,20 @@ func (l *lingerListener) Accept() (net.Conn, error) {
 	if l.stream {
 		return l.acceptOrReset()
 	}
-	if err := l.takeSlot(); err != nil {
-		return nil, err
-	}
-	nc, err := l.Listener.Accept()
-	if err != nil {
+	for {
+		if err := l.takeSlot(); err != nil {
+			return nil, err
+		}
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			l.giveSlot()
+			return nil, err
+		}
+		if dst, ok := l.captured(nc); ok {
+			return l.wrap(nc, dst), nil
+		}
 		l.giveSlot()
-		return nil, err
 	}
-	return l.wrap(nc), nil
 }
 
 // acceptOrReset is a tcp listener's Accept: at limits.max_conns a new
@@ -187,18 +196,19 @@ func (l *lingerListener) acceptOrReset() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		dst, ok := l.captured(nc)
+		if !ok {
+			continue
+		}
 		if l.slots == nil {
-			return l.wrap(nc), nil
+			return l.wrap(nc, dst), nil
 		}
 		select {
 		case l.slots <- struct{}{}:
-			return l.wrap(nc), nil
+			return l.wrap(nc, dst), nil
 		default:
 		}
-		if tc, ok := nc.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0)
-		}
-		nc.Close()
+		resetAccepted(nc)
 		l.obs.Refused(RefuseConnLimit)
 		if ce := l.log.Check(zap.WarnLevel, "limits.max_conns reached: app connection reset"); ce != nil {
 			ce.Write(zap.Int("max_conns", cap(l.slots)), zap.Stringer("app", nc.RemoteAddr()))
@@ -206,11 +216,48 @@ func (l *lingerListener) acceptOrReset() (net.Conn, error) {
 	}
 }
 
+// captured returns a capture listener's accepted connection's original
+// destination; a connection that has none is reset and counted (false).
+// Other listeners' connections pass with none.
+func (l *lingerListener) captured(nc net.Conn) (netip.AddrPort, bool) {
+	if l.capture == nil {
+		return netip.AddrPort{}, true
+	}
+	dst, err := originalDst(nc)
+	if d := l.capture.Load(); err == nil && d != nil && d.cfg.CheckLoops {
+		err = checkLoop(nc, dst)
+	}
+	if err == nil {
+		return dst, true
+	}
+	resetAccepted(nc)
+	if errors.Is(err, ErrCaptureLoop) {
+		l.obs.Refused(RefuseCaptureLoop)
+		l.log.Error("capture listener: unstuck's own connection was captured again; reset", zap.Stringer("destination", dst), zap.Error(err))
+		return netip.AddrPort{}, false
+	}
+	l.obs.Refused(RefuseNotCaptured)
+	if ce := l.log.Check(zap.WarnLevel, "capture listener: connection without an original destination reset"); ce != nil {
+		ce.Write(zap.Stringer("app", nc.RemoteAddr()), zap.Error(err))
+	}
+	return netip.AddrPort{}, false
+}
+
+// resetAccepted closes a connection just accepted, and not served, with an
+// RST: the app's connect fails now.
+func resetAccepted(nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	nc.Close()
+}
+
 // wrap applies the listener's socket options to an accepted connection,
-// which holds a slot already (where there is a cap), and counts it.
-func (l *lingerListener) wrap(nc net.Conn) *appConn {
+// which holds a slot already (where there is a cap), and counts it. dst
+// is a capture listener's original destination.
+func (l *lingerListener) wrap(nc net.Conn, dst netip.AddrPort) *appConn {
 	set := l.sockets.Load()
-	c := &appConn{Conn: nc, l: l, clientIP: remoteIP(nc.RemoteAddr()),
+	c := &appConn{Conn: nc, l: l, clientIP: remoteIP(nc.RemoteAddr()), origDst: dst,
 		headerTimeout: set.readHeaderTimeout, sendTimeout: set.sendTimeout}
 	c.guard.maxHead = l.maxHead
 	if tc, ok := nc.(*net.TCPConn); ok {
@@ -310,6 +357,9 @@ type appConn struct {
 	// clientIP is the app's address for X-Forwarded-For; invalid for
 	// unix sockets.
 	clientIP netip.Addr
+	// origDst is where the app was connecting, for a capture listener's
+	// connection (set at accept); invalid otherwise.
+	origDst netip.AddrPort
 
 	// Idle release (park.go). parkable and id are set at accept; deadline
 	// belongs to the serving goroutine; registered and expiry to the

@@ -91,4 +91,6 @@ const (
 	RefuseMethod         = "method"           // CONNECT and the like (405/501)
 	RefuseUpgrade        = "upgrade"          // an upgrade request on a listener with upgrade: false (501)
 	RefuseConnLimit      = "conn_limit"       // limits.max_conns reached: accept waited (http) or the connection was reset (tcp)
+	RefuseNotCaptured    = "not_captured"     // a capture listener's connection made to it directly, not redirected: reset at accept
+	RefuseCaptureLoop    = "capture_loop"     // a capture listener's connection made by unstuck's own UID: its own connection captured again, reset at accept
 )

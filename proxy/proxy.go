@@ -86,6 +86,11 @@ type Config struct {
 	Upstream      Upstream
 	Logger        *zap.Logger
 	Observer      Observer // default: none
+	// Capture makes a capture listener (capture.go): each app connection
+	// goes to its original destination, through that destination's
+	// upstream, and Upstream is not used. Whether a server is one is fixed
+	// at New; Update may give it other Destinations.
+	Capture *Destinations
 }
 
 // Server serves one listener. Its upstream, app-socket settings and access
@@ -100,8 +105,10 @@ type Server struct {
 	idleTimeout, idleReleaseAfter time.Duration
 	activity                      *atomic.Uint64 // nil: not counted
 
-	up        atomic.Pointer[Upstream]   // read once per request
-	sockets   atomic.Pointer[appSockets] // read at accept, at a request's start and at close
+	up        atomic.Pointer[Upstream]     // read once per request
+	capture   atomic.Pointer[Destinations] // a capture listener's, read once per request; nil otherwise
+	isCapture bool                         // fixed at New
+	sockets   atomic.Pointer[appSockets]   // read at accept, at a request's start and at close
 	requests  atomic.Pointer[requestLimits]
 	accessLog atomic.Bool
 	maxConns  int                        // limits.max_conns; fixed for the server's life
@@ -111,9 +118,9 @@ type Server struct {
 	// sides (upgrade.go); pairs.wg.Add under mu while !shut.
 	pairs pairSet
 
-	mu    sync.Mutex
-	ln    *lingerListener    // set by Serve; guarded by mu
-	shut  bool               // Shutdown began; guarded by mu
+	mu   sync.Mutex
+	ln   *lingerListener // set by Serve; guarded by mu
+	shut bool            // Shutdown began; guarded by mu
 }
 
 // New returns a server for cfg; Serve starts it.
@@ -127,6 +134,7 @@ func New(cfg Config) *Server {
 		idleReleaseAfter: cfg.IdleReleaseAfter,
 		activity:         cfg.Activity,
 		maxConns:         cfg.MaxConns,
+		isCapture:        cfg.Capture != nil,
 	}
 	s.Update(cfg)
 	headerBytes := cfg.MaxRequestHeaderBytes
@@ -220,6 +228,7 @@ func connStateChanged(nc net.Conn, st fasthttp.ConnState) {
 func (s *Server) Update(cfg Config) {
 	up := cfg.Upstream
 	s.up.Store(&up)
+	s.capture.Store(cfg.Capture)
 	s.sockets.Store(newAppSockets(cfg))
 	s.requests.Store(&requestLimits{
 		bodyReadTimeout: cfg.BodyReadTimeout,
@@ -260,6 +269,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		return err
 	}
 	l.maxHead = s.srv.ReadBufferSize
+	if s.isCapture {
+		l.capture = &s.capture
+	}
 	s.ln = l
 	s.mu.Unlock()
 	return s.srv.Serve(l)
@@ -344,6 +356,12 @@ type exchange struct {
 	// upgrade: an upgrade request, forwarded on a connection of its own
 	// that never goes back to the pool, and never retried once written.
 	upgrade bool
+	// A capture listener's exchange: the destinations up came from, and
+	// leave, called once nothing uses up any more: by handle, by the body
+	// stream that took the exchange over, or by the upgrade's pair (each
+	// takes it and sets it nil here). nil for other listeners.
+	dests *Destinations
+	leave func()
 }
 
 // handle forwards one request. fasthttp owns ctx; the upstream connection
@@ -366,6 +384,15 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x := exchange{s: s, ctx: ctx, up: s.up.Load(), start: time.Now()}
 	x.app, _ = ctx.Conn().(*appConn)
 	x.app.requestHandled() // the headers are in: their timeout is over
+	if s.isCapture {
+		if err := x.openDestination(); err != nil {
+			x.took = time.Since(x.start)
+			s.fail(ctx, x.up, err)
+			x.finish()
+			return
+		}
+		defer x.leaveDestination() // if nothing took it over
+	}
 	http10 := !req.Header.IsHTTP11()
 	var hops hopDropper
 	hops.seeRequest(&req.Header)
@@ -417,14 +444,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	for ; ; x.retries++ {
 		c, err := x.acquire(careful, fresh)
 		if err != nil {
-			if errors.Is(err, pool.ErrClosed) {
+			if errors.Is(err, pool.ErrClosed) && x.reloaded() {
 				// A reload replaced the pool under us: the new one
 				// takes this request, as if it had come a moment later.
-				if next := s.up.Load(); next != x.up {
-					x.up = next
-					x.retries--
-					continue
-				}
+				x.retries--
+				continue
 			}
 			var de *pool.DialError
 			if errors.As(err, &de) && x.retries < x.up.Retries {
@@ -464,6 +488,49 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 }
 
+// reloaded moves the exchange to the listener's current upstream, or a
+// capture listener's current destinations, if a reload replaced the one
+// it had; false if none did.
+func (x *exchange) reloaded() bool {
+	if !x.s.isCapture {
+		next := x.s.up.Load()
+		changed := next != x.up
+		x.up = next
+		return changed
+	}
+	if x.s.capture.Load() == x.dests {
+		return false
+	}
+	x.leaveDestination()
+	return x.openDestination() == nil
+}
+
+// openDestination sets a capture listener's exchange's upstream: its app
+// connection's original destination's, in the listener's current
+// destinations. On error x.up is named for the log.
+func (x *exchange) openDestination() error {
+	if x.app == nil || !x.app.origDst.IsValid() {
+		x.up = &Upstream{Name: "none"}
+		return ErrNotCaptured // not a listener's connection (tests)
+	}
+	d, up, leave, err := openDestination(&x.s.capture, x.app.origDst)
+	if err != nil {
+		x.up = &Upstream{Name: x.app.origDst.String()}
+		return err
+	}
+	x.dests, x.up, x.leave = d, up, leave
+	return nil
+}
+
+// leaveDestination ends a capture listener's exchange's use of its
+// destination, if it still has it.
+func (x *exchange) leaveDestination() {
+	if x.leave != nil {
+		x.leave()
+		x.leave = nil
+	}
+}
+
 // acquire takes a connection for one attempt; fresh asks for a newly
 // dialed one, as does an upgrade: a pair must never take a pooled
 // connection away from the requests that would reuse it.
@@ -497,6 +564,7 @@ func (x *exchange) finish() {
 	if x.streams {
 		return
 	}
+	defer x.leaveDestination()
 	s, ctx := x.s, x.ctx
 	status := ctx.Response.StatusCode()
 	if x.aborted != "" {
@@ -626,6 +694,7 @@ func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, b
 		reusable: !serverClose && cl != -2, // -2: the body ends at close
 	}
 	x.streams = true // b.x finishes the exchange now
+	x.leave = nil    // and leaves the destination
 	if http10 && cl < 0 {
 		// RFC 9112 6.1: no chunked framing towards an HTTP/1.0 app. The
 		// body goes as it comes, and its end is the connection's close.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,8 @@ type TCPServer struct {
 	maxConns int // limits.max_conns; fixed for the server's life
 
 	up        atomic.Pointer[Upstream]
+	capture   atomic.Pointer[Destinations] // a capture listener's; nil otherwise
+	isCapture bool                         // fixed at NewTCP
 	sockets   atomic.Pointer[appSockets]
 	policy    atomic.Pointer[pairPolicy]
 	accessLog atomic.Bool
@@ -48,6 +51,8 @@ func NewTCP(cfg Config) *TCPServer {
 		log:      cfg.Logger.Named("tcp").With(zap.String("listener", cfg.Name)),
 		obs:      cfg.Observer,
 		maxConns: cfg.MaxConns,
+
+		isCapture: cfg.Capture != nil,
 	}
 	s.Update(cfg)
 	return s
@@ -58,6 +63,7 @@ func NewTCP(cfg Config) *TCPServer {
 func (s *TCPServer) Update(cfg Config) {
 	up := cfg.Upstream
 	s.up.Store(&up)
+	s.capture.Store(cfg.Capture)
 	s.sockets.Store(newAppSockets(cfg))
 	hc := cfg.HalfCloseTimeout
 	if hc <= 0 {
@@ -83,6 +89,9 @@ func (s *TCPServer) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		ln.Close()
 		return err
+	}
+	if s.isCapture {
+		l.capture = &s.capture
 	}
 	s.ln = l
 	s.mu.Unlock()
@@ -126,7 +135,7 @@ func (s *TCPServer) isShut() bool {
 func (s *TCPServer) servePair(c *appConn) {
 	defer s.pairs.wg.Done()
 	start := time.Now()
-	up, pc, err := s.acquire()
+	up, pc, leave, err := s.acquire(c)
 	if err != nil {
 		s.log.Warn("no upstream connection: closing the app connection",
 			zap.String("upstream", up.Name), zap.Stringer("app", c.RemoteAddr()), zap.Error(err))
@@ -134,6 +143,7 @@ func (s *TCPServer) servePair(c *appConn) {
 		s.obs.PairEnded(PairDialError, 0, 0)
 		return
 	}
+	defer leave() // after pc is given back below
 	p := newPair(c.Conn, pc.NetConn(), *s.policy.Load())
 	s.pairs.add(p)
 	s.obs.PairOpened()
@@ -152,18 +162,42 @@ func (s *TCPServer) servePair(c *appConn) {
 	}
 }
 
-// acquire takes an upstream connection for a new pair. A pool closed by a
-// reload is replaced by then: the current upstream is tried once more.
-func (s *TCPServer) acquire() (*Upstream, *pool.Conn, error) {
-	up := s.up.Load()
-	pc, err := up.Pool.Acquire(false)
+// acquire takes an upstream connection for c's pair: of the listener's
+// upstream, or of a capture listener's destination for c. A pool closed by
+// a reload is replaced by then: the current upstream is tried once more.
+// leave, a no-op but for a destination, is called once pc is given back.
+// On error up is still named, for the log.
+func (s *TCPServer) acquire(c *appConn) (up *Upstream, pc *pool.Conn, leave func(), err error) {
+	if s.isCapture {
+		return s.acquireCaptured(c.origDst)
+	}
+	up = s.up.Load()
+	pc, err = up.Pool.Acquire(false)
 	if errors.Is(err, pool.ErrClosed) {
 		if next := s.up.Load(); next != up {
 			up = next
 			pc, err = up.Pool.Acquire(false)
 		}
 	}
-	return up, pc, err
+	return up, pc, func() {}, err
+}
+
+// acquireCaptured is acquire for a capture listener's connection to dst.
+func (s *TCPServer) acquireCaptured(dst netip.AddrPort) (*Upstream, *pool.Conn, func(), error) {
+	for attempt := 0; ; attempt++ {
+		d, up, leave, err := openDestination(&s.capture, dst)
+		if err != nil {
+			return &Upstream{Name: dst.String()}, nil, nil, err
+		}
+		pc, err := up.Pool.Acquire(false)
+		if err == nil {
+			return up, pc, leave, nil
+		}
+		leave()
+		if !errors.Is(err, pool.ErrClosed) || attempt > 0 || s.capture.Load() == d {
+			return up, nil, nil, err
+		}
+	}
 }
 
 // awaitFIN half-closes c and discards what it still sends until its FIN

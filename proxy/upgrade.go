@@ -55,6 +55,15 @@ type upgraded struct {
 	upConn net.Conn
 	toApp  []byte // the 101's head and what the upstream sent behind it
 	start  time.Time
+	leave  func() // a capture listener's: ends the use of up's destination; nil otherwise
+}
+
+// leaveDestination ends a capture listener's pair's use of its
+// destination, once both sides are closed.
+func (u *upgraded) leaveDestination() {
+	if u.leave != nil {
+		u.leave()
+	}
 }
 
 // switchProtocols takes c, on which the upstream answered the exchange's
@@ -80,7 +89,8 @@ func (x *exchange) switchProtocols(c *pool.Conn, head []byte) error {
 	}
 	s.pairs.wg.Add(1)
 	s.mu.Unlock()
-	u := &upgraded{s: s, app: x.app, up: x.up, c: c, upConn: c.NetConn(), toApp: toApp, start: time.Now()}
+	u := &upgraded{s: s, app: x.app, up: x.up, c: c, upConn: c.NetConn(), toApp: toApp, start: time.Now(), leave: x.leave}
+	x.leave = nil // the pair's now
 	x.app.upgrade.Store(u)
 	x.ctx.HijackSetNoResponse(true)
 	x.ctx.Hijack(func(nc net.Conn) { s.serveUpgraded(u, nc) })
@@ -126,6 +136,7 @@ func (s *Server) runUpgraded(u *upgraded, toUp []byte) {
 	s.pairs.remove(p)
 	endpoint := u.c.Endpoint() // u.c is not read once it has gone back
 	closePairSides(&end, u.app, u.up, u.c, policy.halfCloseTimeout)
+	u.leaveDestination()
 	s.obs.PairEnded(end.cause, end.toUpstream, end.toApp)
 	if s.accessLog.Load() {
 		s.log.Info("pair",
@@ -166,6 +177,7 @@ func closePairSides(end *pairEnd, app *appConn, up *Upstream, c *pool.Conn, half
 func (u *upgraded) abandon() {
 	defer u.s.pairs.wg.Done()
 	u.up.Pool.Reset(u.c, pool.CausePairEnd)
+	u.leaveDestination()
 	if ce := u.s.log.Check(zapcore.DebugLevel, "upgrade abandoned: the app connection closed before its pair began"); ce != nil {
 		ce.Write(zap.Stringer("app", u.app.RemoteAddr()), zap.String("endpoint", u.c.Endpoint()))
 	}

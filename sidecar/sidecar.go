@@ -51,6 +51,7 @@ type Sidecar struct {
 	upstreams map[string]*upstream
 	listeners map[string]*listener
 	draining  map[*listener]string // replaced servers still serving their connections, by listener name
+	captures  map[string]*captured // capture listeners' destinations, by listener name (capture.go)
 	admin     *admin.Server        // admin.listen: probes and /metrics
 	debug     *admin.Server        // admin.debug_listen: /debug/pool and pprof
 	stopped   bool
@@ -237,6 +238,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		}
 		pc := poolConfig(name, uc, s.log, s.metrics.Upstream(name))
 		pc.Stream = stream
+		pc.Mark = uint32(cfg.Capture.Mark) // the capture rules pass unstuck's own connections
 		if uc.TLS.Enabled {
 			tc, err := tlsclient.New(uc.TLS, stream)
 			if err != nil {
@@ -301,6 +303,11 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		}
 	}
 
+	caps, err := s.applyCaptures(cfg)
+	if err != nil {
+		return err
+	}
+
 	// Everything exists: switch over.
 	s.level.SetLevel(levelOf(cfg.Log.Level))
 	s.pprof.Store(cfg.Admin.Pprof)
@@ -312,7 +319,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	}
 	for name, l := range newLns {
 		lc := cfg.Listeners[name]
-		pc := proxyConfig(name, lc, cfg, newUps[lc.Upstream].pool, s.log, nil)
+		pc := s.listenerConfig(name, lc, cfg, newUps, caps)
 		pc.Activity = &s.activity
 		if l.srv != nil {
 			l.cfg = lc
@@ -350,8 +357,8 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 	// Servers replaced earlier still serve their app connections: point
 	// them at the new pools too.
 	for l, name := range s.draining {
-		if u := newUps[l.cfg.Upstream]; u != nil {
-			l.srv.Update(proxyConfig(name, l.cfg, cfg, u.pool, s.log, nil)) // Activity is fixed at New
+		if newUps[l.cfg.Upstream] != nil || l.cfg.Capture && caps[name] != nil {
+			l.srv.Update(s.listenerConfig(name, l.cfg, cfg, newUps, caps)) // Activity is fixed at New
 		}
 	}
 	for name, old := range s.upstreams {
@@ -375,6 +382,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 		s.retireAdmin(s.debug)
 		s.debug = debug
 	}
+	s.retireCaptures(caps)
 	s.upstreams, s.listeners, s.cfg = newUps, newLns, cfg
 	s.watchSockets()
 	return nil
@@ -495,6 +503,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	for _, u := range ups {
 		u.close()
 	}
+	s.closeCaptures()
 	s.retiring.Wait()
 	for _, a := range []*admin.Server{adm, debug} {
 		if a != nil {
@@ -667,7 +676,7 @@ func servesTCP(cfg *config.Config, name string) bool {
 // socket_mode apply when the address changes (or at restart).
 func needsNewServer(a, b config.Listener) bool {
 	return a.IdleTimeout != b.IdleTimeout || a.IdleReleaseAfter != b.IdleReleaseAfter ||
-		a.Protocol != b.Protocol || a.Upstream != b.Upstream ||
+		a.Protocol != b.Protocol || a.Upstream != b.Upstream || a.Capture != b.Capture ||
 		a.Limits.RequestHeaderBytes != b.Limits.RequestHeaderBytes || a.Limits.MaxConns != b.Limits.MaxConns
 }
 
@@ -729,15 +738,20 @@ func proxyConfig(name string, l config.Listener, cfg *config.Config, p *pool.Poo
 		AccessLog: cfg.Log.Access,
 		Logger:    log,
 		Observer:  obs,
-		Upstream: proxy.Upstream{
-			Name:                  l.Upstream,
-			Pool:                  p,
-			Retries:               u.Retries,
-			ResponseHeaderTimeout: u.Timeouts.ResponseHeader,
-			ResponseIdleTimeout:   u.Timeouts.ResponseIdle,
-			WriteTimeout:          u.Timeouts.Write,
-			HostHeader:            u.HostHeader,
-		},
+		Upstream:  proxyUpstream(l.Upstream, u, p),
+	}
+}
+
+// proxyUpstream is what a server needs of upstream name, forwarding to p.
+func proxyUpstream(name string, u config.Upstream, p *pool.Pool) proxy.Upstream {
+	return proxy.Upstream{
+		Name:                  name,
+		Pool:                  p,
+		Retries:               u.Retries,
+		ResponseHeaderTimeout: u.Timeouts.ResponseHeader,
+		ResponseIdleTimeout:   u.Timeouts.ResponseIdle,
+		WriteTimeout:          u.Timeouts.Write,
+		HostHeader:            u.HostHeader,
 	}
 }
 

@@ -119,6 +119,7 @@ built-in default; UNSTUCK_* environment variables override it (see
 	config.AddFlags(root.PersistentFlags())
 	root.AddCommand(newCheckCmd(stdout, stderr, environ), newVersionCmd(stdout), newDemoCmd(stdout, stderr))
 	root.AddCommand(newHealthcheckCmd(stdout, stderr, environ))
+	root.AddCommand(newCaptureCmd(stdout, stderr, environ))
 	return root
 }
 

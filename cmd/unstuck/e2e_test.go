@@ -131,6 +131,7 @@ type child struct {
 type childOpts struct {
 	dir string   // working directory; empty: a new empty one, so no ./config.yaml is read
 	env []string // added to the test's environment, less its UNSTUCK_ variables
+	uid uint32   // run as this user (and group) ID; 0: as the test
 }
 
 func startUnstuck(t *testing.T, o childOpts, args ...string) *child {
@@ -161,6 +162,9 @@ func startUnstuck(t *testing.T, o childOpts, args ...string) *child {
 	}
 	c.cmd.Dir = o.dir
 	c.cmd.Env = append(env, o.env...)
+	if o.uid != 0 {
+		c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: o.uid, Gid: o.uid}}
+	}
 	c.cmd.Stdout = c.stdout
 	c.cmd.Stderr = c.stderr
 	c.cmd.WaitDelay = time.Second // don't hang on a pipe a stray grandchild holds

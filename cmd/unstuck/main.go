@@ -5,6 +5,7 @@
 //	unstuck [--config FILE] [--log-level L]   run the sidecar
 //	unstuck --listen ADDR --upstream HOST:PORT  run with defaults, reading no file
 //	unstuck check [--config FILE]             validate the configuration
+//	unstuck capture [--remove] --config FILE  install (remove) the capture rules (an init container)
 //	unstuck version, unstuck --version        print the version
 //
 // Under systemd (Type=notify) it sends READY=1 once its listeners are

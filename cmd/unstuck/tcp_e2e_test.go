@@ -27,7 +27,13 @@ type streamingServer struct {
 
 func startStreamingServer(t *testing.T) *streamingServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startStreamingServerAt(t, "127.0.0.1:0")
+}
+
+// startStreamingServerAt is startStreamingServer listening on addr.
+func startStreamingServerAt(t *testing.T, addr string) *streamingServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ var ErrNotFound = errors.New("sockdiag: no such socket")
 type Socket struct {
 	State uint8  // TCP_ESTABLISHED (1) ... as in /proc/net/tcp
 	Inode uint32 // 0: no process holds the socket any more (an orphan)
+	UID   uint32 // of the socket's owner
 }
 
 // Orphan reports whether no process holds the socket any more.
@@ -87,7 +88,7 @@ func Lookup(local, remote netip.AddrPort) (Socket, error) {
 		}
 		return Socket{}, fmt.Errorf("sockdiag: %w", unix.Errno(errno))
 	case m.Header.Type == sockDiagByFamily && len(m.Data) >= msgLen:
-		return Socket{State: m.Data[1], Inode: ne.Uint32(m.Data[68:])}, nil
+		return Socket{State: m.Data[1], UID: ne.Uint32(m.Data[64:]), Inode: ne.Uint32(m.Data[68:])}, nil
 	}
 	return Socket{}, fmt.Errorf("sockdiag: unexpected answer type %d", m.Header.Type)
 }
