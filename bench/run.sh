@@ -1367,9 +1367,9 @@ phase_tls() {
 				for (a = 2; a <= m; a++) for (j = a; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
 				if (m) printf "%.2f (lowest %.2f, highest %.2f)", v[int((m + 1) / 2)], v[1], v[m] }' "$dir/tput.rows")
 		if awk -v x="$med" 'BEGIN { exit !(x >= 1) }'; then
-			say "- req/s: unstuck at ${med}x nginx's (median of $m rounds; lowest $lo, highest $hi): target (≥ 1.00) met. Against HAProxy: ${hq:-?}."
+			say "- req/s: unstuck at ${med}x nginx's (median over $m round(s); lowest $lo, highest $hi): target (≥ 1.00) met. Against HAProxy: ${hq:-?}."
 		else
-			say "- req/s: unstuck at ${med}x nginx's (median of $m rounds; lowest $lo, highest $hi): target (≥ 1.00) missed by $(awk -v x="$med" 'BEGIN { printf "%.0f", (1 - x) * 100 }')%. Against HAProxy: ${hq:-?}."
+			say "- req/s: unstuck at ${med}x nginx's (median over $m round(s); lowest $lo, highest $hi): target (≥ 1.00) missed by $(awk -v x="$med" 'BEGIN { printf "%.0f", (1 - x) * 100 }')%. Against HAProxy: ${hq:-?}."
 		fi
 	fi
 	u_full=$(awk -F'\t' '$2 == "unstuck" { s += $7 } END { print s + 0 }' "$dir/pace-runs.tsv" 2>/dev/null)
@@ -1392,7 +1392,7 @@ phase_tls() {
 	read -r kaf kac < <(awk -F'\t' '$1 == "ka-unstuck" { print $2, $5 }' "$dir/stats-wrk.tsv")
 	if [[ -n $kaf ]] && ((kaf > 1)); then
 		say "- Cold start: when wrk's first $TLS_WRK_CONNS connections arrived at once, unstuck dialed its upstream connections at once too, before"
-		say "  any session existed: $kaf of its $kac connections to the keep-alive upstream were full handshakes$(awk -F'\t' '$1 ~ /^ka-/ && $1 != "ka-unstuck" { sub(/^ka-/, "", $1); printf "%s %s %d of %d", sep, $1, $2, $5; sep = "," } BEGIN { sep = " (" } END { if (sep == ",") print ")" }' "$dir/stats-wrk.tsv"). Only"
+		say "  any session existed: $kaf of its $kac connections to the keep-alive upstream were full handshakes$(awk -F'\t' '$1 ~ /^ka-/ && $1 != "ka-unstuck" { sub(/^ka-/, "", $1); printf "%s%s %d of %d", sep, $1, $2, $5; sep = ", " } BEGIN { sep = " (" } END { if (sep == ", ") print ")" }' "$dir/stats-wrk.tsv"). Only"
 		say "  dials made before the first handshake to an upstream completes find its cache empty; later ones, as the paced part shows, resume."
 	fi
 	say ""
