@@ -34,19 +34,21 @@
 #      HTTP/1.1) and HAProxy (ssl verify required, sni, http-reuse
 #      always), all to bench/cmd/tlsbench: HTTPS servers with a CA and a
 #      certificate it makes at start, which count each proxy's handshakes,
-#      full and resumed. wrk -c64 to each in rounds, the three in turn:
-#      req/s, p99, req/CPU-s and their ratios round by round; a CPU profile
-#      of unstuck under wrk (admin /debug/pprof/profile); then, against
-#      listeners that close connections idle for 1 s, a paced client
-#      (tlsbench pace: bursts of 8 requests at once, 1.2 s idle after
-#      each, bounded by count and per-request timeouts): handshakes per
-#      1,000 requests, full and resumed, per proxy. 5 wrk rounds and 3
-#      paced rounds of 12 bursts (about 5 minutes); --quick: 2 wrk rounds,
-#      1 paced round of 5 bursts. TLS_ROUNDS, TLS_PACE_ROUNDS and
-#      TLS_BURSTS override the counts.
+#      full and resumed. wrk -c64 to each in rounds, the three in turn,
+#      each also to a plain-HTTP listener of the same upstream (what TLS
+#      costs each proxy): req/s, p99, req/CPU-s and their ratios round by
+#      round; a CPU profile of unstuck under wrk (admin
+#      /debug/pprof/profile). Then, against listeners that close
+#      connections idle for 1 s, a paced client (tlsbench pace: bursts of
+#      8 requests at once, 1.2 s idle after each, bounded by count and
+#      per-request timeouts): handshakes per 1,000 requests, full and
+#      resumed, per proxy. 5 wrk rounds and 3 paced rounds of 12 bursts
+#      (6 to 12 minutes, by how often a busy machine makes wrk runs
+#      repeat); --quick: 2 wrk rounds, 1 paced round of 5 bursts.
+#      TLS_ROUNDS, TLS_PACE_ROUNDS and TLS_BURSTS override the counts.
 # It prints the tables and writes them to bench/RESULTS.md. It asserts
-# nothing. Full run ~20 minutes (the tcp phase ~8, tls ~5), --quick ~4. Needs root
-# to install packages.
+# nothing. Full run ~25 minutes (the tcp phase ~8, tls ~8), --quick ~5.
+# Needs root to install packages.
 # BENCH_PHASES="throughput race" runs only those phases (names: throughput
 # halfclose race memory legacy microbench tcp tls). Such a partial run keeps
 # the other sections of bench/RESULTS.md: each section it measured replaces
@@ -94,9 +96,10 @@ TPUT=19000 HALF=19100 RACE=19200 LEGACY=19300 MEM=19400
 # +3 HAProxy with splice, +5 unstuck, +9 unstuck's admin listener.
 TCP=19500
 # The tls phase: +0 tlsbench's /stats; the proxies' ports to the keep-alive
-# upstream +1 nginx, +2 HAProxy, +5 unstuck, and to the one that closes
-# idle connections +11, +12, +15; tlsbench's listeners for each proxy +20
-# and +30 (+21 nginx's...); +9 unstuck's admin listener.
+# TLS upstream +1 nginx, +2 HAProxy, +5 unstuck, to the one that closes
+# idle connections +11, +12, +15, and to the plain-HTTP one +41, +42, +45;
+# tlsbench's listeners for each proxy +20, +30 and +50 (+21 nginx's...);
+# +9 unstuck's admin listener.
 TLS=19600
 TLS_NAME=backend.test # the certificate's name, sent as SNI and verified
 TLS_WRK_CONNS=64      # wrk's connections
@@ -1063,10 +1066,11 @@ phase_tcp() {
 
 # start_tls_rig: the TLS upstream (bench/cmd/tlsbench serve, which writes
 # the CA and the certificate to $TMP/tls/certs) and the three proxies of
-# phase 8, each with two front ports: one to a keep-alive listener of the
-# upstream (wrk), one to a listener that closes connections idle for 1 s
-# (the paced client); each proxy has listeners of its own, so that the
-# upstream counts each one's handshakes apart. Sets TLS_UP_PID,
+# phase 8, each with three front ports: one to a keep-alive TLS listener of
+# the upstream (wrk), one to a TLS listener that closes connections idle
+# for 1 s (the paced client) and one to a plain-HTTP listener (wrk, the
+# baseline); each proxy has listeners of its own, so that the upstream
+# counts each one's handshakes apart. Sets TLS_UP_PID,
 # TLS_NGINX_PIDS, TLS_HAPROXY_PID, TLS_UNSTUCK_PID and TLS_PIDS.
 start_tls_rig() {
 	local dir=$TMP/tls b=$TLS name
@@ -1075,7 +1079,9 @@ start_tls_rig() {
 		-keepalive "ka-nginx=127.0.0.1:$((b + 21))" -keepalive "ka-haproxy=127.0.0.1:$((b + 22))" \
 		-keepalive "ka-unstuck=127.0.0.1:$((b + 25))" \
 		-idle "idle-nginx=127.0.0.1:$((b + 31))" -idle "idle-haproxy=127.0.0.1:$((b + 32))" \
-		-idle "idle-unstuck=127.0.0.1:$((b + 35))"
+		-idle "idle-unstuck=127.0.0.1:$((b + 35))" \
+		-plain "plain-nginx=127.0.0.1:$((b + 51))" -plain "plain-haproxy=127.0.0.1:$((b + 52))" \
+		-plain "plain-unstuck=127.0.0.1:$((b + 55))"
 	TLS_UP_PID=$LAST
 	# The stats listener opens after the certificates are written and the
 	# TLS listeners listen.
@@ -1123,6 +1129,12 @@ http {
         keepalive $((POOL / 2));
         keepalive_timeout 300s;
     }
+    upstream plain_ka {
+        server 127.0.0.1:$((b + 51));
+        keepalive $((POOL / 2));
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
     server {
         listen 127.0.0.1:$((b + 1)) backlog=4096;
         location / { proxy_pass https://tls_ka; }
@@ -1130,6 +1142,10 @@ http {
     server {
         listen 127.0.0.1:$((b + 11));
         location / { proxy_pass https://tls_idle; }
+    }
+    server {
+        listen 127.0.0.1:$((b + 41)) backlog=4096;
+        location / { proxy_pass http://plain_ka; }
     }
 }
 EOF
@@ -1154,10 +1170,15 @@ frontend fe_ka
 frontend fe_idle
     bind 127.0.0.1:$((b + 12))
     default_backend be_idle
+frontend fe_plain
+    bind 127.0.0.1:$((b + 42))
+    default_backend be_plain
 backend be_ka
     server up 127.0.0.1:$((b + 22)) $srv
 backend be_idle
     server up 127.0.0.1:$((b + 32)) $srv
+backend be_plain
+    server up 127.0.0.1:$((b + 52)) pool-purge-delay 300s
 EOF
 	start haproxy "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
 	TLS_HAPROXY_PID=$LAST
@@ -1169,6 +1190,7 @@ admin: {listen: 127.0.0.1:$((b + 9))}
 listeners:
   ka: {listen: 127.0.0.1:$((b + 5)), upstream: ka}
   idle: {listen: 127.0.0.1:$((b + 15)), upstream: idle}
+  plain: {listen: 127.0.0.1:$((b + 45)), upstream: plain}
 upstreams:
   ka:
     endpoints: ["127.0.0.1:$((b + 25))"]
@@ -1177,12 +1199,15 @@ upstreams:
   idle:
     endpoints: ["127.0.0.1:$((b + 35))"]
     $tls
+  plain:
+    endpoints: ["127.0.0.1:$((b + 55))"]
+    pool: {max_conns: $((POOL * 2)), max_idle: $POOL}
 EOF
 	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
 	TLS_UNSTUCK_PID=$LAST
 
 	local p
-	for p in 1 2 5 11 12 15; do
+	for p in 1 2 5 11 12 15 41 42 45; do
 		if ! wait_port $((b + p)); then
 			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
 			stop "$nginx_master" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID" "$TLS_UP_PID"
@@ -1215,16 +1240,34 @@ pprof_share() {
 		awk -v re="$2" '/^ *[0-9.]+(s|ms|us)? +[0-9.]+%/ && $6 ~ re { sub(/%/, "", $2); s += $2 } END { printf "%.1f", s }'
 }
 
+# round_ratio ROWS METRIC A B [text]: over the rounds of a tput rows file
+# (each line: round, then tput_run's fields), the median, lowest and highest
+# of A's METRIC divided by B's in the same round, and how many rounds had
+# both; METRIC rps (req/s) or cpr (proxy CPU ticks per request). With
+# "text": "MEDIAN (LOWEST–HIGHEST)".
+round_ratio() {
+	awk -v a="$3" -v b="$4" -v metric="$2" -v text="${5:-}" '
+		{ r = $1; if (r > nr) nr = r; v[r, $3] = (metric == "rps") ? $4 : (($7 > 0) ? $8 / $7 : 0) }
+		END { m = 0
+			for (r = 1; r <= nr; r++) if (v[r, a] > 0 && v[r, b] > 0) x[++m] = v[r, a] / v[r, b]
+			for (i = 2; i <= m; i++) for (j = i; j > 1 && x[j - 1] > x[j]; j--) { t = x[j]; x[j] = x[j - 1]; x[j - 1] = t }
+			if (!m) { if (text != "") printf "-"; exit }
+			if (text != "") printf "%.2f (%.2f–%.2f)", x[int((m + 1) / 2)], x[1], x[m]
+			else printf "%.2f %.2f %.2f %d", x[int((m + 1) / 2)], x[1], x[m], m }' "$1"
+}
+
 phase_tls() {
-	note "8. TLS to the upstream ($TLS_ROUNDS rounds of wrk -c$TLS_WRK_CONNS for $DUR; a ${TLS_PROF}s profile; $TLS_PACE_ROUNDS rounds of $TLS_BURSTS bursts of $TLS_PACE_CONNS)"
+	note "8. TLS to the upstream ($TLS_ROUNDS rounds of wrk -c$TLS_WRK_CONNS for $DUR, 3 proxies with TLS and without; a ${TLS_PROF}s profile; $TLS_PACE_ROUNDS rounds of $TLS_BURSTS bursts of $TLS_PACE_CONNS)"
 	quiet_wait
 	start_tls_rig || return 1
 	local dir=$TMP/tls b=$TLS hz r k i
 	hz=$(getconf CLK_TCK)
-	local names=(nginx haproxy unstuck) ports=($((b + 1)) $((b + 2)) $((b + 5)))
-	local pids=("$TLS_NGINX_PIDS" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID")
+	local names=(nginx haproxy unstuck nginx-plain haproxy-plain unstuck-plain)
+	local ports=($((b + 1)) $((b + 2)) $((b + 5)) $((b + 41)) $((b + 42)) $((b + 45)))
+	local pids=("$TLS_NGINX_PIDS" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID" "$TLS_NGINX_PIDS" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID")
 
-	# (1) wrk, the proxies in turn, each round starting from another.
+	# (1) wrk, the proxies in turn, with TLS and without (the same proxies
+	# and upstream process), each round starting from another.
 	UPSTREAM_PIDS=$TLS_UP_PID
 	TPUT_ROWS=$dir/tput.rows
 	: >"$TPUT_ROWS"
@@ -1257,8 +1300,8 @@ phase_tls() {
 	# The median run of each proxy by req/s, and the ratios round by round.
 	awk '
 		{ n[$3]++; rps[$3, n[$3]] = $4 + 0; row[$3, n[$3]] = $0 }
-		END { split("nginx haproxy unstuck", names, " ")
-			for (x = 1; x <= 3; x++) { key = names[x]; m = n[key]; if (!m) continue
+		END { split("nginx haproxy unstuck nginx-plain haproxy-plain unstuck-plain", names, " ")
+			for (x = 1; x <= 6; x++) { key = names[x]; m = n[key]; if (!m) continue
 				for (a = 1; a <= m; a++) idx[a] = a
 				for (a = 2; a <= m; a++) for (j = a; j > 1 && rps[key, idx[j - 1]] > rps[key, idx[j]]; j--) { t = idx[j]; idx[j] = idx[j - 1]; idx[j - 1] = t }
 				print row[key, idx[int((m + 1) / 2)]] } }
@@ -1286,41 +1329,64 @@ phase_tls() {
 	say ""
 	say "### Throughput and latency"
 	say ""
-	say "wrk -t2 -c$TLS_WRK_CONNS -d$DUR --latency to each proxy's plain-HTTP port, after a $WARM warm-up, the upstream keeping connections;"
-	say "Rounds: $TLS_ROUNDS, over the three in turn, each round starting from another. Rows: each proxy's median run by req/s (every column"
-	say "from that run). req/CPU-s and µs/req: the proxy's processes' user+sys (/proc/PID/stat). upstream CPU-s: tlsbench's, in that run;"
-	say "other CPU-s: used by neither proxy, upstream nor wrk (a run where it passed 5% of the machine was repeated, 3 tries at most)."
+	say "wrk -t2 -c$TLS_WRK_CONNS -d$DUR --latency to each proxy (plain HTTP from wrk to the proxy), after a $WARM warm-up, the upstream keeping"
+	say "connections. Mode TLS: the proxy to tlsbench's keep-alive TLS listener; plain: the same proxy process to a plain-HTTP listener of"
+	say "the same tlsbench process (the same net/http server without TLS): the baseline that shows what TLS costs each proxy."
+	say "Rounds: $TLS_ROUNDS, over the six (three proxies, two modes) in turn, each round starting from another. Rows: each one's median run"
+	say "by req/s (every column from that run); 'unstuck / this' compares within a mode. req/CPU-s and µs/req: the proxy's processes'"
+	say "user+sys (/proc/PID/stat). upstream CPU-s: tlsbench's in that run; other CPU-s: used by neither proxy, upstream nor wrk (a run where"
+	say "it passed 5% of the machine was repeated, 3 tries at most, and the quietest kept)."
 	say "Absolute numbers on this shared 2-core VM are noise; the ratios, from runs side by side in the same rounds, are the result."
 	say ""
-	say "| proxy | req/s | unstuck / this | p50 ms | p99 ms | req/CPU-s | unstuck / this | user µs/req | sys µs/req | upstream CPU-s | other CPU-s | errors |"
-	say "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	say "| mode | proxy | req/s | unstuck / this | p50 ms | p99 ms | req/CPU-s | unstuck / this | user µs/req | sys µs/req | upstream CPU-s | other CPU-s | errors |"
+	say "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	awk -v hz="$hz" '
-		{ n[NR] = $3; rps[NR] = $4; p50[NR] = $5; p99[NR] = $6; reqs[NR] = $7; cpu[NR] = $8; err[NR] = $9; up[NR] = $10; oth[NR] = $12; usr[NR] = $13
+		{ name = $3; mode = "TLS"; if (sub(/-plain$/, "", name)) mode = "plain"
+		  md[NR] = mode; n[NR] = name; rps[NR] = $4; p50[NR] = $5; p99[NR] = $6; reqs[NR] = $7; cpu[NR] = $8; err[NR] = $9; up[NR] = $10; oth[NR] = $12; usr[NR] = $13
 		  per[NR] = (cpu[NR] > 0) ? reqs[NR] / (cpu[NR] / hz) : 0
-		  if ($3 == "unstuck") { urps = rps[NR]; uper = per[NR] } }
+		  if (name == "unstuck") { urps[mode] = rps[NR]; uper[mode] = per[NR] } }
 		END { for (i = 1; i <= NR; i++) {
-			r = (rps[i] > 0) ? sprintf("%.2f", urps / rps[i]) : "-"
-			pr = (per[i] > 0) ? sprintf("%.2f", uper / per[i]) : "-"
+			r = (rps[i] > 0) ? sprintf("%.2f", urps[md[i]] / rps[i]) : "-"
+			pr = (per[i] > 0) ? sprintf("%.2f", uper[md[i]] / per[i]) : "-"
 			uus = (reqs[i] > 0) ? sprintf("%.1f", usr[i] / hz * 1e6 / reqs[i]) : "-"
 			sus = (reqs[i] > 0) ? sprintf("%.1f", (cpu[i] - usr[i]) / hz * 1e6 / reqs[i]) : "-"
-			printf "| %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %.2f | %.2f | %s |\n", n[i], rps[i], r, p50[i], p99[i], per[i], pr, uus, sus, up[i] / hz, oth[i] / hz, err[i] } }
+			printf "| %s | %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %.2f | %.2f | %s |\n", md[i], n[i], rps[i], r, p50[i], p99[i], per[i], pr, uus, sus, up[i] / hz, oth[i] / hz, err[i] } }
 	' "$dir/tput.median" | tee -a "$RUN_OUT"
 	say ""
-	say "By round (unstuck's value divided by the other's, from runs of the same round):"
+	say "By round, unstuck's value divided by the other's, from runs of the same round (req/s, req/CPU-s: above 1 is unstuck ahead;"
+	say "p99: below 1 is unstuck ahead):"
 	say ""
-	say "| round | req/s vs nginx | req/s vs HAProxy | p99 vs nginx | p99 vs HAProxy | req/CPU-s vs nginx | req/CPU-s vs HAProxy |"
-	say "|---:|---:|---:|---:|---:|---:|---:|"
+	say "| round | TLS req/s vs nginx | vs HAProxy | plain req/s vs nginx | vs HAProxy | TLS req/CPU-s vs nginx | vs HAProxy | plain req/CPU-s vs nginx | vs HAProxy | TLS p99 vs nginx | vs HAProxy |"
+	say "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	awk -v hz="$hz" '
 		{ r = $1; if (r > nr) nr = r; rps[r, $3] = $4; p99[r, $3] = $6; per[r, $3] = ($8 > 0) ? $7 / ($8 / hz) : 0 }
-		function q(a, b) { return (b > 0) ? sprintf("%.2f", a / b) : "-" }
+		function q(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
 		END { for (r = 1; r <= nr; r++)
-			printf "| %d | %s | %s | %s | %s | %s | %s |\n", r, q(rps[r, "unstuck"], rps[r, "nginx"]), q(rps[r, "unstuck"], rps[r, "haproxy"]),
-				q(p99[r, "unstuck"], p99[r, "nginx"]), q(p99[r, "unstuck"], p99[r, "haproxy"]),
-				q(per[r, "unstuck"], per[r, "nginx"]), q(per[r, "unstuck"], per[r, "haproxy"]) }
+			printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r,
+				q(rps[r, "unstuck"], rps[r, "nginx"]), q(rps[r, "unstuck"], rps[r, "haproxy"]),
+				q(rps[r, "unstuck-plain"], rps[r, "nginx-plain"]), q(rps[r, "unstuck-plain"], rps[r, "haproxy-plain"]),
+				q(per[r, "unstuck"], per[r, "nginx"]), q(per[r, "unstuck"], per[r, "haproxy"]),
+				q(per[r, "unstuck-plain"], per[r, "nginx-plain"]), q(per[r, "unstuck-plain"], per[r, "haproxy-plain"]),
+				q(p99[r, "unstuck"], p99[r, "nginx"]), q(p99[r, "unstuck"], p99[r, "haproxy"]) }
+	' "$dir/tput.rows" | tee -a "$RUN_OUT"
+	say ""
+	say "What TLS costs each proxy, by round: req/s with TLS divided by req/s plain, and CPU per request with TLS divided by CPU per"
+	say "request plain (runs of the same round):"
+	say ""
+	say "| round | req/s TLS ÷ plain: unstuck | nginx | HAProxy | CPU/request TLS ÷ plain: unstuck | nginx | HAProxy |"
+	say "|---:|---:|---:|---:|---:|---:|---:|"
+	awk -v hz="$hz" '
+		{ r = $1; if (r > nr) nr = r; rps[r, $3] = $4; cpr[r, $3] = ($7 > 0) ? $8 / $7 : 0 }
+		function q(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
+		END { for (r = 1; r <= nr; r++)
+			printf "| %d | %s | %s | %s | %s | %s | %s |\n", r,
+				q(rps[r, "unstuck"], rps[r, "unstuck-plain"]), q(rps[r, "nginx"], rps[r, "nginx-plain"]), q(rps[r, "haproxy"], rps[r, "haproxy-plain"]),
+				q(cpr[r, "unstuck"], cpr[r, "unstuck-plain"]), q(cpr[r, "nginx"], cpr[r, "nginx-plain"]), q(cpr[r, "haproxy"], cpr[r, "haproxy-plain"]) }
 	' "$dir/tput.rows" | tee -a "$RUN_OUT"
 	drops_note
 	say ""
-	say "Upstream connections and handshakes over all the wrk runs and warm-ups (the upstream's counters; requests: those it answered):"
+	say "Upstream connections and handshakes over all the wrk runs with TLS and their warm-ups (the upstream's counters; requests: those it"
+	say "answered):"
 	say ""
 	say "| proxy | upstream connections | full handshakes | resumed | requests |"
 	say "|---|---:|---:|---:|---:|"
@@ -1353,24 +1419,24 @@ phase_tls() {
 	# The reading: the targets, from this run's numbers.
 	say "### Reading"
 	say ""
-	local q h_u h_full u_full reqs
-	q=$(awk -v hz="$hz" '
-		{ rps[$1, $3] = $4; if ($1 > nr) nr = $1 }
-		END { m = 0; for (r = 1; r <= nr; r++) if (rps[r, "nginx"] > 0) v[++m] = rps[r, "unstuck"] / rps[r, "nginx"]
-			for (a = 2; a <= m; a++) for (j = a; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-			if (m) printf "%.2f %.2f %.2f %d", v[int((m + 1) / 2)], v[1], v[m], m }' "$dir/tput.rows")
+	local q h_u u_full reqs
+	q=$(round_ratio "$dir/tput.rows" rps unstuck nginx)
 	if [[ -n $q ]]; then
-		local med lo hi m hq
+		local med lo hi m verdict
 		read -r med lo hi m <<<"$q"
-		hq=$(awk '{ rps[$1, $3] = $4; if ($1 > nr) nr = $1 }
-			END { m = 0; for (r = 1; r <= nr; r++) if (rps[r, "haproxy"] > 0) v[++m] = rps[r, "unstuck"] / rps[r, "haproxy"]
-				for (a = 2; a <= m; a++) for (j = a; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-				if (m) printf "%.2f (lowest %.2f, highest %.2f)", v[int((m + 1) / 2)], v[1], v[m] }' "$dir/tput.rows")
 		if awk -v x="$med" 'BEGIN { exit !(x >= 1) }'; then
-			say "- req/s: unstuck at ${med}x nginx's (median over $m round(s); lowest $lo, highest $hi): target (≥ 1.00) met. Against HAProxy: ${hq:-?}."
+			verdict="target (≥ 1.00) met"
 		else
-			say "- req/s: unstuck at ${med}x nginx's (median over $m round(s); lowest $lo, highest $hi): target (≥ 1.00) missed by $(awk -v x="$med" 'BEGIN { printf "%.0f", (1 - x) * 100 }')%. Against HAProxy: ${hq:-?}."
+			verdict="target (≥ 1.00) missed by $(awk -v x="$med" 'BEGIN { printf "%.0f", (1 - x) * 100 }')%"
 		fi
+		say "- req/s with TLS: unstuck at ${med}x nginx's (median over $m round(s); lowest $lo, highest $hi): $verdict."
+		say "  Against HAProxy: $(round_ratio "$dir/tput.rows" rps unstuck haproxy text)."
+		say "  Without TLS, in the same rounds: $(round_ratio "$dir/tput.rows" rps unstuck-plain nginx-plain text) of nginx's,"
+		say "  $(round_ratio "$dir/tput.rows" rps unstuck-plain haproxy-plain text) of HAProxy's."
+		say "- What TLS costs (req/s with TLS ÷ plain, median over rounds): unstuck $(round_ratio "$dir/tput.rows" rps unstuck unstuck-plain text),"
+		say "  nginx $(round_ratio "$dir/tput.rows" rps nginx nginx-plain text), HAProxy $(round_ratio "$dir/tput.rows" rps haproxy haproxy-plain text);"
+		say "  CPU per request with TLS ÷ plain: unstuck $(round_ratio "$dir/tput.rows" cpr unstuck unstuck-plain text),"
+		say "  nginx $(round_ratio "$dir/tput.rows" cpr nginx nginx-plain text), HAProxy $(round_ratio "$dir/tput.rows" cpr haproxy haproxy-plain text)."
 	fi
 	u_full=$(awk -F'\t' '$2 == "unstuck" { s += $7 } END { print s + 0 }' "$dir/pace-runs.tsv" 2>/dev/null)
 	h_u=$(awk -F'\t' '$2 == "unstuck" { s += $7 + $8 } END { print s + 0 }' "$dir/pace-runs.tsv" 2>/dev/null)
@@ -1422,8 +1488,8 @@ phase_tls() {
 		say '```'
 	fi
 	say ""
-	say "The upstream's counters at the end of the phase (listeners ka-*: wrk; idle-*: the paced client; tls13: handshakes at TLS 1.3;"
-	say "handshake_errors: failed handshakes it logged):"
+	say "The upstream's counters at the end of the phase (listeners ka-*: wrk with TLS; plain-*: wrk without; idle-*: the paced client;"
+	say "tls13: handshakes at TLS 1.3; handshake_errors: failed handshakes it logged):"
 	say ""
 	say '```'
 	column -t -s $'\t' "$dir/stats-end.tsv" | tee -a "$RUN_OUT"

@@ -8,10 +8,11 @@
 // it, with crypto/x509 (ECDSA P-256), and writes ca.pem, cert.pem and
 // key.pem to -dir before it listens. Each -keepalive and -idle listener is
 // an HTTPS server (net/http, HTTP/1.1 only: ALPN http/1.1) that answers
-// every request with a fixed 5-byte body and keeps connections alive;
-// an -idle listener closes a connection idle for -idle-timeout (1s), as
-// many servers and load balancers do. Every listener counts its
-// handshakes, full and resumed (tls.ConnectionState.DidResume, seen in the
+// every request with a fixed 5-byte body and keeps connections alive; an
+// -idle listener closes a connection idle for -idle-timeout (1s), as many
+// servers and load balancers do. A -plain listener is the same server
+// without TLS, keeping connections: the baseline that shows what TLS
+// costs. Every listener counts its handshakes, full and resumed (tls.ConnectionState.DidResume, seen in the
 // server's VerifyConnection, which runs for resumed handshakes too), those
 // at TLS 1.3, the connections it accepted, the requests it answered and the
 // handshakes that failed. GET /stats on the plain-HTTP -stats address
@@ -173,12 +174,13 @@ func serveMain(args []string) {
 	name := fs.String("name", "backend.test", "the server name in the certificate")
 	statsAddr := fs.String("stats", "127.0.0.1:19600", "plain-HTTP address of GET /stats")
 	idleTimeout := fs.Duration("idle-timeout", time.Second, "an -idle listener closes connections idle this long")
-	var keep, idle named
+	var keep, idle, plain named
 	fs.Var(&keep, "keepalive", "name=host:port of a listener that keeps connections; repeatable")
 	fs.Var(&idle, "idle", "name=host:port of a listener that closes idle connections; repeatable")
+	fs.Var(&plain, "plain", "name=host:port of a plain-HTTP listener (no TLS) that keeps connections, for comparison; repeatable")
 	fs.Parse(args)
-	if *dir == "" || len(keep)+len(idle) == 0 {
-		log.Fatal("serve: want -dir and at least one -keepalive or -idle listener")
+	if *dir == "" || len(keep)+len(idle)+len(plain) == 0 {
+		log.Fatal("serve: want -dir and at least one -keepalive, -idle or -plain listener")
 	}
 	if err := loopback(*statsAddr); err != nil {
 		log.Fatal(err)
@@ -195,7 +197,7 @@ func serveMain(args []string) {
 		srv  *http.Server
 	}
 	var all []*lst
-	for i, set := range []named{keep, idle} {
+	for i, set := range []named{keep, idle, plain} {
 		for _, n := range set {
 			l := &lst{name: n.name, c: new(counters)}
 			l.errs = &errorCounter{c: l.c}
@@ -241,7 +243,12 @@ func serveMain(args []string) {
 			if err != nil {
 				log.Fatal(err)
 			}
-			go l.srv.Serve(tls.NewListener(ln, cfg))
+			if i == 2 {
+				l.srv.TLSConfig = nil
+				go l.srv.Serve(ln)
+			} else {
+				go l.srv.Serve(tls.NewListener(ln, cfg))
+			}
 			all = append(all, l)
 		}
 	}
