@@ -1281,8 +1281,14 @@ phase_tls() {
 	unset TPUT_ROWS
 	"$BIN/tlsbench" stats -stats "127.0.0.1:$b" >"$dir/stats-wrk.tsv" 2>&1
 	note "   CPU profile of unstuck under wrk (${TLS_PROF}s)"
-	local prc=0
-	tls_profile || prc=1
+	local prc=0 pct_crypto="" pct_sys="" pct_rt=""
+	if tls_profile; then
+		pct_crypto=$(pprof_share "$dir/unstuck-wrk.pprof" '^(crypto/|vendor/golang.org/x/crypto)')
+		pct_sys=$(pprof_share "$dir/unstuck-wrk.pprof" '^(syscall\.|internal/runtime/syscall|runtime/internal/syscall)')
+		pct_rt=$(pprof_share "$dir/unstuck-wrk.pprof" '^runtime\.')
+	else
+		prc=1
+	fi
 
 	# (2) the paced client against the upstream that closes idle connections.
 	note "   paced bursts: handshakes per 1,000 requests"
@@ -1437,6 +1443,18 @@ phase_tls() {
 		say "  nginx $(round_ratio "$dir/tput.rows" rps nginx nginx-plain text), HAProxy $(round_ratio "$dir/tput.rows" rps haproxy haproxy-plain text);"
 		say "  CPU per request with TLS ÷ plain: unstuck $(round_ratio "$dir/tput.rows" cpr unstuck unstuck-plain text),"
 		say "  nginx $(round_ratio "$dir/tput.rows" cpr nginx nginx-plain text), HAProxy $(round_ratio "$dir/tput.rows" cpr haproxy haproxy-plain text)."
+		local pmed
+		read -r pmed _ < <(round_ratio "$dir/tput.rows" rps unstuck-plain nginx-plain)
+		if ((!prc)); then
+			say "- unstuck's CPU profile under wrk with TLS (below): $pct_sys% of the samples in system calls, $pct_crypto% in crypto/ (the"
+			say "  encryption and the TLS record layer's own code), $pct_rt% in the Go runtime."
+		fi
+		if [[ -n $pmed ]] && awk -v t="$med" -v p="$pmed" 'BEGIN { exit !(t < 1 && p - t <= 0.15) }'; then
+			say "- With TLS unstuck is at ${med}x nginx's req/s, without it ${pmed}x in the same rounds: most of the gap is there without TLS,"
+			say "  in what each request costs around the encryption (system calls, the Go runtime), not in the encryption."
+		elif [[ -n $pmed ]] && awk -v t="$med" -v p="$pmed" 'BEGIN { exit !(t < 1 && p - t > 0.15) }'; then
+			say "- With TLS unstuck is at ${med}x nginx's req/s, without it ${pmed}x in the same rounds: TLS widens the gap."
+		fi
 	fi
 	u_full=$(awk -F'\t' '$2 == "unstuck" { s += $7 } END { print s + 0 }' "$dir/pace-runs.tsv" 2>/dev/null)
 	h_u=$(awk -F'\t' '$2 == "unstuck" { s += $7 + $8 } END { print s + 0 }' "$dir/pace-runs.tsv" 2>/dev/null)
@@ -1471,9 +1489,9 @@ phase_tls() {
 		local f=$dir/unstuck-wrk.pprof
 		say "A ${TLS_PROF}s CPU profile (admin /debug/pprof/profile) of the measured unstuck under wrk -c$TLS_WRK_CONNS alone"
 		say "($(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$dir/profile-wrk.txt") req/s meanwhile, the profiler's cost included). Share of the samples:"
-		say "crypto/ (AES-GCM sealing and opening, TLS records) $(pprof_share "$f" '^(crypto/|vendor/golang.org/x/crypto)')%,"
-		say "system calls (syscall.*, internal/runtime/syscall.*: time in the kernel) $(pprof_share "$f" '^(syscall\.|internal/runtime/syscall|runtime/internal/syscall)')%,"
-		say "runtime (scheduler, GC, allocation) $(pprof_share "$f" '^runtime\.')%."
+		say "crypto/ (AES-GCM sealing and opening, TLS records) $pct_crypto%,"
+		say "system calls (syscall.*, internal/runtime/syscall.*: time in the kernel) $pct_sys%,"
+		say "runtime (scheduler, GC, allocation) $pct_rt%."
 		say ""
 		say "\`go tool pprof -top -cum\`:"
 		say ""
