@@ -43,11 +43,11 @@
 #      8 requests at once, 1.2 s idle after each, bounded by count and
 #      per-request timeouts): handshakes per 1,000 requests, full and
 #      resumed, per proxy. 5 wrk rounds and 3 paced rounds of 12 bursts
-#      (6 to 12 minutes, by how often a busy machine makes wrk runs
+#      (8 to 14 minutes, by how often a busy machine makes wrk runs
 #      repeat); --quick: 2 wrk rounds, 1 paced round of 5 bursts.
 #      TLS_ROUNDS, TLS_PACE_ROUNDS and TLS_BURSTS override the counts.
 # It prints the tables and writes them to bench/RESULTS.md. It asserts
-# nothing. Full run ~25 minutes (the tcp phase ~8, tls ~8), --quick ~5.
+# nothing. Full run ~30 minutes (the tcp phase ~8, tls ~10), --quick ~5.
 # Needs root to install packages.
 # BENCH_PHASES="throughput race" runs only those phases (names: throughput
 # halfclose race memory legacy microbench tcp tls). Such a partial run keeps
