@@ -29,11 +29,28 @@
 #      strace -f -c for 2,000 pairs (system calls per pair). 5 rounds;
 #      --quick: 1 round of 256 MiB and 5,000 pairs or 2 s. TCP_BULK,
 #      TCP_ROUNDS, TCP_CPS_MAX and TCP_CPS_TIME override the sizes.
+#   8. TLS to the upstream ("tls"): unstuck with tls enabled beside nginx
+#      (proxy_ssl with session reuse, verify, SNI; upstream keepalive,
+#      HTTP/1.1) and HAProxy (ssl verify required, sni, http-reuse
+#      always), all to bench/cmd/tlsbench: HTTPS servers with a CA and a
+#      certificate it makes at start, which count each proxy's handshakes,
+#      full and resumed. wrk -c64 to each in rounds, the three in turn,
+#      each also to a plain-HTTP listener of the same upstream (what TLS
+#      costs each proxy): req/s, p99, req/CPU-s and their ratios round by
+#      round; a CPU profile of unstuck under wrk (admin
+#      /debug/pprof/profile). Then, against listeners that close
+#      connections idle for 1 s, a paced client (tlsbench pace: bursts of
+#      8 requests at once, 1.2 s idle after each, bounded by count and
+#      per-request timeouts): handshakes per 1,000 requests, full and
+#      resumed, per proxy. 5 wrk rounds and 3 paced rounds of 12 bursts
+#      (8 to 14 minutes, by how often a busy machine makes wrk runs
+#      repeat); --quick: 2 wrk rounds, 1 paced round of 5 bursts.
+#      TLS_ROUNDS, TLS_PACE_ROUNDS and TLS_BURSTS override the counts.
 # It prints the tables and writes them to bench/RESULTS.md. It asserts
-# nothing. Full run ~15 minutes (the tcp phase ~8), --quick ~3. Needs root
-# to install packages.
+# nothing. Full run ~30 minutes (the tcp phase ~8, tls ~10), --quick ~5.
+# Needs root to install packages.
 # BENCH_PHASES="throughput race" runs only those phases (names: throughput
-# halfclose race memory legacy microbench tcp). Such a partial run keeps
+# halfclose race memory legacy microbench tcp tls). Such a partial run keeps
 # the other sections of bench/RESULTS.md: each section it measured replaces
 # the one of the same title (or is added at the end), with a line that
 # says when and at which commit it was measured.
@@ -59,11 +76,13 @@ TMP=$(mktemp -d /tmp/unstuck-bench.XXXXXX)
 if ((QUICK)); then
 	DUR=3s WARM=1s ROUNDS=1 RACE_N=10000 LEGACY_ROUNDS=2 BENCHTIME=200ms
 	TCP_BULK=${TCP_BULK:-256MiB} TCP_ROUNDS=${TCP_ROUNDS:-1} TCP_CPS_MAX=${TCP_CPS_MAX:-5000} TCP_CPS_TIME=${TCP_CPS_TIME:-2s} TCP_PROF=3 TCP_STRACE_PAIRS=500
+	TLS_ROUNDS=${TLS_ROUNDS:-2} TLS_PACE_ROUNDS=${TLS_PACE_ROUNDS:-1} TLS_BURSTS=${TLS_BURSTS:-5} TLS_PROF=3
 else
 	DUR=6s WARM=1s ROUNDS=3 RACE_N=50000 LEGACY_ROUNDS=4 BENCHTIME=1s
 	TCP_BULK=${TCP_BULK:-2GiB} TCP_ROUNDS=${TCP_ROUNDS:-5} TCP_CPS_MAX=${TCP_CPS_MAX:-20000} TCP_CPS_TIME=${TCP_CPS_TIME:-5s} TCP_PROF=10 TCP_STRACE_PAIRS=2000
+	TLS_ROUNDS=${TLS_ROUNDS:-5} TLS_PACE_ROUNDS=${TLS_PACE_ROUNDS:-3} TLS_BURSTS=${TLS_BURSTS:-12} TLS_PROF=10
 fi
-ALL_PHASES="throughput halfclose race memory legacy microbench tcp"
+ALL_PHASES="throughput halfclose race memory legacy microbench tcp tls"
 PHASES=${BENCH_PHASES:-$ALL_PHASES}
 HC_SIZES=200/5ms,200,8000 # half-close phase: idle connections, /GAP: FINs one every GAP, else at once
 MEM_N=8000        # connections of each kind for the memory phase
@@ -76,6 +95,15 @@ TPUT=19000 HALF=19100 RACE=19200 LEGACY=19300 MEM=19400
 # The tcp phase: +0 upstream (tcpbench), +1 nginx stream, +2 HAProxy,
 # +3 HAProxy with splice, +5 unstuck, +9 unstuck's admin listener.
 TCP=19500
+# The tls phase: +0 tlsbench's /stats; the proxies' ports to the keep-alive
+# TLS upstream +1 nginx, +2 HAProxy, +5 unstuck, to the one that closes
+# idle connections +11, +12, +15, and to the plain-HTTP one +41, +42, +45;
+# tlsbench's listeners for each proxy +20, +30 and +50 (+21 nginx's...);
+# +9 unstuck's admin listener.
+TLS=19600
+TLS_NAME=backend.test # the certificate's name, sent as SNI and verified
+TLS_WRK_CONNS=64      # wrk's connections
+TLS_PACE_CONNS=8      # the paced client's connections: requests per burst
 
 # ---------------------------------------------------------------- processes
 
@@ -399,10 +427,11 @@ wrk_ms() {
 }
 
 # tput_run CONNS NAME PORT PIDS: one wrk measurement of the proxy on PORT
-# whose processes are PIDS, appended to $TMP/tput.rows as: conns name req/s
-# p50 p99 requests proxy-ticks errors upstream-ticks machine-ticks
-# other-ticks proxy-user-ticks. "Other" is machine CPU time used by neither the proxy, the
-# upstream nor wrk: someone else's work. While it exceeds 5% of the
+# whose processes are PIDS, appended to $TPUT_ROWS ($TMP/tput.rows unless
+# set) as: conns name req/s p50 p99 requests proxy-ticks errors
+# upstream-ticks machine-ticks other-ticks proxy-user-ticks. "Other" is
+# machine CPU time used by neither the proxy, the upstream ($UPSTREAM_PIDS)
+# nor wrk: someone else's work. While it exceeds 5% of the
 # machine the run is repeated, 3 tries at most, and the quietest kept.
 tput_run() {
 	local c=$1 name=$2 url=http://127.0.0.1:$3/ pids=$4
@@ -437,7 +466,7 @@ tput_run() {
 		# Quiet enough: others below 5% of 2 cores for the run.
 		((other * 100 <= 5 * 2 * ${DUR%s} * hz)) && break
 	done
-	echo "$best_row" >>"$TMP/tput.rows"
+	echo "$best_row" >>"${TPUT_ROWS:-$TMP/tput.rows}"
 }
 
 phase_throughput() {
@@ -1030,6 +1059,465 @@ phase_tcp() {
 		go tool pprof -top -nodecount=20 "$dir/unstuck-pairs.pprof" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
 		say '```'
 	fi
+	say ""
+}
+
+# --------------------------------------------------------------- phase 8
+
+# start_tls_rig: the TLS upstream (bench/cmd/tlsbench serve, which writes
+# the CA and the certificate to $TMP/tls/certs) and the three proxies of
+# phase 8, each with three front ports: one to a keep-alive TLS listener of
+# the upstream (wrk), one to a TLS listener that closes connections idle
+# for 1 s (the paced client) and one to a plain-HTTP listener (wrk, the
+# baseline); each proxy has listeners of its own, so that the upstream
+# counts each one's handshakes apart. Sets TLS_UP_PID,
+# TLS_NGINX_PIDS, TLS_HAPROXY_PID, TLS_UNSTUCK_PID and TLS_PIDS.
+start_tls_rig() {
+	local dir=$TMP/tls b=$TLS name
+	mkdir -p "$dir/certs" "$dir/unstuck"
+	start tlsbench "$dir/serve.log" "$BIN/tlsbench" serve -dir "$dir/certs" -name "$TLS_NAME" -stats "127.0.0.1:$b" \
+		-keepalive "ka-nginx=127.0.0.1:$((b + 21))" -keepalive "ka-haproxy=127.0.0.1:$((b + 22))" \
+		-keepalive "ka-unstuck=127.0.0.1:$((b + 25))" \
+		-idle "idle-nginx=127.0.0.1:$((b + 31))" -idle "idle-haproxy=127.0.0.1:$((b + 32))" \
+		-idle "idle-unstuck=127.0.0.1:$((b + 35))" \
+		-plain "plain-nginx=127.0.0.1:$((b + 51))" -plain "plain-haproxy=127.0.0.1:$((b + 52))" \
+		-plain "plain-unstuck=127.0.0.1:$((b + 55))"
+	TLS_UP_PID=$LAST
+	# The stats listener opens after the certificates are written and the
+	# TLS listeners listen.
+	if ! wait_port "$b"; then
+		tail -n 5 "$dir/serve.log" >&2
+		stop "$TLS_UP_PID"
+		return 1
+	fi
+	local ca=$dir/certs/ca.pem
+
+	cat >"$dir/nginx.conf" <<EOF
+worker_processes 2;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/nginx-error.log warn;
+events { worker_connections 19000; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    # nginx 1.22 offers only TLS 1.2 to upstreams unless told (1.3 is its
+    # default from 1.23.4); the others negotiate 1.3.
+    proxy_ssl_protocols TLSv1.2 TLSv1.3;
+    proxy_ssl_session_reuse on;
+    proxy_ssl_verify on;
+    proxy_ssl_trusted_certificate $ca;
+    proxy_ssl_server_name on;
+    proxy_ssl_name $TLS_NAME;
+    upstream tls_ka {
+        server 127.0.0.1:$((b + 21));
+        keepalive $((POOL / 2));
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+    upstream tls_idle {
+        server 127.0.0.1:$((b + 31));
+        keepalive $((POOL / 2));
+        keepalive_timeout 300s;
+    }
+    upstream plain_ka {
+        server 127.0.0.1:$((b + 51));
+        keepalive $((POOL / 2));
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$((b + 1)) backlog=4096;
+        location / { proxy_pass https://tls_ka; }
+    }
+    server {
+        listen 127.0.0.1:$((b + 11));
+        location / { proxy_pass https://tls_idle; }
+    }
+    server {
+        listen 127.0.0.1:$((b + 41)) backlog=4096;
+        location / { proxy_pass http://plain_ka; }
+    }
+}
+EOF
+	start nginx "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	local nginx_master=$LAST
+
+	local srv="ssl verify required ca-file $ca sni str($TLS_NAME) pool-purge-delay 300s"
+	cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 2
+    maxconn 9000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    http-reuse always
+frontend fe_ka
+    bind 127.0.0.1:$((b + 2))
+    default_backend be_ka
+frontend fe_idle
+    bind 127.0.0.1:$((b + 12))
+    default_backend be_idle
+frontend fe_plain
+    bind 127.0.0.1:$((b + 42))
+    default_backend be_plain
+backend be_ka
+    server up 127.0.0.1:$((b + 22)) $srv
+backend be_idle
+    server up 127.0.0.1:$((b + 32)) $srv
+backend be_plain
+    server up 127.0.0.1:$((b + 52)) pool-purge-delay 300s
+EOF
+	start haproxy "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
+	TLS_HAPROXY_PID=$LAST
+
+	# unstuck's config file in a directory of its own (see start_tcp_proxies).
+	local tls="tls: {enabled: true, ca_file: $ca, server_name: $TLS_NAME}"
+	cat >"$dir/unstuck/unstuck.yaml" <<EOF
+admin: {listen: 127.0.0.1:$((b + 9))}
+listeners:
+  ka: {listen: 127.0.0.1:$((b + 5)), upstream: ka}
+  idle: {listen: 127.0.0.1:$((b + 15)), upstream: idle}
+  plain: {listen: 127.0.0.1:$((b + 45)), upstream: plain}
+upstreams:
+  ka:
+    endpoints: ["127.0.0.1:$((b + 25))"]
+    pool: {max_conns: $((POOL * 2)), max_idle: $POOL}
+    $tls
+  idle:
+    endpoints: ["127.0.0.1:$((b + 35))"]
+    $tls
+  plain:
+    endpoints: ["127.0.0.1:$((b + 55))"]
+    pool: {max_conns: $((POOL * 2)), max_idle: $POOL}
+EOF
+	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
+	TLS_UNSTUCK_PID=$LAST
+
+	local p
+	for p in 1 2 5 11 12 15 41 42 45; do
+		if ! wait_port $((b + p)); then
+			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
+			stop "$nginx_master" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID" "$TLS_UP_PID"
+			return 1
+		fi
+	done
+	TLS_NGINX_PIDS="$nginx_master $(children "$nginx_master")"
+	TLS_PIDS="$TLS_NGINX_PIDS $TLS_HAPROXY_PID $TLS_UNSTUCK_PID $TLS_UP_PID"
+}
+
+# tls_profile: a CPU profile of unstuck under wrk (its keep-alive port) in
+# $TMP/tls/unstuck-wrk.pprof.
+tls_profile() {
+	local dir=$TMP/tls pid
+	PPROF_TMPDIR=$dir go tool pprof -proto -seconds="$TLS_PROF" \
+		"http://127.0.0.1:$((TLS + 9))/debug/pprof/profile" >"$dir/unstuck-wrk.pprof" 2>"$dir/profile.err" &
+	pid=$!
+	STARTED[$pid]=pprof
+	sleep 0.5
+	run "$dir/profile-wrk.txt" "$dir/profile-wrk.err" wrk -t2 -c"$TLS_WRK_CONNS" -d"$((TLS_PROF + 1))s" "http://127.0.0.1:$((TLS + 5))/"
+	wait "$pid"
+	unset "STARTED[$pid]"
+	[[ -s $dir/unstuck-wrk.pprof ]]
+}
+
+# pprof_share PROFILE REGEX: the percentage of PROFILE's samples spent in
+# functions (flat) whose names match REGEX.
+pprof_share() {
+	go tool pprof -top -nodecount=100000 "$1" 2>/dev/null |
+		awk -v re="$2" '/^ *[0-9.]+(s|ms|us)? +[0-9.]+%/ && $6 ~ re { sub(/%/, "", $2); s += $2 } END { printf "%.1f", s }'
+}
+
+# round_ratio ROWS METRIC A B [text]: over the rounds of a tput rows file
+# (each line: round, then tput_run's fields), the median, lowest and highest
+# of A's METRIC divided by B's in the same round, and how many rounds had
+# both; METRIC rps (req/s) or cpr (proxy CPU ticks per request). With
+# "text": "MEDIAN (LOWEST–HIGHEST)".
+round_ratio() {
+	awk -v a="$3" -v b="$4" -v metric="$2" -v text="${5:-}" '
+		{ r = $1; if (r > nr) nr = r; v[r, $3] = (metric == "rps") ? $4 : (($7 > 0) ? $8 / $7 : 0) }
+		END { m = 0
+			for (r = 1; r <= nr; r++) if (v[r, a] > 0 && v[r, b] > 0) x[++m] = v[r, a] / v[r, b]
+			for (i = 2; i <= m; i++) for (j = i; j > 1 && x[j - 1] > x[j]; j--) { t = x[j]; x[j] = x[j - 1]; x[j - 1] = t }
+			if (!m) { if (text != "") printf "-"; exit }
+			if (text != "") printf "%.2f (%.2f–%.2f)", x[int((m + 1) / 2)], x[1], x[m]
+			else printf "%.2f %.2f %.2f %d", x[int((m + 1) / 2)], x[1], x[m], m }' "$1"
+}
+
+phase_tls() {
+	note "8. TLS to the upstream ($TLS_ROUNDS rounds of wrk -c$TLS_WRK_CONNS for $DUR, 3 proxies with TLS and without; a ${TLS_PROF}s profile; $TLS_PACE_ROUNDS rounds of $TLS_BURSTS bursts of $TLS_PACE_CONNS)"
+	quiet_wait
+	start_tls_rig || return 1
+	local dir=$TMP/tls b=$TLS hz r k i
+	hz=$(getconf CLK_TCK)
+	local names=(nginx haproxy unstuck nginx-plain haproxy-plain unstuck-plain)
+	local ports=($((b + 1)) $((b + 2)) $((b + 5)) $((b + 41)) $((b + 42)) $((b + 45)))
+	local pids=("$TLS_NGINX_PIDS" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID" "$TLS_NGINX_PIDS" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID")
+
+	# (1) wrk, the proxies in turn, with TLS and without (the same proxies
+	# and upstream process), each round starting from another.
+	UPSTREAM_PIDS=$TLS_UP_PID
+	TPUT_ROWS=$dir/tput.rows
+	: >"$TPUT_ROWS"
+	for ((r = 1; r <= TLS_ROUNDS; r++)); do
+		for ((k = 0; k < ${#names[@]}; k++)); do
+			i=$(((k + r - 1) % ${#names[@]}))
+			tput_run "$TLS_WRK_CONNS" "${names[$i]}" "${ports[$i]}" "${pids[$i]}"
+			sed -i "\$s/^/$r /" "$TPUT_ROWS"
+		done
+	done
+	unset TPUT_ROWS
+	"$BIN/tlsbench" stats -stats "127.0.0.1:$b" >"$dir/stats-wrk.tsv" 2>&1
+	note "   CPU profile of unstuck under wrk (${TLS_PROF}s)"
+	local prc=0 pct_crypto="" pct_sys="" pct_rt=""
+	if tls_profile; then
+		pct_crypto=$(pprof_share "$dir/unstuck-wrk.pprof" '^(crypto/|vendor/golang.org/x/crypto)')
+		pct_sys=$(pprof_share "$dir/unstuck-wrk.pprof" '^(syscall\.|internal/runtime/syscall|runtime/internal/syscall)')
+		pct_rt=$(pprof_share "$dir/unstuck-wrk.pprof" '^runtime\.')
+	else
+		prc=1
+	fi
+
+	# (2) the paced client against the upstream that closes idle connections.
+	note "   paced bursts: handshakes per 1,000 requests"
+	run "$dir/pace.md" "$dir/pace.err" "$BIN/tlsbench" pace -stats "127.0.0.1:$b" \
+		-rounds "$TLS_PACE_ROUNDS" -bursts "$TLS_BURSTS" -conns "$TLS_PACE_CONNS" -gap 1200ms \
+		-raw "$dir/pace-runs.tsv" -subject unstuck \
+		-target "nginx=127.0.0.1:$((b + 11))" -target "haproxy=127.0.0.1:$((b + 12))" \
+		-target "unstuck=127.0.0.1:$((b + 15))"
+	local rc=$?
+	"$BIN/tlsbench" get "http://127.0.0.1:$((b + 9))/metrics" 2>&1 | grep '^unstuck_upstream_tls_handshakes_total' >"$dir/unstuck-metrics.txt"
+	"$BIN/tlsbench" stats -stats "127.0.0.1:$b" >"$dir/stats-end.tsv" 2>&1
+	# shellcheck disable=SC2086
+	stop $TLS_PIDS
+
+	# The median run of each proxy by req/s, and the ratios round by round.
+	awk '
+		{ n[$3]++; rps[$3, n[$3]] = $4 + 0; row[$3, n[$3]] = $0 }
+		END { split("nginx haproxy unstuck nginx-plain haproxy-plain unstuck-plain", names, " ")
+			for (x = 1; x <= 6; x++) { key = names[x]; m = n[key]; if (!m) continue
+				for (a = 1; a <= m; a++) idx[a] = a
+				for (a = 2; a <= m; a++) for (j = a; j > 1 && rps[key, idx[j - 1]] > rps[key, idx[j]]; j--) { t = idx[j]; idx[j] = idx[j - 1]; idx[j - 1] = t }
+				print row[key, idx[int((m + 1) / 2)]] } }
+	' "$dir/tput.rows" >"$dir/tput.median"
+
+	say "## 8. TLS to the upstream"
+	say ""
+	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say "The upstream is bench/cmd/tlsbench: net/http HTTPS servers (HTTP/1.1, ALPN http/1.1, a 5-byte body) with a CA and an ECDSA P-256"
+	say "certificate for $TLS_NAME that it makes at start (crypto/x509). It counts every handshake, full or resumed"
+	say "(\`tls.ConnectionState.DidResume\` in its \`VerifyConnection\`), on listeners of each proxy's own. Every proxy verifies the"
+	say "certificate against the CA and the name $TLS_NAME, which it sends as SNI, and keeps upstream connections alive:"
+	say "unstuck \`tls: {enabled: true, ca_file, server_name: $TLS_NAME}\` (its session cache is built in), pool as in section 1;"
+	say "nginx (worker_processes 2) \`proxy_pass https://\` to an \`upstream\` block with \`keepalive $((POOL / 2))\`, \`proxy_http_version 1.1\`,"
+	say "\`proxy_set_header Connection \"\"\`, \`proxy_ssl_session_reuse on\`, \`proxy_ssl_verify on\`, \`proxy_ssl_trusted_certificate\`,"
+	say "\`proxy_ssl_server_name on\`, \`proxy_ssl_name $TLS_NAME\` and \`proxy_ssl_protocols TLSv1.2 TLSv1.3\` (nginx 1.22 leaves 1.3 out by default);"
+	say "HAProxy (nbthread 2) \`server ... ssl verify required ca-file ... sni str($TLS_NAME)\` (it checks the certificate against the SNI;"
+	if awk -F'\t' 'NR > 1 && $4 != $2 + $3 { bad = 1 } END { exit bad }' "$dir/stats-end.tsv"; then
+		say "a wrong name gets a 503), \`http-reuse always\`. Every handshake of all three was at TLS 1.3 (tls13 in the upstream's counters below)."
+	else
+		say "a wrong name gets a 503), \`http-reuse always\`. Not every handshake was at TLS 1.3: see tls13 in the upstream's counters below."
+	fi
+	say "Targets (from the issue): unstuck's req/s at least nginx's; against the upstream that closes idle connections, every"
+	say "handshake of unstuck's but the first resumed."
+	say ""
+	say "### Throughput and latency"
+	say ""
+	say "wrk -t2 -c$TLS_WRK_CONNS -d$DUR --latency to each proxy (plain HTTP from wrk to the proxy), after a $WARM warm-up, the upstream keeping"
+	say "connections. Mode TLS: the proxy to tlsbench's keep-alive TLS listener; plain: the same proxy process to a plain-HTTP listener of"
+	say "the same tlsbench process (the same net/http server without TLS): the baseline that shows what TLS costs each proxy."
+	say "Rounds: $TLS_ROUNDS, over the six (three proxies, two modes) in turn, each round starting from another. Rows: each one's median run"
+	say "by req/s (every column from that run); 'unstuck / this' compares within a mode. req/CPU-s and µs/req: the proxy's processes'"
+	say "user+sys (/proc/PID/stat). upstream CPU-s: tlsbench's in that run; other CPU-s: used by neither proxy, upstream nor wrk (a run where"
+	say "it passed 5% of the machine was repeated, 3 tries at most, and the quietest kept)."
+	say "Absolute numbers on this shared 2-core VM are noise; the ratios, from runs side by side in the same rounds, are the result."
+	say ""
+	say "| mode | proxy | req/s | unstuck / this | p50 ms | p99 ms | req/CPU-s | unstuck / this | user µs/req | sys µs/req | upstream CPU-s | other CPU-s | errors |"
+	say "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	awk -v hz="$hz" '
+		{ name = $3; mode = "TLS"; if (sub(/-plain$/, "", name)) mode = "plain"
+		  md[NR] = mode; n[NR] = name; rps[NR] = $4; p50[NR] = $5; p99[NR] = $6; reqs[NR] = $7; cpu[NR] = $8; err[NR] = $9; up[NR] = $10; oth[NR] = $12; usr[NR] = $13
+		  per[NR] = (cpu[NR] > 0) ? reqs[NR] / (cpu[NR] / hz) : 0
+		  if (name == "unstuck") { urps[mode] = rps[NR]; uper[mode] = per[NR] } }
+		END { for (i = 1; i <= NR; i++) {
+			r = (rps[i] > 0) ? sprintf("%.2f", urps[md[i]] / rps[i]) : "-"
+			pr = (per[i] > 0) ? sprintf("%.2f", uper[md[i]] / per[i]) : "-"
+			uus = (reqs[i] > 0) ? sprintf("%.1f", usr[i] / hz * 1e6 / reqs[i]) : "-"
+			sus = (reqs[i] > 0) ? sprintf("%.1f", (cpu[i] - usr[i]) / hz * 1e6 / reqs[i]) : "-"
+			printf "| %s | %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %.2f | %.2f | %s |\n", md[i], n[i], rps[i], r, p50[i], p99[i], per[i], pr, uus, sus, up[i] / hz, oth[i] / hz, err[i] } }
+	' "$dir/tput.median" | tee -a "$RUN_OUT"
+	say ""
+	say "By round, unstuck's value divided by the other's, from runs of the same round (req/s, req/CPU-s: above 1 is unstuck ahead;"
+	say "p99: below 1 is unstuck ahead):"
+	say ""
+	say "| round | TLS req/s vs nginx | vs HAProxy | plain req/s vs nginx | vs HAProxy | TLS req/CPU-s vs nginx | vs HAProxy | plain req/CPU-s vs nginx | vs HAProxy | TLS p99 vs nginx | vs HAProxy |"
+	say "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	awk -v hz="$hz" '
+		{ r = $1; if (r > nr) nr = r; rps[r, $3] = $4; p99[r, $3] = $6; per[r, $3] = ($8 > 0) ? $7 / ($8 / hz) : 0 }
+		function q(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
+		END { for (r = 1; r <= nr; r++)
+			printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r,
+				q(rps[r, "unstuck"], rps[r, "nginx"]), q(rps[r, "unstuck"], rps[r, "haproxy"]),
+				q(rps[r, "unstuck-plain"], rps[r, "nginx-plain"]), q(rps[r, "unstuck-plain"], rps[r, "haproxy-plain"]),
+				q(per[r, "unstuck"], per[r, "nginx"]), q(per[r, "unstuck"], per[r, "haproxy"]),
+				q(per[r, "unstuck-plain"], per[r, "nginx-plain"]), q(per[r, "unstuck-plain"], per[r, "haproxy-plain"]),
+				q(p99[r, "unstuck"], p99[r, "nginx"]), q(p99[r, "unstuck"], p99[r, "haproxy"]) }
+	' "$dir/tput.rows" | tee -a "$RUN_OUT"
+	say ""
+	say "What TLS costs each proxy, by round: req/s with TLS divided by req/s plain, and CPU per request with TLS divided by CPU per"
+	say "request plain (runs of the same round):"
+	say ""
+	say "| round | req/s TLS ÷ plain: unstuck | nginx | HAProxy | CPU/request TLS ÷ plain: unstuck | nginx | HAProxy |"
+	say "|---:|---:|---:|---:|---:|---:|---:|"
+	awk -v hz="$hz" '
+		{ r = $1; if (r > nr) nr = r; rps[r, $3] = $4; cpr[r, $3] = ($7 > 0) ? $8 / $7 : 0 }
+		function q(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
+		END { for (r = 1; r <= nr; r++)
+			printf "| %d | %s | %s | %s | %s | %s | %s |\n", r,
+				q(rps[r, "unstuck"], rps[r, "unstuck-plain"]), q(rps[r, "nginx"], rps[r, "nginx-plain"]), q(rps[r, "haproxy"], rps[r, "haproxy-plain"]),
+				q(cpr[r, "unstuck"], cpr[r, "unstuck-plain"]), q(cpr[r, "nginx"], cpr[r, "nginx-plain"]), q(cpr[r, "haproxy"], cpr[r, "haproxy-plain"]) }
+	' "$dir/tput.rows" | tee -a "$RUN_OUT"
+	drops_note
+	say ""
+	say "Upstream connections and handshakes over all the wrk runs with TLS and their warm-ups (the upstream's counters; requests: those it"
+	say "answered):"
+	say ""
+	say "| proxy | upstream connections | full handshakes | resumed | requests |"
+	say "|---|---:|---:|---:|---:|"
+	awk -F'\t' '$1 ~ /^ka-/ { sub(/^ka-/, "", $1); printf "| %s | %d | %d | %d | %d |\n", $1, $5, $2, $3, $6 }' "$dir/stats-wrk.tsv" | tee -a "$RUN_OUT"
+	say ""
+
+	say "### Handshakes against an upstream that closes idle connections"
+	say ""
+	say "The upstream's listeners for this part close a connection idle for 1 s (close_notify, then FIN). bench/cmd/tlsbench pace:"
+	say "$TLS_PACE_CONNS keep-alive client connections to the proxy send one GET each at the same moment (a burst), wait for the $TLS_PACE_CONNS"
+	say "answers, then stay idle 1.2 s, by which time the upstream has closed every connection the proxy kept: each burst needs new"
+	say "upstream connections, and each of those a handshake. $TLS_BURSTS bursts per run; a proxy's first run starts with one request alone"
+	say "and 1.2 s idle, so that a proxy with a session cache has a session before the first burst. Rounds: $TLS_PACE_ROUNDS, over the three"
+	say "in turn, each round starting from another. Full: a handshake with the certificate; resumed: with a session ticket"
+	say "(TLS 1.3 PSK). Request latency: a request's time at the client, handshake included."
+	say ""
+	tee -a "$RUN_OUT" <"$dir/pace.md"
+	say ""
+	if [[ -s $dir/unstuck-metrics.txt ]]; then
+		say "unstuck's own count (admin /metrics at the end; upstream idle is the one above, ka the wrk part):"
+		say ""
+		say '```'
+		tee -a "$RUN_OUT" <"$dir/unstuck-metrics.txt"
+		say '```'
+		say ""
+	fi
+	grep -v '^tlsbench: round ' "$dir/pace.err" >"$dir/pace.notes"
+	report_errors "tlsbench pace" $rc "$dir/pace.notes"
+
+	# The reading: the targets, from this run's numbers.
+	say "### Reading"
+	say ""
+	local q h_u u_full reqs
+	q=$(round_ratio "$dir/tput.rows" rps unstuck nginx)
+	if [[ -n $q ]]; then
+		local med lo hi m verdict
+		read -r med lo hi m <<<"$q"
+		if awk -v x="$med" 'BEGIN { exit !(x >= 1) }'; then
+			verdict="target (≥ 1.00) met"
+		else
+			verdict="target (≥ 1.00) missed by $(awk -v x="$med" 'BEGIN { printf "%.0f", (1 - x) * 100 }')%"
+		fi
+		say "- req/s with TLS: unstuck at ${med}x nginx's (median over $m round(s); lowest $lo, highest $hi): $verdict."
+		say "  Against HAProxy: $(round_ratio "$dir/tput.rows" rps unstuck haproxy text)."
+		say "  Without TLS, in the same rounds: $(round_ratio "$dir/tput.rows" rps unstuck-plain nginx-plain text) of nginx's,"
+		say "  $(round_ratio "$dir/tput.rows" rps unstuck-plain haproxy-plain text) of HAProxy's."
+		say "- What TLS costs (req/s with TLS ÷ plain, median over rounds): unstuck $(round_ratio "$dir/tput.rows" rps unstuck unstuck-plain text),"
+		say "  nginx $(round_ratio "$dir/tput.rows" rps nginx nginx-plain text), HAProxy $(round_ratio "$dir/tput.rows" rps haproxy haproxy-plain text);"
+		say "  CPU per request with TLS ÷ plain: unstuck $(round_ratio "$dir/tput.rows" cpr unstuck unstuck-plain text),"
+		say "  nginx $(round_ratio "$dir/tput.rows" cpr nginx nginx-plain text), HAProxy $(round_ratio "$dir/tput.rows" cpr haproxy haproxy-plain text)."
+		local pmed
+		read -r pmed _ < <(round_ratio "$dir/tput.rows" rps unstuck-plain nginx-plain)
+		if ((!prc)); then
+			say "- unstuck's CPU profile under wrk with TLS (below): $pct_sys% of the samples in system calls, $pct_crypto% in crypto/ (the"
+			say "  encryption and the TLS record layer's own code), $pct_rt% in the Go runtime."
+		fi
+		if [[ -n $pmed ]] && awk -v t="$med" -v p="$pmed" 'BEGIN { exit !(t < 1 && p - t <= 0.15) }'; then
+			say "- With TLS unstuck is at ${med}x nginx's req/s, without it ${pmed}x in the same rounds: most of the gap is there without TLS,"
+			say "  in what each request costs around the encryption (system calls, the Go runtime), not in the encryption."
+		elif [[ -n $pmed ]] && awk -v t="$med" -v p="$pmed" 'BEGIN { exit !(t < 1 && p - t > 0.15) }'; then
+			say "- With TLS unstuck is at ${med}x nginx's req/s, without it ${pmed}x in the same rounds: TLS widens the gap."
+		fi
+	fi
+	u_full=$(awk -F'\t' '$2 == "unstuck" { s += $7 } END { print s + 0 }' "$dir/pace-runs.tsv" 2>/dev/null)
+	h_u=$(awk -F'\t' '$2 == "unstuck" { s += $7 + $8 } END { print s + 0 }' "$dir/pace-runs.tsv" 2>/dev/null)
+	reqs=$(awk -F'\t' '$2 == "unstuck" { s += $3 } END { print s + 0 }' "$dir/pace-runs.tsv" 2>/dev/null)
+	if [[ -n $u_full ]] && ((h_u > 0)); then
+		local others
+		others=$(awk -F'\t' '$2 != "unstuck" && NR > 1 { f[$2] += $7; h[$2] += $7 + $8 } END { sep = ""; for (k in f) { printf "%s%s %d of %d", sep, k, f[k], h[k]; sep = ", " } }' "$dir/pace-runs.tsv")
+		if ((u_full <= 1)); then
+			say "- handshakes: unstuck made $h_u for $reqs paced requests, $u_full of them full: all but the first resumed, target met. Full handshakes of the others: $others."
+		else
+			say "- handshakes: unstuck made $h_u for $reqs paced requests, $u_full of them full: target (all but the first resumed) missed by $((u_full - 1)). Full handshakes of the others: $others."
+		fi
+	fi
+	say "- The others' extra full handshakes came when a burst first reached a worker or thread holding no session yet: nginx keeps"
+	say "  upstream sessions per worker process (without a \`zone\` in the upstream block, as here; with one they live in shared"
+	say "  memory, which this run does not measure) and HAProxy per thread, two of each here, and connections opened at once in one"
+	say "  without a session all handshake in full. unstuck keeps one session cache per upstream for the whole process."
+	local kaf kac
+	read -r kaf kac < <(awk -F'\t' '$1 == "ka-unstuck" { print $2, $5 }' "$dir/stats-wrk.tsv")
+	if [[ -n $kaf ]] && ((kaf > 1)); then
+		say "- Cold start: when wrk's first $TLS_WRK_CONNS connections arrived at once, unstuck dialed its upstream connections at once too, before"
+		say "  any session existed: $kaf of its $kac connections to the keep-alive upstream were full handshakes$(awk -F'\t' '$1 ~ /^ka-/ && $1 != "ka-unstuck" { sub(/^ka-/, "", $1); printf "%s%s %d of %d", sep, $1, $2, $5; sep = ", " } BEGIN { sep = " (" } END { if (sep == ", ") print ")" }' "$dir/stats-wrk.tsv"). Only"
+		say "  dials made before the first handshake to an upstream completes find its cache empty; later ones, as the paced part shows, resume."
+	fi
+	say ""
+	say "### Where unstuck's CPU goes under wrk"
+	say ""
+	if ((prc)); then
+		say "No profile (see the messages above)."
+		report_errors pprof 1 "$dir/profile.err"
+	else
+		local f=$dir/unstuck-wrk.pprof
+		say "A ${TLS_PROF}s CPU profile (admin /debug/pprof/profile) of the measured unstuck under wrk -c$TLS_WRK_CONNS alone"
+		say "($(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$dir/profile-wrk.txt") req/s meanwhile, the profiler's cost included). Share of the samples:"
+		say "crypto/ (AES-GCM sealing and opening, TLS records) $pct_crypto%,"
+		say "system calls (syscall.*, internal/runtime/syscall.*: time in the kernel) $pct_sys%,"
+		say "runtime (scheduler, GC, allocation) $pct_rt%."
+		say ""
+		say "\`go tool pprof -top -cum\`:"
+		say ""
+		say '```'
+		go tool pprof -top -cum -nodecount=35 "$f" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
+		say '```'
+		say ""
+		say "\`go tool pprof -top\` (by the time in each function itself):"
+		say ""
+		say '```'
+		go tool pprof -top -nodecount=20 "$f" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
+		say '```'
+	fi
+	say ""
+	say "The upstream's counters at the end of the phase (listeners ka-*: wrk with TLS; plain-*: wrk without; idle-*: the paced client;"
+	say "tls13: handshakes at TLS 1.3; handshake_errors: failed handshakes it logged):"
+	say ""
+	say '```'
+	column -t -s $'\t' "$dir/stats-end.tsv" | tee -a "$RUN_OUT"
+	say '```'
+	say ""
+	say "Every paced run, in the order run:"
+	say ""
+	say '```'
+	column -t -s $'\t' "$dir/pace-runs.tsv" | tee -a "$RUN_OUT"
+	say '```'
 	say ""
 }
 
