@@ -142,4 +142,3 @@ func TestClientCertificateRotation(t *testing.T) {
 		t.Errorf("server saw client certificates %v; want %v", serials, want)
 	}
 }
-
