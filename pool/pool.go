@@ -7,7 +7,8 @@
 // Release → idle → Acquire again once a peek finds it clean; or closed: by
 // the watcher at the peer's FIN or RST or the kernel's timeout (keepalive,
 // user_timeout), by the peek at unsolicited bytes,
-// or at idle_timeout, max_lifetime, max_requests, max_idle or Close. A
+// or at idle_timeout, max_lifetime, max_requests, max_idle, its retirement
+// before the server's own idle timeout (retire.go) or Close. A
 // request costs the pool no epoll_ctl, only the peek. Every close applies
 // the upstream's linger.
 package pool
@@ -172,9 +173,10 @@ type Pool struct {
 
 	victims  []victim // onReadable's buffer; the watcher goroutine owns it
 	cleaning bool     // the cleaner goroutine runs
-	// cleanAt is when the cleaner wakes next (zero: it is not sleeping on
-	// a deadline); cleanKick (buffered 1, made with the first cleaner)
-	// wakes it sooner, for an earlier deadline (wakeCleanerLocked).
+	// cleanAt, guarded by mu, is when the cleaner wakes next (zero: it is
+	// not sleeping on a deadline); cleanKick (buffered 1, made under mu
+	// before the first cleaner starts, never changed) wakes it sooner, for
+	// an earlier deadline (wakeCleanerLocked).
 	cleanAt   time.Time
 	cleanKick chan struct{}
 
