@@ -151,11 +151,12 @@ func TestDebugPool(t *testing.T) {
 		"zeta": fakePool{}, // nothing yet: empty arrays, not null
 		"app": fakePool{
 			stats: []pool.EndpointStats{
-				{Endpoint: "10.0.0.2:80", Open: 1, Idle: 1},
+				{Endpoint: "10.0.0.2:80", Open: 1, Idle: 1, LearnedIdleTimeout: 5 * time.Second},
 				{Endpoint: "10.0.0.1:80", Open: 2, Idle: 0, Waiters: 3},
 			},
 			conns: []pool.ConnInfo{
-				{Endpoint: "10.0.0.2:80", Local: "10.0.0.9:5000", State: "idle", Age: 2 * time.Second, Idle: time.Second, Requests: 4},
+				{Endpoint: "10.0.0.2:80", Local: "10.0.0.9:5000", State: "idle", Age: 2 * time.Second, Idle: time.Second, Requests: 4,
+					ServerIdleTimeout: 10 * time.Second, RetireIn: 3 * time.Second},
 				{Endpoint: "10.0.0.1:80", Local: "10.0.0.9:5002", State: "active", Age: time.Millisecond},
 				{Endpoint: "10.0.0.1:80", Local: "10.0.0.9:5001", State: "active", Age: time.Millisecond},
 			},
@@ -190,6 +191,12 @@ func TestDebugPool(t *testing.T) {
 	}
 	if z, ok := got["zeta"]; !ok || z.Endpoints == nil || z.Conns == nil {
 		t.Errorf("empty pool: %+v (present %v), want empty arrays", z, ok)
+	}
+	if c := app.Conns[2]; c.ServerIdleTimeout != 10*time.Second || c.RetireIn != 3*time.Second || app.Endpoints[0].LearnedIdleTimeout != 5*time.Second {
+		t.Errorf("retirement facts decoded as conn %+v, endpoint %+v", c, app.Endpoints[0])
+	}
+	if !strings.Contains(body, `"learned_idle_timeout_ns": 5000000000`) || strings.Count(body, "learned_idle_timeout_ns") != 1 {
+		t.Errorf("the learned idle timeout is not shown once, for the endpoint that has one:\n%s", body)
 	}
 	if !strings.Contains(body, `"age_ns": 2000000000`) || !strings.Contains(body, `"endpoints": []`) {
 		t.Errorf("body does not use the json tags or empty arrays:\n%s", body)

@@ -121,6 +121,12 @@ func (r PortRange) String() string {
 	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
 }
 
+// Percent is a whole percentage, written with its sign: 20%.
+type Percent int
+
+// String returns p as written in the configuration, such as "20%".
+func (p Percent) String() string { return fmt.Sprintf("%d%%", int(p)) }
+
 // Upstream is a set of backend servers and how unstuck talks to them.
 type Upstream struct {
 	Name       string
@@ -179,6 +185,9 @@ type PoolLimits struct {
 	MaxLifetime    time.Duration `key:"max_lifetime" default:"0s" doc:"close a connection this old; 0: no limit"`
 	MaxRequests    int           `key:"max_requests" default:"0" doc:"close a connection after this many requests; 0: no limit"`
 	AcquireTimeout time.Duration `key:"acquire_timeout" default:"1s" doc:"wait this long for a free connection when max_conns are busy; 0: no limit"`
+	// Retiring connections before the server closes them (pool/retire.go).
+	LearnIdleTimeout bool    `key:"learn_idle_timeout" default:"true" doc:"learn each endpoint's idle timeout from the idle connections it closes, and retire idle connections before it; a Keep-Alive: timeout=N the server sends counts either way"`
+	RetireMargin     Percent `key:"retire_margin" default:"20%" min:"1%" max:"90%" doc:"retire (close) an idle connection once idle for 100% minus this of its server's idle timeout, declared or learned; 1% to 90%"`
 }
 
 // Dial configures new upstream connections.

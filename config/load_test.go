@@ -168,7 +168,7 @@ func TestFullFile(t *testing.T) {
 				u.Name, u.Endpoints = "api", []string{"10.0.0.1:9000", "api.internal:9001"}
 				u.HostHeader, u.Linger, u.Retries = "api.example.com", sockopt.Linger{Mode: sockopt.Reset}, 0
 				u.Pool = PoolLimits{MaxConns: 64, MaxIdle: 8, IdleTimeout: 90 * time.Second, MaxLifetime: 10 * time.Minute,
-					MaxRequests: 1000, AcquireTimeout: 250 * time.Millisecond}
+					MaxRequests: 1000, AcquireTimeout: 250 * time.Millisecond, LearnIdleTimeout: false, RetireMargin: 25}
 				u.Dial = Dial{Timeout: 500 * time.Millisecond, Source: netip.MustParseAddr("2001:db8::5"),
 					SourcePorts: PortRange{Lo: 20000, Hi: 29999},
 					Keepalive:   Keepalive{Idle: time.Minute, Interval: 5 * time.Second, Count: 5},
@@ -1037,6 +1037,29 @@ func TestLimitKeys(t *testing.T) {
 		{key: "upstreams.backend.limits.response_header_bytes", value: "16KiB", want: 16 << 10},
 		{key: "upstreams.backend.limits.response_header_bytes", value: "1KiB", problem: `"1KiB": want at least 4096 (4KiB)`},
 		{key: "upstreams.backend.limits.response_header_bytes", value: "{a: 1}", problem: `want a size such as 64KiB, got a mapping`},
+	}
+	runKeyCases(t, get, tests)
+}
+
+// TestRetireKeys runs good and bad values of the retirement keys through
+// Load: retire_margin is a percentage written with its sign.
+func TestRetireKeys(t *testing.T) {
+	get := map[string]func(*Config) any{
+		"upstreams.backend.pool.learn_idle_timeout": func(c *Config) any { return c.Upstreams["backend"].Pool.LearnIdleTimeout },
+		"upstreams.backend.pool.retire_margin":      func(c *Config) any { return c.Upstreams["backend"].Pool.RetireMargin },
+	}
+	tests := []keyCase{
+		{key: "upstreams.backend.pool.learn_idle_timeout", value: "false", want: false},
+		{key: "upstreams.backend.pool.learn_idle_timeout", value: "true", want: true},
+		{key: "upstreams.backend.pool.learn_idle_timeout", value: "on", problem: `"on": want true or false`},
+		{key: "upstreams.backend.pool.retire_margin", value: "10%", want: Percent(10)},
+		{key: "upstreams.backend.pool.retire_margin", value: "'35 %'", want: Percent(35)},
+		{key: "upstreams.backend.pool.retire_margin", value: "90%", want: Percent(90)},
+		{key: "upstreams.backend.pool.retire_margin", value: "20", problem: `"20": want a percentage with its sign, such as 20%`},
+		{key: "upstreams.backend.pool.retire_margin", value: "0.2", problem: `"0.2": want a percentage such as 20%`},
+		{key: "upstreams.backend.pool.retire_margin", value: "0%", problem: `"0%": want at least 1%`},
+		{key: "upstreams.backend.pool.retire_margin", value: "95%", problem: `"95%": want at most 90%`},
+		{key: "upstreams.backend.pool.retire_margin", value: "-5%", problem: `"-5%": must not be negative`},
 	}
 	runKeyCases(t, get, tests)
 }

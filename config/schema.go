@@ -32,6 +32,7 @@ var wants = map[reflect.Type]string{
 	reflect.TypeFor[[]uint16]():       "a list of ports such as [5432, 6379]",
 	reflect.TypeFor[[]uint32]():       "a list of user IDs such as [1337]",
 	reflect.TypeFor[[]netip.Prefix](): `a list such as ["10.0.0.0/8", "127.0.0.5"]`,
+	reflect.TypeFor[Percent]():        "a percentage such as 20%",
 }
 
 // field is one key with a value, relative to the top level, a listener or
@@ -147,6 +148,11 @@ func (f field) parse(s string) (reflect.Value, string) {
 		} else if s != "" && errA != nil {
 			msg = fmt.Sprintf("%q is not an IP address; want one such as 10.0.0.5 or 2001:db8::5", s)
 		}
+	case Percent: // "20%"
+		n, ok := strings.CutSuffix(s, "%")
+		if x, err = strconv.ParseInt(strings.TrimSpace(n), 10, 64); err == nil && !ok {
+			msg = fmt.Sprintf("%q: want a percentage with its sign, such as %s%%", s, s)
+		}
 	case PortRange: // "lo-hi"; "" is the zero PortRange
 		lo, hi, _ := strings.Cut(s, "-")
 		a, errA := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
@@ -223,7 +229,7 @@ func parseItem(t reflect.Type, s string) (any, string) {
 // nothing.
 func (f field) check(v reflect.Value) string {
 	switch x := v.Interface().(type) {
-	case time.Duration, int, int64:
+	case time.Duration, int, int64, Percent:
 		return f.checkNumber(v.Int())
 	case sockopt.Linger:
 		if x.Mode == sockopt.Bounded && x.Timeout <= 0 {

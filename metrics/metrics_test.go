@@ -407,6 +407,25 @@ func TestPoolCollector(t *testing.T) {
 	want(t, reg, "unstuck_upstream_connections", ep("dup", "a:1", "active"), 3)
 }
 
+// The learned idle timeout of an endpoint is a gauge in seconds, absent
+// until learned; an endpoint listed twice reports the shorter.
+func TestLearnedIdleTimeoutGauge(t *testing.T) {
+	m := New()
+	reg := m.Registry()
+	m.AddPool("app", fakeStats{
+		{Endpoint: "10.0.0.1:80", LearnedIdleTimeout: 5 * time.Second},
+		{Endpoint: "10.0.0.2:80"},
+		{Endpoint: "a:1", LearnedIdleTimeout: 4 * time.Second},
+		{Endpoint: "a:1", LearnedIdleTimeout: 300 * time.Millisecond},
+	})
+	const name = "unstuck_upstream_learned_idle_timeout_seconds"
+	want(t, reg, name, l{"upstream": "app", "endpoint": "10.0.0.1:80"}, 5)
+	want(t, reg, name, l{"upstream": "app", "endpoint": "a:1"}, 0.3)
+	if _, ok := value(t, reg, name, l{"upstream": "app", "endpoint": "10.0.0.2:80"}); ok {
+		t.Error("an endpoint with nothing learned has a series")
+	}
+}
+
 // TestScrapeText scrapes over HTTP, as Prometheus does: every unstuck_
 // metric is exposed with a one-line help, next to the Go and process ones.
 func TestScrapeText(t *testing.T) {
@@ -417,7 +436,7 @@ func TestScrapeText(t *testing.T) {
 	m.Upstream("app").Waited(time.Millisecond, false)
 	m.Upstream("app").HalfClosed(pool.CauseRST, time.Millisecond)
 	m.Listener("in", "app").Request(200, "", time.Millisecond, 0)
-	m.AddPool("app", fakeStats{{Endpoint: "10.0.0.1:80", Open: 1}})
+	m.AddPool("app", fakeStats{{Endpoint: "10.0.0.1:80", Open: 1, LearnedIdleTimeout: 2500 * time.Millisecond}})
 	if err := m.SetSockets(t.Context(), map[string]uint16{"in": 15001}, map[string][]string{"app": {"10.0.0.1:80"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -444,6 +463,7 @@ func TestScrapeText(t *testing.T) {
 		"unstuck_app_connections_closed_total", "unstuck_config_reload_errors_total", "unstuck_config_reloads_total",
 		"unstuck_requests_refused_total", "unstuck_app_aborts_total", "unstuck_upstream_timeouts_total",
 		"unstuck_tcp_sockets", "unstuck_host_close_wait_sockets", "unstuck_upstream_local_ports",
+		"unstuck_upstream_learned_idle_timeout_seconds",
 		"go_goroutines", "process_open_fds",
 	} {
 		if !strings.Contains(text, "# HELP "+name+" ") {
@@ -454,6 +474,7 @@ func TestScrapeText(t *testing.T) {
 		`unstuck_upstream_closes_total{cause="rst",upstream="app"} 1`,
 		`unstuck_requests_total{code="2xx",listener="in",reason="",upstream="app"} 1`,
 		`unstuck_upstream_connections{endpoint="10.0.0.1:80",state="active",upstream="app"} 1`,
+		`unstuck_upstream_learned_idle_timeout_seconds{endpoint="10.0.0.1:80",upstream="app"} 2.5`,
 		`unstuck_tcp_sockets{side="listener",state="LISTEN"} 2`,
 		`unstuck_host_close_wait_sockets 4`,
 		`unstuck_half_close_reaction_seconds_count{upstream="app"} 1`,

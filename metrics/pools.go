@@ -16,8 +16,10 @@ type StatsSource interface {
 }
 
 // AddPool makes upstream name's connections appear in
-// unstuck_upstream_connections, read from p.Stats at each scrape. A pool
-// already added under name is replaced (a reload swapped it).
+// unstuck_upstream_connections, and its learned idle timeouts in
+// unstuck_upstream_learned_idle_timeout_seconds, read from p.Stats at each
+// scrape. A pool already added under name is replaced (a reload swapped
+// it).
 func (m *Metrics) AddPool(name string, p StatsSource) {
 	m.pools.mu.Lock()
 	defer m.pools.mu.Unlock()
@@ -32,10 +34,10 @@ func (m *Metrics) RemovePool(name string) {
 	delete(m.pools.pools, name)
 }
 
-// poolCollector reports each added pool's connections by endpoint and state.
+// poolCollector reports each added pool's connections by endpoint and
+// state, and each endpoint's learned idle timeout.
 type poolCollector struct {
-	conns *prometheus.Desc
-	up    *prometheus.Desc
+	conns, up, learned *prometheus.Desc
 
 	mu    sync.Mutex
 	pools map[string]StatsSource // guarded by mu
@@ -49,11 +51,18 @@ func newPoolCollector() *poolCollector {
 		up: prometheus.NewDesc("unstuck_upstream_endpoint_up",
 			"1 for an endpoint taking requests; 0 while it is unhealthy (active checks), ejected (outlier detection) or draining (gone from DNS), as state says.",
 			[]string{"upstream", "endpoint", "state"}, nil),
+		learned: prometheus.NewDesc("unstuck_upstream_learned_idle_timeout_seconds",
+			"The idle timeout an endpoint's server was learned to have, from the idle connections it closed; idle connections are retired before it. Absent until learned.",
+			[]string{"upstream", "endpoint"}, nil),
 		pools: make(map[string]StatsSource),
 	}
 }
 
-func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.conns; ch <- c.up }
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.conns
+	ch <- c.up
+	ch <- c.learned
+}
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	type named struct {
@@ -70,7 +79,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 
 	for _, np := range pools {
 		// Stats takes the pool's lock; ours is not held. An endpoint listed
-		// twice is summed: one series each.
+		// twice is summed: one series each (the shorter learned timeout).
 		stats := np.p.Stats()
 		merged := make([]pool.EndpointStats, 0, len(stats))
 	next:
@@ -79,6 +88,9 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 				if merged[i].Endpoint == s.Endpoint {
 					merged[i].Open += s.Open
 					merged[i].Idle += s.Idle
+					if l := s.LearnedIdleTimeout; l > 0 && (merged[i].LearnedIdleTimeout == 0 || l < merged[i].LearnedIdleTimeout) {
+						merged[i].LearnedIdleTimeout = l
+					}
 					continue next
 				}
 			}
@@ -94,6 +106,10 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 				float64(s.Idle), np.name, s.Endpoint, "idle")
 			ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue,
 				float64(s.Open-s.Idle), np.name, s.Endpoint, "active")
+			if s.LearnedIdleTimeout > 0 {
+				ch <- prometheus.MustNewConstMetric(c.learned, prometheus.GaugeValue,
+					s.LearnedIdleTimeout.Seconds(), np.name, s.Endpoint)
+			}
 		}
 	}
 }

@@ -30,7 +30,7 @@ const (
 	CauseReplaced    Cause = "replaced"     // closed to make room for AcquireNew's new connection
 	CauseTimeout     Cause = "timeout"      // the kernel gave up on the upstream (keepalive, user_timeout)
 	CausePairEnd     Cause = "pair_end"     // a TCP pair ended from the app's side or by its timeouts
-	CauseRetired     Cause = "retired"      // idle nearly as long as the server lets idle connections live
+	CauseRetired     Cause = "retired"      // closed before its server would: nearly its idle timeout, or its Keep-Alive max
 	CauseDrained     Cause = "drained"      // its endpoint left the set (DNS): idle connections close
 	CauseEjected     Cause = "ejected"      // its endpoint was ejected (health checks, outlier detection)
 )
@@ -107,6 +107,13 @@ type Conn struct {
 	io       countingIO
 	peeked   sockopt.PeekResult // peekFn's result
 	requests atomic.Int32       // requests completed on this connection; atomic for Snapshot
+
+	// What the server's Keep-Alive header said (SetServerKeepAlive): set
+	// by the holder, read under Pool.mu once c is idle, after the Release
+	// that made it so.
+	serverIdle   time.Duration // the server's idle timeout; 0: not said
+	serverLimit  int32         // with serverCapped: requests the server takes on c
+	serverCapped bool
 
 	// released is set by the first Release or Discard, cleared when the
 	// pool hands c out again: a second call finds it set and does nothing.

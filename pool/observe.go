@@ -45,6 +45,11 @@ type ConnInfo struct {
 	Age      time.Duration `json:"age_ns"`
 	Idle     time.Duration `json:"idle_ns,omitempty"` // idle connections only
 	Requests int           `json:"requests"`          // completed before the current one
+	// Idle connections only: the idle timeout the server's Keep-Alive
+	// header declared, and the time left before the pool retires it
+	// (retire.go); omitted when not known.
+	ServerIdleTimeout time.Duration `json:"server_idle_timeout_ns,omitempty"`
+	RetireIn          time.Duration `json:"retire_in_ns,omitempty"`
 }
 
 // EndpointStats counts one endpoint's connections.
@@ -56,6 +61,9 @@ type EndpointStats struct {
 	// State is up (taking requests), unhealthy (active checks), ejected
 	// (outlier detection) or draining (gone from DNS).
 	State string `json:"state"`
+	// LearnedIdleTimeout is the server's idle timeout as learned from the
+	// idle connections it closed (retire.go); 0 until learned.
+	LearnedIdleTimeout time.Duration `json:"learned_idle_timeout_ns,omitempty"`
 }
 
 // Stats returns per-endpoint counts: cheap, for metrics at scrape time.
@@ -65,7 +73,8 @@ func (p *Pool) Stats() []EndpointStats {
 	now := time.Now()
 	out := make([]EndpointStats, len(p.eps))
 	for i, ep := range p.eps {
-		out[i] = EndpointStats{Endpoint: ep.addr, Open: ep.conns, Idle: ep.idle.len, Waiters: len(ep.waiters), State: ep.stateName(now)}
+		out[i] = EndpointStats{Endpoint: ep.addr, Open: ep.conns, Idle: ep.idle.len, Waiters: len(ep.waiters),
+			State: ep.stateName(now), LearnedIdleTimeout: ep.finAges.learned}
 	}
 	return out
 }

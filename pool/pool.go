@@ -7,7 +7,8 @@
 // Release → idle → Acquire again once a peek finds it clean; or closed: by
 // the watcher at the peer's FIN or RST or the kernel's timeout (keepalive,
 // user_timeout), by the peek at unsolicited bytes,
-// or at idle_timeout, max_lifetime, max_requests, max_idle or Close. A
+// or at idle_timeout, max_lifetime, max_requests, max_idle, its retirement
+// before the server's own idle timeout (retire.go) or Close. A
 // request costs the pool no epoll_ctl, only the peek. Every close applies
 // the upstream's linger.
 package pool
@@ -82,6 +83,15 @@ type Config struct {
 	// (a warm pool): a background goroutine replaces each one taken or
 	// closed, backing off while dials fail. 0: none.
 	MinIdle int
+	// RetireMargin: an idle connection is retired (closed by unstuck,
+	// CauseRetired) at (1 - RetireMargin) of its server's idle timeout,
+	// as the server declared it (Conn.SetServerKeepAlive) or as learned
+	// from the idle closes the watcher saw (retire.go). Between 0 and 1;
+	// 0: DefaultRetireMargin. NoLearnIdleTimeout turns learning off
+	// (pool.learn_idle_timeout: false); declared timeouts still count.
+	RetireMargin       float64
+	NoLearnIdleTimeout bool
+
 	// Stream pools serve TCP pairs: a connection is handed out once, for
 	// good, and bytes a server sends first (a banner, a greeting) are the
 	// app's, not unsolicited: they stay in the socket for the pair.
@@ -117,6 +127,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.MaxIdle <= 0 {
 		c.MaxIdle = 128
+	}
+	if c.RetireMargin <= 0 || c.RetireMargin >= 1 {
+		c.RetireMargin = DefaultRetireMargin
 	}
 	if c.ResponseHeaderBytes <= 0 {
 		c.ResponseHeaderBytes = defaultResponseHeaderBytes
@@ -171,6 +184,12 @@ type Pool struct {
 
 	victims  []victim // onReadable's buffer; the watcher goroutine owns it
 	cleaning bool     // the cleaner goroutine runs
+	// cleanAt, guarded by mu, is when the cleaner wakes next (zero: it is
+	// not sleeping on a deadline); cleanKick (buffered 1, made under mu
+	// before the first cleaner starts, never changed) wakes it sooner, for
+	// an earlier deadline (wakeCleanerLocked).
+	cleanAt   time.Time
+	cleanKick chan struct{}
 
 	// warmKick wakes the warmer (buffered 1) when a connection leaves the
 	// idle list; nil without MinIdle.
@@ -184,7 +203,7 @@ type endpoint struct {
 	conns         int         // open or being dialed; at most MaxConns
 	idle          connList    // most recently released at the front
 	waiters       []*waiter   // FIFO of Acquire calls waiting for a slot
-	finAges       idleFINs    // how long idle connections lasted before the server's FIN (warm.go)
+	finAges       idleFINs    // how long idle connections lasted before the server's FIN (retire.go)
 	endpointState             // why it takes no new requests, if it does not (endpoints.go)
 }
 
@@ -471,7 +490,7 @@ func (p *Pool) acquireIdle(start, span int, settled bool, now time.Time) *Conn {
 			return nil
 		}
 		c := p.popIdleLocked(start, span, settled, now)
-		retire := c != nil && p.cfg.Stream && c.ep.finAges.outlived(c, time.Now())
+		retire := c != nil && p.retiredLocked(c)
 		if retire {
 			p.dropLocked(c)
 		}
@@ -757,6 +776,9 @@ func (p *Pool) Release(c *Conn) {
 	case c.br != nil && c.br.Buffered() > 0:
 		p.discard(c, CauseUnsolicited) // bytes beyond the response
 		return
+	case c.spent():
+		p.discard(c, CauseRetired) // the server's Keep-Alive max
+		return
 	}
 	c.detachBuffers()
 	p.putIdle(c)
@@ -805,10 +827,8 @@ func (p *Pool) putIdle(c *Conn) {
 	c.idleSince = time.Now()
 	ep.idle.pushFront(c)
 	c.idle = true
-	if !p.cleaning && (p.cfg.IdleTimeout > 0 || p.cfg.MaxLifetime > 0) {
-		p.cleaning = true
-		p.runWG.Add(1)
-		go p.cleaner()
+	if d, _ := p.deadline(c); !d.IsZero() {
+		p.wakeCleanerLocked(d)
 	}
 	p.mu.Unlock()
 	if missed {
@@ -940,7 +960,7 @@ func (p *Pool) onReadable(events []readable, woke time.Time) {
 			continue
 		}
 		if ev.cause == CauseFIN {
-			c.ep.finAges.add(woke.Sub(c.idleSince))
+			p.learnFINLocked(c, woke)
 		}
 		p.takeLocked(c)
 		p.dropLocked(c)
@@ -1048,9 +1068,9 @@ func (ep *endpoint) popWaiterLocked() *waiter {
 	return w
 }
 
-// cleaner closes idle connections past idle_timeout or max_lifetime. It
-// runs while there are idle connections and sleeps until the earliest
-// deadline among them.
+// cleaner closes idle connections past idle_timeout, max_lifetime or
+// their retirement. It runs while idle connections have deadlines and
+// sleeps until the earliest among them, or a kick (wakeCleanerLocked).
 func (p *Pool) cleaner() {
 	defer p.runWG.Done()
 	const granularity = 10 * time.Millisecond // batches nearby deadlines
@@ -1071,27 +1091,33 @@ func (p *Pool) cleaner() {
 			for c := ep.idle.back; c != nil; {
 				prev := c.prev
 				deadline, cause := p.deadline(c)
-				if !deadline.After(now) {
+				switch {
+				case deadline.IsZero(): // none yet: its retirement is not known
+				case !deadline.After(now):
 					p.takeLocked(c)
 					p.dropLocked(c)
 					victims = append(victims, victim{c: c, cause: cause})
-				} else if next.IsZero() || deadline.Before(next) {
+				case next.IsZero() || deadline.Before(next):
 					next = deadline
 				}
 				c = prev
 			}
 		}
+		p.cleanAt = next
+		if next.IsZero() {
+			p.cleaning = false // nothing to wait for; wakeCleanerLocked restarts it
+		}
 		p.mu.Unlock()
 		for _, v := range victims {
 			p.closeConn(v.c, v.cause)
 		}
-		wait := time.Hour
-		if !next.IsZero() {
-			wait = max(next.Sub(now), granularity)
+		if next.IsZero() {
+			return
 		}
-		timer.Reset(wait)
+		timer.Reset(max(next.Sub(now), granularity))
 		select {
 		case <-timer.C:
+		case <-p.cleanKick:
 		case <-p.done:
 			p.mu.Lock()
 			p.cleaning = false
@@ -1101,7 +1127,8 @@ func (p *Pool) cleaner() {
 	}
 }
 
-// deadline returns when an idle connection expires and why.
+// deadline returns when an idle connection expires and why; zero if
+// never. p.mu must be held.
 func (p *Pool) deadline(c *Conn) (time.Time, Cause) {
 	var d time.Time
 	var cause Cause
@@ -1112,6 +1139,9 @@ func (p *Pool) deadline(c *Conn) (time.Time, Cause) {
 		if l := c.created.Add(p.cfg.MaxLifetime); d.IsZero() || l.Before(d) {
 			d, cause = l, CauseMaxLifetime
 		}
+	}
+	if r := p.retireAtLocked(c); !r.IsZero() && (d.IsZero() || r.Before(d)) {
+		d, cause = r, CauseRetired
 	}
 	return d, cause
 }
@@ -1177,6 +1207,7 @@ func (p *Pool) Snapshot() []ConnInfo {
 		}
 		if c.idle {
 			ci.State, ci.Idle = "idle", now.Sub(c.idleSince)
+			ci.ServerIdleTimeout, ci.RetireIn = c.serverIdle, p.retireInLocked(c, now)
 		} else if p.cfg.Stream {
 			ci.State = "paired"
 		}

@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -117,41 +116,4 @@ func (p *Pool) warmMiss() {
 	if p.cfg.MinIdle > 0 {
 		p.cfg.Observer.Warm(false)
 	}
-}
-
-// idleFINs remembers how long the last idle connections of an endpoint
-// lasted before its server closed them, as the watcher saw the FINs. A
-// server with an idle timeout closes at about the same age every time: a
-// stream pool does not hand out a connection nearly that old, which would
-// die in the app's hands within microseconds of pairing. The median of the
-// last few ignores one-off closes (a server restart closes young ones).
-// Guarded by Pool.mu.
-type idleFINs struct {
-	ages [8]time.Duration
-	n    int // ages recorded, ever
-}
-
-// minFINs is how many idle closes it takes to trust the median.
-const minFINs = 3
-
-// retireFraction of the learned age is as old as a handed-out connection
-// may be.
-const retireFraction = 0.8
-
-func (f *idleFINs) add(age time.Duration) {
-	f.ages[f.n%len(f.ages)] = age
-	f.n++
-}
-
-// outlived reports whether idle connection c has been idle for
-// retireFraction of the median idle age at which its server closed others.
-func (f *idleFINs) outlived(c *Conn, now time.Time) bool {
-	if f.n < minFINs {
-		return false
-	}
-	k := min(f.n, len(f.ages))
-	sorted := f.ages
-	slices.Sort(sorted[:k])
-	median := sorted[k/2]
-	return now.Sub(c.idleSince) >= time.Duration(float64(median)*retireFraction)
 }

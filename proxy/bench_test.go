@@ -9,14 +9,18 @@ import (
 )
 
 // fastUpstream is a fasthttp server on 127.0.0.1:0 answering a small
-// fixed body, which allocates nothing per request in steady state.
-func fastUpstream(t testing.TB) string {
+// fixed body, which allocates nothing per request in steady state. Each
+// header is a name and a value, added to every response.
+func fastUpstream(t testing.TB, header ...string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		for i := 0; i+1 < len(header); i += 2 {
+			ctx.Response.Header.Set(header[i], header[i+1])
+		}
 		ctx.SetBodyString("hello from upstream")
 	}}
 	done := make(chan struct{})
@@ -60,12 +64,25 @@ func BenchmarkProxyGET(b *testing.B) {
 }
 
 // In steady state a proxied request allocates nothing anywhere in the
-// process: not in the proxy, the pool, nor (fasthttp) client and upstream.
+// process: not in the proxy, the pool, nor (fasthttp) client and upstream;
+// nor does reading an upstream's Keep-Alive header.
 func TestProxiedRequestDoesNotAllocate(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts need a build without -race; CI runs this test without it")
 	}
-	addr := startProxy(t, withDefaultTimeouts(), fastUpstream(t))
+	for _, tc := range []struct {
+		name   string
+		header []string
+	}{
+		{"plain", nil},
+		{"keep-alive header", []string{"Keep-Alive", "timeout=5, max=1000000"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { proxiedRequestAllocs(t, tc.header) })
+	}
+}
+
+func proxiedRequestAllocs(t *testing.T, header []string) {
+	srv, addr := startServer(t, withDefaultTimeouts(), fastUpstream(t, header...))
 	client := benchClient(addr)
 	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -82,5 +99,20 @@ func TestProxiedRequestDoesNotAllocate(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(1000, do); allocs > 0 {
 		t.Fatalf("%.2f allocations per proxied request; want 0", allocs)
+	}
+	if len(header) > 0 {
+		// The header was read: the pool knows the server's timeout.
+		idle := 0
+		for _, c := range srv.up.Load().Pool.Snapshot() {
+			if c.State == "idle" {
+				idle++
+				if c.ServerIdleTimeout != 5*time.Second {
+					t.Errorf("idle connection %+v: want the server's 5s Keep-Alive timeout", c)
+				}
+			}
+		}
+		if idle == 0 {
+			t.Error("no idle connection to look at")
+		}
 	}
 }

@@ -62,11 +62,14 @@ type hopDropper struct {
 
 	connUpgrade bool // Connection lists "upgrade"
 	h2c         bool // Upgrade lists h2c
+
+	keepAlive keepAlive // what Keep-Alive says (a response's concern)
 }
 
-// The bits of the two headers an upgrade is made of.
+// The bits of the two headers an upgrade is made of, and of Keep-Alive.
 const (
 	hopConnection hopSet = 1 << 0 // hopHeaders[0]
+	hopKeepAlive  hopSet = 1 << 1 // hopHeaders[1]
 	hopUpgrade    hopSet = 1 << 6 // hopHeaders[6]
 )
 
@@ -89,6 +92,8 @@ func (d *hopDropper) see(k, v []byte) {
 		}
 	case bit == hopUpgrade:
 		d.h2c = d.h2c || namesH2C(v)
+	case bit == hopKeepAlive:
+		d.keepAlive.parse(v)
 	}
 	if d.n < len(d.keys) {
 		d.keys[d.n] = k
@@ -160,19 +165,20 @@ func (d *hopDropper) isNamed(k []byte) bool {
 
 // seeRequest sees a request's headers (prepareRequest strips them);
 // stripResponseHops removes a response's hop-by-hop headers and those its
-// Connection header names.
+// Connection header names, and returns what its Keep-Alive said.
 func (d *hopDropper) seeRequest(h *fasthttp.RequestHeader) {
 	for k, v := range h.All() {
 		d.see(k, v)
 	}
 }
 
-func stripResponseHops(h *fasthttp.ResponseHeader) {
+func stripResponseHops(h *fasthttp.ResponseHeader) keepAlive {
 	var d hopDropper
 	for k, v := range h.All() {
 		d.see(k, v)
 	}
 	d.strip(h, 0)
+	return d.keepAlive
 }
 
 // onlyCloseOrKeepAlive reports the common Connection values that name no

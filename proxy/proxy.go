@@ -658,7 +658,11 @@ func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, b
 		return x.switchProtocols(c, head)
 	}
 	serverClose := resp.Header.ConnectionClose()
-	stripResponseHops(&resp.Header)
+	if ka := stripResponseHops(&resp.Header); ka.said() {
+		// Before c goes back: the pool retires it before the server's
+		// idle timeout or its last request (pool/retire.go).
+		c.SetServerKeepAlive(ka.timeout, ka.maxOrNone())
+	}
 
 	if req.Header.IsHead() || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified {
 		resp.SkipBody = true

@@ -700,12 +700,16 @@ func poolConfig(name string, u config.Upstream, log *zap.Logger, obs pool.Observ
 		MaxRequests:    u.Pool.MaxRequests,
 		AcquireTimeout: u.Pool.AcquireTimeout,
 		DialTimeout:    u.Dial.Timeout,
-		Source:         u.Dial.Source,
-		SourcePorts:    pool.PortRange{Lo: u.Dial.SourcePorts.Lo, Hi: u.Dial.SourcePorts.Hi},
-		Keepalive:      keepalive(u.Dial.Keepalive),
-		UserTimeout:    u.Dial.UserTimeout,
-		Logger:         log,
-		Observer:       obs,
+
+		RetireMargin:       float64(u.Pool.RetireMargin) / 100,
+		NoLearnIdleTimeout: !u.Pool.LearnIdleTimeout,
+
+		Source:      u.Dial.Source,
+		SourcePorts: pool.PortRange{Lo: u.Dial.SourcePorts.Lo, Hi: u.Dial.SourcePorts.Hi},
+		Keepalive:   keepalive(u.Dial.Keepalive),
+		UserTimeout: u.Dial.UserTimeout,
+		Logger:      log,
+		Observer:    obs,
 
 		ResponseHeaderBytes: u.Limits.ResponseHeaderBytes,
 	}

@@ -481,6 +481,19 @@ func TestConfigMapsLimitsAndTimeouts(t *testing.T) {
 	}
 }
 
+// The retirement keys reach the pool: retire_margin as a fraction,
+// learn_idle_timeout as its zero-is-default negation.
+func TestConfigMapsRetirement(t *testing.T) {
+	u := config.DefaultUpstream()
+	if pc := poolConfig("backend", u, zap.NewNop(), nil); pc.RetireMargin != 0.2 || pc.NoLearnIdleTimeout {
+		t.Errorf("defaults: RetireMargin %v, NoLearnIdleTimeout %v; want 0.2, false", pc.RetireMargin, pc.NoLearnIdleTimeout)
+	}
+	u.Pool.RetireMargin, u.Pool.LearnIdleTimeout = 35, false
+	if pc := poolConfig("backend", u, zap.NewNop(), nil); pc.RetireMargin != 0.35 || !pc.NoLearnIdleTimeout {
+		t.Errorf("set: RetireMargin %v, NoLearnIdleTimeout %v; want 0.35, true", pc.RetireMargin, pc.NoLearnIdleTimeout)
+	}
+}
+
 func TestNeedsNewServer(t *testing.T) {
 	base := config.DefaultListener()
 	for _, tt := range []struct {
