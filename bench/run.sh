@@ -9,7 +9,12 @@
 #   2. half-close detection: upstream FIN on an idle pooled connection to
 #      the proxy's close, 200 connections (FINs one every 5 ms, then at
 #      once) and 8,000 at once
-#   3. the keep-alive race: failed requests and duplicate POSTs
+#   3. the keep-alive race: failed requests and duplicate POSTs; then an
+#      upstream that closes connections idle for 300 ms, without and with
+#      Keep-Alive: timeout=0.3, and POSTs in bursts 250-350 ms apart
+#      through nginx, HAProxy and unstuck at their defaults: failed and
+#      duplicate POSTs per proxy (8 connections, 50 bursts; --quick: 25;
+#      IDLE_BURSTS overrides)
 #   4. unstuck's RSS per idle pooled upstream and per idle app connection
 #   5. CLOSE_WAIT sockets under a legacy client
 #   6. go test -bench for pool/ and proxy/
@@ -74,11 +79,11 @@ RUN_OUT=$OUT # where say writes: $OUT, or for a partial run a file merged into i
 TMP=$(mktemp -d /tmp/unstuck-bench.XXXXXX)
 
 if ((QUICK)); then
-	DUR=3s WARM=1s ROUNDS=1 RACE_N=10000 LEGACY_ROUNDS=2 BENCHTIME=200ms
+	DUR=3s WARM=1s ROUNDS=1 RACE_N=10000 LEGACY_ROUNDS=2 BENCHTIME=200ms IDLE_BURSTS=${IDLE_BURSTS:-25}
 	TCP_BULK=${TCP_BULK:-256MiB} TCP_ROUNDS=${TCP_ROUNDS:-1} TCP_CPS_MAX=${TCP_CPS_MAX:-5000} TCP_CPS_TIME=${TCP_CPS_TIME:-2s} TCP_PROF=3 TCP_STRACE_PAIRS=500
 	TLS_ROUNDS=${TLS_ROUNDS:-2} TLS_PACE_ROUNDS=${TLS_PACE_ROUNDS:-1} TLS_BURSTS=${TLS_BURSTS:-5} TLS_PROF=3
 else
-	DUR=6s WARM=1s ROUNDS=3 RACE_N=50000 LEGACY_ROUNDS=4 BENCHTIME=1s
+	DUR=6s WARM=1s ROUNDS=3 RACE_N=50000 LEGACY_ROUNDS=4 BENCHTIME=1s IDLE_BURSTS=${IDLE_BURSTS:-50}
 	TCP_BULK=${TCP_BULK:-2GiB} TCP_ROUNDS=${TCP_ROUNDS:-5} TCP_CPS_MAX=${TCP_CPS_MAX:-20000} TCP_CPS_TIME=${TCP_CPS_TIME:-5s} TCP_PROF=10 TCP_STRACE_PAIRS=2000
 	TLS_ROUNDS=${TLS_ROUNDS:-5} TLS_PACE_ROUNDS=${TLS_PACE_ROUNDS:-3} TLS_BURSTS=${TLS_BURSTS:-12} TLS_PROF=10
 fi
@@ -92,6 +97,9 @@ BIG_POOL=8192     # the same for the half-close and memory phases
 # Ports: phase base + 0 upstream, +1 nginx, +2 HAProxy, +3 fasthttp,
 # +4 httputil, +5 unstuck.
 TPUT=19000 HALF=19100 RACE=19200 LEGACY=19300 MEM=19400
+# The race phase's idle-timeout part: +0 upstream, +1 nginx, +2 HAProxy,
+# +5 unstuck, +9 unstuck's admin listener.
+IDLE=19800
 # The tcp phase: +0 upstream (tcpbench), +1 nginx stream, +2 HAProxy,
 # +3 HAProxy with splice, +5 unstuck, +9 unstuck's admin listener.
 TCP=19500
@@ -104,6 +112,7 @@ TLS=19600
 TLS_NAME=backend.test # the certificate's name, sent as SNI and verified
 TLS_WRK_CONNS=64      # wrk's connections
 TLS_PACE_CONNS=8      # the paced client's connections: requests per burst
+IDLE_CONNS=8          # the race phase's idle-timeout part: client connections, POSTs per burst
 
 # ---------------------------------------------------------------- processes
 
@@ -607,6 +616,132 @@ phase_race() {
 	drops_note
 	report_errors race $rc "$TMP/race.err"
 	say ""
+	race_idle
+}
+
+# start_idle_proxies BASE: nginx, HAProxy and unstuck at their defaults for
+# upstream keep-alive, forwarding to 127.0.0.1:BASE. Sets PROXY_PIDS.
+start_idle_proxies() {
+	local base=$1 up=127.0.0.1:$1 dir=$TMP/idle-proxies-$1-$RANDOM
+	mkdir -p "$dir"
+	# nginx: upstream keepalive, keepalive_timeout (60s) and
+	# keepalive_requests left at their defaults.
+	cat >"$dir/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    upstream backend {
+        server $up;
+        keepalive 32;
+    }
+    server {
+        listen 127.0.0.1:$((base + 1));
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+	start nginx "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	local nginx_master=$LAST
+	# HAProxy: http-reuse safe (its default, written out), pool settings at
+	# their defaults; the timeouts it requires.
+	cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse safe
+frontend fe
+    bind 127.0.0.1:$((base + 2))
+    default_backend be
+backend be
+    server up $up
+EOF
+	start haproxy "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
+	local haproxy_pid=$LAST
+	# unstuck: pool defaults (learn_idle_timeout on, retire_margin 20%).
+	cat >"$dir/unstuck.yaml" <<EOF
+admin: {listen: "127.0.0.1:$((base + 9))"}
+listeners:
+  app:
+    listen: 127.0.0.1:$((base + 5))
+upstreams:
+  backend:
+    endpoints: ["$up"]
+EOF
+	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck.yaml"
+	local unstuck_pid=$LAST
+	local p
+	for p in 1 2 5; do
+		if ! wait_port $((base + p)); then
+			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
+			stop "$nginx_master" "$haproxy_pid" "$unstuck_pid"
+			return 1
+		fi
+	done
+	PROXY_PIDS="$nginx_master $(children "$nginx_master") $haproxy_pid $unstuck_pid"
+}
+
+# race_idle: the race phase's idle-timeout part, two variants of the
+# upstream, each with freshly started proxies.
+race_idle() {
+	local b=$IDLE variant ka rc
+	say "### Against an upstream that closes idle connections"
+	say ""
+	say "The upstream (bench/cmd/race -idle 300ms) closes a connection idle for 300 ms (close, no response in flight) and never after a response."
+	say "First without any Keep-Alive header, then announcing it with \`Keep-Alive: timeout=0.3\` on every response. $IDLE_CONNS client"
+	say "connections per target send one POST each at once (a burst), wait for the $IDLE_CONNS answers, then all stay idle a random 250-350 ms,"
+	say "so the upstream connections each proxy pooled after a burst sit idle that long before the next burst reuses them: about half of"
+	say "the gaps last past the upstream's 300 ms. $IDLE_BURSTS bursts per target, $((IDLE_CONNS * IDLE_BURSTS)) POSTs, each with a unique X-Request-Id; the client"
+	say "never retries. The proxies are at their defaults for upstream keep-alive, started afresh for each variant: nginx: upstream keepalive 32,"
+	say "keepalive_timeout at its default (60 s); HAProxy: http-reuse safe, pool settings at their defaults; unstuck: pool defaults"
+	say "(learn_idle_timeout on, retire_margin 20%). direct: the same client straight to the upstream, the race without a proxy."
+	say "Upstream connections: those it accepted during the target's run; idle closes: those it closed for the 300 ms."
+	say ""
+	for variant in none timeout=0.3; do
+		ka=""
+		[[ $variant != none ]] && ka=$variant
+		note "3b. idle-timeout upstream, Keep-Alive: $variant ($((IDLE_CONNS * IDLE_BURSTS)) POSTs per proxy)"
+		start_idle_proxies "$b" || return 1
+		run "$TMP/idle-$variant.md" "$TMP/idle-$variant.err" "$BIN/race" -listen 127.0.0.1:$b -idle 300ms -keepalive "$ka" \
+			-pace-min 250ms -pace-max 350ms -concurrency "$IDLE_CONNS" -bursts "$IDLE_BURSTS" \
+			-target direct=127.0.0.1:$b \
+			-target nginx=127.0.0.1:$((b + 1)) \
+			-target haproxy=127.0.0.1:$((b + 2)) \
+			-target unstuck=127.0.0.1:$((b + 5))
+		rc=$?
+		curl -s "http://127.0.0.1:$((b + 9))/metrics" 2>/dev/null | grep -E '^unstuck_upstream_learned_idle_timeout_seconds' >"$TMP/idle-$variant.metrics"
+		stop_proxies
+		if [[ $variant == none ]]; then
+			say "No Keep-Alive header:"
+		else
+			say "\`Keep-Alive: $variant\` on every response:"
+		fi
+		say ""
+		tee -a "$RUN_OUT" <"$TMP/idle-$variant.md"
+		if [[ -s $TMP/idle-$variant.metrics ]]; then
+			say ""
+			say "unstuck's admin /metrics at the end: \`$(tr '\n' ' ' <"$TMP/idle-$variant.metrics" | sed 's/ $//')\`"
+		fi
+		report_errors "race (idle, Keep-Alive: $variant)" $rc "$TMP/idle-$variant.err"
+		say ""
+	done
+	drops_note
 }
 
 # --------------------------------------------------------------- phase 4

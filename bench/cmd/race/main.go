@@ -11,6 +11,17 @@
 //
 //	race -listen 127.0.0.1:19200 -requests 50000 \
 //	    -target direct=127.0.0.1:19200 -target unstuck=127.0.0.1:19205
+//
+// With -idle the upstream instead closes connections idle that long, and
+// never right after a response (optionally announcing the timeout with
+// -keepalive, a Keep-Alive header value such as "timeout=0.3"); with
+// -pace-max the client sends only POSTs, in bursts: every connection sends
+// one at once, all are answered, then all stay idle a random -pace-min to
+// -pace-max, so the proxy's pooled upstream connections sit idle that long
+// before the next burst reuses them.
+//
+//	race -listen 127.0.0.1:19800 -idle 300ms -pace-min 250ms -pace-max 350ms \
+//	    -concurrency 8 -bursts 40 -target unstuck=127.0.0.1:19805
 package main
 
 import (
@@ -21,6 +32,7 @@ import (
 	"fmt"
 	"log"
 	"maps"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"slices"
@@ -39,6 +51,11 @@ func main() {
 	requests := flag.Int("requests", 50000, "requests per target, half GET and half POST")
 	workers := flag.Int("concurrency", 32, "client connections (and requests in flight) per target")
 	fraction := flag.Float64("fraction", 0.2, "probability that the upstream closes right after a response")
+	idle := flag.Duration("idle", 0, "the upstream closes connections idle this long (and -fraction is 0); 0: never")
+	keepAlive := flag.String("keepalive", "", "a Keep-Alive header value the upstream sends, such as timeout=0.3; empty: none")
+	paceMin := flag.Duration("pace-min", 250*time.Millisecond, "paced mode: shortest idle time between bursts")
+	paceMax := flag.Duration("pace-max", 0, "paced mode (POSTs in bursts, idle between): longest idle time between bursts; 0: not paced")
+	bursts := flag.Int("bursts", 40, "paced mode: bursts per target, each one POST per connection")
 	var targets rig.Targets
 	flag.Var(&targets, "target", "name=host:port; repeatable")
 	flag.Parse()
@@ -46,11 +63,19 @@ func main() {
 	log.SetPrefix("race: ")
 
 	seen := newLedger()
-	up, err := rig.Listen(*listen, rig.UpstreamConfig{CloseFraction: *fraction, OnRequest: seen.record})
+	cfg := rig.UpstreamConfig{CloseFraction: *fraction, OnRequest: seen.record}
+	if *idle > 0 {
+		cfg.CloseFraction, cfg.IdleTimeout, cfg.KeepAlive = 0, *idle, *keepAlive
+	}
+	up, err := rig.Listen(*listen, cfg)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer up.Close()
+	if *paceMax > 0 {
+		paced(up, seen, targets, *workers, *bursts, *paceMin, *paceMax)
+		return
+	}
 
 	fmt.Println("| proxy | requests | GET failed /100k | POST failed /100k | duplicate POSTs at upstream | failed POSTs the upstream did get | upstream FINs | req/s | failures seen |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -74,6 +99,85 @@ func main() {
 			dups, executed, up.RaceCloses()-fins0,
 			float64(*requests)/elapsed.Seconds(), res.kinds())
 	}
+}
+
+// paced measures each target with POSTs in bursts separated by idle
+// times, against an upstream that closes idle connections.
+func paced(up *rig.Upstream, seen *ledger, targets rig.Targets, workers, bursts int, lo, hi time.Duration) {
+	fmt.Println("| proxy | POSTs | failed | failed % | duplicate POSTs at upstream | failed POSTs the upstream did get | upstream connections | upstream idle closes | seconds | failures seen |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+	for _, t := range targets {
+		seen.reset()
+		acc0, idle0 := up.Accepted(), up.IdleCloses()
+		start := time.Now()
+		res := drivePaced(t, workers, bursts, lo, hi)
+		elapsed := time.Since(start)
+		up.CloseAll()
+		dups := seen.duplicates()
+		executed := 0
+		for _, id := range res.failedPOSTs {
+			if seen.count(id) > 0 {
+				executed++
+			}
+		}
+		sent, failed := res.sent["POST"], res.failed["POST"]
+		pct := "-"
+		if sent > 0 {
+			pct = fmt.Sprintf("%.1f", float64(failed)*100/float64(sent))
+		}
+		fmt.Printf("| %s | %d | %d | %s | %d | %d | %d | %d | %.1f | %s |\n",
+			t.Name, sent, failed, pct, dups, executed,
+			up.Accepted()-acc0, up.IdleCloses()-idle0, elapsed.Seconds(), res.kinds())
+	}
+}
+
+// drivePaced sends bursts of POSTs to t: each of the workers' keep-alive
+// connections sends one, and once all are answered every connection
+// stays idle for a random time in [lo, hi]. A failed request's connection
+// is closed and a new one dialed for the next burst; nothing is retried.
+func drivePaced(t rig.Target, workers, bursts int, lo, hi time.Duration) *results {
+	r := &results{sent: map[string]int{}, failed: map[string]int{}, kindCount: map[string]int{}}
+	conns := make([]*rig.ClientConn, workers)
+	defer func() {
+		for _, cc := range conns {
+			if cc != nil {
+				cc.Close()
+			}
+		}
+	}()
+	for b := range bursts {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				id := t.Name + "-" + strconv.Itoa(b*workers+w)
+				var err error
+				if conns[w] == nil {
+					conns[w], err = dial(t.Addr)
+				}
+				closeConn := false
+				if err == nil {
+					closeConn, err = rig.Do(conns[w], conns[w].BR, "POST", "/idle", id, []byte("id="+id), 10*time.Second)
+				}
+				if (err != nil || closeConn) && conns[w] != nil {
+					conns[w].Close()
+					conns[w] = nil
+				}
+				r.mu.Lock()
+				r.sent["POST"]++
+				if err != nil {
+					r.failed["POST"]++
+					r.kindCount["POST "+kind(err)]++
+					r.failedPOSTs = append(r.failedPOSTs, id)
+				}
+				r.mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if b < bursts-1 {
+			time.Sleep(lo + rand.N(hi-lo+1))
+		}
+	}
+	return r
 }
 
 func per100k(n, of int) string {

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,9 @@ type UpstreamConfig struct {
 	// IdleTimeout closes a connection that waited this long for its next
 	// request; 0: never.
 	IdleTimeout time.Duration
+	// KeepAlive, if set, is the value of a Keep-Alive header on every
+	// response, such as "timeout=0.3".
+	KeepAlive string
 	// OnRequest, if set, sees each request once its body was read, on the
 	// connection's goroutine.
 	OnRequest func(*http.Request)
@@ -43,7 +47,9 @@ type Upstream struct {
 	cfg  UpstreamConfig
 	loop *tcpserve.Loop // accepts, runs serve per connection, closes them all
 
+	response   string // what every request gets: response, plus KeepAlive
 	raceCloses atomic.Int64
+	idleCloses atomic.Int64
 
 	mu   sync.Mutex // guards gate, live
 	gate *Gate
@@ -68,7 +74,10 @@ func Listen(addr string, cfg UpstreamConfig) (*Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &Upstream{cfg: cfg, loop: tcpserve.New(ln), live: make(map[*Conn]struct{})}
+	u := &Upstream{cfg: cfg, loop: tcpserve.New(ln), live: make(map[*Conn]struct{}), response: response}
+	if cfg.KeepAlive != "" {
+		u.response = strings.Replace(response, "\r\n\r\n", "\r\nKeep-Alive: "+cfg.KeepAlive+"\r\n\r\n", 1)
+	}
 	u.loop.Serve(func(nc *net.TCPConn, _ int) { u.serve(nc) })
 	return u, nil
 }
@@ -82,6 +91,9 @@ func (u *Upstream) Accepted() int64 { return int64(u.loop.Accepted()) }
 // RaceCloses returns how many connections were closed right after a
 // response (CloseFraction).
 func (u *Upstream) RaceCloses() int64 { return u.raceCloses.Load() }
+
+// IdleCloses returns how many connections were closed for IdleTimeout.
+func (u *Upstream) IdleCloses() int64 { return u.idleCloses.Load() }
 
 // serve answers requests on nc until the peer closes, the idle timeout
 // passes, a race close is drawn, or the program closes it. It owns the
@@ -109,6 +121,8 @@ func (u *Upstream) serve(nc *net.TCPConn) {
 			end := time.Now().UnixNano()
 			if !isTimeout(err) && !errors.Is(err, net.ErrClosed) {
 				c.endAt.Store(end) // EOF or RST: the peer closed
+			} else if isTimeout(err) {
+				u.idleCloses.Add(1)
 			}
 			return
 		}
@@ -127,7 +141,7 @@ func (u *Upstream) serve(nc *net.TCPConn) {
 			g.arrive()
 			<-g.open
 		}
-		if _, err := io.WriteString(c.nc, response); err != nil {
+		if _, err := io.WriteString(c.nc, u.response); err != nil {
 			return
 		}
 		if u.cfg.CloseFraction > 0 && rand.Float64() < u.cfg.CloseFraction {
