@@ -619,7 +619,9 @@ phase_fixedrate() {
 	say "starting from the next; each figure is the median over the rounds (of 2: their mean) of that percentile, in ms."
 	say "added: the proxy's percentile minus direct's at the same rate (direct's includes the generator's own timer wake-ups"
 	say "and the upstream, which a proxy's path also has); vs nginx: the proxy's added ÷ nginx's added (below 1: less than nginx)."
-	say "req/s: requests answered per second measured (below the rate: the machine could not keep up)."
+	say "req/s: measured requests ÷ the time from the first measured send to the last answer; \"behind\": under 95% of the rate,"
+	say "the schedule ran ahead of the answers (the target, or the machine's 2 cores shared by generator, proxy and upstream,"
+	say "saturated): its latencies are queueing, not the proxy's cost per request."
 	say ""
 	say "| req/s / conns | proxy | req/s | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | added p99.9 | added p99 vs nginx | added p99.9 vs nginx | errors |"
 	say "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -638,7 +640,8 @@ phase_fixedrate() {
 				e = 0; for (a = 1; a <= cnt[key]; a++) e += val[key, a, 11] + val[key, a, 12]; E[key] = e }
 			for (i = 1; i <= k; i++) {
 				key = order[i]; split(key, p, " "); d = p[1] " direct"; ng = p[1] " nginx"
-				printf "| %s | %s | %.0f | %.3f | %.3f | %.3f | %.3f | %.3f", p[1], p[2], M[key, 5], M[key, 6], M[key, 7], M[key, 8], M[key, 9], M[key, 10]
+				split(p[1], rc, "/"); beh = (M[key, 5] < 0.95 * rc[1]) ? " behind" : ""
+				printf "| %s | %s | %.0f%s | %.3f | %.3f | %.3f | %.3f | %.3f", p[1], p[2], M[key, 5], beh, M[key, 6], M[key, 7], M[key, 8], M[key, 9], M[key, 10]
 				if (p[2] == "direct" || !((d, 5) in M)) printf " | - | - | - | - | -"
 				else {
 					a50 = M[key, 6] - M[d, 6]; a99 = M[key, 8] - M[d, 8]; a999 = M[key, 9] - M[d, 9]
