@@ -622,6 +622,8 @@ phase_fixedrate() {
 	say "req/s: measured requests ÷ the time from the first measured send to the last answer; \"behind\": under 95% of the rate,"
 	say "the schedule ran ahead of the answers (the target, or the machine's 2 cores shared by generator, proxy and upstream,"
 	say "saturated): its latencies are queueing, not the proxy's cost per request."
+	say "Samples per run: the rate × $FR_DUR ($(awk -v r="${FR_RATES%%/*}" -v d="${FR_DUR%s}" 'BEGIN { printf "%d", r * d }') at ${FR_RATES%%/*} req/s): where under 10,000, p99.9 is one of the"
+	say "run's few slowest requests and moves from round to round by more than the differences between proxies."
 	say ""
 	say "| req/s / conns | proxy | req/s | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | added p99.9 | added p99 vs nginx | added p99.9 vs nginx | errors |"
 	say "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
