@@ -51,11 +51,22 @@
 #      (8 to 14 minutes, by how often a busy machine makes wrk runs
 #      repeat); --quick: 2 wrk rounds, 1 paced round of 5 bursts.
 #      TLS_ROUNDS, TLS_PACE_ROUNDS and TLS_BURSTS override the counts.
+#   9. latency at fixed rates ("fixedrate"): bench/cmd/openloop, an
+#      open-loop generator (requests on a fixed schedule, latency from each
+#      request's intended send time), to direct, nginx, HAProxy, the
+#      fasthttp proxy and unstuck, all to one nginx upstream, at 200 req/s
+#      over 8 connections and 2k, 10k and 30k req/s over 64, each rate in
+#      rounds over the five in turn: p50/p90/p99/p99.9/max, each proxy's
+#      added latency (minus direct's) and its ratio to nginx's added
+#      latency. 3 rounds of 10 s per run (~11 minutes); --quick: 2 rounds
+#      of 3 s (~3 minutes). FR_RATES (RATE/CONNS ...), FR_ROUNDS and
+#      FR_DUR override.
 # It prints the tables and writes them to bench/RESULTS.md. It asserts
-# nothing. Full run ~30 minutes (the tcp phase ~8, tls ~10), --quick ~5.
+# nothing. Full run ~40 minutes (the tcp phase ~8, tls ~10, fixedrate ~11),
+# --quick ~8.
 # Needs root to install packages.
 # BENCH_PHASES="throughput race" runs only those phases (names: throughput
-# halfclose race memory legacy microbench tcp tls). Such a partial run keeps
+# halfclose race memory legacy microbench tcp tls fixedrate). Such a partial run keeps
 # the other sections of bench/RESULTS.md: each section it measured replaces
 # the one of the same title (or is added at the end), with a line that
 # says when and at which commit it was measured.
@@ -82,13 +93,17 @@ if ((QUICK)); then
 	DUR=3s WARM=1s ROUNDS=1 RACE_N=10000 LEGACY_ROUNDS=2 BENCHTIME=200ms IDLE_BURSTS=${IDLE_BURSTS:-25}
 	TCP_BULK=${TCP_BULK:-256MiB} TCP_ROUNDS=${TCP_ROUNDS:-1} TCP_CPS_MAX=${TCP_CPS_MAX:-5000} TCP_CPS_TIME=${TCP_CPS_TIME:-2s} TCP_PROF=3 TCP_STRACE_PAIRS=500
 	TLS_ROUNDS=${TLS_ROUNDS:-2} TLS_PACE_ROUNDS=${TLS_PACE_ROUNDS:-1} TLS_BURSTS=${TLS_BURSTS:-5} TLS_PROF=3
+	FR_ROUNDS=${FR_ROUNDS:-2} FR_DUR=${FR_DUR:-3s}
 else
 	DUR=6s WARM=1s ROUNDS=3 RACE_N=50000 LEGACY_ROUNDS=4 BENCHTIME=1s IDLE_BURSTS=${IDLE_BURSTS:-50}
 	TCP_BULK=${TCP_BULK:-2GiB} TCP_ROUNDS=${TCP_ROUNDS:-5} TCP_CPS_MAX=${TCP_CPS_MAX:-20000} TCP_CPS_TIME=${TCP_CPS_TIME:-5s} TCP_PROF=10 TCP_STRACE_PAIRS=2000
 	TLS_ROUNDS=${TLS_ROUNDS:-5} TLS_PACE_ROUNDS=${TLS_PACE_ROUNDS:-3} TLS_BURSTS=${TLS_BURSTS:-12} TLS_PROF=10
+	FR_ROUNDS=${FR_ROUNDS:-3} FR_DUR=${FR_DUR:-10s}
 fi
-ALL_PHASES="throughput halfclose race memory legacy microbench tcp tls"
+ALL_PHASES="throughput halfclose race memory legacy microbench tcp tls fixedrate"
 PHASES=${BENCH_PHASES:-$ALL_PHASES}
+FR_RATES=${FR_RATES:-200/8 2000/64 10000/64 30000/64} # fixedrate phase: req/s / connections
+FR_WARM=1s
 HC_SIZES=200/5ms,200,8000 # half-close phase: idle connections, /GAP: FINs one every GAP, else at once
 MEM_N=8000        # connections of each kind for the memory phase
 POOL=512          # idle upstream connections each proxy keeps (nginx: half per worker)
@@ -97,6 +112,8 @@ BIG_POOL=8192     # the same for the half-close and memory phases
 # Ports: phase base + 0 upstream, +1 nginx, +2 HAProxy, +3 fasthttp,
 # +4 httputil, +5 unstuck.
 TPUT=19000 HALF=19100 RACE=19200 LEGACY=19300 MEM=19400
+# The fixedrate phase: +0 upstream, then as above (no httputil).
+FIXED=19700
 # The race phase's idle-timeout part: +0 upstream, +1 nginx, +2 HAProxy,
 # +5 unstuck, +9 unstuck's admin listener.
 IDLE=19800
@@ -538,6 +555,115 @@ phase_throughput() {
 	' "$TMP/tput.median" | tee -a "$RUN_OUT"
 	drops_note
 	say ""
+}
+
+# ------------------------------------------------------------ fixed rate
+
+# json_field FILE NAME...: the values of the named fields of the one-line
+# JSON object in FILE (numbers and plain strings), space-separated, "-" for
+# a missing one.
+json_field() {
+	local f=$1
+	shift
+	awk -v names="$*" '{
+		s = $0; gsub(/^[ {]+|[ }]+$/, "", s)
+		n = split(s, kv, /,"/)
+		for (i = 1; i <= n; i++) { k = kv[i]; sub(/^"/, "", k); v = k; sub(/".*/, "", k); sub(/^[^:]*:/, "", v); gsub(/"/, "", v); val[k] = v }
+		m = split(names, want, " ")
+		for (i = 1; i <= m; i++) printf "%s%s", (i > 1 ? " " : ""), ((want[i] in val) ? val[want[i]] : "-")
+		print "" }' "$f"
+}
+
+phase_fixedrate() {
+	note "fixedrate: open-loop latency at fixed rates ($FR_RATES req/s / connections; $FR_DUR per run, $FR_ROUNDS rounds)"
+	quiet_wait
+	start_upstream_nginx $FIXED || return 1
+	start_proxies $FIXED $POOL || { stop $UPSTREAM_PIDS; return 1; }
+	local names=(direct nginx haproxy fasthttp unstuck)
+	local ports=($FIXED $((FIXED + 1)) $((FIXED + 2)) $((FIXED + 3)) $((FIXED + 5)))
+	local spec rate c r k i n=${#names[@]} rc=0 out=$TMP/fr.json err=$TMP/fr.err
+	: >"$TMP/fr.rows"
+	: >"$TMP/fr.errors"
+	# For each rate, rounds over every proxy in turn, each round starting
+	# from the next one, so that other work on the machine and the order
+	# hit every proxy alike.
+	for spec in $FR_RATES; do
+		rate=${spec%/*} c=${spec#*/}
+		for ((r = 1; r <= FR_ROUNDS; r++)); do
+			for ((k = 0; k < n; k++)); do
+				i=$(((k + r - 1) % n))
+				if ! run "$out" "$err" "$BIN/openloop" -url "http://127.0.0.1:${ports[$i]}/" -c "$c" -rate "$rate" \
+					-d "$FR_DUR" -warmup "$FR_WARM" -timeout 5s; then
+					rc=1
+					sed "s/^/${names[$i]} $spec: /" "$err" >>"$TMP/fr.errors"
+					continue
+				fi
+				# rate conns proxy round achieved p50 p90 p99 p999 max errors unsent
+				echo "$rate $c ${names[$i]} $r $(json_field "$out" achieved_rps p50_ms p90_ms p99_ms p999_ms max_ms errors unsent)" >>"$TMP/fr.rows"
+				note "   $spec ${names[$i]} round $r: $(json_field "$out" achieved_rps p50_ms p99_ms p999_ms errors) (req/s p50 p99 p99.9 errors)"
+			done
+		done
+	done
+	stop_proxies
+	# shellcheck disable=SC2086
+	stop $UPSTREAM_PIDS
+
+	say "## 9. Fixed-rate latency (open loop)"
+	say ""
+	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say "bench/cmd/openloop: keep-alive HTTP/1.1 connections that send GETs on a fixed schedule (connection i at i·N/R + k·N/R s),"
+	say "whether or not earlier answers have come back; a request's latency runs from the time it was meant to be sent, so"
+	say "waiting behind a slow answer counts (no coordinated omission). Log-linear histogram, under 0.8% error. Each run: $FR_WARM"
+	say "warm-up at the rate, then $FR_DUR measured. Upstream: nginx (1 worker) answering \`return 200 \"hello\"\`; proxies as in"
+	say "the throughput phase (fasthttp: bench/cmd/fhproxy). For each rate, $FR_ROUNDS rounds over the five in turn, each round"
+	say "starting from the next; each figure is the median over the rounds (of 2: their mean) of that percentile, in ms."
+	say "added: the proxy's percentile minus direct's at the same rate (direct's includes the generator's own timer wake-ups"
+	say "and the upstream, which a proxy's path also has); vs nginx: the proxy's added ÷ nginx's added (below 1: less than nginx)."
+	say "req/s: measured requests ÷ the time from the first measured send to the last answer; \"behind\": under 95% of the rate,"
+	say "the schedule ran ahead of the answers (the target, or the machine's 2 cores shared by generator, proxy and upstream,"
+	say "saturated): its latencies are queueing, not the proxy's cost per request."
+	say "Samples per run: the rate × $FR_DUR ($(awk -v r="${FR_RATES%%/*}" -v d="${FR_DUR%s}" 'BEGIN { printf "%d", r * d }') at ${FR_RATES%%/*} req/s): where under 10,000, p99.9 is one of the"
+	say "run's few slowest requests and moves from round to round by more than the differences between proxies."
+	say ""
+	say "| req/s / conns | proxy | req/s | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | added p99.9 | added p99 vs nginx | added p99.9 vs nginx | errors |"
+	say "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	awk '
+		function med(key, f,    m, a, j, t, v) {
+			m = cnt[key]
+			for (a = 1; a <= m; a++) v[a] = val[key, a, f]
+			for (a = 2; a <= m; a++) for (j = a; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+			return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+		}
+		function ratio(x, y) { return (y > 0) ? sprintf("%.2f", x / y) : "-" }
+		{ key = $1 "/" $2 " " $3; if (!(key in cnt)) order[++k] = key; cnt[key]++
+		  for (f = 5; f <= 12; f++) val[key, cnt[key], f] = $f }
+		END {
+			for (i = 1; i <= k; i++) { key = order[i]; for (f = 5; f <= 10; f++) M[key, f] = med(key, f)
+				e = 0; for (a = 1; a <= cnt[key]; a++) e += val[key, a, 11] + val[key, a, 12]; E[key] = e }
+			for (i = 1; i <= k; i++) {
+				key = order[i]; split(key, p, " "); d = p[1] " direct"; ng = p[1] " nginx"
+				split(p[1], rc, "/"); beh = (M[key, 5] < 0.95 * rc[1]) ? " behind" : ""
+				printf "| %s | %s | %.0f%s | %.3f | %.3f | %.3f | %.3f | %.3f", p[1], p[2], M[key, 5], beh, M[key, 6], M[key, 7], M[key, 8], M[key, 9], M[key, 10]
+				if (p[2] == "direct" || !((d, 5) in M)) printf " | - | - | - | - | -"
+				else {
+					a50 = M[key, 6] - M[d, 6]; a99 = M[key, 8] - M[d, 8]; a999 = M[key, 9] - M[d, 9]
+					n99 = M[ng, 8] - M[d, 8]; n999 = M[ng, 9] - M[d, 9]
+					printf " | %.3f | %.3f | %.3f | %s | %s", a50, a99, a999, ratio(a99, n99), ratio(a999, n999)
+				}
+				printf " | %d |\n", E[key]
+			} }' "$TMP/fr.rows" | tee -a "$RUN_OUT"
+	drops_note
+	say ""
+	say "Every run, in the order run (ms; errors: failed requests and non-2xx; unsent: requests more than 5 s behind the schedule):"
+	say ""
+	say '```'
+	{
+		printf 'rate\tconns\tproxy\tround\treq/s\tp50\tp90\tp99\tp99.9\tmax\terrors\tunsent\n'
+		tr ' ' '\t' <"$TMP/fr.rows"
+	} | column -t -s $'\t' | tee -a "$RUN_OUT"
+	say '```'
+	say ""
+	report_errors openloop $rc "$TMP/fr.errors"
 }
 
 # --------------------------------------------------------------- phase 2
