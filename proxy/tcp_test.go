@@ -22,19 +22,16 @@ import (
 
 	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/tcpserve"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
 // tcpPeer is a raw TCP server on 127.0.0.1:0 that runs handle on each
-// connection; it stops, and waits for its handlers, when the test ends.
-// handle owns its connection and must end (deadlines bound its waits).
-type tcpPeer struct {
-	ln       net.Listener
-	wg       sync.WaitGroup
-	accepted atomic.Int64
-}
+// connection; it stops, closing the connections and waiting for its
+// handlers, when the test ends.
+type tcpPeer struct{ *tcpserve.Loop }
 
 func startTCPPeer(t testing.TB, handle func(c *net.TCPConn)) *tcpPeer {
 	t.Helper()
@@ -42,29 +39,13 @@ func startTCPPeer(t testing.TB, handle func(c *net.TCPConn)) *tcpPeer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &tcpPeer{ln: ln}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.accepted.Add(1)
-			p.wg.Add(1)
-			go func() {
-				defer p.wg.Done()
-				defer c.Close()
-				handle(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
+	p := &tcpPeer{tcpserve.New(ln)}
+	p.Serve(func(c *net.TCPConn, _ int) { handle(c) })
+	t.Cleanup(func() { p.Close() })
 	return p
 }
 
-func (p *tcpPeer) addr() string { return p.ln.Addr().String() }
+func (p *tcpPeer) addr() string { return p.Addr().String() }
 
 // startTCP runs a tcp-mode server on 127.0.0.1:0 in front of endpoints
 // with a stream pool, and returns its address and pool.
@@ -319,7 +300,7 @@ func TestPairResetPropagates(t *testing.T) {
 		addr, _, _ := startTCP(t, pool.Config{}, Config{}, up.addr())
 		app := dialTCP(t, addr)
 		app.Write([]byte("hello"))
-		wait.Until(t, 5*time.Second, "the upstream's accept", func() bool { return up.accepted.Load() == 1 })
+		wait.Until(t, 5*time.Second, "the upstream's accept", func() bool { return up.Accepted() == 1 })
 		app.SetLinger(0)
 		app.Close()
 		if err := <-upErr; !errors.Is(err, syscall.ECONNRESET) {
@@ -501,7 +482,7 @@ func TestPairHalfCloseTimeout(t *testing.T) {
 			app := dialTCP(t, addr)
 			app.Write([]byte("hi"))
 			if !tt.upstreamFIN {
-				wait.Until(t, 2*time.Second, "the upstream's accept", func() bool { return up.accepted.Load() == 1 })
+				wait.Until(t, 2*time.Second, "the upstream's accept", func() bool { return up.Accepted() == 1 })
 				app.CloseWrite()
 			}
 			// The peer that got the FIN sits in CLOSE_WAIT: the state the
@@ -621,7 +602,7 @@ func TestPairSplices(t *testing.T) {
 	app.SetDeadline(time.Now().Add(30 * time.Second))
 	// One warm-up byte, so the pair is made before counting.
 	app.Write([]byte("x"))
-	wait.Until(t, 5*time.Second, "the upstream's accept", func() bool { return up.accepted.Load() == 1 })
+	wait.Until(t, 5*time.Second, "the upstream's accept", func() bool { return up.Accepted() == 1 })
 	before := procIO(t)
 	buf := make([]byte, size)
 	if _, err := app.Write(buf); err != nil {
@@ -667,7 +648,7 @@ func TestTCPShutdownEndsPairs(t *testing.T) {
 	app := dialTCP(t, addr)
 	app.SetDeadline(time.Now().Add(10 * time.Second))
 	app.Write([]byte("x"))
-	wait.Until(t, 5*time.Second, "the pair", func() bool { return up.accepted.Load() == 1 })
+	wait.Until(t, 5*time.Second, "the pair", func() bool { return up.Accepted() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/capture"
 	"github.com/unstuck-proxy/unstuck/config"
 	"github.com/unstuck-proxy/unstuck/internal/netns"
+	"github.com/unstuck-proxy/unstuck/internal/tcpserve"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
 
@@ -22,25 +22,12 @@ func echoAt(t *testing.T, addr string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	srv := tcpserve.New(ln)
+	srv.Serve(func(c *net.TCPConn, _ int) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(c, c)
+	})
+	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()
 }
 
