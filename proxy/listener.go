@@ -633,6 +633,15 @@ func (c *appConn) closeBounded(linger sockopt.Linger) error {
 	return nil
 }
 
+// openConns is how many app connections l has open (accepted and not
+// finally closed); 0 for a listener not made yet (nil).
+func (l *lingerListener) openConns() int {
+	if l == nil {
+		return 0
+	}
+	return int(l.open.Load())
+}
+
 // connClosed counts an app connection's final close, and frees its slot
 // under limits.max_conns.
 func (l *lingerListener) connClosed(how string) {

@@ -327,12 +327,8 @@ func waitCtx(ctx context.Context, wait func()) {
 // is one short once its Serve has returned, and misses released ones.
 func (s *Server) OpenConnections() int {
 	s.mu.Lock()
-	l := s.ln
-	s.mu.Unlock()
-	if l == nil {
-		return 0
-	}
-	return int(l.open.Load())
+	defer s.mu.Unlock()
+	return s.ln.openConns()
 }
 
 // exchange is one request's trip through unstuck. handle fills it in; it

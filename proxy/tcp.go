@@ -250,10 +250,6 @@ func (s *TCPServer) Shutdown(ctx context.Context) error {
 // OpenConnections returns the app connections open: paired, or closing.
 func (s *TCPServer) OpenConnections() int {
 	s.mu.Lock()
-	l := s.ln
-	s.mu.Unlock()
-	if l == nil {
-		return 0
-	}
-	return int(l.open.Load())
+	defer s.mu.Unlock()
+	return s.ln.openConns()
 }
