@@ -184,7 +184,11 @@ func New() *Metrics {
 	m.buildInfo.WithLabelValues(unstuck.Version, runtime.Version()).Set(1)
 	m.setReloaded(true)
 	m.reg.MustRegister(
-		collectors.NewGoCollector(),
+		// Go's defaults, and the scheduler's: go_sched_latencies_seconds is
+		// how long runnable goroutines waited for a CPU, the first thing to
+		// look at when a sidecar adds latency (a CPU limit too tight for
+		// its load shows there before anywhere else).
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsScheduler)),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.dials, m.dialErrors, m.waits, m.waitSeconds, m.exhausted, m.closes, m.reaction,
 		m.retries, m.requests, m.response, m.appOpen, m.appReleased, m.appClosed,

@@ -64,7 +64,7 @@ func acquireResult(t *testing.T, acquire func() (*Conn, error)) (*Conn, error) {
 	}
 }
 
-// What happens in Acquire's window, between an acquireIdle that found
+// What happens in Acquire's window, between an acquireIdleUnlock that found
 // nothing and the lock that decides to dial or wait, is seen before the
 // Acquire queues: with the only connection busy (MaxConns 1), a slot freed
 // there is dialed into, a connection released there is taken, and a Close

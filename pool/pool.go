@@ -325,23 +325,26 @@ func newDialer(cfg Config) net.Dialer {
 // The caller owns the connection until it passes it to Release or Discard,
 // and never touches it after that.
 func (p *Pool) Acquire(careful bool) (*Conn, error) {
-	p.mu.Lock()
-	start, err := p.pickLocked()
-	p.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
 	var now time.Time
 	if careful {
 		now = time.Now()
 	}
 	settled := careful
-	for {
+	// One lock from the balancer's pick to the idle connection taken: the
+	// request path takes p.mu once here and once in Release, which under
+	// load is where handlers on different Ps meet.
+	p.mu.Lock()
+	start, err := p.pickLocked()
+	if err != nil {
+		p.mu.Unlock()
+		return nil, err
+	}
+	for { // p.mu held
 		// The endpoint the balancer picked first: its idle connection, or
 		// a new one to it. Only when it has neither room nor an idle one
 		// do the others' idle connections count, so that idle
 		// connections do not keep a less busy endpoint out.
-		if c := p.acquireIdle(start, 1, settled, now); c != nil {
+		if c := p.acquireIdleUnlock(start, 1, settled, now); c != nil {
 			p.warmHit()
 			return c, nil
 		}
@@ -352,15 +355,14 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 			p.warmMiss()
 			return p.dial(ep)
 		}
-		p.mu.Unlock()
-		if c := p.acquireIdle(start, len(p.eps), settled, now); c != nil {
+		if c := p.acquireIdleUnlock(start, len(p.eps), settled, now); c != nil {
 			p.warmHit()
 			return c, nil
 		}
 		if hook := testHookAcquireRelock.Load(); hook != nil {
 			(*hook)()
 		}
-		// Between acquireIdle's unlock and this lock, a Close, a freed
+		// Between acquireIdleUnlock's unlock and this lock, a Close, a freed
 		// slot or a Release may have landed: each is seen here, before
 		// queueing, since nothing would tell a waiter queued after it.
 		p.mu.Lock()
@@ -370,25 +372,23 @@ func (p *Pool) Acquire(careful bool) (*Conn, error) {
 		}
 		if !settled && !p.anyIdleLocked() {
 			c, err := p.waitUnlock(start, false)
-			if err == errRepick {
-				p.mu.Lock()
-				start, err = p.pickLocked()
-				p.mu.Unlock()
-				if err != nil {
-					return nil, err
-				}
-				continue
+			if err != errRepick {
+				return c, err
 			}
-			return c, err
+			p.mu.Lock()
+			if start, err = p.pickLocked(); err != nil {
+				p.mu.Unlock()
+				return nil, err
+			}
+			continue
 		}
 		// No room to dial: an unsettled connection beats waiting (careful),
-		// and one released since acquireIdle looked is taken now.
-		p.mu.Unlock()
+		// and one released since acquireIdleUnlock looked is taken now.
 		settled = false
 	}
 }
 
-// testHookAcquireRelock runs in Acquire between an acquireIdle that found
+// testHookAcquireRelock runs in Acquire between an acquireIdleUnlock that found
 // nothing and the lock that decides to dial or wait.
 var testHookAcquireRelock atomic.Pointer[func()]
 
@@ -477,14 +477,14 @@ func (p *Pool) waitUnlock(start int, fresh bool) (*Conn, error) {
 	return p.wait(ep, w, fresh)
 }
 
-// acquireIdle hands out an idle connection that passes the peek before
-// reuse, trying span endpoints in round-robin order from start; settled asks
-// for one idle since at least SettleTime before now. It closes the dead
-// ones it finds on the way, and returns nil if none is left. The one
-// syscall of a hand-out, the peek, runs outside p.mu.
-func (p *Pool) acquireIdle(start, span int, settled bool, now time.Time) *Conn {
-	for {
-		p.mu.Lock()
+// acquireIdleUnlock hands out an idle connection that passes the peek
+// before reuse, trying span endpoints in round-robin order from start;
+// settled asks for one idle since at least SettleTime before now. It closes
+// the dead ones it finds on the way, and returns nil if none is left. p.mu
+// must be held; it is released before the return. The one syscall of a
+// hand-out, the peek, runs outside p.mu.
+func (p *Pool) acquireIdleUnlock(start, span int, settled bool, now time.Time) *Conn {
+	for { // p.mu held
 		if p.closed {
 			p.mu.Unlock()
 			return nil
@@ -500,6 +500,7 @@ func (p *Pool) acquireIdle(start, span int, settled bool, now time.Time) *Conn {
 		}
 		if retire {
 			p.closeConn(c, CauseRetired)
+			p.mu.Lock()
 			continue
 		}
 		// Taken out of the idle list under the lock: from now on the watcher
@@ -518,6 +519,7 @@ func (p *Pool) acquireIdle(start, span int, settled bool, now time.Time) *Conn {
 		p.dropLocked(c)
 		p.mu.Unlock()
 		p.closeConn(c, causeOfPeek(r))
+		p.mu.Lock()
 	}
 }
 
@@ -592,7 +594,7 @@ func (p *Pool) wait(ep *endpoint, w *waiter, fresh bool) (c *Conn, err error) {
 }
 
 // handedOver readies a connection a Release handed straight to this
-// waiter. It gets the same peek before reuse as an idle one in acquireIdle:
+// waiter. It gets the same peek before reuse as an idle one in acquireIdleUnlock:
 // the peer may have ended it while it was busy (Release dropped the note
 // in c.missed for this peek) or since. A dead one is closed and the waiter
 // dials into its slot instead, which stays counted in ep.conns. The waiter
@@ -750,8 +752,8 @@ func rawConn(nc net.Conn) (syscall.RawConn, error) {
 //     the note and, c idle, peek (recheck), which sees the FIN and closes.
 //   - after: c is idle, so the watcher closes it itself.
 //   - a waiter takes c instead of the idle list: we drop the note, and the
-//     waiter peeks c before its request (handedOver), as acquireIdle does.
-//   - the FIN lands after the last peek that let c out (acquireIdle's or
+//     waiter peeks c before its request (handedOver), as acquireIdleUnlock does.
+//   - the FIN lands after the last peek that let c out (acquireIdleUnlock's or
 //     handedOver's): its event comes later still, and is one of the above
 //     at c's next Release; the request itself may fail, like any stale
 //     connection's, and the proxy's retry rules apply.

@@ -97,7 +97,7 @@ const tlsSettleWait = time.Millisecond
 // TLS itself (TLS 1.3 session tickets, key updates) are handled by
 // crypto/tls and leave nothing to read: the connection is fine, and a
 // ticket is stored for resumption. close_notify reads as EOF, a close.
-// Application data is unsolicited. Holder only (acquireIdle, handedOver).
+// Application data is unsolicited. Holder only (acquireIdleUnlock, handedOver).
 func (c *Conn) settleTLS() sockopt.PeekResult {
 	tc := c.nc.(*tls.Conn)
 	var b [1]byte

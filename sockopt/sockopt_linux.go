@@ -83,10 +83,13 @@ func (r PeekResult) String() string {
 }
 
 // Peek looks at fd without consuming anything and without blocking: one
-// recvfrom(MSG_PEEK|MSG_DONTWAIT) syscall, no allocation.
+// recvfrom(MSG_PEEK|MSG_DONTWAIT) syscall, no allocation. It is a raw
+// syscall: it cannot block, so the scheduler need not be told, and a slow
+// one (a VM's syscalls can take tens of µs) does not make sysmon hand the
+// P to another thread, a wake-up the request would pay for.
 func Peek(fd int) PeekResult {
 	var b [1]byte
-	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
 		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 	switch {
 	case errno == unix.EAGAIN:
