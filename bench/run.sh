@@ -58,9 +58,13 @@
 #      over 8 connections and 2k, 10k and 30k req/s over 64, each rate in
 #      rounds over the five in turn: p50/p90/p99/p99.9/max, each proxy's
 #      added latency (minus direct's) and its ratio to nginx's added
-#      latency. 3 rounds of 10 s per run (~11 minutes); --quick: 2 rounds
-#      of 3 s (~3 minutes). FR_RATES (RATE/CONNS ...), FR_ROUNDS and
-#      FR_DUR override.
+#      latency, and each proxy's CPU time per request. Then the same with
+#      each proxy pinned to CPU 1 alone (a sidecar with one CPU: nginx one
+#      worker, HAProxy one thread, Go GOMAXPROCS 1) and generator and
+#      upstream on CPU 0, at 200/8, 2k, 5k and 10k req/s. 3 rounds of 10 s
+#      per run (~20 minutes); --quick: 2 rounds of 3 s (~6 minutes).
+#      FR_RATES and FR_PIN_RATES (RATE/CONNS ...; FR_PIN_RATES="" skips
+#      the pinned runs), FR_ROUNDS and FR_DUR override.
 # It prints the tables and writes them to bench/RESULTS.md. It asserts
 # nothing. Full run ~40 minutes (the tcp phase ~8, tls ~10, fixedrate ~11),
 # --quick ~8.
@@ -103,6 +107,7 @@ fi
 ALL_PHASES="throughput halfclose race memory legacy microbench tcp tls fixedrate"
 PHASES=${BENCH_PHASES:-$ALL_PHASES}
 FR_RATES=${FR_RATES:-200/8 2000/64 10000/64 30000/64} # fixedrate phase: req/s / connections
+FR_PIN_RATES=${FR_PIN_RATES-200/8 2000/64 5000/64 10000/64} # the same with each proxy on one CPU; empty: skip
 FR_WARM=1s
 HC_SIZES=200/5ms,200,8000 # half-close phase: idle connections, /GAP: FINs one every GAP, else at once
 MEM_N=8000        # connections of each kind for the memory phase
@@ -301,6 +306,7 @@ build() {
 # ---------------------------------------------------------------- proxies
 
 # start_upstream_nginx PORT: the fast upstream of the throughput phase.
+# UP_PIN, if set, is a command prefix such as "taskset -c 0".
 start_upstream_nginx() {
 	local dir=$TMP/upstream-nginx
 	mkdir -p "$dir"
@@ -325,7 +331,8 @@ http {
     }
 }
 EOF
-	start upstream-nginx "$dir/stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+	# shellcheck disable=SC2086 # UP_PIN: a command prefix or nothing
+	start upstream-nginx "$dir/stderr" ${UP_PIN:-} nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
 	UPSTREAM_PID=$LAST
 	if ! wait_port "$1"; then
 		tail -n 5 "$dir/error.log" >&2
@@ -337,9 +344,12 @@ EOF
 
 # start_proxies BASE POOL: the five proxies of a phase, forwarding to
 # 127.0.0.1:BASE. Sets NGINX_PIDS, HAPROXY_PID, FH_PID, HU_PID, UNSTUCK_PID
-# and PROXY_PIDS.
+# and PROXY_PIDS. PROXY_PIN, if set, is a command prefix such as
+# "taskset -c 1" for every proxy, and PROXY_WORKERS (default 2) nginx's
+# workers and HAProxy's threads; the Go proxies take GOMAXPROCS from the
+# CPUs they may run on.
 start_proxies() {
-	local base=$1 pool=$2 up=127.0.0.1:$1 dir=$TMP/proxies-$1
+	local base=$1 pool=$2 up=127.0.0.1:$1 dir=$TMP/proxies-$1 workers=${PROXY_WORKERS:-2} pin=${PROXY_PIN:-}
 	mkdir -p "$dir"
 	# nginx keeps its keepalive cache per worker: half the pool each, but
 	# for the half-close phase each worker may hold every connection.
@@ -347,7 +357,7 @@ start_proxies() {
 	((pool > 1024)) && keep=$pool
 
 	cat >"$dir/nginx.conf" <<EOF
-worker_processes 2;
+worker_processes $workers;
 worker_rlimit_nofile 20000;
 daemon off;
 pid $dir/nginx.pid;
@@ -378,12 +388,13 @@ http {
     }
 }
 EOF
-	start nginx "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	# shellcheck disable=SC2086 # pin: a command prefix or nothing
+	start nginx "$dir/nginx.stderr" $pin nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
 	local nginx_master=$LAST
 
 	cat >"$dir/haproxy.cfg" <<EOF
 global
-    nbthread 2
+    nbthread $workers
     maxconn 9000
     # Let idle server connections use the file descriptors: the default
     # ratios (25/20%) drop pooled connections during the 8,000 burst.
@@ -403,16 +414,19 @@ frontend fe
 backend be
     server up $up pool-purge-delay 300s
 EOF
-	start haproxy "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
+	# shellcheck disable=SC2086
+	start haproxy "$dir/haproxy.log" $pin haproxy -db -f "$dir/haproxy.cfg"
 	HAPROXY_PID=$LAST
 
-	start fasthttp "$dir/fhproxy.log" "$BIN/fhproxy" -listen "127.0.0.1:$((base + 3))" -upstream "$up" -max-conns $((pool * 2))
+	# shellcheck disable=SC2086
+	start fasthttp "$dir/fhproxy.log" $pin "$BIN/fhproxy" -listen "127.0.0.1:$((base + 3))" -upstream "$up" -max-conns $((pool * 2))
 	FH_PID=$LAST
-	start httputil "$dir/httputil.log" "$BIN/httputilproxy" -listen "127.0.0.1:$((base + 4))" -upstream "$up" -max-idle "$pool"
+	# shellcheck disable=SC2086
+	start httputil "$dir/httputil.log" $pin "$BIN/httputilproxy" -listen "127.0.0.1:$((base + 4))" -upstream "$up" -max-idle "$pool"
 	HU_PID=$LAST
 
 	cat >"$dir/unstuck.yaml" <<EOF
-admin: {listen: ""}
+admin: {listen: "", debug_listen: ""}
 listeners:
   app:
     listen: 127.0.0.1:$((base + 5))
@@ -421,7 +435,8 @@ upstreams:
     endpoints: ["$up"]
     pool: {max_conns: $((pool * 2)), max_idle: $pool}
 EOF
-	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck.yaml"
+	# shellcheck disable=SC2086
+	start unstuck "$dir/unstuck.log" $pin "$BIN/unstuck" --config "$dir/unstuck.yaml"
 	UNSTUCK_PID=$LAST
 	UNSTUCK_LOG=$dir/unstuck.log
 
@@ -574,39 +589,102 @@ json_field() {
 		print "" }' "$f"
 }
 
-phase_fixedrate() {
-	note "fixedrate: open-loop latency at fixed rates ($FR_RATES req/s / connections; $FR_DUR per run, $FR_ROUNDS rounds)"
+# fr_measure MODE RATES: the fixedrate runs of one setting (shared or
+# pinned), appended to $TMP/fr-MODE.rows as: rate conns proxy round
+# achieved p50 p90 p99 p999 max errors unsent cpu_us_per_request.
+fr_measure() {
+	local mode=$1 rates=$2 gen_pin=""
+	[[ $mode == pinned ]] && gen_pin="taskset -c 0"
 	quiet_wait
 	start_upstream_nginx $FIXED || return 1
 	start_proxies $FIXED $POOL || { stop $UPSTREAM_PIDS; return 1; }
 	local names=(direct nginx haproxy fasthttp unstuck)
 	local ports=($FIXED $((FIXED + 1)) $((FIXED + 2)) $((FIXED + 3)) $((FIXED + 5)))
-	local spec rate c r k i n=${#names[@]} rc=0 out=$TMP/fr.json err=$TMP/fr.err
-	: >"$TMP/fr.rows"
-	: >"$TMP/fr.errors"
+	local pids=("" "$NGINX_PIDS" "$HAPROXY_PID" "$FH_PID" "$UNSTUCK_PID")
+	local spec rate c r k i n=${#names[@]} rc=0 out=$TMP/fr.json err=$TMP/fr.err t0 t1 reqs cpu hz
+	hz=$(getconf CLK_TCK)
+	: >"$TMP/fr-$mode.rows"
 	# For each rate, rounds over every proxy in turn, each round starting
 	# from the next one, so that other work on the machine and the order
 	# hit every proxy alike.
-	for spec in $FR_RATES; do
+	for spec in $rates; do
 		rate=${spec%/*} c=${spec#*/}
 		for ((r = 1; r <= FR_ROUNDS; r++)); do
 			for ((k = 0; k < n; k++)); do
 				i=$(((k + r - 1) % n))
-				if ! run "$out" "$err" "$BIN/openloop" -url "http://127.0.0.1:${ports[$i]}/" -c "$c" -rate "$rate" \
+				# shellcheck disable=SC2086 # pid lists, gen_pin a prefix or nothing
+				t0=$(cpu_ticks ${pids[$i]})
+				# shellcheck disable=SC2086
+				if ! run "$out" "$err" $gen_pin "$BIN/openloop" -url "http://127.0.0.1:${ports[$i]}/" -c "$c" -rate "$rate" \
 					-d "$FR_DUR" -warmup "$FR_WARM" -timeout 5s; then
 					rc=1
-					sed "s/^/${names[$i]} $spec: /" "$err" >>"$TMP/fr.errors"
+					sed "s/^/$mode ${names[$i]} $spec: /" "$err" >>"$TMP/fr.errors"
 					continue
 				fi
-				# rate conns proxy round achieved p50 p90 p99 p999 max errors unsent
-				echo "$rate $c ${names[$i]} $r $(json_field "$out" achieved_rps p50_ms p90_ms p99_ms p999_ms max_ms errors unsent)" >>"$TMP/fr.rows"
-				note "   $spec ${names[$i]} round $r: $(json_field "$out" achieved_rps p50_ms p99_ms p999_ms errors) (req/s p50 p99 p99.9 errors)"
+				# shellcheck disable=SC2086
+				t1=$(cpu_ticks ${pids[$i]})
+				# The proxy's CPU over warm-up and measured run, per request
+				# of both (the warm-up runs at the same rate).
+				reqs=$(json_field "$out" requests)
+				cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" -v d="${FR_DUR%s}" -v w="${FR_WARM%s}" -v p="${pids[$i]}" \
+					'BEGIN { if (p == "" || n == 0) print "-"; else printf "%.1f", t / hz * 1e6 / (n * (d + w) / d) }')
+				echo "$rate $c ${names[$i]} $r $(json_field "$out" achieved_rps p50_ms p90_ms p99_ms p999_ms max_ms errors unsent) $cpu" >>"$TMP/fr-$mode.rows"
+				note "   $mode $spec ${names[$i]} round $r: $(json_field "$out" achieved_rps p50_ms p99_ms p999_ms errors) $cpu (req/s p50 p99 p99.9 errors CPU-µs/req)"
 			done
 		done
 	done
 	stop_proxies
 	# shellcheck disable=SC2086
 	stop $UPSTREAM_PIDS
+	return $rc
+}
+
+# fr_table MODE: the table of fr_measure MODE's rows.
+fr_table() {
+	say "| req/s / conns | proxy | req/s | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | added p99.9 | added p99 vs nginx | added p99.9 vs nginx | CPU µs/req | CPU vs nginx | errors |"
+	say "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	awk '
+		function med(key, f,    m, a, j, t, v) {
+			m = cnt[key]
+			for (a = 1; a <= m; a++) v[a] = val[key, a, f]
+			for (a = 2; a <= m; a++) for (j = a; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+			return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+		}
+		function ratio(x, y) { return (y > 0) ? sprintf("%.2f", x / y) : "-" }
+		{ key = $1 "/" $2 " " $3; if (!(key in cnt)) order[++k] = key; cnt[key]++
+		  for (f = 5; f <= 13; f++) val[key, cnt[key], f] = $f }
+		END {
+			for (i = 1; i <= k; i++) { key = order[i]; for (f = 5; f <= 10; f++) M[key, f] = med(key, f)
+				M[key, 13] = (val[key, 1, 13] == "-") ? -1 : med(key, 13)
+				e = 0; for (a = 1; a <= cnt[key]; a++) e += val[key, a, 11] + val[key, a, 12]; E[key] = e }
+			for (i = 1; i <= k; i++) {
+				key = order[i]; split(key, p, " "); d = p[1] " direct"; ng = p[1] " nginx"
+				split(p[1], rc, "/"); beh = (M[key, 5] < 0.95 * rc[1]) ? " behind" : ""
+				printf "| %s | %s | %.0f%s | %.3f | %.3f | %.3f | %.3f | %.3f", p[1], p[2], M[key, 5], beh, M[key, 6], M[key, 7], M[key, 8], M[key, 9], M[key, 10]
+				if (p[2] == "direct" || !((d, 5) in M)) printf " | - | - | - | - | -"
+				else {
+					a50 = M[key, 6] - M[d, 6]; a99 = M[key, 8] - M[d, 8]; a999 = M[key, 9] - M[d, 9]
+					n99 = M[ng, 8] - M[d, 8]; n999 = M[ng, 9] - M[d, 9]
+					printf " | %.3f | %.3f | %.3f | %s | %s", a50, a99, a999, ratio(a99, n99), ratio(a999, n999)
+				}
+				if (M[key, 13] < 0) printf " | - | -"
+				else printf " | %.1f | %s", M[key, 13], ratio(M[key, 13], M[ng, 13])
+				printf " | %d |\n", E[key]
+			} }' "$TMP/fr-$1.rows" | tee -a "$RUN_OUT"
+}
+
+phase_fixedrate() {
+	note "fixedrate: open-loop latency at fixed rates ($FR_RATES req/s / connections; $FR_DUR per run, $FR_ROUNDS rounds; pinned: $FR_PIN_RATES)"
+	local rc=0 mode
+	: >"$TMP/fr.errors"
+	fr_measure shared "$FR_RATES" || rc=1
+	# A sidecar with one CPU: each proxy on CPU 1 alone (nginx one worker,
+	# HAProxy one thread, the Go proxies GOMAXPROCS 1 from their affinity),
+	# generator and upstream on CPU 0, so that neither takes the proxy's
+	# CPU and the proxy's own cost is what is left.
+	if [[ -n $FR_PIN_RATES ]] && (($(nproc) >= 2)); then
+		UP_PIN="taskset -c 0" PROXY_PIN="taskset -c 1" PROXY_WORKERS=1 fr_measure pinned "$FR_PIN_RATES" || rc=1
+	fi
 
 	say "## 9. Fixed-rate latency (open loop)"
 	say ""
@@ -622,44 +700,32 @@ phase_fixedrate() {
 	say "req/s: measured requests ÷ the time from the first measured send to the last answer; \"behind\": under 95% of the rate,"
 	say "the schedule ran ahead of the answers (the target, or the machine's 2 cores shared by generator, proxy and upstream,"
 	say "saturated): its latencies are queueing, not the proxy's cost per request."
+	say "CPU µs/req: the proxy's processes' CPU time (user + system, /proc/PID/stat) over the run and its warm-up, per request."
 	say "Samples per run: the rate × $FR_DUR ($(awk -v r="${FR_RATES%%/*}" -v d="${FR_DUR%s}" 'BEGIN { printf "%d", r * d }') at ${FR_RATES%%/*} req/s): where under 10,000, p99.9 is one of the"
 	say "run's few slowest requests and moves from round to round by more than the differences between proxies."
 	say ""
-	say "| req/s / conns | proxy | req/s | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | added p99.9 | added p99 vs nginx | added p99.9 vs nginx | errors |"
-	say "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	awk '
-		function med(key, f,    m, a, j, t, v) {
-			m = cnt[key]
-			for (a = 1; a <= m; a++) v[a] = val[key, a, f]
-			for (a = 2; a <= m; a++) for (j = a; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-			return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
-		}
-		function ratio(x, y) { return (y > 0) ? sprintf("%.2f", x / y) : "-" }
-		{ key = $1 "/" $2 " " $3; if (!(key in cnt)) order[++k] = key; cnt[key]++
-		  for (f = 5; f <= 12; f++) val[key, cnt[key], f] = $f }
-		END {
-			for (i = 1; i <= k; i++) { key = order[i]; for (f = 5; f <= 10; f++) M[key, f] = med(key, f)
-				e = 0; for (a = 1; a <= cnt[key]; a++) e += val[key, a, 11] + val[key, a, 12]; E[key] = e }
-			for (i = 1; i <= k; i++) {
-				key = order[i]; split(key, p, " "); d = p[1] " direct"; ng = p[1] " nginx"
-				split(p[1], rc, "/"); beh = (M[key, 5] < 0.95 * rc[1]) ? " behind" : ""
-				printf "| %s | %s | %.0f%s | %.3f | %.3f | %.3f | %.3f | %.3f", p[1], p[2], M[key, 5], beh, M[key, 6], M[key, 7], M[key, 8], M[key, 9], M[key, 10]
-				if (p[2] == "direct" || !((d, 5) in M)) printf " | - | - | - | - | -"
-				else {
-					a50 = M[key, 6] - M[d, 6]; a99 = M[key, 8] - M[d, 8]; a999 = M[key, 9] - M[d, 9]
-					n99 = M[ng, 8] - M[d, 8]; n999 = M[ng, 9] - M[d, 9]
-					printf " | %.3f | %.3f | %.3f | %s | %s", a50, a99, a999, ratio(a99, n99), ratio(a999, n999)
-				}
-				printf " | %d |\n", E[key]
-			} }' "$TMP/fr.rows" | tee -a "$RUN_OUT"
+	for mode in shared pinned; do
+		[[ -s $TMP/fr-$mode.rows ]] || continue
+		if [[ $mode == shared ]]; then
+			say "Shared: every process may run on both cores (nginx 2 workers, HAProxy 2 threads, Go GOMAXPROCS 2)."
+		else
+			say ""
+			say "Pinned, a sidecar with one CPU: each proxy alone on CPU 1 (nginx 1 worker, HAProxy nbthread 1, the Go proxies"
+			say "GOMAXPROCS 1, from their CPU affinity), generator and upstream on CPU 0."
+		fi
+		say ""
+		fr_table $mode
+	done
 	drops_note
 	say ""
 	say "Every run, in the order run (ms; errors: failed requests and non-2xx; unsent: requests more than 5 s behind the schedule):"
 	say ""
 	say '```'
 	{
-		printf 'rate\tconns\tproxy\tround\treq/s\tp50\tp90\tp99\tp99.9\tmax\terrors\tunsent\n'
-		tr ' ' '\t' <"$TMP/fr.rows"
+		printf 'setting\trate\tconns\tproxy\tround\treq/s\tp50\tp90\tp99\tp99.9\tmax\terrors\tunsent\tCPU-µs/req\n'
+		for mode in shared pinned; do
+			[[ -s $TMP/fr-$mode.rows ]] && sed "s/^/$mode /" "$TMP/fr-$mode.rows" | tr ' ' '\t'
+		done
 	} | column -t -s $'\t' | tee -a "$RUN_OUT"
 	say '```'
 	say ""
@@ -779,7 +845,8 @@ http {
     }
 }
 EOF
-	start nginx "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	# shellcheck disable=SC2086 # pin: a command prefix or nothing
+	start nginx "$dir/nginx.stderr" $pin nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
 	local nginx_master=$LAST
 	# HAProxy: http-reuse safe (its default, written out), pool settings at
 	# their defaults; the timeouts it requires.
@@ -802,7 +869,7 @@ EOF
 	local haproxy_pid=$LAST
 	# unstuck: pool defaults (learn_idle_timeout on, retire_margin 20%).
 	cat >"$dir/unstuck.yaml" <<EOF
-admin: {listen: "127.0.0.1:$((base + 9))"}
+admin: {listen: "127.0.0.1:$((base + 9))", debug_listen: ""}
 listeners:
   app:
     listen: 127.0.0.1:$((base + 5))
@@ -880,7 +947,7 @@ phase_memory() {
 	# Two fresh unstuck processes: one for app connections, one for pooled ones.
 	for i in 5 6; do
 		cat >"$dir/unstuck-$i.yaml" <<EOF
-admin: {listen: ""}
+admin: {listen: "", debug_listen: ""}
 listeners:
   app:
     listen: 127.0.0.1:$((MEM + i))
@@ -1035,7 +1102,7 @@ EOF
 	# written to this phase's directory.
 	mkdir -p "$dir/unstuck"
 	cat >"$dir/unstuck/unstuck.yaml" <<EOF
-admin: {listen: 127.0.0.1:$((TCP + 9))}
+admin: {listen: 127.0.0.1:$((TCP + 9)), debug_listen: ""}
 listeners:
   app: {listen: 127.0.0.1:$((TCP + 5)), protocol: tcp, upstream: backend}
 upstreams:
@@ -1354,7 +1421,7 @@ start_tls_rig() {
 	local ca=$dir/certs/ca.pem
 
 	cat >"$dir/nginx.conf" <<EOF
-worker_processes 2;
+worker_processes $workers;
 worker_rlimit_nofile 20000;
 daemon off;
 pid $dir/nginx.pid;
@@ -1410,13 +1477,14 @@ http {
     }
 }
 EOF
-	start nginx "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	# shellcheck disable=SC2086 # pin: a command prefix or nothing
+	start nginx "$dir/nginx.stderr" $pin nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
 	local nginx_master=$LAST
 
 	local srv="ssl verify required ca-file $ca sni str($TLS_NAME) pool-purge-delay 300s"
 	cat >"$dir/haproxy.cfg" <<EOF
 global
-    nbthread 2
+    nbthread $workers
     maxconn 9000
 defaults
     mode http
@@ -1447,7 +1515,7 @@ EOF
 	# unstuck's config file in a directory of its own (see start_tcp_proxies).
 	local tls="tls: {enabled: true, ca_file: $ca, server_name: $TLS_NAME}"
 	cat >"$dir/unstuck/unstuck.yaml" <<EOF
-admin: {listen: 127.0.0.1:$((b + 9))}
+admin: {listen: 127.0.0.1:$((b + 9)), debug_listen: ""}
 listeners:
   ka: {listen: 127.0.0.1:$((b + 5)), upstream: ka}
   idle: {listen: 127.0.0.1:$((b + 15)), upstream: idle}
