@@ -78,7 +78,7 @@ func Load(opts LoadOptions) (*Config, error) {
 		opts.Flags = pflag.NewFlagSet("", pflag.ContinueOnError)
 		AddFlags(opts.Flags)
 	}
-	t := &tree{values: map[string]any{}, origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
+	t := &tree{values: map[string]any{}, layers: viper.New(), origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
 	if !t.read(opts) {
 		return nil, t.probs.err()
 	}
@@ -86,13 +86,9 @@ func Load(opts LoadOptions) (*Config, error) {
 		opts.Environ = os.Environ()
 	}
 	// viper layers the sources: the file's values, then the
-	// environment's, then the flag.
-	t.layers = viper.New()
-	for _, layer := range []map[string]any{t.values, t.readEnv(opts.Environ, opts.Warn)} {
-		if err := t.layers.MergeConfigMap(layer); err != nil {
-			return nil, Problems{{Key: t.file, Msg: err.Error()}}
-		}
-	}
+	// environment's, then the flag. MergeConfigMap never fails.
+	_ = t.layers.MergeConfigMap(t.values)
+	_ = t.layers.MergeConfigMap(t.readEnv(opts.Environ, opts.Warn))
 	for key, name := range map[string]string{"log.level": FlagLogLevel, "admin.listen": FlagAdmin} {
 		if f := opts.Flags.Lookup(name); f != nil && f.Changed {
 			t.layers.Set(key, f.Value.String())
@@ -134,24 +130,12 @@ type tree struct {
 	onDisk bool                // file is a file on disk (not the built-in default)
 	file   string              // the source's name in messages
 	values map[string]any      // full key → a string, or []string for a list, as the source wrote it
-	layers *viper.Viper        // values, the environment and the flag, each over the one before; nil in Validate
+	layers *viper.Viper        // values, the environment and the flag, each over the one before; empty in Validate
 	origin map[string]string   // full key → where its value came from
 	names  map[string][]string // "listeners", "upstreams" → names in source order
 	bad    map[string]bool     // keys (or prefixes) already reported
 	probs  Problems
 }
-
-// get returns key's value, every layer applied: a string, a list's
-// []string, or nil.
-func (t *tree) get(key string) any {
-	if t.layers == nil {
-		return nil
-	}
-	return t.layers.Get(key)
-}
-
-// set sets key to v, which came from origin, over any value it had.
-func (t *tree) set(key string, v any, origin string) { t.values[key], t.origin[key] = v, origin }
 
 // decode sets each key of fields in the struct *dst to its value, else its
 // default; a value that does not parse is reported and leaves the default.
@@ -160,7 +144,7 @@ func (t *tree) decode(dst any, prefix string, fields []field) {
 	fill(v, fields)
 	for _, f := range fields {
 		x, msg := reflect.Value{}, ""
-		switch raw := t.get(prefix + f.key).(type) {
+		switch raw := t.layers.Get(prefix + f.key).(type) { // a string, a list's []string, or nil
 		case nil:
 			continue
 		case []string: // a list from the file
@@ -207,8 +191,8 @@ func (t *tree) read(opts LoadOptions) bool {
 		t.add("--"+FlagConfig, "%q: cannot be combined with --listen and --upstream, which read no file", file)
 	default:
 		t.file, t.names = "dev mode", map[string][]string{"listeners": {"app"}, "upstreams": {"backend"}}
-		t.set("listeners.app.listen", listen, "flag --"+FlagListen)
-		t.set("upstreams.backend.endpoints", upstream, "flag --"+FlagUpstream)
+		t.values["listeners.app.listen"], t.origin["listeners.app.listen"] = listen, "flag --"+FlagListen
+		t.values["upstreams.backend.endpoints"], t.origin["upstreams.backend.endpoints"] = upstream, "flag --"+FlagUpstream
 	}
 	return len(t.probs) == 0
 }
@@ -252,8 +236,7 @@ var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 // "upstreams.backend."); fields are base's keys.
 func (t *tree) walk(n *yaml.Node, base, rel string, fields []field) {
 	for _, kv := range t.pairs(n, base+rel) {
-		k, val := kv.key.Value, kv.val
-		r := rel + k
+		k, val, r := kv.key.Value, kv.val, rel+kv.key.Value
 		i := slices.IndexFunc(fields, func(f field) bool { return f.key == r })
 		e := slices.IndexFunc(entryKinds, func(e entries) bool { return e.key == base+r })
 		switch {
@@ -376,7 +359,7 @@ func (t *tree) isBad(key string) bool {
 
 // quote quotes the value of key as written, else as formatted.
 func (t *tree) quote(key, formatted string) string {
-	if s, ok := t.get(key).(string); ok {
+	if s, ok := t.layers.Get(key).(string); ok {
 		formatted = strings.TrimSpace(s)
 	}
 	return strconv.Quote(formatted)

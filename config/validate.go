@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/spf13/viper"
 )
 
 // Problem is one thing wrong with a configuration.
@@ -66,7 +68,7 @@ func AsProblems(err error) Problems {
 // Validate checks the values of c, which Load has already done. It is for
 // configurations built in code. The error, if any, is a Problems.
 func (c *Config) Validate() error {
-	t := &tree{} // no values as written: messages quote them as built
+	t := &tree{layers: viper.New()} // no values as written: messages quote them as built
 	t.check(c)
 	return t.probs.err()
 }
