@@ -143,29 +143,23 @@ func (t *tree) decode(dst any, prefix string, fields []field) {
 	v := reflect.ValueOf(dst).Elem()
 	fill(v, fields)
 	for _, f := range fields {
-		x, msg := reflect.Value{}, ""
+		x, msg, ok := reflect.Value{}, "", true
 		switch raw := t.layers.Get(prefix + f.key).(type) { // a string, a list's []string, or nil
 		case nil:
 			continue
 		case []string: // a list from the file
-			x = reflect.ValueOf(raw)
-			if f.typ != x.Type() { // a typed list: each item parsed, each bad one reported
-				var msgs []string
-				if x, msgs = f.parseItems(raw); msgs != nil {
-					for i, m := range msgs {
-						if m != "" {
-							t.problem(fmt.Sprintf("%s%s[%d]", prefix, f.key, i), nil, "%s", m)
-						}
-					}
-					continue
-				}
+			if x = reflect.ValueOf(raw); f.typ != x.Type() { // a typed list: each item parsed, each bad one reported
+				x = f.parseItems(raw, func(i int, m string) {
+					ok = false
+					t.problem(fmt.Sprintf("%s%s[%d]", prefix, f.key, i), nil, "%s", m)
+				})
 			}
 		case string:
 			x, msg = f.parse(strings.TrimSpace(raw))
 		}
 		if msg != "" {
 			t.problem(prefix+f.key, nil, "%s", msg)
-		} else {
+		} else if ok {
 			v.FieldByIndex(f.index).Set(x)
 		}
 	}

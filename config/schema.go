@@ -115,8 +115,30 @@ func (f field) parse(s string) (reflect.Value, string) {
 	case []string:
 		x = splitList(s)
 	case []uint16, []uint32, []netip.Prefix:
-		v, msgs := f.parseItems(splitList(s))
-		x, msg = v.Interface(), strings.Join(slices.DeleteFunc(msgs, func(m string) bool { return m == "" }), "; ")
+		var msgs []string
+		x = f.parseItems(splitList(s), func(_ int, m string) { msgs = append(msgs, m) }).Interface()
+		msg = strings.Join(msgs, "; ")
+	case uint16: // a port, an item of a list
+		n, errN := strconv.ParseUint(s, 10, 16)
+		if x = uint16(n); errN != nil || n == 0 {
+			msg = fmt.Sprintf("%q is not a port; want 1 to 65535", s)
+		}
+	case uint32: // a user ID
+		n, errN := strconv.ParseUint(s, 10, 32)
+		if x = uint32(n); errN != nil {
+			msg = fmt.Sprintf("%q is not a user ID; want 0 to 4294967295", s)
+		}
+	case netip.Prefix: // a CIDR, or an address alone
+		p, errP := netip.ParsePrefix(s)
+		if a, errA := netip.ParseAddr(s); errA == nil {
+			p, errP = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+		}
+		switch x = p; {
+		case errP != nil:
+			msg = fmt.Sprintf("%q is not an address or CIDR; want one such as 10.0.0.0/8 or 127.0.0.5", s)
+		case p != p.Masked():
+			msg = fmt.Sprintf("%q has bits set past its prefix length; want %s", s, p.Masked())
+		}
 	case int, int64:
 		if f.size {
 			x, msg = parseSize(s)
@@ -176,53 +198,18 @@ func splitList(s string) []string {
 	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
 }
 
-// parseItems parses the items of a list of f's type: the list, and a
-// message for each bad item ("" for good ones; nil when all are).
-func (f field) parseItems(items []string) (reflect.Value, []string) {
+// parseItems parses the items of a list of f's type, tells bad of each
+// one that does not parse, and returns the list of the others.
+func (f field) parseItems(items []string, bad func(i int, msg string)) reflect.Value {
 	v := reflect.MakeSlice(f.typ, 0, len(items))
-	var msgs []string
 	for i, s := range items {
-		x, msg := parseItem(f.typ.Elem(), s)
-		if msg != "" && msgs == nil {
-			msgs = make([]string, len(items))
+		if x, msg := (field{typ: f.typ.Elem()}).parse(s); msg != "" {
+			bad(i, msg)
+		} else {
+			v = reflect.Append(v, x)
 		}
-		if msg != "" {
-			msgs[i] = msg
-			continue
-		}
-		v = reflect.Append(v, reflect.ValueOf(x))
 	}
-	return v, msgs
-}
-
-// parseItem parses one item of a typed list; the message, empty when s is
-// good, quotes s.
-func parseItem(t reflect.Type, s string) (any, string) {
-	switch t {
-	case reflect.TypeFor[uint16](): // a port
-		if n, err := strconv.ParseUint(s, 10, 16); err == nil && n > 0 {
-			return uint16(n), ""
-		}
-		return nil, fmt.Sprintf("%q is not a port; want 1 to 65535", s)
-	case reflect.TypeFor[uint32](): // a user ID
-		if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-			return uint32(n), ""
-		}
-		return nil, fmt.Sprintf("%q is not a user ID; want 0 to 4294967295", s)
-	case reflect.TypeFor[netip.Prefix](): // a CIDR, or an address alone
-		p, err := netip.ParsePrefix(s)
-		if a, errA := netip.ParseAddr(s); errA == nil {
-			p, err = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
-		}
-		switch {
-		case err != nil:
-			return nil, fmt.Sprintf("%q is not an address or CIDR; want one such as 10.0.0.0/8 or 127.0.0.5", s)
-		case p != p.Masked():
-			return nil, fmt.Sprintf("%q has bits set past its prefix length; want %s", s, p.Masked())
-		}
-		return p, ""
-	}
-	panic("config: no parser for a list of " + t.String())
+	return v
 }
 
 // check says what is wrong with the value v of f, parsed or built; "" if
