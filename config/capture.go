@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -90,12 +89,4 @@ func (t *tree) checkCapture(c *Config) {
 			t.add(fmt.Sprintf("capture.cidrs[%d]", i), "%q: listener %s on %q does not take this family; listen on [::]:PORT for IPv4 and IPv6", p, k.Listener, l.Listen)
 		}
 	}
-}
-
-// DefaultCapture returns the capture section with every default filled in:
-// no listener, so no rules.
-func DefaultCapture() Capture {
-	var c Config
-	fill(reflect.ValueOf(&c).Elem(), topFields)
-	return c.Capture
 }

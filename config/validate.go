@@ -58,8 +58,7 @@ func (ps Problems) err() error {
 // AsProblems returns the problems in err: all of them if err is a Problems,
 // else one Problem holding err's text.
 func AsProblems(err error) Problems {
-	var ps Problems
-	if errors.As(err, &ps) {
+	if ps := Problems(nil); errors.As(err, &ps) {
 		return ps
 	}
 	return Problems{{Msg: err.Error()}}
