@@ -117,9 +117,7 @@ func Load(opts LoadOptions) (*Config, error) {
 	if t.check(cfg); len(t.probs) > 0 {
 		return nil, t.probs.err()
 	}
-	if t.onDisk {
-		cfg.File = t.file
-	}
+	cfg.File = t.disk
 	return cfg, nil
 }
 
@@ -127,7 +125,7 @@ func Load(opts LoadOptions) (*Config, error) {
 // layer over the one before, where each came from, and the problems found.
 // Validate uses one with only problems.
 type tree struct {
-	onDisk bool                // file is a file on disk (not the built-in default)
+	disk   string              // the file read, if on disk (not the built-in default)
 	file   string              // the source's name in messages
 	values map[string]any      // full key → a string, or []string for a list, as the source wrote it
 	layers *viper.Viper        // values, the environment and the flag, each over the one before; empty in Validate
@@ -193,10 +191,11 @@ func (t *tree) read(opts LoadOptions) bool {
 
 // readFile reads and walks file, else ./config.yaml if it exists, else def.
 func (t *tree) readFile(file string, def []byte) bool {
-	t.file, t.onDisk = cmp.Or(file, ImplicitFile), true
+	t.disk = cmp.Or(file, ImplicitFile)
+	t.file = t.disk
 	data, err := os.ReadFile(t.file)
 	if file == "" && errors.Is(err, fs.ErrNotExist) {
-		t.file, t.onDisk, data, err = "built-in config.yaml", false, def, nil
+		t.file, t.disk, data, err = "built-in config.yaml", "", def, nil
 		if data == nil {
 			data = unstuck.DefaultConfig
 		}
@@ -278,8 +277,7 @@ func (t *tree) walkNames(n *yaml.Node, e *entries) {
 // suggestKey suggests what the unknown key k at rel in base may have meant:
 // a key of the same mapping, else one elsewhere in base.
 func suggestKey(k, base, rel string, fields []field) string {
-	var here []string
-	elsewhere := ""
+	here, elsewhere := []string(nil), ""
 	for _, f := range fields {
 		if rest, ok := strings.CutPrefix(f.key, rel); ok {
 			here = append(here, strings.SplitN(rest, ".", 2)[0])
@@ -288,10 +286,8 @@ func suggestKey(k, base, rel string, fields []field) string {
 			elsewhere = " (did you mean " + base + f.key + "?)"
 		}
 	}
-	for _, e := range entryKinds {
-		if base+rel == "" {
-			here = append(here, e.key)
-		}
+	for i := 0; base+rel == "" && i < len(entryKinds); i++ {
+		here = append(here, entryKinds[i].key)
 	}
 	return cmp.Or(suggest(k, here), elsewhere)
 }

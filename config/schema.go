@@ -246,11 +246,8 @@ func (f field) check(v reflect.Value) string {
 		}
 	case string:
 		if oneof := f.tag.Get("oneof"); oneof != "" && !slices.Contains(strings.Split(oneof, ","), x) {
-			want := strings.ReplaceAll(oneof, ",", ", ")
-			if i := strings.LastIndex(want, ", "); i >= 0 {
-				want = want[:i] + " or " + want[i+2:]
-			}
-			return "want " + want
+			i := strings.LastIndex(oneof, ",") // every oneof has two values or more
+			return "want " + strings.ReplaceAll(oneof[:i], ",", ", ") + " or " + oneof[i+1:]
 		}
 	}
 	return ""

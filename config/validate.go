@@ -199,12 +199,9 @@ func (t *tree) checkTLS(p string, c TLS) {
 	if c.CertFile != "" && c.KeyFile == "" {
 		t.add(p+"key_file", "missing; cert_file needs its private key")
 	}
-	if c.Enabled {
-		return
-	}
 	for key, set := range map[string]bool{"server_name": c.ServerName != "", "ca_file": c.CAFile != "",
 		"cert_file": c.CertFile != "", "insecure_skip_verify": c.InsecureSkipVerify, "alpn": len(c.ALPN) > 0} {
-		if set {
+		if set && !c.Enabled {
 			t.add(p+"enabled", "false, but tls.%s is set; set tls.enabled: true to use TLS", key)
 			return
 		}
