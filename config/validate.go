@@ -105,8 +105,13 @@ func (t *tree) check(c *Config) {
 		} else {
 			listen(p+"listen", l.Listen)
 		}
+		if l.Capture && strings.HasPrefix(l.Listen, "unix:") {
+			t.add(p+"listen", "%q: a capture listener takes redirected TCP connections; want host:port", l.Listen)
+		}
 		switch _, ok := c.Upstreams[l.Upstream]; {
-		case l.Capture: // checkCapture
+		case l.Capture && l.Upstream != "":
+			t.add(p+"upstream", "%q: a capture listener forwards each connection to its original destination and takes no upstream (an upstream whose endpoints include a destination lends it its settings)", l.Upstream)
+		case l.Capture:
 		case l.Upstream == "" && len(upstreams) > 0:
 			t.add(p+"upstream", "missing; want one of: %s", strings.Join(upstreams, ", "))
 		case l.Upstream == "":
