@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -65,14 +66,9 @@ var (
 func fieldsOf(t reflect.Type, prefix string, index []int) (fs []field, es []entries) {
 	for i := range t.NumField() {
 		sf := t.Field(i)
-		f := field{key: prefix + sf.Tag.Get("key"), index: append(slices.Clip(index), i), typ: sf.Type, tag: sf.Tag, want: wants[sf.Type]}
+		f := field{key: prefix + sf.Tag.Get("key"), index: append(slices.Clip(index), i), typ: sf.Type, tag: sf.Tag, size: sf.Tag.Get("kind") == "size"}
 		f.def, f.hasDef = sf.Tag.Lookup("default")
-		if f.size = sf.Tag.Get("kind") == "size"; f.size {
-			f.want = "a size such as 64KiB"
-		}
-		if w := sf.Tag.Get("want"); w != "" {
-			f.want = w
-		}
+		f.want = cmp.Or(sf.Tag.Get("want"), map[string]string{"size": "a size such as 64KiB"}[sf.Tag.Get("kind")], wants[sf.Type])
 		switch {
 		case f.key == prefix:
 		case sf.Type.Kind() == reflect.Map:

@@ -49,9 +49,7 @@ func (ps Problems) err() error {
 	if len(ps) == 0 {
 		return nil
 	}
-	slices.SortStableFunc(ps, func(a, b Problem) int {
-		return cmp.Or(strings.Compare(a.Key, b.Key), strings.Compare(a.Msg, b.Msg))
-	})
+	slices.SortStableFunc(ps, func(a, b Problem) int { return cmp.Or(strings.Compare(a.Key, b.Key), strings.Compare(a.Msg, b.Msg)) })
 	return ps
 }
 
@@ -258,11 +256,8 @@ func parseListen(key, s string) (listenAddr, string) {
 // isLoopback reports whether host names this machine only: localhost or a
 // loopback IP.
 func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
 	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap().IsLoopback()
+	return strings.EqualFold(host, "localhost") || err == nil && ip.Unmap().IsLoopback()
 }
 
 func badHostRune(r rune) bool { return r <= ' ' || r == 0x7f || r == '/' }
