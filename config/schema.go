@@ -282,14 +282,12 @@ func (f field) checkNumber(n int64) string {
 
 // format writes the value v of f as a configuration would.
 func (f field) format(v reflect.Value) string {
-	switch x := v.Interface(); {
-	case f.size:
+	if f.size {
 		return formatSize(v.Int())
-	case f.typ == reflect.TypeFor[os.FileMode]():
-		return fmt.Sprintf("%#o", x)
-	default:
-		return fmt.Sprint(x)
+	} else if m, ok := v.Interface().(os.FileMode); ok {
+		return fmt.Sprintf("%#o", m)
 	}
+	return fmt.Sprint(v.Interface())
 }
 
 // parseDuration accepts Go durations ("90s", "1m30s") and a plain 0. It is
