@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -33,7 +32,6 @@ func RedirectFamilies(listen string) (ipv4, ipv6, ok bool) {
 	host, _, msg := splitHostPort(listen)
 	switch host = strings.ToLower(host); {
 	case msg != "":
-		return false, false, false
 	case host == "" || host == "::":
 		return true, true, true // dual-stack
 	case host == "0.0.0.0" || host == "127.0.0.1":
@@ -44,21 +42,9 @@ func RedirectFamilies(listen string) (ipv4, ipv6, ok bool) {
 	return false, false, false
 }
 
-// checkCapture checks the capture listeners and the capture section
-// against each other.
+// checkCapture checks the capture section against the listeners; check
+// checks each capture listener.
 func (t *tree) checkCapture(c *Config) {
-	for _, name := range slices.Sorted(maps.Keys(c.Listeners)) {
-		l, p := c.Listeners[name], "listeners."+name+"."
-		if !l.Capture {
-			continue
-		}
-		if l.Upstream != "" {
-			t.add(p+"upstream", "%q: a capture listener forwards each connection to its original destination and takes no upstream (an upstream whose endpoints include a destination lends it its settings)", l.Upstream)
-		}
-		if strings.HasPrefix(l.Listen, "unix:") {
-			t.add(p+"listen", "%q: a capture listener takes redirected TCP connections; want host:port", l.Listen)
-		}
-	}
 	k := c.Capture
 	if k.Listener == "" {
 		if len(k.Ports) > 0 || len(k.CIDRs) > 0 {
@@ -90,12 +76,4 @@ func (t *tree) checkCapture(c *Config) {
 			t.add(fmt.Sprintf("capture.cidrs[%d]", i), "%q: listener %s on %q does not take this family; listen on [::]:PORT for IPv4 and IPv6", p, k.Listener, l.Listen)
 		}
 	}
-}
-
-// DefaultCapture returns the capture section with every default filled in:
-// no listener, so no rules.
-func DefaultCapture() Capture {
-	var c Config
-	fill(reflect.ValueOf(&c).Elem(), topFields)
-	return c.Capture
 }

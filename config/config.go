@@ -215,14 +215,18 @@ type UpstreamLimits struct {
 
 // DefaultListener returns a listener with every default filled in and no
 // Name, Listen or Upstream.
-func DefaultListener() (l Listener) {
-	fill(reflect.ValueOf(&l).Elem(), listenerFields)
-	return l
-}
+func DefaultListener() Listener { return defaults[Listener](listenerFields) }
 
 // DefaultUpstream returns an upstream with every default filled in and no
 // Name or Endpoints.
-func DefaultUpstream() (u Upstream) {
-	fill(reflect.ValueOf(&u).Elem(), upstreamFields)
-	return u
+func DefaultUpstream() Upstream { return defaults[Upstream](upstreamFields) }
+
+// DefaultCapture returns the capture section with every default filled in:
+// no listener, so no rules.
+func DefaultCapture() Capture { return defaults[Config](topFields).Capture }
+
+// defaults returns a T with every key of fields set to its default.
+func defaults[T any](fields []field) (v T) {
+	fill(reflect.ValueOf(&v).Elem(), fields)
+	return v
 }

@@ -78,7 +78,7 @@ func Load(opts LoadOptions) (*Config, error) {
 		opts.Flags = pflag.NewFlagSet("", pflag.ContinueOnError)
 		AddFlags(opts.Flags)
 	}
-	t := &tree{values: map[string]any{}, origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
+	t := &tree{values: map[string]any{}, layers: viper.New(), origin: map[string]string{}, names: map[string][]string{}, bad: map[string]bool{}}
 	if !t.read(opts) {
 		return nil, t.probs.err()
 	}
@@ -86,13 +86,9 @@ func Load(opts LoadOptions) (*Config, error) {
 		opts.Environ = os.Environ()
 	}
 	// viper layers the sources: the file's values, then the
-	// environment's, then the flag.
-	t.layers = viper.New()
-	for _, layer := range []map[string]any{t.values, t.readEnv(opts.Environ, opts.Warn)} {
-		if err := t.layers.MergeConfigMap(layer); err != nil {
-			return nil, Problems{{Key: t.file, Msg: err.Error()}}
-		}
-	}
+	// environment's, then the flag. MergeConfigMap never fails.
+	_ = t.layers.MergeConfigMap(t.values)
+	_ = t.layers.MergeConfigMap(t.readEnv(opts.Environ, opts.Warn))
 	for key, name := range map[string]string{"log.level": FlagLogLevel, "admin.listen": FlagAdmin} {
 		if f := opts.Flags.Lookup(name); f != nil && f.Changed {
 			t.layers.Set(key, f.Value.String())
@@ -121,9 +117,7 @@ func Load(opts LoadOptions) (*Config, error) {
 	if t.check(cfg); len(t.probs) > 0 {
 		return nil, t.probs.err()
 	}
-	if t.onDisk {
-		cfg.File = t.file
-	}
+	cfg.File = t.disk
 	return cfg, nil
 }
 
@@ -131,27 +125,15 @@ func Load(opts LoadOptions) (*Config, error) {
 // layer over the one before, where each came from, and the problems found.
 // Validate uses one with only problems.
 type tree struct {
-	onDisk bool                // file is a file on disk (not the built-in default)
+	disk   string              // the file read, if on disk (not the built-in default)
 	file   string              // the source's name in messages
 	values map[string]any      // full key → a string, or []string for a list, as the source wrote it
-	layers *viper.Viper        // values, the environment and the flag, each over the one before; nil in Validate
+	layers *viper.Viper        // values, the environment and the flag, each over the one before; empty in Validate
 	origin map[string]string   // full key → where its value came from
 	names  map[string][]string // "listeners", "upstreams" → names in source order
 	bad    map[string]bool     // keys (or prefixes) already reported
 	probs  Problems
 }
-
-// get returns key's value, every layer applied: a string, a list's
-// []string, or nil.
-func (t *tree) get(key string) any {
-	if t.layers == nil {
-		return nil
-	}
-	return t.layers.Get(key)
-}
-
-// set sets key to v, which came from origin, over any value it had.
-func (t *tree) set(key string, v any, origin string) { t.values[key], t.origin[key] = v, origin }
 
 // decode sets each key of fields in the struct *dst to its value, else its
 // default; a value that does not parse is reported and leaves the default.
@@ -159,29 +141,23 @@ func (t *tree) decode(dst any, prefix string, fields []field) {
 	v := reflect.ValueOf(dst).Elem()
 	fill(v, fields)
 	for _, f := range fields {
-		x, msg := reflect.Value{}, ""
-		switch raw := t.get(prefix + f.key).(type) {
+		x, msg, ok := reflect.Value{}, "", true
+		switch raw := t.layers.Get(prefix + f.key).(type) { // a string, a list's []string, or nil
 		case nil:
 			continue
 		case []string: // a list from the file
-			x = reflect.ValueOf(raw)
-			if f.typ != x.Type() { // a typed list: each item parsed, each bad one reported
-				var msgs []string
-				if x, msgs = f.parseItems(raw); msgs != nil {
-					for i, m := range msgs {
-						if m != "" {
-							t.problem(fmt.Sprintf("%s%s[%d]", prefix, f.key, i), nil, "%s", m)
-						}
-					}
-					continue
-				}
+			if x = reflect.ValueOf(raw); f.typ != x.Type() { // a typed list: each item parsed, each bad one reported
+				x = f.parseItems(raw, func(i int, m string) {
+					ok = false
+					t.problem(fmt.Sprintf("%s%s[%d]", prefix, f.key, i), nil, "%s", m)
+				})
 			}
 		case string:
 			x, msg = f.parse(strings.TrimSpace(raw))
 		}
 		if msg != "" {
 			t.problem(prefix+f.key, nil, "%s", msg)
-		} else {
+		} else if ok {
 			v.FieldByIndex(f.index).Set(x)
 		}
 	}
@@ -207,18 +183,19 @@ func (t *tree) read(opts LoadOptions) bool {
 		t.add("--"+FlagConfig, "%q: cannot be combined with --listen and --upstream, which read no file", file)
 	default:
 		t.file, t.names = "dev mode", map[string][]string{"listeners": {"app"}, "upstreams": {"backend"}}
-		t.set("listeners.app.listen", listen, "flag --"+FlagListen)
-		t.set("upstreams.backend.endpoints", upstream, "flag --"+FlagUpstream)
+		t.values["listeners.app.listen"], t.origin["listeners.app.listen"] = listen, "flag --"+FlagListen
+		t.values["upstreams.backend.endpoints"], t.origin["upstreams.backend.endpoints"] = upstream, "flag --"+FlagUpstream
 	}
 	return len(t.probs) == 0
 }
 
 // readFile reads and walks file, else ./config.yaml if it exists, else def.
 func (t *tree) readFile(file string, def []byte) bool {
-	t.file, t.onDisk = cmp.Or(file, ImplicitFile), true
+	t.disk = cmp.Or(file, ImplicitFile)
+	t.file = t.disk
 	data, err := os.ReadFile(t.file)
 	if file == "" && errors.Is(err, fs.ErrNotExist) {
-		t.file, t.onDisk, data, err = "built-in config.yaml", false, def, nil
+		t.file, t.disk, data, err = "built-in config.yaml", "", def, nil
 		if data == nil {
 			data = unstuck.DefaultConfig
 		}
@@ -252,8 +229,7 @@ var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 // "upstreams.backend."); fields are base's keys.
 func (t *tree) walk(n *yaml.Node, base, rel string, fields []field) {
 	for _, kv := range t.pairs(n, base+rel) {
-		k, val := kv.key.Value, kv.val
-		r := rel + k
+		k, val, r := kv.key.Value, kv.val, rel+kv.key.Value
 		i := slices.IndexFunc(fields, func(f field) bool { return f.key == r })
 		e := slices.IndexFunc(entryKinds, func(e entries) bool { return e.key == base+r })
 		switch {
@@ -301,8 +277,7 @@ func (t *tree) walkNames(n *yaml.Node, e *entries) {
 // suggestKey suggests what the unknown key k at rel in base may have meant:
 // a key of the same mapping, else one elsewhere in base.
 func suggestKey(k, base, rel string, fields []field) string {
-	var here []string
-	elsewhere := ""
+	here, elsewhere := []string(nil), ""
 	for _, f := range fields {
 		if rest, ok := strings.CutPrefix(f.key, rel); ok {
 			here = append(here, strings.SplitN(rest, ".", 2)[0])
@@ -311,10 +286,8 @@ func suggestKey(k, base, rel string, fields []field) string {
 			elsewhere = " (did you mean " + base + f.key + "?)"
 		}
 	}
-	for _, e := range entryKinds {
-		if base+rel == "" {
-			here = append(here, e.key)
-		}
+	for i := 0; base+rel == "" && i < len(entryKinds); i++ {
+		here = append(here, entryKinds[i].key)
 	}
 	return cmp.Or(suggest(k, here), elsewhere)
 }
@@ -376,7 +349,7 @@ func (t *tree) isBad(key string) bool {
 
 // quote quotes the value of key as written, else as formatted.
 func (t *tree) quote(key, formatted string) string {
-	if s, ok := t.get(key).(string); ok {
+	if s, ok := t.layers.Get(key).(string); ok {
 		formatted = strings.TrimSpace(s)
 	}
 	return strconv.Quote(formatted)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -65,14 +66,9 @@ var (
 func fieldsOf(t reflect.Type, prefix string, index []int) (fs []field, es []entries) {
 	for i := range t.NumField() {
 		sf := t.Field(i)
-		f := field{key: prefix + sf.Tag.Get("key"), index: append(slices.Clip(index), i), typ: sf.Type, tag: sf.Tag, want: wants[sf.Type]}
+		f := field{key: prefix + sf.Tag.Get("key"), index: append(slices.Clip(index), i), typ: sf.Type, tag: sf.Tag, size: sf.Tag.Get("kind") == "size"}
 		f.def, f.hasDef = sf.Tag.Lookup("default")
-		if f.size = sf.Tag.Get("kind") == "size"; f.size {
-			f.want = "a size such as 64KiB"
-		}
-		if w := sf.Tag.Get("want"); w != "" {
-			f.want = w
-		}
+		f.want = cmp.Or(sf.Tag.Get("want"), map[string]string{"size": "a size such as 64KiB"}[sf.Tag.Get("kind")], wants[sf.Type])
 		switch {
 		case f.key == prefix:
 		case sf.Type.Kind() == reflect.Map:
@@ -115,8 +111,30 @@ func (f field) parse(s string) (reflect.Value, string) {
 	case []string:
 		x = splitList(s)
 	case []uint16, []uint32, []netip.Prefix:
-		v, msgs := f.parseItems(splitList(s))
-		x, msg = v.Interface(), strings.Join(slices.DeleteFunc(msgs, func(m string) bool { return m == "" }), "; ")
+		var msgs []string
+		x = f.parseItems(splitList(s), func(_ int, m string) { msgs = append(msgs, m) }).Interface()
+		msg = strings.Join(msgs, "; ")
+	case uint16: // a port, an item of a list
+		n, errN := strconv.ParseUint(s, 10, 16)
+		if x = uint16(n); errN != nil || n == 0 {
+			msg = fmt.Sprintf("%q is not a port; want 1 to 65535", s)
+		}
+	case uint32: // a user ID
+		n, errN := strconv.ParseUint(s, 10, 32)
+		if x = uint32(n); errN != nil {
+			msg = fmt.Sprintf("%q is not a user ID; want 0 to 4294967295", s)
+		}
+	case netip.Prefix: // a CIDR, or an address alone
+		p, errP := netip.ParsePrefix(s)
+		if a, errA := netip.ParseAddr(s); errA == nil {
+			p, errP = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+		}
+		switch x = p; {
+		case errP != nil:
+			msg = fmt.Sprintf("%q is not an address or CIDR; want one such as 10.0.0.0/8 or 127.0.0.5", s)
+		case p != p.Masked():
+			msg = fmt.Sprintf("%q has bits set past its prefix length; want %s", s, p.Masked())
+		}
 	case int, int64:
 		if f.size {
 			x, msg = parseSize(s)
@@ -176,53 +194,18 @@ func splitList(s string) []string {
 	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
 }
 
-// parseItems parses the items of a list of f's type: the list, and a
-// message for each bad item ("" for good ones; nil when all are).
-func (f field) parseItems(items []string) (reflect.Value, []string) {
+// parseItems parses the items of a list of f's type, tells bad of each
+// one that does not parse, and returns the list of the others.
+func (f field) parseItems(items []string, bad func(i int, msg string)) reflect.Value {
 	v := reflect.MakeSlice(f.typ, 0, len(items))
-	var msgs []string
 	for i, s := range items {
-		x, msg := parseItem(f.typ.Elem(), s)
-		if msg != "" && msgs == nil {
-			msgs = make([]string, len(items))
+		if x, msg := (field{typ: f.typ.Elem()}).parse(s); msg != "" {
+			bad(i, msg)
+		} else {
+			v = reflect.Append(v, x)
 		}
-		if msg != "" {
-			msgs[i] = msg
-			continue
-		}
-		v = reflect.Append(v, reflect.ValueOf(x))
 	}
-	return v, msgs
-}
-
-// parseItem parses one item of a typed list; the message, empty when s is
-// good, quotes s.
-func parseItem(t reflect.Type, s string) (any, string) {
-	switch t {
-	case reflect.TypeFor[uint16](): // a port
-		if n, err := strconv.ParseUint(s, 10, 16); err == nil && n > 0 {
-			return uint16(n), ""
-		}
-		return nil, fmt.Sprintf("%q is not a port; want 1 to 65535", s)
-	case reflect.TypeFor[uint32](): // a user ID
-		if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-			return uint32(n), ""
-		}
-		return nil, fmt.Sprintf("%q is not a user ID; want 0 to 4294967295", s)
-	case reflect.TypeFor[netip.Prefix](): // a CIDR, or an address alone
-		p, err := netip.ParsePrefix(s)
-		if a, errA := netip.ParseAddr(s); errA == nil {
-			p, err = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
-		}
-		switch {
-		case err != nil:
-			return nil, fmt.Sprintf("%q is not an address or CIDR; want one such as 10.0.0.0/8 or 127.0.0.5", s)
-		case p != p.Masked():
-			return nil, fmt.Sprintf("%q has bits set past its prefix length; want %s", s, p.Masked())
-		}
-		return p, ""
-	}
-	panic("config: no parser for a list of " + t.String())
+	return v
 }
 
 // check says what is wrong with the value v of f, parsed or built; "" if
@@ -259,11 +242,8 @@ func (f field) check(v reflect.Value) string {
 		}
 	case string:
 		if oneof := f.tag.Get("oneof"); oneof != "" && !slices.Contains(strings.Split(oneof, ","), x) {
-			want := strings.ReplaceAll(oneof, ",", ", ")
-			if i := strings.LastIndex(want, ", "); i >= 0 {
-				want = want[:i] + " or " + want[i+2:]
-			}
-			return "want " + want
+			i := strings.LastIndex(oneof, ",") // every oneof has two values or more
+			return "want " + strings.ReplaceAll(oneof[:i], ",", ", ") + " or " + oneof[i+1:]
 		}
 	}
 	return ""
@@ -302,14 +282,12 @@ func (f field) checkNumber(n int64) string {
 
 // format writes the value v of f as a configuration would.
 func (f field) format(v reflect.Value) string {
-	switch x := v.Interface(); {
-	case f.size:
+	if f.size {
 		return formatSize(v.Int())
-	case f.typ == reflect.TypeFor[os.FileMode]():
-		return fmt.Sprintf("%#o", x)
-	default:
-		return fmt.Sprint(x)
+	} else if m, ok := v.Interface().(os.FileMode); ok {
+		return fmt.Sprintf("%#o", m)
 	}
+	return fmt.Sprint(v.Interface())
 }
 
 // parseDuration accepts Go durations ("90s", "1m30s") and a plain 0. It is

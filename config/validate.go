@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/spf13/viper"
 )
 
 // Problem is one thing wrong with a configuration.
@@ -47,17 +49,14 @@ func (ps Problems) err() error {
 	if len(ps) == 0 {
 		return nil
 	}
-	slices.SortStableFunc(ps, func(a, b Problem) int {
-		return cmp.Or(strings.Compare(a.Key, b.Key), strings.Compare(a.Msg, b.Msg))
-	})
+	slices.SortStableFunc(ps, func(a, b Problem) int { return cmp.Or(strings.Compare(a.Key, b.Key), strings.Compare(a.Msg, b.Msg)) })
 	return ps
 }
 
 // AsProblems returns the problems in err: all of them if err is a Problems,
 // else one Problem holding err's text.
 func AsProblems(err error) Problems {
-	var ps Problems
-	if errors.As(err, &ps) {
+	if ps := Problems(nil); errors.As(err, &ps) {
 		return ps
 	}
 	return Problems{{Msg: err.Error()}}
@@ -66,7 +65,7 @@ func AsProblems(err error) Problems {
 // Validate checks the values of c, which Load has already done. It is for
 // configurations built in code. The error, if any, is a Problems.
 func (c *Config) Validate() error {
-	t := &tree{} // no values as written: messages quote them as built
+	t := &tree{layers: viper.New()} // no values as written: messages quote them as built
 	t.check(c)
 	return t.probs.err()
 }
@@ -104,8 +103,13 @@ func (t *tree) check(c *Config) {
 		} else {
 			listen(p+"listen", l.Listen)
 		}
+		if l.Capture && strings.HasPrefix(l.Listen, "unix:") {
+			t.add(p+"listen", "%q: a capture listener takes redirected TCP connections; want host:port", l.Listen)
+		}
 		switch _, ok := c.Upstreams[l.Upstream]; {
-		case l.Capture: // checkCapture
+		case l.Capture && l.Upstream != "":
+			t.add(p+"upstream", "%q: a capture listener forwards each connection to its original destination and takes no upstream (an upstream whose endpoints include a destination lends it its settings)", l.Upstream)
+		case l.Capture:
 		case l.Upstream == "" && len(upstreams) > 0:
 			t.add(p+"upstream", "missing; want one of: %s", strings.Join(upstreams, ", "))
 		case l.Upstream == "":
@@ -198,12 +202,9 @@ func (t *tree) checkTLS(p string, c TLS) {
 	if c.CertFile != "" && c.KeyFile == "" {
 		t.add(p+"key_file", "missing; cert_file needs its private key")
 	}
-	if c.Enabled {
-		return
-	}
 	for key, set := range map[string]bool{"server_name": c.ServerName != "", "ca_file": c.CAFile != "",
 		"cert_file": c.CertFile != "", "insecure_skip_verify": c.InsecureSkipVerify, "alpn": len(c.ALPN) > 0} {
-		if set {
+		if set && !c.Enabled {
 			t.add(p+"enabled", "false, but tls.%s is set; set tls.enabled: true to use TLS", key)
 			return
 		}
@@ -255,11 +256,8 @@ func parseListen(key, s string) (listenAddr, string) {
 // isLoopback reports whether host names this machine only: localhost or a
 // loopback IP.
 func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
 	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap().IsLoopback()
+	return strings.EqualFold(host, "localhost") || err == nil && ip.Unmap().IsLoopback()
 }
 
 func badHostRune(r rune) bool { return r <= ' ' || r == 0x7f || r == '/' }
