@@ -185,8 +185,8 @@ func TestKubernetesManifests(t *testing.T) {
 	// environment.
 	env := []string{}
 	for _, e := range sc.Env {
-		if e.ValueFrom != nil {
-			t.Fatalf("unstuck: env %s has valueFrom; the test can only follow literal values", e.Name)
+		if e.ValueFrom != nil && strings.HasPrefix(e.Name, config.EnvPrefix) {
+			t.Fatalf("unstuck: env %s has valueFrom; the test can only follow literal values of the configuration's variables", e.Name)
 		}
 		env = append(env, e.Name+"="+e.Value)
 	}
@@ -347,14 +347,25 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Errorf("%s: memory request %s limit %s; want both, limit at least request", c.Name, r.Memory(), l.Memory())
 		}
 	}
+	maxprocs := false
 	for _, e := range sc.Env {
-		if e.Name != "GOMEMLIMIT" {
-			continue
+		switch e.Name {
+		case "GOMEMLIMIT":
+			n, err := parseGoMemLimit(e.Value)
+			if err != nil || n <= 0 || n >= lim.Memory().Value() {
+				t.Errorf("unstuck: GOMEMLIMIT %q (%v); want less than the memory limit %s", e.Value, err, lim.Memory())
+			}
+		case "GOMAXPROCS":
+			// The CPU limit rounded up, so that a limit of 1 CPU runs one
+			// thread of Go code, not Go's default of at least 2, which
+			// the kernel's quota throttles.
+			f := e.ValueFrom
+			maxprocs = f != nil && f.ResourceFieldRef != nil && f.ResourceFieldRef.Resource == "limits.cpu" &&
+				f.ResourceFieldRef.ContainerName == sc.Name && f.ResourceFieldRef.Divisor.Equal(resource.MustParse("1"))
 		}
-		n, err := parseGoMemLimit(e.Value)
-		if err != nil || n <= 0 || n >= lim.Memory().Value() {
-			t.Errorf("unstuck: GOMEMLIMIT %q (%v); want less than the memory limit %s", e.Value, err, lim.Memory())
-		}
+	}
+	if !maxprocs {
+		t.Errorf("unstuck: want GOMAXPROCS from its own limits.cpu (resourceFieldRef, divisor 1)")
 	}
 }
 
