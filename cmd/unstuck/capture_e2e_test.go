@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -14,10 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
-
 	"github.com/unstuck-proxy/unstuck/capture"
+	"github.com/unstuck-proxy/unstuck/internal/nftlist"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
 )
 
@@ -82,7 +79,7 @@ capture:
 		t.Fatal(err)
 	}
 
-	var first nftListing
+	var first nftlist.Listing
 	for i := range 2 {
 		code, stdout, stderr := runUnstuck(t, childOpts{dir: dir}, "capture", "--config", file)
 		if code != 0 || !strings.Contains(stdout, "installed:") {
@@ -258,51 +255,8 @@ func startEchoServer(t *testing.T, addr string) netip.AddrPort {
 	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
-// nftListing is table inet unstuck as the nftables library reads it back.
-type nftListing struct {
-	Rules []string
-	Sets  map[string][]string
-}
-
-func listNft(t *testing.T) (nftListing, bool) {
+// listNft is table inet unstuck as the nftables library reads it back.
+func listNft(t *testing.T) (nftlist.Listing, bool) {
 	t.Helper()
-	c, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := c.ListTableOfFamily(capture.Table, nftables.TableFamilyINet)
-	if errors.Is(err, unix.ENOENT) {
-		return nftListing{}, false
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	l := nftListing{Sets: map[string][]string{}}
-	rules, err := c.GetRules(tab, &nftables.Chain{Name: capture.Chain, Table: tab})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range rules {
-		var parts []string
-		for _, e := range r.Exprs {
-			parts = append(parts, fmt.Sprintf("%T%+v", e, e))
-		}
-		l.Rules = append(l.Rules, strings.Join(parts, " "))
-	}
-	sets, err := c.GetSets(tab)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range sets {
-		elems, err := c.GetSetElements(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var keys []string
-		for _, e := range elems {
-			keys = append(keys, fmt.Sprintf("%x", e.Key))
-		}
-		slices.Sort(keys)
-		l.Sets[s.Name] = keys
-	}
-	return l, true
+	return nftlist.List(t, capture.Table, capture.Chain)
 }
