@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/unstuck-proxy/unstuck/capture"
 	"github.com/unstuck-proxy/unstuck/internal/nftlist"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 )
 
 // sidecarUID is the user the sidecar runs as in the capture tests, as in
@@ -224,35 +226,8 @@ func viaSidecar(t *testing.T, addr string) bool {
 // startEchoServer serves, at addr, connections that echo what they read.
 func startEchoServer(t *testing.T, addr string) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 512)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						c.Write(buf[:n])
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return netip.MustParseAddrPort(ln.Addr().String())
+	srv := testpeer.ServeTCP(t, addr, func(c *net.TCPConn) { io.Copy(c, c) })
+	return netip.MustParseAddrPort(srv.Addr().String())
 }
 
 // listNft is table inet unstuck as the nftables library reads it back.
