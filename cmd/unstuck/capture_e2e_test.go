@@ -64,7 +64,7 @@ func TestE2ECapture(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	port := freePort(t)
+	port := testpeer.FreePort(t)
 	file := filepath.Join(dir, "unstuck.yaml")
 	yaml := fmt.Sprintf(`listeners:
   captured:
