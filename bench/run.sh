@@ -194,6 +194,21 @@ wait_port() {
 	return 1
 }
 
+# wait_ports DIR BASE OFFSETS PID...: until something listens on
+# 127.0.0.1:BASE+OFFSET for each of OFFSETS (such as "1 2 5"). If one
+# never does, it shows the ends of DIR's logs, stops the PIDs and returns 1.
+wait_ports() {
+	local dir=$1 base=$2 offsets=$3 p
+	shift 3
+	for p in $offsets; do
+		if ! wait_port $((base + p)); then
+			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
+			stop "$@"
+			return 1
+		fi
+	done
+}
+
 # children PID: the child processes of PID (nginx's workers).
 children() { pgrep -P "$1" | tr '\n' ' '; }
 
@@ -300,6 +315,54 @@ build() {
 
 # ---------------------------------------------------------------- proxies
 
+# nginx_main DIR: the main context of the proxies' nginx.conf: two
+# workers with room for 19,000 connections, the pid file and error log in
+# DIR.
+nginx_main() {
+	cat <<EOF
+worker_processes 2;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/nginx-error.log warn;
+events { worker_connections 19000; }
+EOF
+}
+
+# nginx_http_files DIR: the lines of an nginx.conf's http context that keep
+# its files in DIR (and no access log).
+nginx_http_files() {
+	cat <<EOF
+    access_log off;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+EOF
+}
+
+# nginx_proxy_server LISTEN: an http server block that listens on LISTEN
+# and proxies everything to upstream backend over HTTP/1.1 keep-alive.
+nginx_proxy_server() {
+	cat <<EOF
+    server {
+        listen $1;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+EOF
+}
+
+# start_nginx NAME DIR: a proxy's nginx on DIR/nginx.conf, its files in
+# DIR; the master's pid is in $LAST.
+start_nginx() {
+	start "$1" "$2/nginx.stderr" nginx -p "$2" -c "$2/nginx.conf" -e "$2/nginx-error.log"
+}
+
 # start_upstream_nginx PORT: the fast upstream of the throughput phase.
 start_upstream_nginx() {
 	local dir=$TMP/upstream-nginx
@@ -311,12 +374,7 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_http_files "$dir")
     keepalive_requests 10000000;
     keepalive_timeout 300s;
     server {
@@ -347,19 +405,9 @@ start_proxies() {
 	((pool > 1024)) && keep=$pool
 
 	cat >"$dir/nginx.conf" <<EOF
-worker_processes 2;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/nginx-error.log warn;
-events { worker_connections 19000; }
+$(nginx_main "$dir")
 http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_http_files "$dir")
     keepalive_requests 10000000;
     keepalive_timeout 300s;
     upstream backend {
@@ -368,17 +416,10 @@ http {
         keepalive_requests 10000000;
         keepalive_timeout 300s;
     }
-    server {
-        listen 127.0.0.1:$((base + 1)) backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
+$(nginx_proxy_server "127.0.0.1:$((base + 1)) backlog=4096")
 }
 EOF
-	start nginx "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 
 	cat >"$dir/haproxy.cfg" <<EOF
@@ -425,14 +466,7 @@ EOF
 	UNSTUCK_PID=$LAST
 	UNSTUCK_LOG=$dir/unstuck.log
 
-	local p
-	for p in 1 2 3 4 5; do
-		if ! wait_port $((base + p)); then
-			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
-			stop "$nginx_master" "$HAPROXY_PID" "$FH_PID" "$HU_PID" "$UNSTUCK_PID"
-			return 1
-		fi
-	done
+	wait_ports "$dir" "$base" "1 2 3 4 5" "$nginx_master" "$HAPROXY_PID" "$FH_PID" "$HU_PID" "$UNSTUCK_PID" || return 1
 	NGINX_PIDS="$nginx_master $(children "$nginx_master")"
 	PROXY_PIDS="$NGINX_PIDS $HAPROXY_PID $FH_PID $HU_PID $UNSTUCK_PID"
 }
@@ -759,27 +793,15 @@ pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
 events { worker_connections 1024; }
 http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_http_files "$dir")
     upstream backend {
         server $up;
         keepalive 32;
     }
-    server {
-        listen 127.0.0.1:$((base + 1));
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
+$(nginx_proxy_server "127.0.0.1:$((base + 1))")
 }
 EOF
-	start nginx "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 	# HAProxy: http-reuse safe (its default, written out), pool settings at
 	# their defaults; the timeouts it requires.
@@ -812,14 +834,7 @@ upstreams:
 EOF
 	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck.yaml"
 	local unstuck_pid=$LAST
-	local p
-	for p in 1 2 5; do
-		if ! wait_port $((base + p)); then
-			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
-			stop "$nginx_master" "$haproxy_pid" "$unstuck_pid"
-			return 1
-		fi
-	done
+	wait_ports "$dir" "$base" "1 2 5" "$nginx_master" "$haproxy_pid" "$unstuck_pid" || return 1
 	PROXY_PIDS="$nginx_master $(children "$nginx_master") $haproxy_pid $unstuck_pid"
 }
 
@@ -978,12 +993,7 @@ start_tcp_proxies() {
 
 	cat >"$dir/nginx.conf" <<EOF
 load_module $NGINX_STREAM;
-worker_processes 2;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/nginx-error.log warn;
-events { worker_connections 19000; }
+$(nginx_main "$dir")
 stream {
     upstream backend { server $up; }
     server {
@@ -995,7 +1005,7 @@ stream {
     }
 }
 EOF
-	start nginx-stream "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	start_nginx nginx-stream "$dir"
 	local nginx_master=$LAST
 
 	# HAProxy twice: as is, and splicing both ways. (option splice-auto
@@ -1044,33 +1054,54 @@ EOF
 	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
 	TCP_UNSTUCK_PID=$LAST
 
-	local p
-	for p in 1 2 3 5; do
-		if ! wait_port $((TCP + p)); then
-			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
-			stop "$nginx_master" "$TCP_HAPROXY_PID" "$TCP_HASPLICE_PID" "$TCP_UNSTUCK_PID"
-			return 1
-		fi
-	done
+	wait_ports "$dir" "$TCP" "1 2 3 5" "$nginx_master" "$TCP_HAPROXY_PID" "$TCP_HASPLICE_PID" "$TCP_UNSTUCK_PID" || return 1
 	TCP_NGINX_PIDS="$nginx_master $(children "$nginx_master")"
 	TCP_PIDS="$TCP_NGINX_PIDS $TCP_HAPROXY_PID $TCP_HASPLICE_PID $TCP_UNSTUCK_PID"
+}
+
+# pprof_during PROFILE SECONDS PORT OUT ERR CMD...: a CPU profile of the
+# unstuck whose admin listener is on 127.0.0.1:PORT, SECONDS long, in
+# PROFILE (pprof's errors in profile.err beside it), taken while CMD runs
+# (run OUT ERR CMD...; it should run a little longer). It fails if no
+# profile came.
+pprof_during() {
+	local prof=$1 secs=$2 port=$3 out=$4 err=$5 dir pid
+	shift 5
+	dir=$(dirname "$prof")
+	PPROF_TMPDIR=$dir go tool pprof -proto -seconds="$secs" \
+		"http://127.0.0.1:$port/debug/pprof/profile" >"$prof" 2>"$dir/profile.err" &
+	pid=$!
+	STARTED[$pid]=pprof
+	sleep 0.5
+	run "$out" "$err" "$@"
+	wait "$pid"
+	unset "STARTED[$pid]"
+	[[ -s $prof ]]
 }
 
 # tcp_profile: a CPU profile of the measured unstuck under the pairs load
 # alone, in $TMP/tcp/unstuck-pairs.pprof.
 tcp_profile() {
-	local dir=$TMP/tcp pid
-	PPROF_TMPDIR=$dir go tool pprof -proto -seconds="$TCP_PROF" \
-		"http://127.0.0.1:$((TCP + 9))/debug/pprof/profile" >"$dir/unstuck-pairs.pprof" 2>"$dir/profile.err" &
-	pid=$!
-	STARTED[$pid]=pprof
-	sleep 0.5
-	run "$dir/profile-run.md" "$dir/profile-run.err" "$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
+	local dir=$TMP/tcp
+	pprof_during "$dir/unstuck-pairs.pprof" "$TCP_PROF" $((TCP + 9)) "$dir/profile-run.md" "$dir/profile-run.err" \
+		"$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
 		-tests cps -rounds 1 -warm=false -cps-max 1000000 -cps-time "$((TCP_PROF + 1))s" -hz "$(getconf CLK_TCK)" \
 		-target "unstuck=127.0.0.1:$((TCP + 5))@$TCP_UNSTUCK_PID"
-	wait "$pid"
-	unset "STARTED[$pid]"
-	[[ -s $dir/unstuck-pairs.pprof ]]
+}
+
+# strace_end PID: ends what runs under strace, PID: a TERM to the traced
+# process itself (strace's child, which this script did not start
+# directly), so that strace sees it exit and writes its output; then up
+# to 10 s for strace to end, and stop.
+strace_end() {
+	local child i
+	child=$(pgrep -P "$1" | head -n 1)
+	[[ -n $child ]] && kill -TERM "$child"
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$1" 2>/dev/null || break
+		sleep 0.1
+	done
+	stop "$1"
 }
 
 # strace_proxy NAME PORT TRACE LOAD CMD...: runs CMD (a proxy listening on
@@ -1080,7 +1111,7 @@ tcp_profile() {
 # summary is in $TMP/tcp/strace-NAME.txt, the load's runs in
 # $TMP/tcp/strace-NAME.tsv and its table in $TMP/tcp/strace-NAME.md.
 strace_proxy() {
-	local name=$1 port=$2 trace=$3 load=$4 dir=$TMP/tcp sp child i
+	local name=$1 port=$2 trace=$3 load=$4 dir=$TMP/tcp sp
 	shift 4
 	local opts=(-f -c -o "$dir/strace-$name.txt") tests=(-tests up,both -bulk "$TCP_BULK")
 	[[ -n $trace ]] && opts+=(-e "trace=$trace")
@@ -1092,22 +1123,14 @@ strace_proxy() {
 	run "$dir/strace-$name.md" "$dir/strace-$name.err" "$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
 		"${tests[@]}" -rounds 1 -warm=false -hz "$(getconf CLK_TCK)" \
 		-raw "$dir/strace-$name.tsv" -target "$name=127.0.0.1:$port"
-	# End the proxy itself (strace's child, which this script did not start
-	# directly), so that strace sees it exit and writes its summary.
-	child=$(pgrep -P "$sp" | head -n 1)
-	[[ -n $child ]] && kill -TERM "$child"
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$sp" 2>/dev/null || break
-		sleep 0.1
-	done
-	stop "$sp"
+	strace_end "$sp"
 	[[ -s $dir/strace-$name.txt ]]
 }
 
 # strace_one_pair: the system calls that one pair makes in unstuck
 # (strace -f, sockets, pipes and the poller), in $TMP/tcp/one-pair.txt.
 strace_one_pair() {
-	local dir=$TMP/tcp sp child n i
+	local dir=$TMP/tcp sp n
 	rm -f "$dir/one-pair.strace"
 	start strace-one "$dir/strace-one.log" strace -f -o "$dir/one-pair.strace" \
 		-e trace=%network,splice,pipe2,fcntl,ioctl,epoll_ctl,shutdown,close \
@@ -1122,13 +1145,7 @@ strace_one_pair() {
 	# The pair's lines: from its accept on, before unstuck is stopped.
 	tail -n +$((n + 1)) "$dir/one-pair.strace" | sed 's/^[0-9]* *//' | grep -v '^--- SIG\|EAGAIN.*accept4\|^accept4(.*EAGAIN' |
 		cut -c1-150 >"$dir/one-pair.txt"
-	child=$(pgrep -P "$sp" | head -n 1)
-	[[ -n $child ]] && kill -TERM "$child"
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$sp" 2>/dev/null || break
-		sleep 0.1
-	done
-	stop "$sp"
+	strace_end "$sp"
 	[[ -s $dir/one-pair.txt ]]
 }
 
@@ -1354,19 +1371,9 @@ start_tls_rig() {
 	local ca=$dir/certs/ca.pem
 
 	cat >"$dir/nginx.conf" <<EOF
-worker_processes 2;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/nginx-error.log warn;
-events { worker_connections 19000; }
+$(nginx_main "$dir")
 http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_http_files "$dir")
     keepalive_requests 10000000;
     keepalive_timeout 300s;
     proxy_http_version 1.1;
@@ -1410,7 +1417,7 @@ http {
     }
 }
 EOF
-	start nginx "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 
 	local srv="ssl verify required ca-file $ca sni str($TLS_NAME) pool-purge-delay 300s"
@@ -1467,14 +1474,7 @@ EOF
 	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
 	TLS_UNSTUCK_PID=$LAST
 
-	local p
-	for p in 1 2 5 11 12 15 41 42 45; do
-		if ! wait_port $((b + p)); then
-			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
-			stop "$nginx_master" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID" "$TLS_UP_PID"
-			return 1
-		fi
-	done
+	wait_ports "$dir" "$b" "1 2 5 11 12 15 41 42 45" "$nginx_master" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID" "$TLS_UP_PID" || return 1
 	TLS_NGINX_PIDS="$nginx_master $(children "$nginx_master")"
 	TLS_PIDS="$TLS_NGINX_PIDS $TLS_HAPROXY_PID $TLS_UNSTUCK_PID $TLS_UP_PID"
 }
@@ -1482,16 +1482,9 @@ EOF
 # tls_profile: a CPU profile of unstuck under wrk (its keep-alive port) in
 # $TMP/tls/unstuck-wrk.pprof.
 tls_profile() {
-	local dir=$TMP/tls pid
-	PPROF_TMPDIR=$dir go tool pprof -proto -seconds="$TLS_PROF" \
-		"http://127.0.0.1:$((TLS + 9))/debug/pprof/profile" >"$dir/unstuck-wrk.pprof" 2>"$dir/profile.err" &
-	pid=$!
-	STARTED[$pid]=pprof
-	sleep 0.5
-	run "$dir/profile-wrk.txt" "$dir/profile-wrk.err" wrk -t2 -c"$TLS_WRK_CONNS" -d"$((TLS_PROF + 1))s" "http://127.0.0.1:$((TLS + 5))/"
-	wait "$pid"
-	unset "STARTED[$pid]"
-	[[ -s $dir/unstuck-wrk.pprof ]]
+	local dir=$TMP/tls
+	pprof_during "$dir/unstuck-wrk.pprof" "$TLS_PROF" $((TLS + 9)) "$dir/profile-wrk.txt" "$dir/profile-wrk.err" \
+		wrk -t2 -c"$TLS_WRK_CONNS" -d"$((TLS_PROF + 1))s" "http://127.0.0.1:$((TLS + 5))/"
 }
 
 # pprof_share PROFILE REGEX: the percentage of PROFILE's samples spent in
