@@ -277,6 +277,24 @@ quiet_wait() {
 NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
 
 say() { printf '%s\n' "$*" | tee -a "$RUN_OUT"; }
+# say_code: stdin, as a code block.
+say_code() {
+	say '```'
+	tee -a "$RUN_OUT"
+	say '```'
+}
+# say_pprof_tops PROFILE NODES CUM_TITLE SELF_TITLE: PROFILE's top NODES
+# functions by cumulative time and its top 20 by their own time, each
+# under its title.
+say_pprof_tops() {
+	say "$3"
+	say ""
+	go tool pprof -top -cum -nodecount="$2" "$1" 2>/dev/null | sed -n '/^Showing nodes/,$p' | say_code
+	say ""
+	say "$4"
+	say ""
+	go tool pprof -top -nodecount=20 "$1" 2>/dev/null | sed -n '/^Showing nodes/,$p' | say_code
+}
 note() { printf '==> %s\n' "$*" >&2; }
 
 install_missing() {
@@ -690,12 +708,10 @@ phase_fixedrate() {
 	say ""
 	say "Every run, in the order run (ms; errors: failed requests and non-2xx; unsent: requests more than 5 s behind the schedule):"
 	say ""
-	say '```'
 	{
 		printf 'rate\tconns\tproxy\tround\treq/s\tp50\tp90\tp99\tp99.9\tmax\terrors\tunsent\n'
 		tr ' ' '\t' <"$TMP/fr.rows"
-	} | column -t -s $'\t' | tee -a "$RUN_OUT"
-	say '```'
+	} | column -t -s $'\t' | say_code
 	say ""
 	report_errors openloop $rc "$TMP/fr.errors"
 }
@@ -741,9 +757,7 @@ report_errors() {
 	if [[ -s $3 ]]; then
 		say ""
 		say "Notes from $1 (stderr):"
-		say '```'
-		tail -n 20 "$3" | tee -a "$RUN_OUT"
-		say '```'
+		tail -n 20 "$3" | say_code
 	fi
 }
 
@@ -977,9 +991,7 @@ phase_microbench() {
 	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
 	say "\`go test -run XXX -bench . -benchmem -benchtime $BENCHTIME ./pool/ ./proxy/\`"
 	say ""
-	say '```'
-	go test -run XXX -bench . -benchmem -benchtime "$BENCHTIME" ./pool/ ./proxy/ 2>&1 | tee -a "$RUN_OUT"
-	say '```'
+	go test -run XXX -bench . -benchmem -benchtime "$BENCHTIME" ./pool/ ./proxy/ 2>&1 | say_code
 }
 
 # --------------------------------------------------------------- phase 7
@@ -1263,9 +1275,7 @@ phase_tcp() {
 	say "Every run, in the order run (value: MB/s or conn/s; ticks at $hz a second, -1: no process to read; syn_retrans: SYNs the whole"
 	say "machine sent again during the run, each a connect that waited 1 s or more; end: how a bulk connection ended at the client):"
 	say ""
-	say '```'
-	column -t -s $'\t' "$dir/tcp-runs.tsv" | tee -a "$RUN_OUT"
-	say '```'
+	column -t -s $'\t' "$dir/tcp-runs.tsv" | say_code
 	say ""
 
 	say "### unstuck's system calls during a bulk transfer"
@@ -1285,9 +1295,7 @@ phase_tcp() {
 		say ""
 		grep -v '^$' "$dir/strace-unstuck-bulk.md" | head -n 3 | tee -a "$RUN_OUT"
 		say ""
-		say '```'
-		tee -a "$RUN_OUT" <"$f"
-		say '```'
+		say_code <"$f"
 		say ""
 		say "$moved bytes went through unstuck in ${calls:-0} splice calls, ${errs:-0} of which returned EAGAIN (socket empty or pipe full:"
 		say "the goroutine then waits in the poller). Each byte is spliced twice (socket to pipe, pipe to socket): about ${per:-?} KiB per"
@@ -1308,9 +1316,7 @@ phase_tcp() {
 		say "One pair through unstuck, call by call (\`strace -f -e trace=%network,splice,pipe2,fcntl,ioctl,epoll_ctl,shutdown,close\`, a fresh"
 		say "unstuck, one pair from one worker; the first pair also makes the two pipes that later pairs take from Go's pipe pool):"
 		say ""
-		say '```'
-		tee -a "$RUN_OUT" <"$dir/one-pair.txt"
-		say '```'
+		say_code <"$dir/one-pair.txt"
 		say ""
 	fi
 
@@ -1325,17 +1331,9 @@ phase_tcp() {
 		say ""
 		grep -v '^$' "$dir/profile-run.md" | head -n 3 | cut -d'|' -f1-6 | sed 's/$/|/' | tee -a "$RUN_OUT"
 		say ""
-		say "\`go tool pprof -top -cum\`, the call paths that take the most (time in the kernel shows as Syscall6 and the like):"
-		say ""
-		say '```'
-		go tool pprof -top -cum -nodecount=45 "$dir/unstuck-pairs.pprof" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
-		say '```'
-		say ""
-		say "\`go tool pprof -top\`, by the time spent in each function itself:"
-		say ""
-		say '```'
-		go tool pprof -top -nodecount=20 "$dir/unstuck-pairs.pprof" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
-		say '```'
+		say_pprof_tops "$dir/unstuck-pairs.pprof" 45 \
+			"\`go tool pprof -top -cum\`, the call paths that take the most (time in the kernel shows as Syscall6 and the like):" \
+			"\`go tool pprof -top\`, by the time spent in each function itself:"
 	fi
 	say ""
 }
@@ -1668,9 +1666,7 @@ phase_tls() {
 	if [[ -s $dir/unstuck-metrics.txt ]]; then
 		say "unstuck's own count (admin /metrics at the end; upstream idle is the one above, ka the wrk part):"
 		say ""
-		say '```'
-		tee -a "$RUN_OUT" <"$dir/unstuck-metrics.txt"
-		say '```'
+		say_code <"$dir/unstuck-metrics.txt"
 		say ""
 	fi
 	grep -v '^tlsbench: round ' "$dir/pace.err" >"$dir/pace.notes"
@@ -1747,31 +1743,17 @@ phase_tls() {
 		say "system calls (syscall.*, internal/runtime/syscall.*: time in the kernel) $pct_sys%,"
 		say "runtime (scheduler, GC, allocation) $pct_rt%."
 		say ""
-		say "\`go tool pprof -top -cum\`:"
-		say ""
-		say '```'
-		go tool pprof -top -cum -nodecount=35 "$f" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
-		say '```'
-		say ""
-		say "\`go tool pprof -top\` (by the time in each function itself):"
-		say ""
-		say '```'
-		go tool pprof -top -nodecount=20 "$f" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
-		say '```'
+		say_pprof_tops "$f" 35 "\`go tool pprof -top -cum\`:" "\`go tool pprof -top\` (by the time in each function itself):"
 	fi
 	say ""
 	say "The upstream's counters at the end of the phase (listeners ka-*: wrk with TLS; plain-*: wrk without; idle-*: the paced client;"
 	say "tls13: handshakes at TLS 1.3; handshake_errors: failed handshakes it logged):"
 	say ""
-	say '```'
-	column -t -s $'\t' "$dir/stats-end.tsv" | tee -a "$RUN_OUT"
-	say '```'
+	column -t -s $'\t' "$dir/stats-end.tsv" | say_code
 	say ""
 	say "Every paced run, in the order run:"
 	say ""
-	say '```'
-	column -t -s $'\t' "$dir/pace-runs.tsv" | tee -a "$RUN_OUT"
-	say '```'
+	column -t -s $'\t' "$dir/pace-runs.tsv" | say_code
 	say ""
 }
 
