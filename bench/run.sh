@@ -277,6 +277,13 @@ quiet_wait() {
 NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
 
 say() { printf '%s\n' "$*" | tee -a "$RUN_OUT"; }
+# say_section TITLE: a phase's section heading, and the note on the
+# machine's load if there is one.
+say_section() {
+	say "## $1"
+	say ""
+	if [[ -n $QUIET_NOTE ]]; then say "$QUIET_NOTE" && say ""; fi
+}
 # say_code: stdin, as a code block.
 say_code() {
 	say '```'
@@ -580,9 +587,7 @@ phase_throughput() {
 	# shellcheck disable=SC2086
 	stop $UPSTREAM_PIDS
 
-	say "## 1. Throughput and latency"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "1. Throughput and latency"
 	say "wrk -t2 -d$DUR --latency against each, one after another, after a $WARM warm-up; upstream: nginx (1 worker) answering \`return 200 \"hello\"\`."
 	say "$ROUNDS rounds over all proxies in turn; each row is that proxy's median run by req/s (all its columns from that run)."
 	say "req/CPU-s: requests completed per CPU-second (user+sys from /proc/PID/stat) of the proxy's processes alone (nginx: master and both workers)."
@@ -660,9 +665,7 @@ phase_fixedrate() {
 	# shellcheck disable=SC2086
 	stop $UPSTREAM_PIDS
 
-	say "## 9. Fixed-rate latency (open loop)"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "9. Fixed-rate latency (open loop)"
 	say "bench/cmd/openloop: keep-alive HTTP/1.1 connections that send GETs on a fixed schedule (connection i at i·N/R + k·N/R s),"
 	say "whether or not earlier answers have come back; a request's latency runs from the time it was meant to be sent, so"
 	say "waiting behind a slow answer counts (no coordinated omission). Log-linear histogram, under 0.8% error. Each run: $FR_WARM"
@@ -732,9 +735,7 @@ phase_halfclose() {
 	local rc=$?
 	stop_proxies
 
-	say "## 2. Half-close detection"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "2. Half-close detection"
 	say "The upstream (bench/cmd/halfclose) makes each proxy open N connections to it (N concurrent requests, held until all N arrived),"
 	say "waits until they are idle in the proxy's pool, sends FIN on each and times, per connection, from its own FIN to the proxy's close (EOF/RST)."
 	say "FINs: 'every 5ms' sends them one at a time, 5 ms apart, as an upstream's idle timeouts do; 'at once' sends all N back to back"
@@ -778,9 +779,7 @@ phase_race() {
 	local rc=$?
 	stop_proxies
 
-	say "## 3. Keep-alive race"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "3. Keep-alive race"
 	say "The upstream (bench/cmd/race) closes the connection right after a random 20% of its responses (FIN behind the last byte, no Connection: close)."
 	say "32 client connections send $RACE_N requests per target, GET and POST alternating, each with a unique X-Request-Id; the client never retries."
 	say "direct: the same client straight to the upstream. Duplicates: extra copies of a POST id that reached the upstream."
@@ -932,9 +931,7 @@ EOF
 	local rc=$?
 	stop "${pids[@]}"
 
-	say "## 4. Memory"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "4. Memory"
 	say "unstuck's VmRSS (/proc/PID/status) before and after $MEM_N idle connections of each kind, each kind on a fresh unstuck"
 	say "(bench/cmd/memory). App connections: one request each, then left open. Pooled upstream connections: made by $MEM_N concurrent"
 	say "requests held at the upstream until all arrived, app side then closed; pool idle_timeout 0 so they stay."
@@ -967,9 +964,7 @@ phase_legacy() {
 	local rc=$?
 	stop_proxies
 
-	say "## 5. CLOSE_WAIT under the legacy workload"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "5. CLOSE_WAIT under the legacy workload"
 	say "The upstream (bench/cmd/legacy) closes connections idle for 1 s. The legacy client holds 500 keep-alive connections and sends"
 	say "$LEGACY_ROUNDS rounds of one GET on each, 1.5 s apart; a connection it finds closed or that fails it abandons without closing and"
 	say "replaces. Counted 1.5 s after the last round, from /proc/net/tcp{,6}: the client's sockets towards the target and the proxy's"
@@ -986,9 +981,7 @@ phase_legacy() {
 phase_microbench() {
 	note "6. go test -bench ./pool/ ./proxy/"
 	quiet_wait
-	say "## 6. Go microbenchmarks"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "6. Go microbenchmarks"
 	say "\`go test -run XXX -bench . -benchmem -benchtime $BENCHTIME ./pool/ ./proxy/\`"
 	say ""
 	go test -run XXX -bench . -benchmem -benchtime "$BENCHTIME" ./pool/ ./proxy/ 2>&1 | say_code
@@ -1232,9 +1225,7 @@ phase_tcp() {
 	strace_proxy nginx-pairs $((b + 1)) "" pairs nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
 	strace_one_pair
 
-	say "## 7. TCP mode"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "7. TCP mode"
 	say "bench/cmd/tcpbench is the upstream and the client; every proxy forwards to it on 127.0.0.1:$b, and direct is the client connected to it."
 	say "unstuck: \`protocol: tcp\`, \`pool: {min_idle: 0}\`, other keys at their defaults (half_close propagate, listener linger reset)."
 	say "HAProxy: mode tcp, nbthread 2, as is (it splices nothing) and with \`option splice-request\` and \`option splice-response\` (haproxy+splice:"
@@ -1565,9 +1556,7 @@ phase_tls() {
 				print row[key, idx[int((m + 1) / 2)]] } }
 	' "$dir/tput.rows" >"$dir/tput.median"
 
-	say "## 8. TLS to the upstream"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "8. TLS to the upstream"
 	say "The upstream is bench/cmd/tlsbench: net/http HTTPS servers (HTTP/1.1, ALPN http/1.1, a 5-byte body) with a CA and an ECDSA P-256"
 	say "certificate for $TLS_NAME that it makes at start (crypto/x509). It counts every handshake, full or resumed"
 	say "(\`tls.ConnectionState.DidResume\` in its \`VerifyConnection\`), on listeners of each proxy's own. Every proxy verifies the"
