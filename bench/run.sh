@@ -388,6 +388,21 @@ start_nginx() {
 	start "$1" "$2/nginx.stderr" nginx -p "$2" -c "$2/nginx.conf" -e "$2/nginx-error.log"
 }
 
+# haproxy_http_defaults: the defaults section of the HTTP phases' HAProxy
+# (bar the idle-timeout race's, which keeps HAProxy's own): connections
+# kept 300 s and reused always.
+haproxy_http_defaults() {
+	cat <<EOF
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    http-reuse always
+EOF
+}
+
 # start_upstream_nginx PORT: the fast upstream of the throughput phase.
 start_upstream_nginx() {
 	local dir=$TMP/upstream-nginx
@@ -455,13 +470,7 @@ global
     # ratios (25/20%) drop pooled connections during the 8,000 burst.
     tune.pool-high-fd-ratio 100
     tune.pool-low-fd-ratio 95
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-    http-reuse always
+$(haproxy_http_defaults)
 frontend fe
     bind 127.0.0.1:$((base + 2))
     maxconn 9000
@@ -1414,13 +1423,7 @@ EOF
 global
     nbthread 2
     maxconn 9000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-    http-reuse always
+$(haproxy_http_defaults)
 frontend fe_ka
     bind 127.0.0.1:$((b + 2))
     default_backend be_ka
