@@ -306,9 +306,7 @@ func TestPairResetPropagates(t *testing.T) {
 // TestPairDialErrorClosesApp: with no upstream to reach, the app's
 // connection is closed at once.
 func TestPairDialErrorClosesApp(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testpeer.FreeAddr(t)
 	obs := &pairObserver{}
 	addr, _, _ := startTCP(t, pool.Config{}, Config{Observer: obs}, dead)
 	app := dialTCP(t, addr)
