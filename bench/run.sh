@@ -199,6 +199,21 @@ wait_port() {
 	return 1
 }
 
+# wait_ports DIR BASE OFFSETS PID...: until something listens on
+# 127.0.0.1:BASE+OFFSET for each of OFFSETS (such as "1 2 5"). If one
+# never does, it shows the ends of DIR's logs, stops the PIDs and returns 1.
+wait_ports() {
+	local dir=$1 base=$2 offsets=$3 p
+	shift 3
+	for p in $offsets; do
+		if ! wait_port $((base + p)); then
+			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
+			stop "$@"
+			return 1
+		fi
+	done
+}
+
 # children PID: the child processes of PID (nginx's workers).
 children() { pgrep -P "$1" | tr '\n' ' '; }
 
@@ -267,6 +282,31 @@ quiet_wait() {
 NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
 
 say() { printf '%s\n' "$*" | tee -a "$RUN_OUT"; }
+# say_section TITLE: a phase's section heading, and the note on the
+# machine's load if there is one.
+say_section() {
+	say "## $1"
+	say ""
+	if [[ -n $QUIET_NOTE ]]; then say "$QUIET_NOTE" && say ""; fi
+}
+# say_code: stdin, as a code block.
+say_code() {
+	say '```'
+	tee -a "$RUN_OUT"
+	say '```'
+}
+# say_pprof_tops PROFILE NODES CUM_TITLE SELF_TITLE: PROFILE's top NODES
+# functions by cumulative time and its top 20 by their own time, each
+# under its title.
+say_pprof_tops() {
+	say "$3"
+	say ""
+	go tool pprof -top -cum -nodecount="$2" "$1" 2>/dev/null | sed -n '/^Showing nodes/,$p' | say_code
+	say ""
+	say "$4"
+	say ""
+	go tool pprof -top -nodecount=20 "$1" 2>/dev/null | sed -n '/^Showing nodes/,$p' | say_code
+}
 note() { printf '==> %s\n' "$*" >&2; }
 
 install_missing() {
@@ -305,6 +345,70 @@ build() {
 
 # ---------------------------------------------------------------- proxies
 
+# nginx_main DIR [WORKERS]: the main context of the proxies' nginx.conf:
+# WORKERS (default two) workers with room for 19,000 connections, the pid
+# file and error log in DIR.
+nginx_main() {
+	cat <<EOF
+worker_processes ${2:-2};
+worker_rlimit_nofile 20000;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/nginx-error.log warn;
+events { worker_connections 19000; }
+EOF
+}
+
+# nginx_http_files DIR: the lines of an nginx.conf's http context that keep
+# its files in DIR (and no access log).
+nginx_http_files() {
+	cat <<EOF
+    access_log off;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+EOF
+}
+
+# nginx_proxy_server LISTEN: an http server block that listens on LISTEN
+# and proxies everything to upstream backend over HTTP/1.1 keep-alive.
+nginx_proxy_server() {
+	cat <<EOF
+    server {
+        listen $1;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+EOF
+}
+
+# start_nginx NAME DIR: a proxy's nginx on DIR/nginx.conf, its files in
+# DIR; the master's pid is in $LAST.
+start_nginx() {
+	# shellcheck disable=SC2086 # PROXY_PIN: a command prefix or nothing
+	start "$1" "$2/nginx.stderr" ${PROXY_PIN:-} nginx -p "$2" -c "$2/nginx.conf" -e "$2/nginx-error.log"
+}
+
+# haproxy_http_defaults: the defaults section of the HTTP phases' HAProxy
+# (bar the idle-timeout race's, which keeps HAProxy's own): connections
+# kept 300 s and reused always.
+haproxy_http_defaults() {
+	cat <<EOF
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    http-reuse always
+EOF
+}
+
 # start_upstream_nginx PORT: the fast upstream of the throughput phase.
 # UP_PIN, if set, is a command prefix such as "taskset -c 0".
 start_upstream_nginx() {
@@ -317,12 +421,7 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_http_files "$dir")
     keepalive_requests 10000000;
     keepalive_timeout 300s;
     server {
@@ -357,19 +456,9 @@ start_proxies() {
 	((pool > 1024)) && keep=$pool
 
 	cat >"$dir/nginx.conf" <<EOF
-worker_processes $workers;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/nginx-error.log warn;
-events { worker_connections 19000; }
+$(nginx_main "$dir" "$workers")
 http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_http_files "$dir")
     keepalive_requests 10000000;
     keepalive_timeout 300s;
     upstream backend {
@@ -378,18 +467,10 @@ http {
         keepalive_requests 10000000;
         keepalive_timeout 300s;
     }
-    server {
-        listen 127.0.0.1:$((base + 1)) backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
+$(nginx_proxy_server "127.0.0.1:$((base + 1)) backlog=4096")
 }
 EOF
-	# shellcheck disable=SC2086 # pin: a command prefix or nothing
-	start nginx "$dir/nginx.stderr" $pin nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 
 	cat >"$dir/haproxy.cfg" <<EOF
@@ -400,13 +481,7 @@ global
     # ratios (25/20%) drop pooled connections during the 8,000 burst.
     tune.pool-high-fd-ratio 100
     tune.pool-low-fd-ratio 95
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-    http-reuse always
+$(haproxy_http_defaults)
 frontend fe
     bind 127.0.0.1:$((base + 2))
     maxconn 9000
@@ -440,14 +515,7 @@ EOF
 	UNSTUCK_PID=$LAST
 	UNSTUCK_LOG=$dir/unstuck.log
 
-	local p
-	for p in 1 2 3 4 5; do
-		if ! wait_port $((base + p)); then
-			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
-			stop "$nginx_master" "$HAPROXY_PID" "$FH_PID" "$HU_PID" "$UNSTUCK_PID"
-			return 1
-		fi
-	done
+	wait_ports "$dir" "$base" "1 2 3 4 5" "$nginx_master" "$HAPROXY_PID" "$FH_PID" "$HU_PID" "$UNSTUCK_PID" || return 1
 	NGINX_PIDS="$nginx_master $(children "$nginx_master")"
 	PROXY_PIDS="$NGINX_PIDS $HAPROXY_PID $FH_PID $HU_PID $UNSTUCK_PID"
 }
@@ -543,9 +611,7 @@ phase_throughput() {
 	# shellcheck disable=SC2086
 	stop $UPSTREAM_PIDS
 
-	say "## 1. Throughput and latency"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "1. Throughput and latency"
 	say "wrk -t2 -d$DUR --latency against each, one after another, after a $WARM warm-up; upstream: nginx (1 worker) answering \`return 200 \"hello\"\`."
 	say "$ROUNDS rounds over all proxies in turn; each row is that proxy's median run by req/s (all its columns from that run)."
 	say "req/CPU-s: requests completed per CPU-second (user+sys from /proc/PID/stat) of the proxy's processes alone (nginx: master and both workers)."
@@ -686,9 +752,7 @@ phase_fixedrate() {
 		UP_PIN="taskset -c 0" PROXY_PIN="taskset -c 1" PROXY_WORKERS=1 fr_measure pinned "$FR_PIN_RATES" || rc=1
 	fi
 
-	say "## 9. Fixed-rate latency (open loop)"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "9. Fixed-rate latency (open loop)"
 	say "bench/cmd/openloop: keep-alive HTTP/1.1 connections that send GETs on a fixed schedule (connection i at i·N/R + k·N/R s),"
 	say "whether or not earlier answers have come back; a request's latency runs from the time it was meant to be sent, so"
 	say "waiting behind a slow answer counts (no coordinated omission). Log-linear histogram, under 0.8% error. Each run: $FR_WARM"
@@ -720,14 +784,12 @@ phase_fixedrate() {
 	say ""
 	say "Every run, in the order run (ms; errors: failed requests and non-2xx; unsent: requests more than 5 s behind the schedule):"
 	say ""
-	say '```'
 	{
 		printf 'setting\trate\tconns\tproxy\tround\treq/s\tp50\tp90\tp99\tp99.9\tmax\terrors\tunsent\tCPU-µs/req\n'
 		for mode in shared pinned; do
 			[[ -s $TMP/fr-$mode.rows ]] && sed "s/^/$mode /" "$TMP/fr-$mode.rows" | tr ' ' '\t'
 		done
-	} | column -t -s $'\t' | tee -a "$RUN_OUT"
-	say '```'
+	} | column -t -s $'\t' | say_code
 	say ""
 	report_errors openloop $rc "$TMP/fr.errors"
 }
@@ -748,9 +810,7 @@ phase_halfclose() {
 	local rc=$?
 	stop_proxies
 
-	say "## 2. Half-close detection"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "2. Half-close detection"
 	say "The upstream (bench/cmd/halfclose) makes each proxy open N connections to it (N concurrent requests, held until all N arrived),"
 	say "waits until they are idle in the proxy's pool, sends FIN on each and times, per connection, from its own FIN to the proxy's close (EOF/RST)."
 	say "FINs: 'every 5ms' sends them one at a time, 5 ms apart, as an upstream's idle timeouts do; 'at once' sends all N back to back"
@@ -773,9 +833,7 @@ report_errors() {
 	if [[ -s $3 ]]; then
 		say ""
 		say "Notes from $1 (stderr):"
-		say '```'
-		tail -n 20 "$3" | tee -a "$RUN_OUT"
-		say '```'
+		tail -n 20 "$3" | say_code
 	fi
 }
 
@@ -796,9 +854,7 @@ phase_race() {
 	local rc=$?
 	stop_proxies
 
-	say "## 3. Keep-alive race"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "3. Keep-alive race"
 	say "The upstream (bench/cmd/race) closes the connection right after a random 20% of its responses (FIN behind the last byte, no Connection: close)."
 	say "32 client connections send $RACE_N requests per target, GET and POST alternating, each with a unique X-Request-Id; the client never retries."
 	say "direct: the same client straight to the upstream. Duplicates: extra copies of a POST id that reached the upstream."
@@ -825,28 +881,15 @@ pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
 events { worker_connections 1024; }
 http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_http_files "$dir")
     upstream backend {
         server $up;
         keepalive 32;
     }
-    server {
-        listen 127.0.0.1:$((base + 1));
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
+$(nginx_proxy_server "127.0.0.1:$((base + 1))")
 }
 EOF
-	# shellcheck disable=SC2086 # pin: a command prefix or nothing
-	start nginx "$dir/nginx.stderr" $pin nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 	# HAProxy: http-reuse safe (its default, written out), pool settings at
 	# their defaults; the timeouts it requires.
@@ -879,14 +922,7 @@ upstreams:
 EOF
 	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck.yaml"
 	local unstuck_pid=$LAST
-	local p
-	for p in 1 2 5; do
-		if ! wait_port $((base + p)); then
-			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
-			stop "$nginx_master" "$haproxy_pid" "$unstuck_pid"
-			return 1
-		fi
-	done
+	wait_ports "$dir" "$base" "1 2 5" "$nginx_master" "$haproxy_pid" "$unstuck_pid" || return 1
 	PROXY_PIDS="$nginx_master $(children "$nginx_master") $haproxy_pid $unstuck_pid"
 }
 
@@ -970,9 +1006,7 @@ EOF
 	local rc=$?
 	stop "${pids[@]}"
 
-	say "## 4. Memory"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "4. Memory"
 	say "unstuck's VmRSS (/proc/PID/status) before and after $MEM_N idle connections of each kind, each kind on a fresh unstuck"
 	say "(bench/cmd/memory). App connections: one request each, then left open. Pooled upstream connections: made by $MEM_N concurrent"
 	say "requests held at the upstream until all arrived, app side then closed; pool idle_timeout 0 so they stay."
@@ -1005,9 +1039,7 @@ phase_legacy() {
 	local rc=$?
 	stop_proxies
 
-	say "## 5. CLOSE_WAIT under the legacy workload"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "5. CLOSE_WAIT under the legacy workload"
 	say "The upstream (bench/cmd/legacy) closes connections idle for 1 s. The legacy client holds 500 keep-alive connections and sends"
 	say "$LEGACY_ROUNDS rounds of one GET on each, 1.5 s apart; a connection it finds closed or that fails it abandons without closing and"
 	say "replaces. Counted 1.5 s after the last round, from /proc/net/tcp{,6}: the client's sockets towards the target and the proxy's"
@@ -1024,14 +1056,10 @@ phase_legacy() {
 phase_microbench() {
 	note "6. go test -bench ./pool/ ./proxy/"
 	quiet_wait
-	say "## 6. Go microbenchmarks"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "6. Go microbenchmarks"
 	say "\`go test -run XXX -bench . -benchmem -benchtime $BENCHTIME ./pool/ ./proxy/\`"
 	say ""
-	say '```'
-	go test -run XXX -bench . -benchmem -benchtime "$BENCHTIME" ./pool/ ./proxy/ 2>&1 | tee -a "$RUN_OUT"
-	say '```'
+	go test -run XXX -bench . -benchmem -benchtime "$BENCHTIME" ./pool/ ./proxy/ 2>&1 | say_code
 }
 
 # --------------------------------------------------------------- phase 7
@@ -1045,12 +1073,7 @@ start_tcp_proxies() {
 
 	cat >"$dir/nginx.conf" <<EOF
 load_module $NGINX_STREAM;
-worker_processes 2;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/nginx-error.log warn;
-events { worker_connections 19000; }
+$(nginx_main "$dir")
 stream {
     upstream backend { server $up; }
     server {
@@ -1062,7 +1085,7 @@ stream {
     }
 }
 EOF
-	start nginx-stream "$dir/nginx.stderr" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	start_nginx nginx-stream "$dir"
 	local nginx_master=$LAST
 
 	# HAProxy twice: as is, and splicing both ways. (option splice-auto
@@ -1111,33 +1134,54 @@ EOF
 	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
 	TCP_UNSTUCK_PID=$LAST
 
-	local p
-	for p in 1 2 3 5; do
-		if ! wait_port $((TCP + p)); then
-			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
-			stop "$nginx_master" "$TCP_HAPROXY_PID" "$TCP_HASPLICE_PID" "$TCP_UNSTUCK_PID"
-			return 1
-		fi
-	done
+	wait_ports "$dir" "$TCP" "1 2 3 5" "$nginx_master" "$TCP_HAPROXY_PID" "$TCP_HASPLICE_PID" "$TCP_UNSTUCK_PID" || return 1
 	TCP_NGINX_PIDS="$nginx_master $(children "$nginx_master")"
 	TCP_PIDS="$TCP_NGINX_PIDS $TCP_HAPROXY_PID $TCP_HASPLICE_PID $TCP_UNSTUCK_PID"
+}
+
+# pprof_during PROFILE SECONDS PORT OUT ERR CMD...: a CPU profile of the
+# unstuck whose admin listener is on 127.0.0.1:PORT, SECONDS long, in
+# PROFILE (pprof's errors in profile.err beside it), taken while CMD runs
+# (run OUT ERR CMD...; it should run a little longer). It fails if no
+# profile came.
+pprof_during() {
+	local prof=$1 secs=$2 port=$3 out=$4 err=$5 dir pid
+	shift 5
+	dir=$(dirname "$prof")
+	PPROF_TMPDIR=$dir go tool pprof -proto -seconds="$secs" \
+		"http://127.0.0.1:$port/debug/pprof/profile" >"$prof" 2>"$dir/profile.err" &
+	pid=$!
+	STARTED[$pid]=pprof
+	sleep 0.5
+	run "$out" "$err" "$@"
+	wait "$pid"
+	unset "STARTED[$pid]"
+	[[ -s $prof ]]
 }
 
 # tcp_profile: a CPU profile of the measured unstuck under the pairs load
 # alone, in $TMP/tcp/unstuck-pairs.pprof.
 tcp_profile() {
-	local dir=$TMP/tcp pid
-	PPROF_TMPDIR=$dir go tool pprof -proto -seconds="$TCP_PROF" \
-		"http://127.0.0.1:$((TCP + 9))/debug/pprof/profile" >"$dir/unstuck-pairs.pprof" 2>"$dir/profile.err" &
-	pid=$!
-	STARTED[$pid]=pprof
-	sleep 0.5
-	run "$dir/profile-run.md" "$dir/profile-run.err" "$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
+	local dir=$TMP/tcp
+	pprof_during "$dir/unstuck-pairs.pprof" "$TCP_PROF" $((TCP + 9)) "$dir/profile-run.md" "$dir/profile-run.err" \
+		"$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
 		-tests cps -rounds 1 -warm=false -cps-max 1000000 -cps-time "$((TCP_PROF + 1))s" -hz "$(getconf CLK_TCK)" \
 		-target "unstuck=127.0.0.1:$((TCP + 5))@$TCP_UNSTUCK_PID"
-	wait "$pid"
-	unset "STARTED[$pid]"
-	[[ -s $dir/unstuck-pairs.pprof ]]
+}
+
+# strace_end PID: ends what runs under strace, PID: a TERM to the traced
+# process itself (strace's child, which this script did not start
+# directly), so that strace sees it exit and writes its output; then up
+# to 10 s for strace to end, and stop.
+strace_end() {
+	local child i
+	child=$(pgrep -P "$1" | head -n 1)
+	[[ -n $child ]] && kill -TERM "$child"
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$1" 2>/dev/null || break
+		sleep 0.1
+	done
+	stop "$1"
 }
 
 # strace_proxy NAME PORT TRACE LOAD CMD...: runs CMD (a proxy listening on
@@ -1147,7 +1191,7 @@ tcp_profile() {
 # summary is in $TMP/tcp/strace-NAME.txt, the load's runs in
 # $TMP/tcp/strace-NAME.tsv and its table in $TMP/tcp/strace-NAME.md.
 strace_proxy() {
-	local name=$1 port=$2 trace=$3 load=$4 dir=$TMP/tcp sp child i
+	local name=$1 port=$2 trace=$3 load=$4 dir=$TMP/tcp sp
 	shift 4
 	local opts=(-f -c -o "$dir/strace-$name.txt") tests=(-tests up,both -bulk "$TCP_BULK")
 	[[ -n $trace ]] && opts+=(-e "trace=$trace")
@@ -1159,22 +1203,14 @@ strace_proxy() {
 	run "$dir/strace-$name.md" "$dir/strace-$name.err" "$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
 		"${tests[@]}" -rounds 1 -warm=false -hz "$(getconf CLK_TCK)" \
 		-raw "$dir/strace-$name.tsv" -target "$name=127.0.0.1:$port"
-	# End the proxy itself (strace's child, which this script did not start
-	# directly), so that strace sees it exit and writes its summary.
-	child=$(pgrep -P "$sp" | head -n 1)
-	[[ -n $child ]] && kill -TERM "$child"
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$sp" 2>/dev/null || break
-		sleep 0.1
-	done
-	stop "$sp"
+	strace_end "$sp"
 	[[ -s $dir/strace-$name.txt ]]
 }
 
 # strace_one_pair: the system calls that one pair makes in unstuck
 # (strace -f, sockets, pipes and the poller), in $TMP/tcp/one-pair.txt.
 strace_one_pair() {
-	local dir=$TMP/tcp sp child n i
+	local dir=$TMP/tcp sp n
 	rm -f "$dir/one-pair.strace"
 	start strace-one "$dir/strace-one.log" strace -f -o "$dir/one-pair.strace" \
 		-e trace=%network,splice,pipe2,fcntl,ioctl,epoll_ctl,shutdown,close \
@@ -1189,13 +1225,7 @@ strace_one_pair() {
 	# The pair's lines: from its accept on, before unstuck is stopped.
 	tail -n +$((n + 1)) "$dir/one-pair.strace" | sed 's/^[0-9]* *//' | grep -v '^--- SIG\|EAGAIN.*accept4\|^accept4(.*EAGAIN' |
 		cut -c1-150 >"$dir/one-pair.txt"
-	child=$(pgrep -P "$sp" | head -n 1)
-	[[ -n $child ]] && kill -TERM "$child"
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$sp" 2>/dev/null || break
-		sleep 0.1
-	done
-	stop "$sp"
+	strace_end "$sp"
 	[[ -s $dir/one-pair.txt ]]
 }
 
@@ -1270,9 +1300,7 @@ phase_tcp() {
 	strace_proxy nginx-pairs $((b + 1)) "" pairs nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
 	strace_one_pair
 
-	say "## 7. TCP mode"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "7. TCP mode"
 	say "bench/cmd/tcpbench is the upstream and the client; every proxy forwards to it on 127.0.0.1:$b, and direct is the client connected to it."
 	say "unstuck: \`protocol: tcp\`, \`pool: {min_idle: 0}\`, other keys at their defaults (half_close propagate, listener linger reset)."
 	say "HAProxy: mode tcp, nbthread 2, as is (it splices nothing) and with \`option splice-request\` and \`option splice-response\` (haproxy+splice:"
@@ -1313,9 +1341,7 @@ phase_tcp() {
 	say "Every run, in the order run (value: MB/s or conn/s; ticks at $hz a second, -1: no process to read; syn_retrans: SYNs the whole"
 	say "machine sent again during the run, each a connect that waited 1 s or more; end: how a bulk connection ended at the client):"
 	say ""
-	say '```'
-	column -t -s $'\t' "$dir/tcp-runs.tsv" | tee -a "$RUN_OUT"
-	say '```'
+	column -t -s $'\t' "$dir/tcp-runs.tsv" | say_code
 	say ""
 
 	say "### unstuck's system calls during a bulk transfer"
@@ -1335,9 +1361,7 @@ phase_tcp() {
 		say ""
 		grep -v '^$' "$dir/strace-unstuck-bulk.md" | head -n 3 | tee -a "$RUN_OUT"
 		say ""
-		say '```'
-		tee -a "$RUN_OUT" <"$f"
-		say '```'
+		say_code <"$f"
 		say ""
 		say "$moved bytes went through unstuck in ${calls:-0} splice calls, ${errs:-0} of which returned EAGAIN (socket empty or pipe full:"
 		say "the goroutine then waits in the poller). Each byte is spliced twice (socket to pipe, pipe to socket): about ${per:-?} KiB per"
@@ -1358,9 +1382,7 @@ phase_tcp() {
 		say "One pair through unstuck, call by call (\`strace -f -e trace=%network,splice,pipe2,fcntl,ioctl,epoll_ctl,shutdown,close\`, a fresh"
 		say "unstuck, one pair from one worker; the first pair also makes the two pipes that later pairs take from Go's pipe pool):"
 		say ""
-		say '```'
-		tee -a "$RUN_OUT" <"$dir/one-pair.txt"
-		say '```'
+		say_code <"$dir/one-pair.txt"
 		say ""
 	fi
 
@@ -1375,17 +1397,9 @@ phase_tcp() {
 		say ""
 		grep -v '^$' "$dir/profile-run.md" | head -n 3 | cut -d'|' -f1-6 | sed 's/$/|/' | tee -a "$RUN_OUT"
 		say ""
-		say "\`go tool pprof -top -cum\`, the call paths that take the most (time in the kernel shows as Syscall6 and the like):"
-		say ""
-		say '```'
-		go tool pprof -top -cum -nodecount=45 "$dir/unstuck-pairs.pprof" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
-		say '```'
-		say ""
-		say "\`go tool pprof -top\`, by the time spent in each function itself:"
-		say ""
-		say '```'
-		go tool pprof -top -nodecount=20 "$dir/unstuck-pairs.pprof" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
-		say '```'
+		say_pprof_tops "$dir/unstuck-pairs.pprof" 45 \
+			"\`go tool pprof -top -cum\`, the call paths that take the most (time in the kernel shows as Syscall6 and the like):" \
+			"\`go tool pprof -top\`, by the time spent in each function itself:"
 	fi
 	say ""
 }
@@ -1421,19 +1435,9 @@ start_tls_rig() {
 	local ca=$dir/certs/ca.pem
 
 	cat >"$dir/nginx.conf" <<EOF
-worker_processes $workers;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/nginx-error.log warn;
-events { worker_connections 19000; }
+$(nginx_main "$dir")
 http {
-    access_log off;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+$(nginx_http_files "$dir")
     keepalive_requests 10000000;
     keepalive_timeout 300s;
     proxy_http_version 1.1;
@@ -1477,22 +1481,15 @@ http {
     }
 }
 EOF
-	# shellcheck disable=SC2086 # pin: a command prefix or nothing
-	start nginx "$dir/nginx.stderr" $pin nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 
 	local srv="ssl verify required ca-file $ca sni str($TLS_NAME) pool-purge-delay 300s"
 	cat >"$dir/haproxy.cfg" <<EOF
 global
-    nbthread $workers
+    nbthread 2
     maxconn 9000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-    timeout http-keep-alive 300s
-    http-reuse always
+$(haproxy_http_defaults)
 frontend fe_ka
     bind 127.0.0.1:$((b + 2))
     default_backend be_ka
@@ -1535,14 +1532,7 @@ EOF
 	start unstuck "$dir/unstuck.log" "$BIN/unstuck" --config "$dir/unstuck/unstuck.yaml"
 	TLS_UNSTUCK_PID=$LAST
 
-	local p
-	for p in 1 2 5 11 12 15 41 42 45; do
-		if ! wait_port $((b + p)); then
-			tail -n 5 "$dir"/*.log "$dir"/*.stderr >&2
-			stop "$nginx_master" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID" "$TLS_UP_PID"
-			return 1
-		fi
-	done
+	wait_ports "$dir" "$b" "1 2 5 11 12 15 41 42 45" "$nginx_master" "$TLS_HAPROXY_PID" "$TLS_UNSTUCK_PID" "$TLS_UP_PID" || return 1
 	TLS_NGINX_PIDS="$nginx_master $(children "$nginx_master")"
 	TLS_PIDS="$TLS_NGINX_PIDS $TLS_HAPROXY_PID $TLS_UNSTUCK_PID $TLS_UP_PID"
 }
@@ -1550,16 +1540,9 @@ EOF
 # tls_profile: a CPU profile of unstuck under wrk (its keep-alive port) in
 # $TMP/tls/unstuck-wrk.pprof.
 tls_profile() {
-	local dir=$TMP/tls pid
-	PPROF_TMPDIR=$dir go tool pprof -proto -seconds="$TLS_PROF" \
-		"http://127.0.0.1:$((TLS + 9))/debug/pprof/profile" >"$dir/unstuck-wrk.pprof" 2>"$dir/profile.err" &
-	pid=$!
-	STARTED[$pid]=pprof
-	sleep 0.5
-	run "$dir/profile-wrk.txt" "$dir/profile-wrk.err" wrk -t2 -c"$TLS_WRK_CONNS" -d"$((TLS_PROF + 1))s" "http://127.0.0.1:$((TLS + 5))/"
-	wait "$pid"
-	unset "STARTED[$pid]"
-	[[ -s $dir/unstuck-wrk.pprof ]]
+	local dir=$TMP/tls
+	pprof_during "$dir/unstuck-wrk.pprof" "$TLS_PROF" $((TLS + 9)) "$dir/profile-wrk.txt" "$dir/profile-wrk.err" \
+		wrk -t2 -c"$TLS_WRK_CONNS" -d"$((TLS_PROF + 1))s" "http://127.0.0.1:$((TLS + 5))/"
 }
 
 # pprof_share PROFILE REGEX: the percentage of PROFILE's samples spent in
@@ -1642,9 +1625,7 @@ phase_tls() {
 				print row[key, idx[int((m + 1) / 2)]] } }
 	' "$dir/tput.rows" >"$dir/tput.median"
 
-	say "## 8. TLS to the upstream"
-	say ""
-	[[ -n $QUIET_NOTE ]] && say "$QUIET_NOTE" && say ""
+	say_section "8. TLS to the upstream"
 	say "The upstream is bench/cmd/tlsbench: net/http HTTPS servers (HTTP/1.1, ALPN http/1.1, a 5-byte body) with a CA and an ECDSA P-256"
 	say "certificate for $TLS_NAME that it makes at start (crypto/x509). It counts every handshake, full or resumed"
 	say "(\`tls.ConnectionState.DidResume\` in its \`VerifyConnection\`), on listeners of each proxy's own. Every proxy verifies the"
@@ -1743,9 +1724,7 @@ phase_tls() {
 	if [[ -s $dir/unstuck-metrics.txt ]]; then
 		say "unstuck's own count (admin /metrics at the end; upstream idle is the one above, ka the wrk part):"
 		say ""
-		say '```'
-		tee -a "$RUN_OUT" <"$dir/unstuck-metrics.txt"
-		say '```'
+		say_code <"$dir/unstuck-metrics.txt"
 		say ""
 	fi
 	grep -v '^tlsbench: round ' "$dir/pace.err" >"$dir/pace.notes"
@@ -1822,31 +1801,17 @@ phase_tls() {
 		say "system calls (syscall.*, internal/runtime/syscall.*: time in the kernel) $pct_sys%,"
 		say "runtime (scheduler, GC, allocation) $pct_rt%."
 		say ""
-		say "\`go tool pprof -top -cum\`:"
-		say ""
-		say '```'
-		go tool pprof -top -cum -nodecount=35 "$f" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
-		say '```'
-		say ""
-		say "\`go tool pprof -top\` (by the time in each function itself):"
-		say ""
-		say '```'
-		go tool pprof -top -nodecount=20 "$f" 2>/dev/null | sed -n '/^Showing nodes/,$p' | tee -a "$RUN_OUT"
-		say '```'
+		say_pprof_tops "$f" 35 "\`go tool pprof -top -cum\`:" "\`go tool pprof -top\` (by the time in each function itself):"
 	fi
 	say ""
 	say "The upstream's counters at the end of the phase (listeners ka-*: wrk with TLS; plain-*: wrk without; idle-*: the paced client;"
 	say "tls13: handshakes at TLS 1.3; handshake_errors: failed handshakes it logged):"
 	say ""
-	say '```'
-	column -t -s $'\t' "$dir/stats-end.tsv" | tee -a "$RUN_OUT"
-	say '```'
+	column -t -s $'\t' "$dir/stats-end.tsv" | say_code
 	say ""
 	say "Every paced run, in the order run:"
 	say ""
-	say '```'
-	column -t -s $'\t' "$dir/pace-runs.tsv" | tee -a "$RUN_OUT"
-	say '```'
+	column -t -s $'\t' "$dir/pace-runs.tsv" | say_code
 	say ""
 }
 

@@ -1,81 +1,28 @@
 package capture
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"reflect"
 	"runtime"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
 	"github.com/unstuck-proxy/unstuck/internal/netns"
+	"github.com/unstuck-proxy/unstuck/internal/nftlist"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// listing is what the kernel holds of the table, as the nftables library
-// reads it back: the chain, its rules' expressions, the sets and their
-// elements.
-type listing struct {
-	Chain string
-	Rules []string
-	Sets  map[string][]string
-}
-
-func list(t *testing.T) (listing, bool) {
+func list(t *testing.T) (nftlist.Listing, bool) {
 	t.Helper()
-	c, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := c.ListTableOfFamily(Table, nftables.TableFamilyINet)
-	if errors.Is(err, unix.ENOENT) {
-		return listing{}, false
-	} else if err != nil {
-		t.Fatalf("listing table %s: %v", Table, err)
-	}
-	ch, err := c.ListChain(tab, Chain)
-	if err != nil {
-		t.Fatalf("listing chain %s: %v", Chain, err)
-	}
-	l := listing{Chain: fmt.Sprintf("%s type %s hook %d priority %d policy %d", ch.Name, ch.Type, *ch.Hooknum, *ch.Priority, *ch.Policy), Sets: map[string][]string{}}
-	rules, err := c.GetRules(tab, ch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range rules {
-		var parts []string
-		for _, e := range r.Exprs {
-			parts = append(parts, fmt.Sprintf("%T%+v", e, e))
-		}
-		l.Rules = append(l.Rules, strings.Join(parts, " "))
-	}
-	sets, err := c.GetSets(tab)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range sets {
-		elems, err := c.GetSetElements(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var keys []string
-		for _, e := range elems {
-			keys = append(keys, fmt.Sprintf("%x", e.Key))
-		}
-		slices.Sort(keys) // a set's elements are listed in hash order
-		l.Sets[s.Name+" "+s.KeyType.Name] = keys
-	}
-	return l, true
+	return nftlist.List(t, Table, Chain)
 }
 
 var testRules = Rules{

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -142,17 +141,6 @@ func (j *jail) run(t *testing.T, argv ...string) (code int, stdout, stderr strin
 	return code, out.String(), errOut.String()
 }
 
-// freeAddr returns a loopback host:port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // adaptConfig returns the repository's config.yaml with the listener, the
 // upstream's endpoints and the admin listener moved to the given addresses,
 // and the debug listener to a free loopback port.
@@ -175,7 +163,7 @@ func adaptConfig(t *testing.T, listen, upstream, admin string) []byte {
 		return s
 	}
 	section(cfg, "admin")["listen"] = admin
-	section(cfg, "admin")["debug_listen"] = freeAddr(t)
+	section(cfg, "admin")["debug_listen"] = testpeer.FreeAddr(t)
 	section(section(cfg, "listeners"), "app")["listen"] = listen
 	section(section(cfg, "upstreams"), "backend")["endpoints"] = []string{upstream}
 	out, err := yaml.Marshal(cfg)
@@ -255,7 +243,7 @@ func TestImageRunsInEmptyRoot(t *testing.T) {
 		io.WriteString(w, "hello from upstream")
 	}))
 	defer upstream.Close()
-	listen, admin := freeAddr(t), freeAddr(t)
+	listen, admin := testpeer.FreeAddr(t), testpeer.FreeAddr(t)
 	cfg := adaptConfig(t, listen, upstream.Listener.Addr().String(), admin)
 
 	for _, c := range df.copies {
@@ -359,7 +347,7 @@ func TestImageRunsInEmptyRoot(t *testing.T) {
 			t.Errorf("%q in the jail: exit %d, stdout %q, stderr %q; want 0 and ok", argv, code, out, errOut)
 		}
 	}
-	if code, _, errOut := j.run(t, binDest, "healthcheck", "--addr", freeAddr(t)); code != 1 || !strings.Contains(errOut, "connection refused") {
+	if code, _, errOut := j.run(t, binDest, "healthcheck", "--addr", testpeer.FreeAddr(t)); code != 1 || !strings.Contains(errOut, "connection refused") {
 		t.Errorf("healthcheck of a closed port: exit %d, stderr %q; want 1, connection refused", code, errOut)
 	}
 

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
@@ -330,9 +331,7 @@ func TestCloseFailsWaitersAndClosesIdle(t *testing.T) {
 }
 
 func TestDialErrorIsTyped(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testpeer.FreeAddr(t)
 	p := newTestPool(t, Config{Endpoints: []string{addr}})
 	_, err := p.Acquire(false)
 	var de *DialError

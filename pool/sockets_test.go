@@ -14,7 +14,7 @@ import (
 
 	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
-	"github.com/unstuck-proxy/unstuck/internal/tcpserve"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/sockopt"
 )
@@ -23,17 +23,10 @@ import (
 // the client side closes first, so the client keeps the TIME_WAIT.
 func eofServer(t *testing.T, addr string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := tcpserve.New(ln)
-	srv.Serve(func(c *net.TCPConn, _ int) {
+	return testpeer.ServeTCP(t, addr, func(c *net.TCPConn) {
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		io.Copy(io.Discard, c)
-	})
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String()
+	}).Addr().String()
 }
 
 func getInt(t *testing.T, fd, level, opt int) int {

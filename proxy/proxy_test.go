@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/pool"
 )
 
@@ -443,9 +444,7 @@ func TestLargeBodiesStream(t *testing.T) {
 
 func TestUpstreamFailureStatuses(t *testing.T) {
 	t.Run("502 when the endpoint refuses", func(t *testing.T) {
-		ln, _ := net.Listen("tcp", "127.0.0.1:0")
-		dead := ln.Addr().String()
-		ln.Close()
+		dead := testpeer.FreeAddr(t)
 		addr := startProxy(t, proxyOpts{upstream: Upstream{Retries: 2}}, dead)
 		c := dialRaw(t, addr)
 		c.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")

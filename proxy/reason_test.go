@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/pool"
 )
 
@@ -62,7 +61,7 @@ func TestFailure(t *testing.T) {
 func TestOwnAnswersCarryReason(t *testing.T) {
 	// Encoded as each line is written, as a real logger's are: the access
 	// line's byte fields are views of fasthttp's buffers.
-	var logBuf syncBuffer
+	var logBuf testpeer.SyncBuffer
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&logBuf), zap.InfoLevel)
 	obs := newCountingObserver()
 	slow := upstream(t, func(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +79,7 @@ func TestOwnAnswersCarryReason(t *testing.T) {
 		listener: Config{Logger: zap.New(core), Observer: obs, AccessLog: true},
 		upstream: Upstream{ResponseHeaderTimeout: 100 * time.Millisecond},
 	}, addrOf(slow))
-	dead := startProxy(t, proxyOpts{listener: Config{Logger: nopLogger, Observer: obs}}, closedPort(t))
+	dead := startProxy(t, proxyOpts{listener: Config{Logger: nopLogger, Observer: obs}}, testpeer.FreeAddr(t))
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	get := func(url string, hdr map[string]string, body string) int {
@@ -153,36 +152,4 @@ func TestOwnAnswersCarryReason(t *testing.T) {
 	if _, ok := second["x_request_id"]; ok {
 		t.Error("access line 2: x_request_id without the header")
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-// closedPort returns a loopback address nothing listens on.
-func closedPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
 }

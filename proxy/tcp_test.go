@@ -23,6 +23,7 @@ import (
 	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
 	"github.com/unstuck-proxy/unstuck/internal/tcpserve"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/sockopt"
@@ -35,14 +36,7 @@ type tcpPeer struct{ *tcpserve.Loop }
 
 func startTCPPeer(t testing.TB, handle func(c *net.TCPConn)) *tcpPeer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &tcpPeer{tcpserve.New(ln)}
-	p.Serve(func(c *net.TCPConn, _ int) { handle(c) })
-	t.Cleanup(func() { p.Close() })
-	return p
+	return &tcpPeer{testpeer.ServeTCP(t, "127.0.0.1:0", handle)}
 }
 
 func (p *tcpPeer) addr() string { return p.Addr().String() }
@@ -312,9 +306,7 @@ func TestPairResetPropagates(t *testing.T) {
 // TestPairDialErrorClosesApp: with no upstream to reach, the app's
 // connection is closed at once.
 func TestPairDialErrorClosesApp(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testpeer.FreeAddr(t)
 	obs := &pairObserver{}
 	addr, _, _ := startTCP(t, pool.Config{}, Config{Observer: obs}, dead)
 	app := dialTCP(t, addr)

@@ -11,24 +11,17 @@ import (
 	"github.com/unstuck-proxy/unstuck/capture"
 	"github.com/unstuck-proxy/unstuck/config"
 	"github.com/unstuck-proxy/unstuck/internal/netns"
-	"github.com/unstuck-proxy/unstuck/internal/tcpserve"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
 
 // echoAt is a TCP server at addr that echoes until its peer closes.
 func echoAt(t *testing.T, addr string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := tcpserve.New(ln)
-	srv.Serve(func(c *net.TCPConn, _ int) {
+	return testpeer.ServeTCP(t, addr, func(c *net.TCPConn) {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		io.Copy(c, c)
-	})
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String()
+	}).Addr().String()
 }
 
 // A capture listener's destination that an upstream lists takes that

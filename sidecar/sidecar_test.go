@@ -207,23 +207,11 @@ func TestReloadThatCannotApplyKeepsRunning(t *testing.T) {
 	}
 }
 
-// closedAddr is a loopback address nothing listens on: a backend that is
-// down.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // /readyz is "ready to carry traffic": 200 with the backend down, unless
 // admin.ready_requires_upstream asks for it, which a reload switches in
 // place. unstuck_upstream_reachable says either way.
 func TestReadyzAndUpstreamReachability(t *testing.T) {
-	cfg := testConfig(closedAddr(t))
+	cfg := testConfig(testpeer.FreeAddr(t))
 	sc := start(t, cfg)
 	admin := sc.AdminAddr().String()
 	if code, body := get(t, admin, "/readyz"); code != 200 || body != "ready\n" {

@@ -2,8 +2,8 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -14,11 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
-
 	"github.com/unstuck-proxy/unstuck/capture"
+	"github.com/unstuck-proxy/unstuck/internal/nftlist"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 )
 
 // sidecarUID is the user the sidecar runs as in the capture tests, as in
@@ -65,7 +64,7 @@ func TestE2ECapture(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	port := freePort(t)
+	port := testpeer.FreePort(t)
 	file := filepath.Join(dir, "unstuck.yaml")
 	yaml := fmt.Sprintf(`listeners:
   captured:
@@ -82,7 +81,7 @@ capture:
 		t.Fatal(err)
 	}
 
-	var first nftListing
+	var first nftlist.Listing
 	for i := range 2 {
 		code, stdout, stderr := runUnstuck(t, childOpts{dir: dir}, "capture", "--config", file)
 		if code != 0 || !strings.Contains(stdout, "installed:") {
@@ -227,82 +226,12 @@ func viaSidecar(t *testing.T, addr string) bool {
 // startEchoServer serves, at addr, connections that echo what they read.
 func startEchoServer(t *testing.T, addr string) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 512)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						c.Write(buf[:n])
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return netip.MustParseAddrPort(ln.Addr().String())
+	srv := testpeer.ServeTCP(t, addr, func(c *net.TCPConn) { io.Copy(c, c) })
+	return netip.MustParseAddrPort(srv.Addr().String())
 }
 
-// nftListing is table inet unstuck as the nftables library reads it back.
-type nftListing struct {
-	Rules []string
-	Sets  map[string][]string
-}
-
-func listNft(t *testing.T) (nftListing, bool) {
+// listNft is table inet unstuck as the nftables library reads it back.
+func listNft(t *testing.T) (nftlist.Listing, bool) {
 	t.Helper()
-	c, err := nftables.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tab, err := c.ListTableOfFamily(capture.Table, nftables.TableFamilyINet)
-	if errors.Is(err, unix.ENOENT) {
-		return nftListing{}, false
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	l := nftListing{Sets: map[string][]string{}}
-	rules, err := c.GetRules(tab, &nftables.Chain{Name: capture.Chain, Table: tab})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range rules {
-		var parts []string
-		for _, e := range r.Exprs {
-			parts = append(parts, fmt.Sprintf("%T%+v", e, e))
-		}
-		l.Rules = append(l.Rules, strings.Join(parts, " "))
-	}
-	sets, err := c.GetSets(tab)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range sets {
-		elems, err := c.GetSetElements(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var keys []string
-		for _, e := range elems {
-			keys = append(keys, fmt.Sprintf("%x", e.Key))
-		}
-		slices.Sort(keys)
-		l.Sets[s.Name] = keys
-	}
-	return l, true
+	return nftlist.List(t, capture.Table, capture.Chain)
 }

@@ -271,17 +271,6 @@ func runUnstuck(t *testing.T, o childOpts, args ...string) (code int, stdout, st
 	return code, c.stdout.String(), c.stderr.String()
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 const upstreamBody = "hello from upstream"
 
 // startUpstream starts a loopback HTTP server that answers every request
@@ -324,7 +313,7 @@ func get(t *testing.T, addr string) (int, string) {
 func TestE2EDevMode(t *testing.T) {
 	t.Parallel()
 	upstream := startUpstream(t)
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	c := startUnstuck(t, childOpts{}, "--listen", listen, "--upstream", upstream)
 	c.waitAccepting(t, listen)
 	if code, body := get(t, listen); code != http.StatusOK || body != upstreamBody {
@@ -358,7 +347,7 @@ func TestE2EDrainOnSIGTERM(t *testing.T) {
 	var releaseOnce sync.Once
 	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	c := startUnstuck(t, childOpts{}, "--listen", listen, "--upstream", srv.Listener.Addr().String())
 	c.waitAccepting(t, listen)
 
@@ -410,7 +399,7 @@ func TestE2EDrainOnSIGTERM(t *testing.T) {
 func TestE2EConfigFile(t *testing.T) {
 	t.Parallel()
 	live := startUpstream(t)
-	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens: connection refused
+	dead := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t)) // nothing listens: connection refused
 	tests := []struct {
 		name     string
 		endpoint string // in the file
@@ -426,7 +415,7 @@ func TestE2EConfigFile(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 			file := filepath.Join(t.TempDir(), "unstuck.yaml")
 			yaml := fmt.Sprintf(`log:
   level: debug
@@ -455,7 +444,7 @@ upstreams:
 // problem, and binds nothing.
 func TestE2EBadConfig(t *testing.T) {
 	t.Parallel()
-	port := freePort(t)
+	port := testpeer.FreePort(t)
 	file := filepath.Join(t.TempDir(), "bad.yaml")
 	yaml := fmt.Sprintf(`listeners:
   app:

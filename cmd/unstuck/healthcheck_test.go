@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 )
 
 // startAdminStub starts a loopback server that answers like the admin
@@ -33,21 +35,9 @@ func startAdminStub(t *testing.T) string {
 	return srv.Listener.Addr().String()
 }
 
-// closedAddr returns a loopback host:port nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 func TestHealthcheck(t *testing.T) {
 	addr := startAdminStub(t)
-	closed := closedAddr(t)
+	closed := testpeer.FreeAddr(t)
 	tests := []struct {
 		name     string
 		args     []string
@@ -91,7 +81,7 @@ func TestHealthcheckFromConfig(t *testing.T) {
 	cfg := fmt.Sprintf(`admin: {listen: "0.0.0.0:%s"}
 listeners: {app: {listen: "%s"}}
 upstreams: {backend: {endpoints: ["%s"]}}
-`, port, closedAddr(t), closedAddr(t))
+`, port, testpeer.FreeAddr(t), testpeer.FreeAddr(t))
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -106,9 +96,9 @@ upstreams: {backend: {endpoints: ["%s"]}}
 		{"0.0.0.0 is checked on loopback", nil, []string{"--config", file}, 0,
 			"ok: GET http://127.0.0.1:" + port + "/healthz: 200\n", ""},
 		{"path", nil, []string{"--config", file, "--path", "/readyz"}, 1, "", "503 Service Unavailable"},
-		{"environment overrides the file", []string{"UNSTUCK_ADMIN_LISTEN=" + closedAddr(t)}, []string{"--config", file}, 1,
+		{"environment overrides the file", []string{"UNSTUCK_ADMIN_LISTEN=" + testpeer.FreeAddr(t)}, []string{"--config", file}, 1,
 			"", "connection refused"},
-		{"--addr overrides the configuration", []string{"UNSTUCK_ADMIN_LISTEN=" + closedAddr(t)}, []string{"--config", file, "--addr", addr}, 0,
+		{"--addr overrides the configuration", []string{"UNSTUCK_ADMIN_LISTEN=" + testpeer.FreeAddr(t)}, []string{"--config", file, "--addr", addr}, 0,
 			"ok: GET http://" + addr + "/healthz: 200\n", ""},
 		{"admin off", []string{"UNSTUCK_ADMIN_LISTEN="}, []string{"--config", file}, 1,
 			"", `the admin listener is off (admin.listen is ""); nothing to check`},

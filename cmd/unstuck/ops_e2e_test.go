@@ -162,7 +162,7 @@ func startHoldingUpstream(t *testing.T) *holdingUpstream {
 func TestE2EShutdown(t *testing.T) {
 	t.Parallel()
 	up := startHoldingUpstream(t)
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	c := startUnstuck(t, childOpts{}, "--listen", listen, "--upstream", up.addr)
 	c.waitAccepting(t, listen)
 	admin := c.adminAddr(t)
@@ -229,7 +229,7 @@ func TestE2EShutdownIdleLegacyConn(t *testing.T) {
 		return
 	}
 	upstream := startUpstream(t)
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	path := writeConfig(t, "unstuck.yaml", fmt.Sprintf(`listeners:
   app:
     listen: %s
@@ -337,7 +337,7 @@ func testReload(t *testing.T, sighup bool) {
 	const conns = 3
 	a := testpeer.StartServer(t, testpeer.Options{})
 	b := testpeer.StartServer(t, testpeer.Options{})
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	var path, file string
 	if sighup {
 		path, file = symlinkedConfig(t, reloadYAML(listen, a.Addr(), "64"))
@@ -431,7 +431,7 @@ func TestE2EReloadInvalidKeepsRunning(t *testing.T) {
 	t.Parallel()
 	a := testpeer.StartServer(t, testpeer.Options{})
 	b := testpeer.StartServer(t, testpeer.Options{})
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	path, file := symlinkedConfig(t, reloadYAML(listen, a.Addr(), "64"))
 	c := startUnstuck(t, childOpts{}, "--config", path)
 	c.waitAccepting(t, listen)
@@ -482,7 +482,7 @@ func TestE2EAdmin(t *testing.T) {
 
 	t.Run("live upstream", func(t *testing.T) {
 		t.Parallel()
-		listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 		c := startUnstuck(t, childOpts{}, "--listen", listen, "--upstream", live)
 		c.waitAccepting(t, listen)
 		admin := c.adminAddr(t)
@@ -538,11 +538,11 @@ func TestE2EAdmin(t *testing.T) {
 // readiness back.
 func TestE2EAdminSplit(t *testing.T) {
 	t.Parallel()
-	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens
+	dead := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t)) // nothing listens
 
 	t.Run("default", func(t *testing.T) {
 		t.Parallel()
-		listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 		c := startUnstuck(t, childOpts{env: []string{"UNSTUCK_ADMIN_PPROF=true"}}, "--listen", listen, "--upstream", dead)
 		c.waitAccepting(t, listen)
 		admin, debug := c.adminAddr(t), c.debugAddr(t)
@@ -569,7 +569,7 @@ func TestE2EAdminSplit(t *testing.T) {
 
 	t.Run("ready_requires_upstream", func(t *testing.T) {
 		t.Parallel()
-		listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 		c := startUnstuck(t, childOpts{env: []string{"UNSTUCK_ADMIN_READY_REQUIRES_UPSTREAM=true"}}, "--listen", listen, "--upstream", dead)
 		c.waitAccepting(t, listen)
 		code, body := adminGet(t, c.adminAddr(t), "/readyz")
@@ -587,7 +587,7 @@ func TestE2EAdminSplit(t *testing.T) {
 func TestE2EAccessLog(t *testing.T) {
 	t.Parallel()
 	upstream := startUpstream(t)
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	path := writeConfig(t, "unstuck.yaml", fmt.Sprintf(`log:
   access: true
 listeners:
@@ -657,7 +657,7 @@ upstreams:
 func TestE2ESdNotify(t *testing.T) {
 	t.Parallel()
 	upstream := startUpstream(t)
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	path := filepath.Join(t.TempDir(), "notify.sock")
 	sock := listenNotify(t, path)
 	c := startUnstuck(t, childOpts{env: []string{"NOTIFY_SOCKET=" + path}}, "--listen", listen, "--upstream", upstream)

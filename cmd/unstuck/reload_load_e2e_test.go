@@ -168,7 +168,7 @@ func TestE2EReloadUnderLoadSIGHUP(t *testing.T) {
 	)
 	a := testpeer.StartServer(t, testpeer.Options{})
 	b := testpeer.StartServer(t, testpeer.Options{})
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	cfg := loadYAML{endpoint: a.Addr(), responseIdle: "60s", maxConns: 0, idleReleaseAfter: "1s"}
 	path, file := symlinkedConfig(t, cfg.render(listen))
 	c := startUnstuck(t, childOpts{}, "--config", path)

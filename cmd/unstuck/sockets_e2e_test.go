@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 )
 
 // politeGet is a well-behaved app on its own connection: one GET, the
@@ -73,7 +74,7 @@ func TestE2ERestartWithTimeWait(t *testing.T) {
 	}
 	const conns, batch = 1000, 100
 	upstream := startUpstream(t)
-	port := freePort(t)
+	port := testpeer.FreePort(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 	path := writeConfig(t, "unstuck.yaml", fmt.Sprintf(`listeners:
   app:
@@ -175,7 +176,7 @@ func TestE2EReusePortTwoProcesses(t *testing.T) {
 		io.WriteString(w, r.Host)
 	}))
 	t.Cleanup(echo.Close)
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 	start := func(host string) *child {
 		path := writeConfig(t, host+".yaml", fmt.Sprintf(`listeners:
   app:

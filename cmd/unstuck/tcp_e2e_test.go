@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 )
 
 // streamingServer is the server of the classic CLOSE_WAIT victim: it reads
@@ -154,7 +155,7 @@ func TestE2EStreamingClientNeverInCloseWait(t *testing.T) {
 	})
 
 	t.Run("through unstuck", func(t *testing.T) {
-		listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		listen := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 		file := filepath.Join(t.TempDir(), "unstuck.yaml")
 		yaml := fmt.Sprintf(`listeners:
   stream:

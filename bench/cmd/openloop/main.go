@@ -189,6 +189,16 @@ func main() {
 					c = nil
 				}
 			}
+			// lost is a request that failed: counted if measured; either
+			// way the next request dials again.
+			lost := func(measure bool, err error) {
+				if measure {
+					fail(err)
+				} else if c != nil {
+					c.Close()
+					c = nil
+				}
+			}
 			defer func() {
 				if c != nil {
 					c.Close()
@@ -217,9 +227,7 @@ func main() {
 				if c == nil {
 					nc, err := net.DialTimeout("tcp", u.Host, *timeout)
 					if err != nil {
-						if measure {
-							fail(err)
-						}
+						lost(measure, err)
 						continue
 					}
 					c = nc
@@ -227,23 +235,13 @@ func main() {
 				}
 				c.SetDeadline(time.Now().Add(*timeout))
 				if _, err := c.Write(req); err != nil {
-					if measure {
-						fail(err)
-					} else {
-						c.Close()
-						c = nil
-					}
+					lost(measure, err)
 					continue
 				}
 				status, keep, err := readResponse(br)
 				lat := time.Since(intended)
 				if err != nil {
-					if measure {
-						fail(err)
-					} else {
-						c.Close()
-						c = nil
-					}
+					lost(measure, err)
 					continue
 				}
 				if measure {

@@ -86,13 +86,7 @@ func main() {
 		res := drive(t, *requests, *workers)
 		elapsed := time.Since(start)
 		up.CloseAll()
-		dups := seen.duplicates()
-		executed := 0
-		for _, id := range res.failedPOSTs {
-			if seen.count(id) > 0 {
-				executed++
-			}
-		}
+		dups, executed := seen.duplicates(), seen.received(res.failedPOSTs)
 		fmt.Printf("| %s | %d | %s | %s | %d | %d | %d | %.0f | %s |\n",
 			t.Name, *requests,
 			per100k(res.failed["GET"], res.sent["GET"]), per100k(res.failed["POST"], res.sent["POST"]),
@@ -113,13 +107,7 @@ func paced(up *rig.Upstream, seen *ledger, targets rig.Targets, workers, bursts 
 		res := drivePaced(t, workers, bursts, lo, hi)
 		elapsed := time.Since(start)
 		up.CloseAll()
-		dups := seen.duplicates()
-		executed := 0
-		for _, id := range res.failedPOSTs {
-			if seen.count(id) > 0 {
-				executed++
-			}
-		}
+		dups, executed := seen.duplicates(), seen.received(res.failedPOSTs)
 		sent, failed := res.sent["POST"], res.failed["POST"]
 		pct := "-"
 		if sent > 0 {
@@ -211,10 +199,18 @@ func (l *ledger) reset() {
 	l.mu.Unlock()
 }
 
-func (l *ledger) count(id string) int {
+// received returns how many of ids (POSTs that failed at the client) the
+// upstream did get.
+func (l *ledger) received(ids []string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.ids[id]
+	n := 0
+	for _, id := range ids {
+		if l.ids[id] > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // duplicates returns how many extra copies of POSTs arrived.
