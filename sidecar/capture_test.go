@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -62,16 +61,7 @@ func TestCaptureDestinations(t *testing.T) {
 	hits := fmt.Sprintf(`unstuck_pool_warm_acquires_total{result="hit",upstream=%q}`, label)
 	echo := func() {
 		t.Helper()
-		c, err := net.DialTimeout("tcp", srv, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		fmt.Fprintln(c, "ping")
-		if line, err := bufio.NewReader(c).ReadString('\n'); line != "ping\n" {
-			t.Fatalf("echo through capture: %q, %v", line, err)
-		}
+		testpeer.EchoLine(t, srv).Close()
 	}
 	echo() // makes the destination, with db's settings: a warm connection follows
 	wait.Until(t, 5*time.Second, "a warm connection to the destination", func() bool { return scrape(t, sc, idle) == 1 })

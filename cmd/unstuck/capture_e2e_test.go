@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -202,18 +201,8 @@ func captureAndSample(t *testing.T, srv netip.AddrPort, clients int, d time.Dura
 // connection from the sidecar rather than from the app's socket itself.
 func viaSidecar(t *testing.T, addr string) bool {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := testpeer.EchoLine(t, addr)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte("ping\n")); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "ping\n" {
-		t.Fatalf("echo through %s: %q, %v", addr, line, err)
-	}
 	app := sockstate.EndsOf(c)
 	socks, err := sockstate.List()
 	if err != nil {

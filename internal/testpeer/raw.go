@@ -1,9 +1,11 @@
 package testpeer
 
 import (
+	"bufio"
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/unstuck-proxy/unstuck/internal/tcpserve"
 )
@@ -41,4 +43,25 @@ func FreeAddr(tb testing.TB) string {
 func FreePort(tb testing.TB) int {
 	tb.Helper()
 	return int(netip.MustParseAddrPort(FreeAddr(tb)).Port())
+}
+
+// EchoLine connects to addr, where an echo server is (or a proxy in front
+// of one), sends a line and reads it back, all within 5 s; anything else
+// fails the test. The caller closes the connection it returns.
+func EchoLine(tb testing.TB, addr string) net.Conn {
+	tb.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		c.Close()
+		tb.Fatal(err)
+	}
+	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "ping\n" {
+		c.Close()
+		tb.Fatalf("echo through %s: %q, %v", addr, line, err)
+	}
+	return c
 }
