@@ -354,9 +354,10 @@ events { worker_connections 19000; }
 EOF
 }
 
-# nginx_http_files DIR: the lines of an nginx.conf's http context that keep
-# its files in DIR (and no access log).
-nginx_http_files() {
+# nginx_http_base DIR [long-keepalive]: the first lines of an nginx.conf's
+# http context: its files in DIR, no access log; with long-keepalive,
+# client connections kept for 10 million requests or 300 s idle.
+nginx_http_base() {
 	cat <<EOF
     access_log off;
     client_body_temp_path $1/body;
@@ -365,6 +366,9 @@ nginx_http_files() {
     uwsgi_temp_path $1/uwsgi;
     scgi_temp_path $1/scgi;
 EOF
+	if [[ ${2:-} == long-keepalive ]]; then
+		printf '    keepalive_requests 10000000;\n    keepalive_timeout 300s;\n'
+	fi
 }
 
 # nginx_proxy_server LISTEN: an http server block that listens on LISTEN
@@ -382,10 +386,18 @@ nginx_proxy_server() {
 EOF
 }
 
-# start_nginx NAME DIR: a proxy's nginx on DIR/nginx.conf, its files in
-# DIR; the master's pid is in $LAST.
+# start_nginx NAME DIR <CONF: a proxy's nginx on CONF, written to
+# DIR/nginx.conf, its files in DIR; the master's pid is in $LAST.
 start_nginx() {
+	cat >"$2/nginx.conf"
 	start "$1" "$2/nginx.stderr" nginx -p "$2" -c "$2/nginx.conf" -e "$2/nginx-error.log"
+}
+
+# start_haproxy NAME DIR <CFG: HAProxy on CFG, written to DIR/NAME.cfg, its
+# log DIR/NAME.log; its pid is in $LAST.
+start_haproxy() {
+	cat >"$2/$1.cfg"
+	start "$1" "$2/$1.log" haproxy -db -f "$2/$1.cfg"
 }
 
 # haproxy_http_defaults: the defaults section of the HTTP phases' HAProxy
@@ -414,9 +426,7 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
-$(nginx_http_files "$dir")
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
+$(nginx_http_base "$dir" long-keepalive)
     server {
         listen 127.0.0.1:$1 backlog=4096;
         location / { return 200 "hello"; }
@@ -444,12 +454,10 @@ start_proxies() {
 	local keep=$((pool / 2))
 	((pool > 1024)) && keep=$pool
 
-	cat >"$dir/nginx.conf" <<EOF
+	start_nginx nginx "$dir" <<EOF
 $(nginx_main "$dir")
 http {
-$(nginx_http_files "$dir")
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
+$(nginx_http_base "$dir" long-keepalive)
     upstream backend {
         server $up;
         keepalive $keep;
@@ -459,10 +467,9 @@ $(nginx_http_files "$dir")
 $(nginx_proxy_server "127.0.0.1:$((base + 1)) backlog=4096")
 }
 EOF
-	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 
-	cat >"$dir/haproxy.cfg" <<EOF
+	start_haproxy haproxy "$dir" <<EOF
 global
     nbthread 2
     maxconn 9000
@@ -478,7 +485,6 @@ frontend fe
 backend be
     server up $up pool-purge-delay 300s
 EOF
-	start haproxy "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
 	HAPROXY_PID=$LAST
 
 	start fasthttp "$dir/fhproxy.log" "$BIN/fhproxy" -listen "127.0.0.1:$((base + 3))" -upstream "$up" -max-conns $((pool * 2))
@@ -808,14 +814,14 @@ start_idle_proxies() {
 	mkdir -p "$dir"
 	# nginx: upstream keepalive, keepalive_timeout (60s) and
 	# keepalive_requests left at their defaults.
-	cat >"$dir/nginx.conf" <<EOF
+	start_nginx nginx "$dir" <<EOF
 worker_processes 2;
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
 events { worker_connections 1024; }
 http {
-$(nginx_http_files "$dir")
+$(nginx_http_base "$dir")
     upstream backend {
         server $up;
         keepalive 32;
@@ -823,11 +829,10 @@ $(nginx_http_files "$dir")
 $(nginx_proxy_server "127.0.0.1:$((base + 1))")
 }
 EOF
-	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 	# HAProxy: http-reuse safe (its default, written out), pool settings at
 	# their defaults; the timeouts it requires.
-	cat >"$dir/haproxy.cfg" <<EOF
+	start_haproxy haproxy "$dir" <<EOF
 global
     nbthread 2
 defaults
@@ -842,7 +847,6 @@ frontend fe
 backend be
     server up $up
 EOF
-	start haproxy "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
 	local haproxy_pid=$LAST
 	# unstuck: pool defaults (learn_idle_timeout on, retire_margin 20%).
 	cat >"$dir/unstuck.yaml" <<EOF
@@ -1005,7 +1009,7 @@ start_tcp_proxies() {
 	local dir=$TMP/tcp up=127.0.0.1:$TCP
 	mkdir -p "$dir"
 
-	cat >"$dir/nginx.conf" <<EOF
+	start_nginx nginx-stream "$dir" <<EOF
 load_module $NGINX_STREAM;
 $(nginx_main "$dir")
 stream {
@@ -1019,7 +1023,6 @@ stream {
     }
 }
 EOF
-	start_nginx nginx-stream "$dir"
 	local nginx_master=$LAST
 
 	# HAProxy twice: as is, and splicing both ways. (option splice-auto
@@ -1030,7 +1033,7 @@ EOF
 		port=$((TCP + 2)) splice=""
 		[[ $name == haproxy-splice ]] && port=$((TCP + 3)) splice="option splice-request
     option splice-response"
-		cat >"$dir/$name.cfg" <<EOF
+		start_haproxy "$name" "$dir" <<EOF
 global
     nbthread 2
     # With splicing each connection may hold a pipe (2 fds): stay well
@@ -1049,7 +1052,6 @@ frontend fe
 backend be
     server up $up
 EOF
-		start "$name" "$dir/$name.log" haproxy -db -f "$dir/$name.cfg"
 		if [[ $name == haproxy ]]; then TCP_HAPROXY_PID=$LAST; else TCP_HASPLICE_PID=$LAST; fi
 	done
 
@@ -1368,12 +1370,10 @@ start_tls_rig() {
 	fi
 	local ca=$dir/certs/ca.pem
 
-	cat >"$dir/nginx.conf" <<EOF
+	start_nginx nginx "$dir" <<EOF
 $(nginx_main "$dir")
 http {
-$(nginx_http_files "$dir")
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
+$(nginx_http_base "$dir" long-keepalive)
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     # nginx 1.22 offers only TLS 1.2 to upstreams unless told (1.3 is its
@@ -1415,11 +1415,10 @@ $(nginx_http_files "$dir")
     }
 }
 EOF
-	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 
 	local srv="ssl verify required ca-file $ca sni str($TLS_NAME) pool-purge-delay 300s"
-	cat >"$dir/haproxy.cfg" <<EOF
+	start_haproxy haproxy "$dir" <<EOF
 global
     nbthread 2
     maxconn 9000
@@ -1440,7 +1439,6 @@ backend be_idle
 backend be_plain
     server up 127.0.0.1:$((b + 52)) pool-purge-delay 300s
 EOF
-	start haproxy "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
 	TLS_HAPROXY_PID=$LAST
 
 	# unstuck's config file in a directory of its own (see start_tcp_proxies).
