@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"testing"
 	"time"
@@ -13,15 +12,6 @@ import (
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
-
-// echoAt is a TCP server at addr that echoes until its peer closes.
-func echoAt(t *testing.T, addr string) string {
-	t.Helper()
-	return testpeer.ServeTCP(t, addr, func(c *net.TCPConn) {
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		io.Copy(c, c)
-	}).Addr().String()
-}
 
 // A capture listener's destination that an upstream lists takes that
 // upstream's settings (here a warm pool: min_idle 1), under the label
@@ -35,7 +25,7 @@ func TestCaptureDestinations(t *testing.T) {
 		return
 	}
 	const mark = 0x1e7
-	srv := echoAt(t, "127.0.0.5:0")
+	srv := testpeer.ServeEcho(t, "127.0.0.5:0")
 	l := config.DefaultListener()
 	l.Name, l.Listen, l.Protocol, l.Capture = "captured", "127.0.0.1:0", "tcp", true
 	db := config.DefaultUpstream()

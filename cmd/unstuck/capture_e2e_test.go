@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -42,8 +40,8 @@ func TestE2ECapture(t *testing.T) {
 	const clients, run = 4, 3 * time.Second
 	srv := startStreamingServerAt(t, "127.0.0.5:0")
 	srvAddr := netip.MustParseAddrPort(srv.ln.Addr().String())
-	notCaptured := startEchoServer(t, "127.0.0.5:0")
-	server6 := startEchoServer(t, "[::1]:0")
+	notCaptured := netip.MustParseAddrPort(testpeer.ServeEcho(t, "127.0.0.5:0"))
+	server6 := netip.MustParseAddrPort(testpeer.ServeEcho(t, "[::1]:0"))
 
 	t.Run("direct, the control", func(t *testing.T) {
 		if worst := streamAndSample(t, srvAddr.String(), clients, run); worst == 0 {
@@ -210,13 +208,6 @@ func viaSidecar(t *testing.T, addr string) bool {
 	}
 	direct := slices.ContainsFunc(socks, func(s sockstate.Socket) bool { return s.Local == app.Remote && s.Remote == app.Local })
 	return !direct
-}
-
-// startEchoServer serves, at addr, connections that echo what they read.
-func startEchoServer(t *testing.T, addr string) netip.AddrPort {
-	t.Helper()
-	srv := testpeer.ServeTCP(t, addr, func(c *net.TCPConn) { io.Copy(c, c) })
-	return netip.MustParseAddrPort(srv.Addr().String())
 }
 
 // listNft is table inet unstuck as the nftables library reads it back.

@@ -2,6 +2,7 @@ package testpeer
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -24,6 +25,17 @@ func ServeTCP(tb testing.TB, addr string, handle func(c *net.TCPConn)) *tcpserve
 	srv.Serve(func(c *net.TCPConn, _ int) { handle(c) })
 	tb.Cleanup(func() { srv.Close() })
 	return srv
+}
+
+// ServeEcho is a TCP server at addr that echoes what each connection
+// sends until its peer closes (10 s at most), until the test ends; it
+// returns the server's address.
+func ServeEcho(tb testing.TB, addr string) string {
+	tb.Helper()
+	return ServeTCP(tb, addr, func(c *net.TCPConn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(c, c)
+	}).Addr().String()
 }
 
 // FreeAddr returns a loopback host:port that was free a moment ago:
