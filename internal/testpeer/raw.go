@@ -27,6 +27,26 @@ func ServeTCP(tb testing.TB, addr string, handle func(c *net.TCPConn)) *tcpserve
 	return srv
 }
 
+// AcceptLoop accepts connections on ln and runs handle for each, one after
+// another on the accepting goroutine, so that what handle does happens in
+// the order of the accepts (handle starts a goroutine for anything that
+// must not hold up the next accept). When the test ends it closes ln and
+// waits for the loop.
+func AcceptLoop(tb testing.TB, ln net.Listener, handle func(c net.Conn)) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			handle(c)
+		}
+	}()
+	tb.Cleanup(func() { ln.Close(); <-done })
+}
+
 // ServeEcho is a TCP server at addr that echoes what each connection
 // sends until its peer closes (10 s at most), until the test ends; it
 // returns the server's address.
