@@ -28,7 +28,7 @@
 #      (20,000) and a time (5 s); each proxy's CPU-seconds per GB and
 #      CPU-ms per 1,000 pairs (utime and stime from /proc/PID/stat); the
 #      ratios of unstuck to each, per round. Then a CPU profile of unstuck
-#      under the pairs load (its admin port's /debug/pprof/profile);
+#      under the pairs load (its debug listener's /debug/pprof/profile);
 #      unstuck under strace -f -c during a bulk transfer (thousands of
 #      splice calls, a handful of read/write); and each proxy under
 #      strace -f -c for 2,000 pairs (system calls per pair). 5 rounds;
@@ -42,7 +42,7 @@
 #      full and resumed. wrk -c64 to each in rounds, the three in turn,
 #      each also to a plain-HTTP listener of the same upstream (what TLS
 #      costs each proxy): req/s, p99, req/CPU-s and their ratios round by
-#      round; a CPU profile of unstuck under wrk (admin
+#      round; a CPU profile of unstuck under wrk (its debug listener's
 #      /debug/pprof/profile). Then, against listeners that close
 #      connections idle for 1 s, a paced client (tlsbench pace: bursts of
 #      8 requests at once, 1.2 s idle after each, bounded by count and
@@ -123,13 +123,14 @@ FIXED=19700
 # +5 unstuck, +9 unstuck's admin listener.
 IDLE=19800
 # The tcp phase: +0 upstream (tcpbench), +1 nginx stream, +2 HAProxy,
-# +3 HAProxy with splice, +5 unstuck, +9 unstuck's admin listener.
+# +3 HAProxy with splice, +5 unstuck, +8 and +9 unstuck's debug and admin
+# listeners.
 TCP=19500
 # The tls phase: +0 tlsbench's /stats; the proxies' ports to the keep-alive
 # TLS upstream +1 nginx, +2 HAProxy, +5 unstuck, to the one that closes
 # idle connections +11, +12, +15, and to the plain-HTTP one +41, +42, +45;
 # tlsbench's listeners for each proxy +20, +30 and +50 (+21 nginx's...);
-# +9 unstuck's admin listener.
+# +8 and +9 unstuck's debug and admin listeners.
 TLS=19600
 TLS_NAME=backend.test # the certificate's name, sent as SNI and verified
 TLS_WRK_CONNS=64      # wrk's connections
@@ -359,9 +360,10 @@ events { worker_connections 19000; }
 EOF
 }
 
-# nginx_http_files DIR: the lines of an nginx.conf's http context that keep
-# its files in DIR (and no access log).
-nginx_http_files() {
+# nginx_http_base DIR [long-keepalive]: the first lines of an nginx.conf's
+# http context: its files in DIR, no access log; with long-keepalive,
+# client connections kept for 10 million requests or 300 s idle.
+nginx_http_base() {
 	cat <<EOF
     access_log off;
     client_body_temp_path $1/body;
@@ -370,6 +372,9 @@ nginx_http_files() {
     uwsgi_temp_path $1/uwsgi;
     scgi_temp_path $1/scgi;
 EOF
+	if [[ ${2:-} == long-keepalive ]]; then
+		printf '    keepalive_requests 10000000;\n    keepalive_timeout 300s;\n'
+	fi
 }
 
 # nginx_proxy_server LISTEN: an http server block that listens on LISTEN
@@ -387,11 +392,20 @@ nginx_proxy_server() {
 EOF
 }
 
-# start_nginx NAME DIR: a proxy's nginx on DIR/nginx.conf, its files in
-# DIR; the master's pid is in $LAST.
+# start_nginx NAME DIR <CONF: a proxy's nginx on CONF, written to
+# DIR/nginx.conf, its files in DIR; the master's pid is in $LAST.
 start_nginx() {
+	cat >"$2/nginx.conf"
 	# shellcheck disable=SC2086 # PROXY_PIN: a command prefix or nothing
 	start "$1" "$2/nginx.stderr" ${PROXY_PIN:-} nginx -p "$2" -c "$2/nginx.conf" -e "$2/nginx-error.log"
+}
+
+# start_haproxy NAME DIR <CFG: HAProxy on CFG, written to DIR/NAME.cfg, its
+# log DIR/NAME.log; its pid is in $LAST.
+start_haproxy() {
+	cat >"$2/$1.cfg"
+	# shellcheck disable=SC2086 # PROXY_PIN: a command prefix or nothing
+	start "$1" "$2/$1.log" ${PROXY_PIN:-} haproxy -db -f "$2/$1.cfg"
 }
 
 # haproxy_http_defaults: the defaults section of the HTTP phases' HAProxy
@@ -421,9 +435,7 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
-$(nginx_http_files "$dir")
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
+$(nginx_http_base "$dir" long-keepalive)
     server {
         listen 127.0.0.1:$1 backlog=4096;
         location / { return 200 "hello"; }
@@ -455,12 +467,10 @@ start_proxies() {
 	local keep=$((pool / 2))
 	((pool > 1024)) && keep=$pool
 
-	cat >"$dir/nginx.conf" <<EOF
+	start_nginx nginx "$dir" <<EOF
 $(nginx_main "$dir" "$workers")
 http {
-$(nginx_http_files "$dir")
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
+$(nginx_http_base "$dir" long-keepalive)
     upstream backend {
         server $up;
         keepalive $keep;
@@ -470,10 +480,9 @@ $(nginx_http_files "$dir")
 $(nginx_proxy_server "127.0.0.1:$((base + 1)) backlog=4096")
 }
 EOF
-	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 
-	cat >"$dir/haproxy.cfg" <<EOF
+	start_haproxy haproxy "$dir" <<EOF
 global
     nbthread $workers
     maxconn 9000
@@ -489,8 +498,6 @@ frontend fe
 backend be
     server up $up pool-purge-delay 300s
 EOF
-	# shellcheck disable=SC2086
-	start haproxy "$dir/haproxy.log" $pin haproxy -db -f "$dir/haproxy.cfg"
 	HAPROXY_PID=$LAST
 
 	# shellcheck disable=SC2086
@@ -874,14 +881,14 @@ start_idle_proxies() {
 	mkdir -p "$dir"
 	# nginx: upstream keepalive, keepalive_timeout (60s) and
 	# keepalive_requests left at their defaults.
-	cat >"$dir/nginx.conf" <<EOF
+	start_nginx nginx "$dir" <<EOF
 worker_processes 2;
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
 events { worker_connections 1024; }
 http {
-$(nginx_http_files "$dir")
+$(nginx_http_base "$dir")
     upstream backend {
         server $up;
         keepalive 32;
@@ -889,11 +896,10 @@ $(nginx_http_files "$dir")
 $(nginx_proxy_server "127.0.0.1:$((base + 1))")
 }
 EOF
-	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 	# HAProxy: http-reuse safe (its default, written out), pool settings at
 	# their defaults; the timeouts it requires.
-	cat >"$dir/haproxy.cfg" <<EOF
+	start_haproxy haproxy "$dir" <<EOF
 global
     nbthread 2
 defaults
@@ -908,7 +914,6 @@ frontend fe
 backend be
     server up $up
 EOF
-	start haproxy "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
 	local haproxy_pid=$LAST
 	# unstuck: pool defaults (learn_idle_timeout on, retire_margin 20%).
 	cat >"$dir/unstuck.yaml" <<EOF
@@ -1071,7 +1076,7 @@ start_tcp_proxies() {
 	local dir=$TMP/tcp up=127.0.0.1:$TCP
 	mkdir -p "$dir"
 
-	cat >"$dir/nginx.conf" <<EOF
+	start_nginx nginx-stream "$dir" <<EOF
 load_module $NGINX_STREAM;
 $(nginx_main "$dir")
 stream {
@@ -1085,7 +1090,6 @@ stream {
     }
 }
 EOF
-	start_nginx nginx-stream "$dir"
 	local nginx_master=$LAST
 
 	# HAProxy twice: as is, and splicing both ways. (option splice-auto
@@ -1096,7 +1100,7 @@ EOF
 		port=$((TCP + 2)) splice=""
 		[[ $name == haproxy-splice ]] && port=$((TCP + 3)) splice="option splice-request
     option splice-response"
-		cat >"$dir/$name.cfg" <<EOF
+		start_haproxy "$name" "$dir" <<EOF
 global
     nbthread 2
     # With splicing each connection may hold a pipe (2 fds): stay well
@@ -1115,7 +1119,6 @@ frontend fe
 backend be
     server up $up
 EOF
-		start "$name" "$dir/$name.log" haproxy -db -f "$dir/$name.cfg"
 		if [[ $name == haproxy ]]; then TCP_HAPROXY_PID=$LAST; else TCP_HASPLICE_PID=$LAST; fi
 	done
 
@@ -1125,7 +1128,7 @@ EOF
 	# written to this phase's directory.
 	mkdir -p "$dir/unstuck"
 	cat >"$dir/unstuck/unstuck.yaml" <<EOF
-admin: {listen: 127.0.0.1:$((TCP + 9)), debug_listen: ""}
+admin: {listen: 127.0.0.1:$((TCP + 9)), debug_listen: 127.0.0.1:$((TCP + 8)), pprof: true}
 listeners:
   app: {listen: 127.0.0.1:$((TCP + 5)), protocol: tcp, upstream: backend}
 upstreams:
@@ -1163,7 +1166,7 @@ pprof_during() {
 # alone, in $TMP/tcp/unstuck-pairs.pprof.
 tcp_profile() {
 	local dir=$TMP/tcp
-	pprof_during "$dir/unstuck-pairs.pprof" "$TCP_PROF" $((TCP + 9)) "$dir/profile-run.md" "$dir/profile-run.err" \
+	pprof_during "$dir/unstuck-pairs.pprof" "$TCP_PROF" $((TCP + 8)) "$dir/profile-run.md" "$dir/profile-run.err" \
 		"$BIN/tcpbench" -listen "127.0.0.1:$TCP" \
 		-tests cps -rounds 1 -warm=false -cps-max 1000000 -cps-time "$((TCP_PROF + 1))s" -hz "$(getconf CLK_TCK)" \
 		-target "unstuck=127.0.0.1:$((TCP + 5))@$TCP_UNSTUCK_PID"
@@ -1392,7 +1395,7 @@ phase_tcp() {
 		say "No profile (see the messages above)."
 		report_errors pprof 1 "$dir/profile.err"
 	else
-		say "A ${TCP_PROF}s CPU profile (admin /debug/pprof/profile) of the measured unstuck while tcpbench ran pairs through it alone"
+		say "A ${TCP_PROF}s CPU profile (the debug listener's /debug/pprof/profile) of the measured unstuck while tcpbench ran pairs through it alone"
 		say "(32 workers, $((TCP_PROF + 1))s; the profiler's own cost included):"
 		say ""
 		grep -v '^$' "$dir/profile-run.md" | head -n 3 | cut -d'|' -f1-6 | sed 's/$/|/' | tee -a "$RUN_OUT"
@@ -1434,12 +1437,10 @@ start_tls_rig() {
 	fi
 	local ca=$dir/certs/ca.pem
 
-	cat >"$dir/nginx.conf" <<EOF
+	start_nginx nginx "$dir" <<EOF
 $(nginx_main "$dir")
 http {
-$(nginx_http_files "$dir")
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
+$(nginx_http_base "$dir" long-keepalive)
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     # nginx 1.22 offers only TLS 1.2 to upstreams unless told (1.3 is its
@@ -1481,11 +1482,10 @@ $(nginx_http_files "$dir")
     }
 }
 EOF
-	start_nginx nginx "$dir"
 	local nginx_master=$LAST
 
 	local srv="ssl verify required ca-file $ca sni str($TLS_NAME) pool-purge-delay 300s"
-	cat >"$dir/haproxy.cfg" <<EOF
+	start_haproxy haproxy "$dir" <<EOF
 global
     nbthread 2
     maxconn 9000
@@ -1506,13 +1506,12 @@ backend be_idle
 backend be_plain
     server up 127.0.0.1:$((b + 52)) pool-purge-delay 300s
 EOF
-	start haproxy "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
 	TLS_HAPROXY_PID=$LAST
 
 	# unstuck's config file in a directory of its own (see start_tcp_proxies).
 	local tls="tls: {enabled: true, ca_file: $ca, server_name: $TLS_NAME}"
 	cat >"$dir/unstuck/unstuck.yaml" <<EOF
-admin: {listen: 127.0.0.1:$((b + 9)), debug_listen: ""}
+admin: {listen: 127.0.0.1:$((b + 9)), debug_listen: 127.0.0.1:$((b + 8)), pprof: true}
 listeners:
   ka: {listen: 127.0.0.1:$((b + 5)), upstream: ka}
   idle: {listen: 127.0.0.1:$((b + 15)), upstream: idle}
@@ -1541,7 +1540,7 @@ EOF
 # $TMP/tls/unstuck-wrk.pprof.
 tls_profile() {
 	local dir=$TMP/tls
-	pprof_during "$dir/unstuck-wrk.pprof" "$TLS_PROF" $((TLS + 9)) "$dir/profile-wrk.txt" "$dir/profile-wrk.err" \
+	pprof_during "$dir/unstuck-wrk.pprof" "$TLS_PROF" $((TLS + 8)) "$dir/profile-wrk.txt" "$dir/profile-wrk.err" \
 		wrk -t2 -c"$TLS_WRK_CONNS" -d"$((TLS_PROF + 1))s" "http://127.0.0.1:$((TLS + 5))/"
 }
 
@@ -1795,7 +1794,7 @@ phase_tls() {
 		report_errors pprof 1 "$dir/profile.err"
 	else
 		local f=$dir/unstuck-wrk.pprof
-		say "A ${TLS_PROF}s CPU profile (admin /debug/pprof/profile) of the measured unstuck under wrk -c$TLS_WRK_CONNS alone"
+		say "A ${TLS_PROF}s CPU profile (the debug listener's /debug/pprof/profile) of the measured unstuck under wrk -c$TLS_WRK_CONNS alone"
 		say "($(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$dir/profile-wrk.txt") req/s meanwhile, the profiler's cost included). Share of the samples:"
 		say "crypto/ (AES-GCM sealing and opening, TLS records) $pct_crypto%,"
 		say "system calls (syscall.*, internal/runtime/syscall.*: time in the kernel) $pct_sys%,"

@@ -184,17 +184,23 @@ func yamlAsJSON(t *testing.T, file string) map[string]any {
 	return out
 }
 
-// TestPrometheusRule: prometheusrule.yaml decodes strictly as the
-// Operator's PrometheusRule, and holds exactly alerts.yaml's groups.
-func TestPrometheusRule(t *testing.T) {
-	data, err := os.ReadFile(prometheusRuleFile)
+// decodeStrict decodes a YAML file into v, refusing fields v lacks.
+func decodeStrict(t *testing.T, file string, v any) {
+	t.Helper()
+	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pr monitoringv1.PrometheusRule
-	if err := sigsyaml.UnmarshalStrict(data, &pr); err != nil {
-		t.Fatalf("%s: %v", prometheusRuleFile, err)
+	if err := sigsyaml.UnmarshalStrict(data, v); err != nil {
+		t.Fatalf("%s: %v", file, err)
 	}
+}
+
+// TestPrometheusRule: prometheusrule.yaml decodes strictly as the
+// Operator's PrometheusRule, and holds exactly alerts.yaml's groups.
+func TestPrometheusRule(t *testing.T) {
+	var pr monitoringv1.PrometheusRule
+	decodeStrict(t, prometheusRuleFile, &pr)
 	if pr.APIVersion != "monitoring.coreos.com/v1" || pr.Kind != monitoringv1.PrometheusRuleKind || pr.Name == "" {
 		t.Errorf("%s: apiVersion %q kind %q name %q", prometheusRuleFile, pr.APIVersion, pr.Kind, pr.Name)
 	}
@@ -211,14 +217,8 @@ func TestPrometheusRule(t *testing.T) {
 // PodMonitor, selects the pods of deployment.yaml, and scrapes /metrics on
 // the sidecar's admin port.
 func TestPodMonitor(t *testing.T) {
-	data, err := os.ReadFile(podMonitorFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var pm monitoringv1.PodMonitor
-	if err := sigsyaml.UnmarshalStrict(data, &pm); err != nil {
-		t.Fatalf("%s: %v", podMonitorFile, err)
-	}
+	decodeStrict(t, podMonitorFile, &pm)
 	if pm.APIVersion != "monitoring.coreos.com/v1" || pm.Kind != monitoringv1.PodMonitorsKind || pm.Name == "" {
 		t.Errorf("%s: apiVersion %q kind %q name %q", podMonitorFile, pm.APIVersion, pm.Kind, pm.Name)
 	}

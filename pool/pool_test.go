@@ -352,29 +352,17 @@ func benchPool(b *testing.B) *Pool {
 		b.Fatal(err)
 	}
 	var held []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
-	p, err := New(Config{Endpoints: []string{ln.Addr().String()}, MaxConns: 1024, MaxIdle: 1024})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		p.Close()
-		ln.Close()
-		<-done
+	b.Cleanup(func() { // last: after the pool and the accept loop end
 		for _, c := range held {
 			c.Close()
 		}
 	})
+	testpeer.AcceptLoop(b, ln, func(c net.Conn) { held = append(held, c) })
+	p, err := New(Config{Endpoints: []string{ln.Addr().String()}, MaxConns: 1024, MaxIdle: 1024})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
 	return p
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/unstuck-proxy/unstuck/capture"
 	"github.com/unstuck-proxy/unstuck/internal/netns"
 	"github.com/unstuck-proxy/unstuck/internal/sockstate"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/pool"
 	"github.com/unstuck-proxy/unstuck/sockopt"
@@ -186,30 +187,22 @@ func echoPeerAt(t *testing.T, addr string, closeAfter time.Duration) (netip.Addr
 	}
 	peers := make(chan netip.AddrPort, 16)
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
+	t.Cleanup(wg.Wait) // after AcceptLoop's: no more Add
+	testpeer.AcceptLoop(t, ln, func(c net.Conn) {
+		peers <- netip.MustParseAddrPort(c.RemoteAddr().String())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
 			if err != nil {
 				return
 			}
-			peers <- netip.MustParseAddrPort(c.RemoteAddr().String())
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err != nil {
-					return
-				}
-				io.WriteString(c, line)
-				time.Sleep(closeAfter) // the server's own idle close, not a synchronisation
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+			io.WriteString(c, line)
+			time.Sleep(closeAfter) // the server's own idle close, not a synchronisation
+		}()
+	})
 	return netip.MustParseAddrPort(ln.Addr().String()), peers
 }
 

@@ -91,6 +91,18 @@ func dialTCP(t testing.TB, addr string) *net.TCPConn {
 	return c.(*net.TCPConn)
 }
 
+// sendAndClose writes randomStream(seed, n) to c, then its FIN, on a
+// goroutine of its own; the channel gets the write's error.
+func sendAndClose(c *net.TCPConn, seed byte, n int64) <-chan error {
+	sent := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(c, randomStream(seed, n))
+		c.CloseWrite()
+		sent <- err
+	}()
+	return sent
+}
+
 // randomStream is n reproducible random bytes: seed picks which.
 func randomStream(seed byte, n int64) io.Reader {
 	return io.LimitReader(rand.NewChaCha8([32]byte{seed}), n)
@@ -123,12 +135,7 @@ func TestPairMovesBytesExactly(t *testing.T) {
 	addr, _, _ := startTCP(t, pool.Config{}, Config{}, up.addr())
 	app := dialTCP(t, addr)
 	app.SetDeadline(time.Now().Add(60 * time.Second))
-	sent := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(app, randomStream(3, size))
-		app.CloseWrite()
-		sent <- err
-	}()
+	sent := sendAndClose(app, 3, size)
 	gotSum, n := sumOf(app)
 	if err := <-sent; err != nil {
 		t.Fatalf("app send: %v", err)
@@ -210,12 +217,7 @@ func TestPairUpstreamHalfClosesMidStream(t *testing.T) {
 	addr, _, _ := startTCP(t, pool.Config{}, Config{}, up.addr())
 	app := dialTCP(t, addr)
 	app.SetDeadline(time.Now().Add(30 * time.Second))
-	sent := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(app, randomStream(5, size))
-		app.CloseWrite()
-		sent <- err
-	}()
+	sent := sendAndClose(app, 5, size)
 	got, err := io.ReadAll(app)
 	if string(got) != "bye" || err != nil {
 		t.Errorf("app read %q, %v; want the upstream's bye, then its FIN", got, err)

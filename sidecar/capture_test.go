@@ -1,9 +1,7 @@
 package sidecar
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"net"
 	"testing"
 	"time"
@@ -14,15 +12,6 @@ import (
 	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 )
-
-// echoAt is a TCP server at addr that echoes until its peer closes.
-func echoAt(t *testing.T, addr string) string {
-	t.Helper()
-	return testpeer.ServeTCP(t, addr, func(c *net.TCPConn) {
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		io.Copy(c, c)
-	}).Addr().String()
-}
 
 // A capture listener's destination that an upstream lists takes that
 // upstream's settings (here a warm pool: min_idle 1), under the label
@@ -36,7 +25,7 @@ func TestCaptureDestinations(t *testing.T) {
 		return
 	}
 	const mark = 0x1e7
-	srv := echoAt(t, "127.0.0.5:0")
+	srv := testpeer.ServeEcho(t, "127.0.0.5:0")
 	l := config.DefaultListener()
 	l.Name, l.Listen, l.Protocol, l.Capture = "captured", "127.0.0.1:0", "tcp", true
 	db := config.DefaultUpstream()
@@ -62,16 +51,7 @@ func TestCaptureDestinations(t *testing.T) {
 	hits := fmt.Sprintf(`unstuck_pool_warm_acquires_total{result="hit",upstream=%q}`, label)
 	echo := func() {
 		t.Helper()
-		c, err := net.DialTimeout("tcp", srv, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		fmt.Fprintln(c, "ping")
-		if line, err := bufio.NewReader(c).ReadString('\n'); line != "ping\n" {
-			t.Fatalf("echo through capture: %q, %v", line, err)
-		}
+		testpeer.EchoLine(t, srv).Close()
 	}
 	echo() // makes the destination, with db's settings: a warm connection follows
 	wait.Until(t, 5*time.Second, "a warm connection to the destination", func() bool { return scrape(t, sc, idle) == 1 })

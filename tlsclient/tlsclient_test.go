@@ -2,6 +2,7 @@ package tlsclient
 
 import (
 	"crypto/tls"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/unstuck-proxy/unstuck/config"
+	"github.com/unstuck-proxy/unstuck/internal/testpeer"
 	"github.com/unstuck-proxy/unstuck/internal/testtls"
 	"github.com/unstuck-proxy/unstuck/internal/wait"
 	"github.com/unstuck-proxy/unstuck/pool"
@@ -95,21 +97,11 @@ func TestClientCertificateRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			c.(*tls.Conn).Handshake()
-			c.Close()
-		}
-	}()
-	defer func() { ln.Close(); wg.Wait() }()
+	testpeer.AcceptLoop(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.(*tls.Conn).Handshake()
+		c.Close()
+	})
 
 	cfg, err := New(config.TLS{CAFile: caFile, CertFile: certFile, KeyFile: keyFile}, true)
 	if err != nil {

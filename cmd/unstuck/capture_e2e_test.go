@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -43,8 +40,8 @@ func TestE2ECapture(t *testing.T) {
 	const clients, run = 4, 3 * time.Second
 	srv := startStreamingServerAt(t, "127.0.0.5:0")
 	srvAddr := netip.MustParseAddrPort(srv.ln.Addr().String())
-	notCaptured := startEchoServer(t, "127.0.0.5:0")
-	server6 := startEchoServer(t, "[::1]:0")
+	notCaptured := netip.MustParseAddrPort(testpeer.ServeEcho(t, "127.0.0.5:0"))
+	server6 := netip.MustParseAddrPort(testpeer.ServeEcho(t, "[::1]:0"))
 
 	t.Run("direct, the control", func(t *testing.T) {
 		if worst := streamAndSample(t, srvAddr.String(), clients, run); worst == 0 {
@@ -202,18 +199,8 @@ func captureAndSample(t *testing.T, srv netip.AddrPort, clients int, d time.Dura
 // connection from the sidecar rather than from the app's socket itself.
 func viaSidecar(t *testing.T, addr string) bool {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := testpeer.EchoLine(t, addr)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte("ping\n")); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "ping\n" {
-		t.Fatalf("echo through %s: %q, %v", addr, line, err)
-	}
 	app := sockstate.EndsOf(c)
 	socks, err := sockstate.List()
 	if err != nil {
@@ -221,13 +208,6 @@ func viaSidecar(t *testing.T, addr string) bool {
 	}
 	direct := slices.ContainsFunc(socks, func(s sockstate.Socket) bool { return s.Local == app.Remote && s.Remote == app.Local })
 	return !direct
-}
-
-// startEchoServer serves, at addr, connections that echo what they read.
-func startEchoServer(t *testing.T, addr string) netip.AddrPort {
-	t.Helper()
-	srv := testpeer.ServeTCP(t, addr, func(c *net.TCPConn) { io.Copy(c, c) })
-	return netip.MustParseAddrPort(srv.Addr().String())
 }
 
 // listNft is table inet unstuck as the nftables library reads it back.
