@@ -37,6 +37,7 @@ const (
 func (c *appConn) responseRead(t time.Time) {
 	if c != nil {
 		c.respRead, c.respWrote = t, time.Time{}
+		c.respPending.Store(true)
 	}
 }
 
@@ -44,7 +45,7 @@ func (c *appConn) responseRead(t time.Time) {
 // the last write so far, or, if it failed, no phase at all.
 func (c *appConn) wrote(err error) {
 	if err != nil {
-		c.respRead = time.Time{}
+		c.respPending.Store(false)
 		return
 	}
 	c.respWrote = time.Now()
@@ -53,13 +54,13 @@ func (c *appConn) wrote(err error) {
 // responseWritten ends the response phase, if one runs, and reports it: the
 // response's bytes have all been written.
 func (c *appConn) responseWritten() {
-	if c == nil || c.respRead.IsZero() {
+	if c == nil || !c.respPending.Load() {
 		return
 	}
 	end := c.respWrote
 	if end.IsZero() { // held back for a pipelined response, or nothing left to write
 		end = time.Now()
 	}
+	c.respPending.Store(false)
 	c.l.obs.Added(AddedResponse, end.Sub(c.respRead))
-	c.respRead = time.Time{}
 }

@@ -383,9 +383,13 @@ type appConn struct {
 	hdrDeadline     time.Time     // while the headers of a request are read; zero otherwise
 	readDeadlineSet bool          // a header or body deadline to clear at the request's end
 
-	// The response phase of the added latency (added.go), on the goroutine
-	// that writes to the app: the response's last byte read from the
-	// upstream (zero: no phase runs) and the end of the last write since.
+	// The response phase of the added latency (added.go): whether one
+	// runs, and if so, on the goroutine that writes to the app, the
+	// response's last byte read from the upstream and the end of the last
+	// write since. respPending is atomic because fasthttp reports a
+	// connection's close (StateClosed) after handing it to the parker,
+	// which may be serving it again on another goroutine.
+	respPending         atomic.Bool
 	respRead, respWrote time.Time
 
 	// The framing guard over every byte read (framing.go), on the serving
@@ -462,7 +466,7 @@ func (c *appConn) Write(b []byte) (int, error) {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.sendTimeout))
 	}
 	n, err := c.Conn.Write(b)
-	if !c.respRead.IsZero() {
+	if c.respPending.Load() {
 		c.wrote(err)
 	}
 	return n, err
