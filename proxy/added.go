@@ -5,29 +5,36 @@ import "time"
 // The latency unstuck itself adds to a request (Observer.Added), in two
 // phases, each from the last byte of a message read on one side to its last
 // byte written on the other: how much later the message arrives whole than
-// it would with no proxy in between. What the upstream or the app spends
-// producing or taking in the message is theirs and is not counted: an
-// upstream's think time, a body the app or the upstream sends slowly. What
-// unstuck does in between is: parsing aside, every rewrite, the wait for a
-// pooled connection, a new connection's dial and TLS handshake, failed
-// attempts and their retries, and the write system calls.
+// it would with nothing in between. What the upstream or the app spends
+// producing or taking in a message is theirs and is not counted: the
+// upstream's think time, a body either side sends slowly. What unstuck does
+// in between is: every rewrite, the wait for a pooled connection, a new
+// connection's dial and TLS handshake, failed attempts and their retries,
+// the write system calls, and a wait for an app that does not read while
+// unstuck holds the message's last bytes.
+//
+// Where each end is taken, and where that is not exactly the byte:
 const (
 	// AddedRequest: from the request's last byte read from the app to its
-	// last byte written to the upstream (the flush of the attempt that
-	// was answered, or the last one). The start is the moment fasthttp
-	// hands over the parsed request head (its request time) for a request
-	// without a body, else the read of the body's last byte. Reported at
-	// the end of the exchange, once per request that was written
-	// upstream whole.
+	// last byte written to the upstream: the return of the flush of the
+	// last attempt. The start is fasthttp's request time for a request
+	// without a body or with one fasthttp read whole before the handler
+	// (it takes it just after parsing the head, so the parse is left
+	// out), else the return of the read that ended the body. Reported at
+	// the end of the exchange, once per request written upstream whole by
+	// its last attempt, whatever the answer.
 	AddedRequest = "request"
-	// AddedResponse: from the upstream's response's last byte read (the
-	// end of its head for a response without a body, else the read that
-	// returned its body's end) to the return of the last write to the
-	// app that carried part of it. Reported once per upstream response
-	// written to the app whole, at the request boundary (or the close, or
-	// the end of an HTTP/1.0 raw stream); a write that fails drops it. A
-	// response fasthttp holds back to send with the next pipelined one is
-	// measured to the moment it was held.
+	// AddedResponse: from the upstream response's last byte read to the
+	// return of the last write to the app after it. The start is the
+	// return of the response head's read and parse for a response without
+	// a body, else the return of the read that ended the body (for a
+	// chunked body, its last chunk; the bytes before it may have been
+	// written to the app already). Reported once per upstream response
+	// written to the app whole, at the request boundary (fasthttp's
+	// StateIdle), the connection's close, or the end of an HTTP/1.0 raw
+	// stream; a write that fails drops it. A response fasthttp holds back
+	// to send with the next pipelined one is measured to the moment it
+	// was held. A 101 has none: what follows is a TCP pair.
 	AddedResponse = "response"
 )
 
