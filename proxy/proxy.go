@@ -693,11 +693,13 @@ func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, b
 	if cl >= 0 && cl <= maxBufferedBody {
 		x.app.upstreamReadDeadline(nc, up.ResponseIdleTimeout)
 		resp.StreamBody = false
+		// A body that came with the head was read when the head was.
+		withHead := br.Buffered() >= cl
 		if err := resp.ReadBody(br, 0); err != nil {
 			return x.failed("read body", c, err, "response_body", "response_idle")
 		}
 		bodyRead := headRead
-		if cl > 0 {
+		if !withHead {
 			bodyRead = time.Now()
 		}
 		x.giveBack(c, closeCause(serverClose))
