@@ -242,3 +242,49 @@ func (l smallSendListener) Accept() (net.Conn, error) {
 	}
 	return c, err
 }
+
+// Waiting for a pooled connection is unstuck's: a request that waits at
+// max_conns shows the wait in its request phase, the one that held the
+// connection does not.
+func TestAddedLatencyCountsThePoolWait(t *testing.T) {
+	held, release := make(chan struct{}), make(chan struct{})
+	up := startPeer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/hold" {
+				close(held)
+				<-release
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free) // before the peer's close, which waits for its script
+	obs := &addedRecorder{}
+	s, addr := startServer(t, proxyOpts{pool: pool.Config{MaxConns: 1}, listener: Config{Observer: obs}}, up.addr())
+	a, b := dialRaw(t, addr), dialRaw(t, addr)
+	a.send(get("/hold"))
+	<-held
+	b.send(get("/quick"))
+	wait.Until(t, 5*time.Second, "the second request waiting for the pool's one connection", func() bool {
+		st := s.up.Load().Pool.Stats()
+		return len(st) == 1 && st[0].Waiters == 1
+	})
+	time.Sleep(slowness) // the wait under test
+	free()
+	a.response("GET")
+	b.response("GET")
+	request, _ := obs.await(t, 2)
+	short, long := min(request[0], request[1]), max(request[0], request[1])
+	t.Logf("added request: %v (held the connection), %v (waited for it)", short, long)
+	if long < slowness {
+		t.Errorf("the request that waited for the pool: added %v; want at least its %v wait", long, slowness)
+	}
+	if short <= 0 || short >= slowness/2 {
+		t.Errorf("the request that held the connection: added %v; want more than 0 and far below %v", short, slowness)
+	}
+}
