@@ -64,6 +64,9 @@ var (
 	responseBuckets = roundBuckets(prometheus.ExponentialBuckets(0.0005, 2, 16))
 	// tlsBuckets: 100µs to ~3s, doubling.
 	tlsBuckets = roundBuckets(prometheus.ExponentialBuckets(0.0001, 2, 16))
+	// addedBuckets: 10µs to ~164ms, doubling: what unstuck adds to a
+	// request is counted in microseconds.
+	addedBuckets = roundBuckets(prometheus.ExponentialBuckets(0.00001, 2, 15))
 )
 
 // roundBuckets rounds each bound to 3 significant digits, so that a
@@ -92,6 +95,7 @@ type Metrics struct {
 	retries     *prometheus.CounterVec   // listener, upstream, reason
 	requests    *prometheus.CounterVec   // listener, upstream, code
 	response    *prometheus.HistogramVec // listener, upstream
+	added       *prometheus.HistogramVec // listener, upstream, phase
 	appOpen     *prometheus.GaugeVec     // listener
 	appReleased *prometheus.GaugeVec     // listener
 	appClosed   *prometheus.CounterVec   // listener, how
@@ -148,6 +152,9 @@ func New() *Metrics {
 		response: histogramVec("unstuck_upstream_response_seconds",
 			"Time from a request's first acquire to the end of the upstream's response header (or the failure), retries included.",
 			responseBuckets, "listener", "upstream"),
+		added: histogramVec("unstuck_proxy_added_seconds",
+			"Latency unstuck itself adds, by phase: from a message's last byte read on one side to its last byte written on the other. request: from the request's last byte read from the app (the end of its head, or of its body) to its last byte written upstream, including the wait for a pooled connection, a new connection's dial and TLS handshake, and failed attempts before a retry. response: from the upstream response's last byte read (the end of its head, or of its body) to the return of the last write to the app that carried it, including a wait for an app that does not read while unstuck holds those bytes. The upstream's think time and a body either side sends slowly are theirs, not counted. One observation per request written upstream whole, and per upstream response written to the app whole.",
+			addedBuckets, "listener", "upstream", "phase"),
 		appOpen: gaugeVec("unstuck_app_connections_open",
 			"App connections open on the listener.",
 			"listener"),
@@ -191,7 +198,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsScheduler)),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.dials, m.dialErrors, m.waits, m.waitSeconds, m.exhausted, m.closes, m.reaction,
-		m.retries, m.requests, m.response, m.appOpen, m.appReleased, m.appClosed,
+		m.retries, m.requests, m.response, m.added, m.appOpen, m.appReleased, m.appClosed,
 		m.refused, m.appAborts, m.upTimeouts,
 		m.reloads, m.reloadErrors, m.reloadOK, m.reloadOKTime, m.buildInfo,
 		m.upstreamCheck, m.pools, m.sockets,

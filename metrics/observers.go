@@ -122,24 +122,27 @@ func (o *upstreamObserver) TLSHandshake(_ string, resumed bool, d time.Duration)
 // Listener returns the proxy.Observer for listener name, which forwards to
 // upstream. Its label children are created here, with zeros for status
 // classes 2xx to 5xx of the upstream's answers and every reason of
-// unstuck's own (proxy.Reasons), retry reasons dial and stale, every way an app
-// connection closes, every refuse reason, and every phase of an app abort
-// and of an upstream timeout; no call allocates after. Calling it again for the same
-// names returns an observer that feeds the same series.
+// unstuck's own (proxy.Reasons), retry reasons dial and stale, both phases
+// of the added latency, every way an app connection closes, every refuse
+// reason, and every phase of an app abort and of an upstream timeout; no
+// call allocates after. Calling it again for the same names returns an
+// observer that feeds the same series.
 func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 	o := &listenerObserver{
-		m:        m,
-		listener: name,
-		upstream: upstream,
-		response: m.response.WithLabelValues(name, upstream),
-		open:     m.appOpen.WithLabelValues(name),
-		released: m.appReleased.WithLabelValues(name),
-		codes:    make(map[answer]prometheus.Counter, 4+len(proxy.Reasons)),
-		retries:  make(map[string]prometheus.Counter, len(retryReasons)),
-		closed:   make(map[string]prometheus.Counter, len(closeHows)),
-		refused:  make(map[string]prometheus.Counter, len(refuseReasons)),
-		aborts:   make(map[string]prometheus.Counter, len(abortPhases)),
-		timeouts: make(map[string]prometheus.Counter, len(timeoutPhases)),
+		m:         m,
+		listener:  name,
+		upstream:  upstream,
+		response:  m.response.WithLabelValues(name, upstream),
+		addedReq:  m.added.WithLabelValues(name, upstream, proxy.AddedRequest),
+		addedResp: m.added.WithLabelValues(name, upstream, proxy.AddedResponse),
+		open:      m.appOpen.WithLabelValues(name),
+		released:  m.appReleased.WithLabelValues(name),
+		codes:     make(map[answer]prometheus.Counter, 4+len(proxy.Reasons)),
+		retries:   make(map[string]prometheus.Counter, len(retryReasons)),
+		closed:    make(map[string]prometheus.Counter, len(closeHows)),
+		refused:   make(map[string]prometheus.Counter, len(refuseReasons)),
+		aborts:    make(map[string]prometheus.Counter, len(abortPhases)),
+		timeouts:  make(map[string]prometheus.Counter, len(timeoutPhases)),
 	}
 	for class := 2; class <= 5; class++ {
 		o.codes[answer{class, ""}] = m.requests.WithLabelValues(name, upstream, codeClasses[class], "")
@@ -182,16 +185,17 @@ type listenerObserver struct {
 	m                  *Metrics
 	listener, upstream string
 
-	codes    map[answer]prometheus.Counter // missing: created on use
-	response prometheus.Observer
-	retries  map[string]prometheus.Counter
-	open     prometheus.Gauge
-	released prometheus.Gauge
-	closed   map[string]prometheus.Counter
-	refused  map[string]prometheus.Counter // by reason
-	aborts   map[string]prometheus.Counter // by phase
-	timeouts map[string]prometheus.Counter // by phase
-	pairs    listenerPairs
+	codes               map[answer]prometheus.Counter // missing: created on use
+	response            prometheus.Observer
+	addedReq, addedResp prometheus.Observer // unstuck_proxy_added_seconds by phase
+	retries             map[string]prometheus.Counter
+	open                prometheus.Gauge
+	released            prometheus.Gauge
+	closed              map[string]prometheus.Counter
+	refused             map[string]prometheus.Counter // by reason
+	aborts              map[string]prometheus.Counter // by phase
+	timeouts            map[string]prometheus.Counter // by phase
+	pairs               listenerPairs
 }
 
 func (o *listenerObserver) Request(status int, reason string, upstream time.Duration, _ int) {
@@ -205,6 +209,17 @@ func (o *listenerObserver) Request(status int, reason string, upstream time.Dura
 		o.m.requests.WithLabelValues(o.listener, o.upstream, codeClasses[class], reason).Inc()
 	}
 	o.response.Observe(upstream.Seconds())
+}
+
+func (o *listenerObserver) Added(phase string, d time.Duration) {
+	switch phase {
+	case proxy.AddedRequest:
+		o.addedReq.Observe(d.Seconds())
+	case proxy.AddedResponse:
+		o.addedResp.Observe(d.Seconds())
+	default: // a phase added to proxy but not here
+		o.m.added.WithLabelValues(o.listener, o.upstream, phase).Observe(d.Seconds())
+	}
 }
 
 func (o *listenerObserver) Retry(reason string) {

@@ -46,6 +46,7 @@ type appBody struct {
 	timeout time.Duration // body_read_timeout; 0: none
 	err     error         // the first failure, the app's
 	eof     bool          // read to its end
+	done    time.Time     // when the read of its last byte returned; zero: not yet
 
 	// The upstream connection the body is being written to: each read
 	// renews its write deadline, so a slow app does not time out a write
@@ -83,10 +84,22 @@ func (b *appBody) Read(p []byte) (int, error) {
 		b.err = err
 		return n, err
 	}
+	if b.done.IsZero() && (b.eof || b.want >= 0 && b.got == int64(b.want)) {
+		b.done = time.Now()
+	}
 	if b.upstream != nil && b.writeTimeout > 0 {
 		b.app.upstreamWriteDeadline(b.upstream, b.writeTimeout)
 	}
 	return n, err
+}
+
+// lastRead returns when the body's last byte was read, or else if it
+// never was (an empty body, or one not read to its end).
+func (b *appBody) lastRead(or time.Time) time.Time {
+	if b.done.IsZero() {
+		return or
+	}
+	return b.done
 }
 
 // readInto reads the whole body (at most maxBufferedBody) and makes it
@@ -216,6 +229,9 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	x.bytes += n
 	switch {
 	case err == io.EOF:
+		if !b.eof {
+			x.app.responseRead(time.Now()) // the response phase starts (added.go)
+		}
 		b.eof = true
 	case err != nil && b.err == nil:
 		b.err = err
@@ -284,5 +300,6 @@ func (s *Server) streamRaw(ctx *fasthttp.RequestCtx, b *upstreamBody) {
 			// A body cut short must not end like a whole one.
 			_ = b.x.app.abort()
 		}
+		b.x.app.responseWritten()
 	})
 }

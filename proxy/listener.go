@@ -383,6 +383,15 @@ type appConn struct {
 	hdrDeadline     time.Time     // while the headers of a request are read; zero otherwise
 	readDeadlineSet bool          // a header or body deadline to clear at the request's end
 
+	// The response phase of the added latency (added.go): whether one
+	// runs, and if so, on the goroutine that writes to the app, the
+	// response's last byte read from the upstream and the end of the last
+	// write since. respPending is atomic because fasthttp reports a
+	// connection's close (StateClosed) after handing it to the parker,
+	// which may be serving it again on another goroutine.
+	respPending         atomic.Bool
+	respRead, respWrote time.Time
+
 	// The framing guard over every byte read (framing.go), on the serving
 	// goroutine.
 	guard    framingGuard
@@ -451,11 +460,16 @@ func (c *appConn) requestDone() {
 // Write is every write to the app. With send_timeout, a write that makes
 // no progress that long fails, and the connection ends: an app that stops
 // reading must not hold a response, and its upstream connection, forever.
+// While a response phase runs (added.go), its end moves to each write's.
 func (c *appConn) Write(b []byte) (int, error) {
 	if c.sendTimeout > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.sendTimeout))
 	}
-	return c.Conn.Write(b)
+	n, err := c.Conn.Write(b)
+	if c.respPending.Load() {
+		c.wrote(err)
+	}
+	return n, err
 }
 
 // Close ends an app connection, making sure the app cannot be left in

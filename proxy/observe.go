@@ -41,6 +41,10 @@ type Observer interface {
 	// (PairDialError) without opening.
 	PairOpened()
 	PairEnded(cause string, toUpstream, toApp int64)
+	// Added reports the time one request or response spent in unstuck
+	// itself, by phase, AddedRequest or AddedResponse: see added.go for
+	// where each interval begins and ends.
+	Added(phase string, d time.Duration)
 }
 
 type nopObserver struct{}
@@ -55,6 +59,7 @@ func (nopObserver) AppConnClosed(string)                    {}
 func (nopObserver) AppConnReleased(int)                     {}
 func (nopObserver) PairOpened()                             {}
 func (nopObserver) PairEnded(string, int64, int64)          {}
+func (nopObserver) Added(string, time.Duration)             {}
 
 // Reasons for Observer.Request, beside the Refuse* ones: why unstuck
 // answered a request itself instead of passing the upstream's answer on.

@@ -204,6 +204,7 @@ func connStateChanged(nc net.Conn, st fasthttp.ConnState) {
 	}
 	switch st {
 	case fasthttp.StateIdle:
+		c.responseWritten()
 		c.requestDone()
 		if c.parkable {
 			c.markWaiting()
@@ -214,6 +215,7 @@ func connStateChanged(nc net.Conn, st fasthttp.ConnState) {
 		}
 		c.requestStarted()
 	case fasthttp.StateClosed:
+		c.responseWritten() // a last response, flushed before the close
 		if u := c.upgrade.Swap(nil); u != nil {
 			u.abandon() // fasthttp closed the connection instead of hijacking it
 		}
@@ -338,8 +340,8 @@ type exchange struct {
 	s        *Server
 	ctx      *fasthttp.RequestCtx
 	up       *Upstream
-	app      *appConn // nil only for a connection that is not one of ours (tests)
-	start    time.Time
+	app      *appConn      // nil only for a connection that is not one of ours (tests)
+	start    time.Time     // fasthttp's request time: the request head was read
 	took     time.Duration // to the end of the response header, or to the failure
 	retries  int
 	endpoint string // of the last attempt
@@ -358,6 +360,12 @@ type exchange struct {
 	// takes it and sets it nil here). nil for other listeners.
 	dests *Destinations
 	leave func()
+	// The request phase of the added latency (added.go): when the
+	// request's last byte was read from the app, and how long after it
+	// the last attempt finished writing it upstream (sent: it did).
+	read    time.Time
+	forward time.Duration
+	sent    bool
 }
 
 // handle forwards one request. fasthttp owns ctx; the upstream connection
@@ -377,7 +385,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusRequestEntityTooLarge, RefuseBodyTooLarge, nil)
 		return
 	}
-	x := exchange{s: s, ctx: ctx, up: s.up.Load(), start: time.Now()}
+	x := exchange{s: s, ctx: ctx, up: s.up.Load(), start: ctx.Time()}
+	if x.start.IsZero() { // fasthttp sets it before the handler runs
+		x.start = time.Now()
+	}
+	x.read = x.start
 	x.app, _ = ctx.Conn().(*appConn)
 	x.app.requestHandled() // the headers are in: their timeout is over
 	if s.isCapture {
@@ -418,6 +430,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 				s.refuseBody(ctx, err)
 				return
 			}
+			x.read = body.lastRead(x.read)
 			body = nil
 		} else {
 			req.SetBodyStream(body, cl)
@@ -570,6 +583,9 @@ func (x *exchange) finish() {
 		x.took = time.Since(x.start)
 	}
 	s.obs.Request(status, x.reason, x.took, x.retries)
+	if x.sent {
+		s.obs.Added(AddedRequest, x.forward)
+	}
 	if !s.accessLog.Load() {
 		return
 	}
@@ -621,6 +637,7 @@ func bytesIfSet(key string, v []byte) zap.Field {
 func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, body *appBody) error {
 	up, resp := x.up, &x.ctx.Response
 	nc := c.NetConn()
+	x.sent = false
 	if !x.app.attach(nc) {
 		x.aborted = "request"
 		x.giveBack(c, "") // nothing was written on it
@@ -638,6 +655,11 @@ func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, b
 	if err != nil {
 		return x.failed("write", c, err, "request", "write")
 	}
+	read := x.read
+	if body != nil {
+		read = body.lastRead(read)
+	}
+	x.forward, x.sent = time.Since(read), true
 
 	x.app.upstreamReadDeadline(nc, up.ResponseHeaderTimeout)
 	br := c.Reader()
@@ -645,7 +667,8 @@ func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, b
 	if err != nil {
 		return x.failed("read", c, err, "response_header", "response_header")
 	}
-	x.took = time.Since(x.start)
+	headRead := time.Now()
+	x.took = headRead.Sub(x.start)
 	code := resp.Header.StatusCode()
 	if code == fasthttp.StatusSwitchingProtocols {
 		if !x.upgrade {
@@ -663,16 +686,24 @@ func (x *exchange) roundTrip(c *pool.Conn, req *fasthttp.Request, http10 bool, b
 	if req.Header.IsHead() || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified {
 		resp.SkipBody = true
 		x.giveBack(c, closeCause(serverClose))
+		x.app.responseRead(headRead)
 		return nil
 	}
 	cl := resp.Header.ContentLength()
 	if cl >= 0 && cl <= maxBufferedBody {
 		x.app.upstreamReadDeadline(nc, up.ResponseIdleTimeout)
 		resp.StreamBody = false
+		// A body that came with the head was read when the head was.
+		withHead := br.Buffered() >= cl
 		if err := resp.ReadBody(br, 0); err != nil {
 			return x.failed("read body", c, err, "response_body", "response_idle")
 		}
+		bodyRead := headRead
+		if !withHead {
+			bodyRead = time.Now()
+		}
 		x.giveBack(c, closeCause(serverClose))
+		x.app.responseRead(bodyRead)
 		return nil
 	}
 
