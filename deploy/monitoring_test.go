@@ -367,6 +367,7 @@ func TestGrafanaDashboard(t *testing.T) {
 		"unstuck_upstream_connections",               // pool use
 		"unstuck_pool_waits_total",                   // pool waits
 		"unstuck_requests_total",                     // errors by reason
+		"unstuck_proxy_added_seconds_bucket",         // the latency unstuck adds
 	} {
 		if !slices.Contains(all, want) {
 			t.Errorf("%s: no panel queries %s", dashboardFile, want)
