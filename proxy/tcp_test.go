@@ -479,12 +479,21 @@ func TestPairHalfCloseTimeout(t *testing.T) {
 				wait.Until(t, 2*time.Second, "the upstream's accept", func() bool { return up.Accepted() == 1 })
 				app.CloseWrite()
 			}
-			// The peer that got the FIN sits in CLOSE_WAIT: the state the
-			// timeout must end.
+			// The peer that got the FIN and never closes sits in
+			// CLOSE_WAIT: the state the timeout must end. Wait for that
+			// socket's (the upstream's accepted one, or the app's): the
+			// socket of unstuck's that got the first FIN passes through
+			// CLOSE_WAIT too, for as long as its close takes, and taking
+			// that for the stuck peer would start the clock too soon.
+			never := app.LocalAddr().(*net.TCPAddr).AddrPort()
+			if !tt.upstreamFIN {
+				never = up.Addr().(*net.TCPAddr).AddrPort()
+			}
+			peer := func(s sockstate.Socket) bool { return s.Local == never }
 			stuck := func(c map[sockstate.State]int) bool { return c[sockstate.CloseWait] > 0 }
 			all := func(sockstate.Socket) bool { return true }
-			if _, err := sockstate.WaitFor(context.Background(), all, stuck); err != nil {
-				t.Fatalf("no socket reached CLOSE_WAIT: %v", err)
+			if _, err := sockstate.WaitFor(context.Background(), peer, stuck); err != nil {
+				t.Fatalf("the peer's socket never reached CLOSE_WAIT: %v", err)
 			}
 			began := time.Now()
 			clean := func(c map[sockstate.State]int) bool {
