@@ -66,8 +66,8 @@
 #      FR_RATES and FR_PIN_RATES (RATE/CONNS ...; FR_PIN_RATES="" skips
 #      the pinned runs), FR_ROUNDS and FR_DUR override.
 # It prints the tables and writes them to bench/RESULTS.md. It asserts
-# nothing. Full run ~40 minutes (the tcp phase ~8, tls ~10, fixedrate ~11),
-# --quick ~8.
+# nothing. Full run ~50 minutes (the tcp phase ~8, tls ~10, fixedrate ~20),
+# --quick ~11.
 # Needs root to install packages.
 # BENCH_PHASES="throughput race" runs only those phases (names: throughput
 # halfclose race memory legacy microbench tcp tls fixedrate). Such a partial run keeps
@@ -1153,7 +1153,7 @@ EOF
 }
 
 # pprof_during PROFILE SECONDS PORT OUT ERR CMD...: a CPU profile of the
-# unstuck whose admin listener is on 127.0.0.1:PORT, SECONDS long, in
+# unstuck whose debug listener (admin.pprof on) is on 127.0.0.1:PORT, SECONDS long, in
 # PROFILE (pprof's errors in profile.err beside it), taken while CMD runs
 # (run OUT ERR CMD...; it should run a little longer). It fails if no
 # profile came.
