@@ -395,7 +395,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if s.isCapture {
 		if err := x.openDestination(); err != nil {
 			x.took = time.Since(x.start)
-			s.fail(ctx, x.up, err)
+			x.reason = s.fail(ctx, x.up, err)
 			x.finish()
 			return
 		}

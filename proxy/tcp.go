@@ -65,11 +65,7 @@ func (s *TCPServer) Update(cfg Config) {
 	s.up.Store(&up)
 	s.capture.Store(cfg.Capture)
 	s.sockets.Store(newAppSockets(cfg))
-	hc := cfg.HalfCloseTimeout
-	if hc <= 0 {
-		hc = DefaultHalfCloseTimeout
-	}
-	s.policy.Store(&pairPolicy{propagate: !cfg.CloseOnHalfClose, halfCloseTimeout: hc, idleTimeout: cfg.IdleTimeout})
+	s.policy.Store(newPairPolicy(cfg))
 	s.accessLog.Store(cfg.AccessLog)
 }
 
