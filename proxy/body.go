@@ -285,8 +285,23 @@ func (s *Server) streamRaw(ctx *fasthttp.RequestCtx, b *upstreamBody) {
 	resp := &ctx.Response
 	resp.Header.SetContentLength(-2) // also sets Connection: close
 	s.raw.Add(1)
+	// As for an upgrade (upgrade.go): if fasthttp closes the connection
+	// instead of hijacking it, the exchange still ends, giving the
+	// upstream connection back, and Shutdown's wait for raw streams too.
+	app := b.x.app
+	var pending *pendingHijack
+	if app != nil {
+		pending = &pendingHijack{abandon: func() {
+			defer s.raw.Done()
+			b.Close()
+		}}
+		app.hijack.Store(pending)
+	}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(nc net.Conn) {
+		if app != nil && app.hijack.Swap(nil) != pending {
+			return // abandoned: fasthttp hijacks or closes, never both, so never
+		}
 		defer s.raw.Done()
 		defer nc.Close() // KeepHijackedConns: ours to close, with the listener's close policy
 		defer b.Close()

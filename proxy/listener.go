@@ -406,11 +406,18 @@ type appConn struct {
 	gone     bool        // and the app has closed its socket (not just half-closed it)
 	aborted  atomic.Bool // the exchange in flight was aborted for it; set under xmu, read without
 
-	// upgrade is set by the exchange that got a 101, for fasthttp's next
-	// step: its hijack or, failing that, its close (connStateChanged)
-	// takes it, with a Swap, and owns it.
-	upgrade atomic.Pointer[upgraded]
+	// hijack is set by an exchange that asked fasthttp to hijack the
+	// connection (an upgrade's pair, an HTTP/1.0 raw stream), for
+	// fasthttp's next step: its hijack or, failing that, its close
+	// (connStateChanged) takes it, with a Swap, and owns it.
+	hijack atomic.Pointer[pendingHijack]
 }
+
+// pendingHijack is a hijack asked of fasthttp and not yet begun. fasthttp
+// either runs the hijack or, when a write before it fails (flushing an
+// earlier pipelined response to an app that left), closes the connection
+// without it; then abandon ends what the hijack would have owned.
+type pendingHijack struct{ abandon func() }
 
 // requestStarted runs at a request's first byte (fasthttp's StateActive):
 // its headers have read_header_timeout to arrive. A connection waiting

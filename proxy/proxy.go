@@ -216,8 +216,8 @@ func connStateChanged(nc net.Conn, st fasthttp.ConnState) {
 		c.requestStarted()
 	case fasthttp.StateClosed:
 		c.responseWritten() // a last response, flushed before the close
-		if u := c.upgrade.Swap(nil); u != nil {
-			u.abandon() // fasthttp closed the connection instead of hijacking it
+		if h := c.hijack.Swap(nil); h != nil {
+			h.abandon() // fasthttp closed the connection instead of hijacking it
 		}
 	}
 }

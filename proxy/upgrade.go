@@ -34,7 +34,7 @@ import (
 // goroutine of fasthttp's, which starts runUpgraded) or, if it fails before
 // that (flushing an earlier pipelined response to an app that left),
 // closes it (connStateChanged → abandon). Whichever takes the upgraded out
-// of appConn.upgrade owns it; runUpgraded closes both sides.
+// of appConn.hijack owns it; runUpgraded closes both sides.
 
 var (
 	// errUnaskedSwitch is a 101 to a request that did not ask to upgrade:
@@ -56,6 +56,8 @@ type upgraded struct {
 	toApp  []byte // the 101's head and what the upstream sent behind it
 	start  time.Time
 	leave  func() // a capture listener's: ends the use of up's destination; nil otherwise
+	// pending is in app.hijack until fasthttp's hijack or close takes it.
+	pending *pendingHijack
 }
 
 // leaveDestination ends a capture listener's pair's use of its
@@ -91,7 +93,8 @@ func (x *exchange) switchProtocols(c *pool.Conn, head []byte) error {
 	s.mu.Unlock()
 	u := &upgraded{s: s, app: x.app, up: x.up, c: c, upConn: c.NetConn(), toApp: toApp, start: time.Now(), leave: x.leave}
 	x.leave = nil // the pair's now
-	x.app.upgrade.Store(u)
+	u.pending = &pendingHijack{abandon: u.abandon}
+	x.app.hijack.Store(u.pending)
 	x.ctx.HijackSetNoResponse(true)
 	x.ctx.Hijack(func(nc net.Conn) { s.serveUpgraded(u, nc) })
 	return nil
@@ -103,7 +106,7 @@ func (x *exchange) switchProtocols(c *pool.Conn, head []byte) error {
 // read buffer (the size of the header limit) go to the garbage collector
 // (KeepHijackedConns) instead of living as long as the pair.
 func (s *Server) serveUpgraded(u *upgraded, nc net.Conn) {
-	if u.app.upgrade.Swap(nil) != u {
+	if u.app.hijack.Swap(nil) != u.pending {
 		return // abandoned: fasthttp hijacks or closes, never both, so never
 	}
 	toUp := takeBuffered(nc, u.app.Conn)
