@@ -45,6 +45,7 @@ type endpointState struct {
 	draining     bool         // removed from the set (SetEndpoints): its connections finish, then it goes
 	unhealthy    bool         // failed active health checks (SetHealthy)
 	ejectedUntil time.Time    // outlier ejection, until then
+	ejectTimer   *time.Timer  // ends the ejection at ejectedUntil; stopped when it ends sooner or the pool closes
 	ejections    int          // outlier ejections so far; the next lasts one base longer
 	failures     atomic.Int32 // requests failed in a row (Outcome, dial failures); read without the lock by Outcome
 }
@@ -118,7 +119,13 @@ func (p *Pool) pickLocked() (int, error) {
 // usableLocked reports whether ep takes new requests now; for the loops
 // that walk p.eps from pickLocked's start. p.mu must be held.
 func (p *Pool) usableLocked(ep *endpoint) bool {
-	return p.downs == 0 || !ep.out(time.Now())
+	if p.downs == 0 {
+		return true
+	}
+	if ep.draining || ep.unhealthy {
+		return false
+	}
+	return ep.ejectedUntil.IsZero() || !time.Now().Before(ep.ejectedUntil) // the clock only for an ejection
 }
 
 // SetEndpoints makes addrs the pool's endpoints, as DNS finds them. A new
@@ -235,6 +242,7 @@ func (p *Pool) SetHealthy(addr string, healthy bool) {
 			continue
 		}
 		if healthy && !ep.ejectedUntil.IsZero() {
+			ep.ejectTimer.Stop()
 			p.setOutLocked(ep, func() { ep.ejectedUntil = time.Time{} })
 			ep.failures.Store(0)
 			p.log.Info("endpoint back from ejection: its health check passes", zap.String("endpoint", addr))
@@ -306,7 +314,7 @@ func (p *Pool) outcomeLocked(ep *endpoint, failed bool, out []*Conn) []*Conn {
 	ep.failures.Store(0)
 	p.log.Warn("endpoint ejected: its requests keep failing", zap.String("endpoint", ep.addr),
 		zap.Int("consecutive_failures", o.ConsecutiveFailures), zap.Duration("for", d))
-	time.AfterFunc(d, p.endEjection(ep))
+	ep.ejectTimer = time.AfterFunc(d, p.endEjection(ep))
 	return p.takeIdleLocked(ep, out)
 }
 
@@ -316,7 +324,7 @@ func (p *Pool) endEjection(ep *endpoint) func() {
 	return func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		if !ep.ejectedUntil.IsZero() && !time.Now().Before(ep.ejectedUntil) {
+		if !p.closed && !ep.ejectedUntil.IsZero() && !time.Now().Before(ep.ejectedUntil) {
 			p.setOutLocked(ep, func() { ep.ejectedUntil = time.Time{} })
 			p.log.Info("endpoint back from ejection", zap.String("endpoint", ep.addr))
 		}

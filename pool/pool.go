@@ -1164,10 +1164,9 @@ func (p *Pool) Close() error {
 	p.closed = true
 	var idle []*Conn
 	for _, ep := range p.eps {
-		for c := ep.idle.front; c != nil; c = ep.idle.front {
-			p.takeLocked(c)
-			p.dropLocked(c)
-			idle = append(idle, c)
+		idle = p.takeIdleLocked(ep, idle)
+		if ep.ejectTimer != nil {
+			ep.ejectTimer.Stop() // the ejection ends with the pool
 		}
 		for _, w := range ep.waiters {
 			w.served = true
