@@ -93,5 +93,9 @@ func TestThresholds(t *testing.T) {
 		}
 	}
 	cancel()
-	<-done
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context was cancelled")
+	}
 }

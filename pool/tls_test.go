@@ -61,6 +61,19 @@ func startTLSServer(t *testing.T, cfg *tls.Config) *tlsServer {
 	return s
 }
 
+// next is the next connection whose handshake is done; the test fails
+// if none is within 5 s.
+func (s *tlsServer) next(t *testing.T) *tls.Conn {
+	t.Helper()
+	select {
+	case tc := <-s.ready:
+		return tc
+	case <-time.After(5 * time.Second):
+		t.Fatal("no TLS connection finished its handshake within 5s")
+		return nil
+	}
+}
+
 func (s *tlsServer) sni(i int) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -368,7 +381,7 @@ func TestTLSIdleCloseAsFastAsTCP(t *testing.T) {
 			}
 			if tt.closeNotify {
 				for range conns {
-					(<-tlsSrv.ready).CloseWrite() // close_notify; finAll adds the FIN
+					tlsSrv.next(t).CloseWrite() // close_notify; finAll adds the FIN
 				}
 			}
 			lat := srv.finAll(t, 5*time.Second)
@@ -399,7 +412,7 @@ func TestTLSIdleCloseAsFastAsTCP(t *testing.T) {
 		}
 		pingPong(t, c)
 		p.Release(c)
-		(<-srv.ready).CloseWrite() // close_notify; the TCP connection stays open
+		srv.next(t).CloseWrite() // close_notify; the TCP connection stays open
 		again := acquireOnceBytesWait(t, p, c, "close_notify")
 		if again == c {
 			t.Fatal("a connection whose server sent close_notify was handed out")

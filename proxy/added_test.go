@@ -279,7 +279,11 @@ func TestAddedLatencyCountsThePoolWait(t *testing.T) {
 	a, b := dialRaw(t, addr), dialRaw(t, addr)
 	aSent := time.Now()
 	a.send(get("/hold"))
-	<-held
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream never got /hold")
+	}
 	aWindow := time.Since(aSent) // the first request's phase ends before the upstream has it
 	b.send(get("/quick"))
 	wait.Until(t, 5*time.Second, "the second request waiting for the pool's one connection", func() bool {

@@ -217,7 +217,16 @@ func TestNeverResolvedStaysAsConfigured(t *testing.T) {
 func TestRefreshZeroResolvesOnce(t *testing.T) {
 	g := newRig(t, 0, name+":8080")
 	g.dns.Set(name, "127.0.0.2")
-	g.r.Run(context.Background()) // returns: the test would time out otherwise
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		g.r.Run(context.Background())
+	}()
+	select {
+	case <-ran:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run with a refresh of 0 did not return after its one round")
+	}
 	wantSet(t, g.set.next(t), addrs(name, 8080, "127.0.0.2"))
 	if q := g.dns.Queries(name); q != 2 {
 		t.Fatalf("%d questions; want one A and one AAAA", q)
