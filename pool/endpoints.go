@@ -50,6 +50,12 @@ type endpointState struct {
 	failures     atomic.Int32 // requests failed in a row (Outcome, dial failures); read without the lock by Outcome
 }
 
+// hasReasonOut reports whether ep has any reason to be out, an ejection
+// whose time is over but not yet ended included: what p.downs counts.
+func (ep *endpoint) hasReasonOut() bool {
+	return ep.draining || ep.unhealthy || !ep.ejectedUntil.IsZero()
+}
+
 // out reports whether ep takes no new requests at now.
 func (ep *endpoint) out(now time.Time) bool {
 	return ep.draining || ep.unhealthy || now.Before(ep.ejectedUntil)
@@ -147,7 +153,6 @@ func (p *Pool) SetEndpoints(addrs []Addr) {
 		}
 		p.setDrainingLocked(ep, !keep)
 		if !keep {
-			p.repickWaitersLocked(ep)
 			idle = p.takeIdleLocked(ep, idle)
 			p.log.Info("endpoint removed: draining", zap.String("endpoint", ep.addr), zap.Int("connections", ep.conns))
 		}
@@ -179,7 +184,8 @@ func (p *Pool) newEndpoint(a Addr) *endpoint {
 var errRepick = errors.New("pool: the endpoint waited on left; pick again")
 
 // repickWaitersLocked sends the Acquires waiting on ep elsewhere: ep is
-// leaving, and a slot freed there must not be dialed. p.mu must be held.
+// out (draining, unhealthy or ejected), and a slot freed there must not be
+// dialed. p.mu must be held.
 func (p *Pool) repickWaitersLocked(ep *endpoint) {
 	for w := ep.popWaiterLocked(); w != nil; w = ep.popWaiterLocked() {
 		w.ch <- grant{err: errRepick}
@@ -192,14 +198,17 @@ func (p *Pool) setDrainingLocked(ep *endpoint, draining bool) {
 }
 
 // setOutLocked applies change to ep's state and keeps p.downs, the number
-// of endpoints with any reason to be out, in step. p.mu must be held.
+// of endpoints with any reason to be out, in step. An endpoint going out
+// sends its waiting Acquires elsewhere, whatever the reason. p.mu must be
+// held.
 func (p *Pool) setOutLocked(ep *endpoint, change func()) {
-	was := ep.draining || ep.unhealthy || !ep.ejectedUntil.IsZero()
+	was := ep.hasReasonOut()
 	change()
-	is := ep.draining || ep.unhealthy || !ep.ejectedUntil.IsZero()
+	is := ep.hasReasonOut()
 	switch {
 	case is && !was:
 		p.downs++
+		p.repickWaitersLocked(ep)
 	case was && !is:
 		p.downs--
 	}

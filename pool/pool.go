@@ -471,6 +471,12 @@ func (p *Pool) reserveSlotLocked(start int) *endpoint {
 // must be held) and waits as wait does.
 func (p *Pool) waitUnlock(start int, fresh bool) (*Conn, error) {
 	ep := p.eps[start%len(p.eps)]
+	if !p.usableLocked(ep) {
+		// It went out since the pick (Acquire drops p.mu for the peek):
+		// a slot freed there must not be dialed, nor waited for.
+		p.mu.Unlock()
+		return nil, errRepick
+	}
 	w := &waiter{ch: make(chan grant, 1)}
 	ep.waiters = append(ep.waiters, w)
 	p.mu.Unlock()

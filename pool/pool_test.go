@@ -430,3 +430,33 @@ func benchAcquireReleaseParallel(b *testing.B, callers int) {
 		}
 	})
 }
+
+// An Acquire waiting at max_conns on an endpoint that goes out, here
+// marked unhealthy by a health check, picks again instead of waiting to
+// dial there: with no other endpoint it fails at once with ErrNoEndpoint.
+// (It used to wait, and then dial the unhealthy endpoint in the slot its
+// held connection freed.)
+func TestWaiterLeavesEndpointThatGoesOut(t *testing.T) {
+	srv := newFinServer(t)
+	p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, MaxConns: 1, AcquireTimeout: 10 * time.Second})
+	held := acquireN(t, p, srv, 1)[0]
+	got := make(chan error, 1)
+	go func() {
+		c, err := p.Acquire(false)
+		if c != nil {
+			p.Release(c)
+		}
+		got <- err
+	}()
+	waitForWaiter(t, p)
+	p.SetHealthy(srv.addr(), false)
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrNoEndpoint) {
+			t.Fatalf("the waiter got %v; want ErrNoEndpoint", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter still waits on an endpoint that is out")
+	}
+	p.Discard(held, CauseError)
+}
