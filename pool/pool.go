@@ -642,18 +642,10 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 		return nil, ErrClosed // cancelled by Close: no dial error to count
 	}
 	if err != nil {
-		de := p.dialFailed(ep, err)
-		p.mu.Lock()
-		p.forgetLocked(ep)
-		ejected := p.outcomeLocked(ep, true, nil)
-		p.mu.Unlock()
-		for _, c := range ejected {
-			p.closeConn(c, CauseEjected)
-		}
 		if ce := p.log.Check(zapcore.DebugLevel, "upstream dial failed"); ce != nil {
 			ce.Write(zap.String("endpoint", ep.addr), zap.Error(err))
 		}
-		return nil, de
+		return nil, p.failDial(ep, nil, err, true)
 	}
 	c := &Conn{ep: ep, nc: nc, tcp: nc, created: time.Now(), readers: &p.readers}
 	c.io.nc = nc
@@ -664,13 +656,13 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 	raw, err := rawConn(nc)
 	c.raw = raw
 	p.mu.Lock()
-	if err != nil || p.closed {
+	if err != nil {
+		p.mu.Unlock()
+		return nil, p.failDial(ep, c, err, false)
+	}
+	if p.closed {
 		p.forgetLocked(ep)
 		p.mu.Unlock()
-		if err != nil {
-			p.closeConn(c, CauseError)
-			return nil, p.dialFailed(ep, err)
-		}
 		p.closeConn(c, CauseShutdown) // Close is waiting for this dial
 		return nil, ErrClosed
 	}
@@ -685,22 +677,13 @@ func (p *Pool) dial(ep *endpoint) (*Conn, error) {
 	// (putIdle): one a pair takes at once never is, and saves the
 	// epoll_ctl.
 	if werr := p.watchConn(c); !p.cfg.Stream && werr != nil {
-		p.mu.Lock()
-		p.dropLocked(c)
-		p.mu.Unlock()
-		p.closeConn(c, CauseError)
-		return nil, p.dialFailed(ep, fmt.Errorf("watch: %w", werr))
+		return nil, p.failDial(ep, c, fmt.Errorf("watch: %w", werr), false)
 	}
 	if ep.tls != nil {
 		if err := p.handshake(c); err != nil {
-			de := p.dialFailed(ep, err)
-			p.mu.Lock()
-			p.dropLocked(c)
-			p.mu.Unlock()
-			p.closeConn(c, CauseError)
 			p.log.Warn("upstream TLS handshake failed", zap.String("endpoint", ep.addr),
-				zap.String("reason", de.Reason), zap.Error(err))
-			return nil, de
+				zap.String("reason", DialErrorReason(err)), zap.Error(err))
+			return nil, p.failDial(ep, c, err, true)
 		}
 	}
 	p.cfg.Observer.Dialed(ep.addr, nil)
@@ -727,10 +710,32 @@ func (p *Pool) watchConn(c *Conn) error {
 	return werr
 }
 
-// dialFailed reports a failed dial to ep, and returns its DialError.
-func (p *Pool) dialFailed(ep *endpoint, err error) *DialError {
+// failDial ends a dial that failed and returns its DialError: c, if the
+// connect got that far, closes (CauseError), the slot is freed, and the
+// failure is counted.
+// A failure of the endpoint's own (the connect, the TLS handshake) also
+// counts toward its outlier ejection; one of ours (a descriptor, the
+// watcher) does not.
+func (p *Pool) failDial(ep *endpoint, c *Conn, err error, endpointsFault bool) *DialError {
 	de := &DialError{Addr: ep.addr, Err: err, Reason: DialErrorReason(err)}
 	p.cfg.Observer.Dialed(ep.addr, de)
+	var ejected []*Conn
+	p.mu.Lock()
+	if c != nil {
+		p.dropLocked(c) // c.id is 0 before p.all has it: no entry to delete
+	} else {
+		p.forgetLocked(ep)
+	}
+	if endpointsFault {
+		ejected = p.outcomeLocked(ep, true, nil)
+	}
+	p.mu.Unlock()
+	if c != nil {
+		p.closeConn(c, CauseError)
+	}
+	for _, e := range ejected {
+		p.closeConn(e, CauseEjected)
+	}
 	return de
 }
 

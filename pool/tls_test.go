@@ -229,6 +229,22 @@ func TestTLSVerificationFailures(t *testing.T) {
 			t.Errorf("reason %q (%v); want tls_version", got, err)
 		}
 	})
+	t.Run("counts toward ejection", func(t *testing.T) {
+		// A failed handshake is the endpoint's failure, as a failed
+		// connect is: two in a row eject it, and the next Acquire finds
+		// no endpoint instead of dialing it again.
+		srv := startTLSServer(t, &tls.Config{Certificates: []tls.Certificate{other.Issue(t, testtls.Leaf{Names: []string{"127.0.0.1"}}).TLS}})
+		p := newTestPool(t, Config{Endpoints: []string{srv.addr()}, TLS: client,
+			Outlier: OutlierConfig{ConsecutiveFailures: 2, BaseEjection: time.Minute, MaxEjectionPercent: 100}})
+		for i := range 2 {
+			if got := DialErrorReason(func() error { _, err := p.Acquire(false); return err }()); got != "tls_unknown_authority" {
+				t.Fatalf("Acquire %d: reason %q; want tls_unknown_authority", i, got)
+			}
+		}
+		if _, err := p.Acquire(false); !errors.Is(err, ErrNoEndpoint) {
+			t.Fatalf("after two failed handshakes: %v; want ErrNoEndpoint (ejected)", err)
+		}
+	})
 	t.Run("handshake timeout", func(t *testing.T) {
 		silent := startTestServer(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // accepts, never answers
 		p := newTestPool(t, Config{Endpoints: []string{silent.addr()}, TLS: client, TLSHandshakeTimeout: 100 * time.Millisecond})
