@@ -137,14 +137,14 @@ func (m *Metrics) Listener(name, upstream string) proxy.Observer {
 		addedResp: m.added.WithLabelValues(name, upstream, proxy.AddedResponse),
 		open:      m.appOpen.WithLabelValues(name),
 		released:  m.appReleased.WithLabelValues(name),
-		codes:     make(map[answer]prometheus.Counter, 4+len(proxy.Reasons)),
+		codes:     make(map[answer]prometheus.Counter, 5+len(proxy.Reasons)),
 		retries:   make(map[string]prometheus.Counter, len(retryReasons)),
 		closed:    make(map[string]prometheus.Counter, len(closeHows)),
 		refused:   make(map[string]prometheus.Counter, len(refuseReasons)),
 		aborts:    make(map[string]prometheus.Counter, len(abortPhases)),
 		timeouts:  make(map[string]prometheus.Counter, len(timeoutPhases)),
 	}
-	for class := 2; class <= 5; class++ {
+	for class := 1; class <= 5; class++ { // 1xx: an upgrade's 101
 		o.codes[answer{class, ""}] = m.requests.WithLabelValues(name, upstream, codeClasses[class], "")
 	}
 	for reason, class := range proxy.Reasons {
@@ -205,7 +205,7 @@ func (o *listenerObserver) Request(status int, reason string, upstream time.Dura
 	}
 	if c, ok := o.codes[answer{class, reason}]; ok {
 		c.Inc()
-	} else { // 1xx, a non-HTTP status, a reason added to proxy but not here: rare
+	} else { // a non-HTTP status, a reason added to proxy but not here: rare
 		o.m.requests.WithLabelValues(o.listener, o.upstream, codeClasses[class], reason).Inc()
 	}
 	o.response.Observe(upstream.Seconds())

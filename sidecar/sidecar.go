@@ -219,8 +219,7 @@ func (s *Sidecar) apply(cfg *config.Config) (err error) {
 			l.socket.close()
 		}
 		for _, u := range created {
-			u.stopDNS()
-			u.pool.Close()
+			u.close()
 		}
 		for _, a := range []*admin.Server{adm, debug} {
 			if a != nil {
