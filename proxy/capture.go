@@ -119,13 +119,14 @@ func (d *Destinations) Open(dst netip.AddrPort) (up *Upstream, leave func(), err
 				d.mu.Unlock()
 				return nil, nil, ErrTooManyDestinations
 			}
-			delete(d.dests, evictedAt)
 		}
 		u, err := d.cfg.New(dst)
 		if err != nil {
 			d.mu.Unlock()
-			d.close(evictedAt, evicted)
-			return nil, nil, err
+			return nil, nil, err // nothing evicted for a destination that could not be made
+		}
+		if evicted != nil {
+			delete(d.dests, evictedAt)
 		}
 		dest = &destination{up: u}
 		d.dests[dst] = dest
