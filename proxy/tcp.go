@@ -139,23 +139,9 @@ func (s *TCPServer) servePair(c *appConn) {
 		s.obs.PairEnded(PairDialError, 0, 0)
 		return
 	}
-	defer leave() // after pc is given back below
+	defer leave() // after pc is given back by runPair
 	p := newPair(c.Conn, pc.NetConn(), *s.policy.Load())
-	s.pairs.add(p)
-	s.obs.PairOpened()
-	end := p.run()
-	s.pairs.remove(p)
-
-	endpoint := pc.Endpoint() // pc is not read once it has gone back
-	closePairSides(&end, c, up, pc, p.policy.halfCloseTimeout)
-	s.obs.PairEnded(end.cause, end.toUpstream, end.toApp)
-	if s.accessLog.Load() {
-		s.log.Info("pair",
-			zap.Stringer("app", c.RemoteAddr()), zap.String("upstream", up.Name),
-			zap.String("endpoint", endpoint), zap.String("end", end.cause),
-			zap.Int64("to_upstream", end.toUpstream), zap.Int64("to_app", end.toApp),
-			zap.Duration("duration", time.Since(start)))
-	}
+	runPair(&s.pairs, s.obs, s.log, &s.accessLog, p, c, up, pc, start)
 }
 
 // acquire takes an upstream connection for c's pair: of the listener's

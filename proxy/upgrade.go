@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -130,23 +131,30 @@ func takeBuffered(nc, raw net.Conn) []byte {
 // followed it to the app), and closes both sides as the pair's end says.
 func (s *Server) runUpgraded(u *upgraded, toUp []byte) {
 	defer s.pairs.wg.Done()
-	policy := *s.policy.Load()
-	p := newPair(u.app.Conn, u.upConn, policy)
+	p := newPair(u.app.Conn, u.upConn, *s.policy.Load())
 	p.preload(toUp, u.toApp)
-	s.pairs.add(p)
-	s.obs.PairOpened()
+	defer u.leaveDestination() // after u.c is given back by runPair
+	runPair(&s.pairs, s.obs, s.log, &s.accessLog, p, u.app, u.up, u.c, u.start)
+}
+
+// runPair runs p, the pair of app and c, to its end and closes both sides
+// as the end says, for a tcp listener's pair (servePair) and an upgrade's
+// (runUpgraded) alike; start is when the pair's app connection began, for
+// the access log. Nothing touches app or c after.
+func runPair(ps *pairSet, obs Observer, log *zap.Logger, accessLog *atomic.Bool, p *pair, app *appConn, up *Upstream, c *pool.Conn, start time.Time) {
+	ps.add(p)
+	obs.PairOpened()
 	end := p.run()
-	s.pairs.remove(p)
-	endpoint := u.c.Endpoint() // u.c is not read once it has gone back
-	closePairSides(&end, u.app, u.up, u.c, policy.halfCloseTimeout)
-	u.leaveDestination()
-	s.obs.PairEnded(end.cause, end.toUpstream, end.toApp)
-	if s.accessLog.Load() {
-		s.log.Info("pair",
-			zap.Stringer("app", u.app.RemoteAddr()), zap.String("upstream", u.up.Name),
+	ps.remove(p)
+	endpoint := c.Endpoint() // c is not read once it has gone back
+	closePairSides(&end, app, up, c, p.policy.halfCloseTimeout)
+	obs.PairEnded(end.cause, end.toUpstream, end.toApp)
+	if accessLog.Load() {
+		log.Info("pair",
+			zap.Stringer("app", app.RemoteAddr()), zap.String("upstream", up.Name),
 			zap.String("endpoint", endpoint), zap.String("end", end.cause),
 			zap.Int64("to_upstream", end.toUpstream), zap.Int64("to_app", end.toApp),
-			zap.Duration("duration", time.Since(u.start)))
+			zap.Duration("duration", time.Since(start)))
 	}
 }
 
