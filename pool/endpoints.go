@@ -370,8 +370,8 @@ func (p *Pool) DialCheck(ctx context.Context, addr string) (net.Conn, error) {
 	if err != nil || cfg == nil {
 		return nc, err
 	}
-	tc := tls.Client(nc, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
+	tc, err := clientHandshake(ctx, nc, cfg)
+	if err != nil {
 		nc.Close()
 		return nil, err
 	}

@@ -45,7 +45,23 @@ func (p *Pool) handshake(c *Conn) error {
 	}
 	ctx, cancel := context.WithTimeout(p.dialCtx, timeout)
 	defer cancel()
-	cfg, asked := c.ep.tls, false
+	start := time.Now()
+	tc, err := clientHandshake(ctx, c.tcp, c.ep.tls)
+	if err != nil {
+		return err
+	}
+	p.cfg.Observer.TLSHandshake(c.ep.addr, tc.ConnectionState().DidResume, time.Since(start))
+	c.nc = tc
+	c.io.nc = tc
+	return nil
+}
+
+// clientHandshake runs a TLS client handshake over nc within ctx. Its
+// error says why where it can: TLSTimeoutError when ctx's deadline ran
+// out, NoClientCertError when the server asked for a certificate cfg has
+// none of.
+func clientHandshake(ctx context.Context, nc net.Conn, cfg *tls.Config) (*tls.Conn, error) {
+	asked := false
 	if len(cfg.Certificates) == 0 && cfg.GetClientCertificate == nil {
 		// No certificate to give: note whether the server asks for one,
 		// so that its refusal can say why.
@@ -55,21 +71,17 @@ func (p *Pool) handshake(c *Conn) error {
 			return &tls.Certificate{}, nil
 		}
 	}
-	tc := tls.Client(c.tcp, cfg)
-	start := time.Now()
+	tc := tls.Client(nc, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		switch {
 		case ctx.Err() == context.DeadlineExceeded:
-			return &TLSTimeoutError{Err: err}
+			return nil, &TLSTimeoutError{Err: err}
 		case asked:
-			return &NoClientCertError{Err: err}
+			return nil, &NoClientCertError{Err: err}
 		}
-		return err
+		return nil, err
 	}
-	p.cfg.Observer.TLSHandshake(c.ep.addr, tc.ConnectionState().DidResume, time.Since(start))
-	c.nc = tc
-	c.io.nc = tc
-	return nil
+	return tc, nil
 }
 
 // NoClientCertError is a handshake that failed after the server asked
