@@ -1,11 +1,16 @@
 package metrics
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,14 +78,49 @@ func TestSocketCollectorFixture(t *testing.T) {
 }
 
 // TestOwnInodes: the sockets of this process's descriptors, a listener's
-// among them, and not another process's.
+// among them, and not another process's: a child process (this test
+// binary again) holds a listener of its own while the test looks.
 func TestOwnInodes(t *testing.T) {
+	if os.Getenv(ownInodesChild) == "1" {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Println("listen:", err)
+			os.Exit(1)
+		}
+		fmt.Println(ln.Addr())
+		io.Copy(io.Discard, os.Stdin) // until the parent closes our stdin
+		os.Exit(0)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	port := netip.MustParseAddrPort(ln.Addr().String())
+
+	child := exec.Command(os.Args[0], "-test.run", "^TestOwnInodes$")
+	child.Env = append(os.Environ(), ownInodesChild+"=1")
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); child.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("the child's listener: %q, %v", line, err)
+	}
+	childPort, err := netip.ParseAddrPort(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("the child's listener: %q, %v", line, err)
+	}
+
 	socks, err := sockstate.List()
 	if err != nil {
 		t.Fatal(err)
@@ -89,16 +129,28 @@ func TestOwnInodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := false
+	found, foundChild := false, false
 	for _, s := range socks {
-		if s.Local == port && s.State == sockstate.Listen {
+		switch {
+		case s.Local == port && s.State == sockstate.Listen:
 			found = own[s.Inode]
+		case s.Local == childPort && s.State == sockstate.Listen:
+			foundChild = true
+			if own[s.Inode] {
+				t.Errorf("the child's listener on %v is counted among this process's sockets", childPort)
+			}
 		}
 	}
 	if !found {
 		t.Errorf("the listener on %v is not among this process's sockets", port)
 	}
+	if !foundChild {
+		t.Errorf("the child's listener on %v is not in the socket table: the test did not test", childPort)
+	}
 }
+
+// ownInodesChild marks TestOwnInodes' child process.
+const ownInodesChild = "OWNINODES_TEST_CHILD"
 
 func TestSocketCollectorReadError(t *testing.T) {
 	m := New()
