@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +19,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type fakeTarget struct {
 	mu      sync.Mutex
 	down    map[string]bool
-	told    map[string][]bool
+	passed  map[string][]bool // each DialCheck's outcome, in order
+	told    map[string][]bool // each SetHealthy, in order: the nth is the nth check's verdict
 	checked chan string
 }
 
@@ -27,6 +29,7 @@ func (f *fakeTarget) EndpointAddrs() []string { return []string{"a:1", "b:1"} }
 func (f *fakeTarget) DialCheck(_ context.Context, addr string) (net.Conn, error) {
 	f.mu.Lock()
 	down := f.down[addr]
+	f.passed[addr] = append(f.passed[addr], !down)
 	f.mu.Unlock()
 	if down {
 		return nil, errors.New("refused")
@@ -49,7 +52,7 @@ func (f *fakeTarget) SetHealthy(addr string, healthy bool) {
 // TestThresholds: unhealthy failures in a row take an endpoint out,
 // healthy passes in a row bring it back; the other is untouched.
 func TestThresholds(t *testing.T) {
-	f := &fakeTarget{down: map[string]bool{"b:1": true}, told: map[string][]bool{}, checked: make(chan string, 100)}
+	f := &fakeTarget{down: map[string]bool{"b:1": true}, passed: map[string][]bool{}, told: map[string][]bool{}, checked: make(chan string, 100)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -80,12 +83,14 @@ func TestThresholds(t *testing.T) {
 	f.down["b:1"] = false
 	f.mu.Unlock()
 	got := waitTold("b:1", 8)
-	i := 3
-	for i < len(got) && !got[i] {
-		i++
-	}
-	if i == len(got) || i < 4 {
-		t.Errorf("b:1 after it recovered: told %v; want down for one more pass, then up", got)
+	f.mu.Lock()
+	passed := f.passed["b:1"][:len(got)]
+	f.mu.Unlock()
+	// The first check that passed leaves b:1 down (Healthy is 2); the
+	// second brings it back.
+	first := slices.Index(passed, true)
+	if first < 3 || first+1 >= len(got) || got[first] || !got[first+1] {
+		t.Errorf("b:1 after it recovered: checks passed %v, told %v; want down at the first pass, up at the second", passed, got)
 	}
 	for _, h := range waitTold("a:1", 3) {
 		if !h {
